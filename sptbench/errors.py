@@ -1,0 +1,18 @@
+"""The one exception users see: a one-line, actionable message (the CLI prints it without a traceback)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SptbenchError(Exception):
+    """A user-facing error: bad input, a missing source, a malformed file. Bugs raise anything else."""
+
+
+def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> SptbenchError:
+    """An error for an unknown name that lists the valid choices and suggests the closest one."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return SptbenchError(f"unknown {kind} '{name}'.{hint} Choices: {', '.join(choices)}")

@@ -1,0 +1,157 @@
+"""Per-architecture descriptions: where the embeddings, layers, attention and FFN output live, and how to run one layer.
+
+Methods ask the Family, never `isinstance` a model class. `Classifier` runs the backbone layer by layer through
+these descriptions, which is what lets prompts enter (or change length) between layers and lets frozen layers
+below the first trainable one run without autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sptbench.errors import unknown_choice
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    causal: bool
+    default_pooling: str  # cls | mean | last
+    lora_targets: tuple[str, ...]  # peft target module names for the query and value projections
+
+    # -- where things are ---------------------------------------------------------------------------------------
+    def embeddings(self, backbone: nn.Module) -> nn.Module:
+        return backbone.embeddings
+
+    def word_embeddings(self, backbone: nn.Module) -> nn.Embedding:
+        return backbone.get_input_embeddings()
+
+    def layers(self, backbone: nn.Module) -> nn.ModuleList:
+        return backbone.encoder.layer
+
+    def self_attention(self, layer: nn.Module) -> nn.Module:
+        """The module that computes attention from queries, keys and values (prefixes are attached here)."""
+        return layer.attention.self
+
+    def attention_out_proj(self, layer: nn.Module) -> nn.Module:
+        """The attention output projection (Houlsby adapters go right after it, before the residual)."""
+        return layer.attention.output.dense
+
+    def ffn_out_proj(self, layer: nn.Module) -> nn.Module:
+        """The FFN output projection (adapters go right after it, before the residual)."""
+        return layer.output.dense
+
+    def num_heads(self, backbone: nn.Module) -> int:
+        return backbone.config.num_attention_heads
+
+    def hidden_size(self, backbone: nn.Module) -> int:
+        return backbone.config.hidden_size
+
+    # -- how to run ---------------------------------------------------------------------------------------------
+    def embed(
+        self,
+        backbone: nn.Module,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The embedding module's output, exactly as the stock model computes it."""
+        return self.embeddings(backbone)(input_ids=input_ids, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids)
+
+    def layer_mask(self, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The attention mask a layer takes, from a (batch, keys) bool mask: additive, (batch, 1, queries|1, keys)."""
+        bsz, k = key_mask.shape
+        allowed = key_mask[:, None, None, :]
+        if self.causal:
+            allowed = allowed & torch.ones(k, k, dtype=torch.bool, device=key_mask.device).tril()[None, None]
+        return torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+    def run_layer(self, backbone: nn.Module, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return layer(hidden, attention_mask=mask)
+
+    def final(self, backbone: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Anything the stock model applies after the last layer (GPT-2's final LayerNorm)."""
+        return hidden
+
+
+@dataclass(frozen=True)
+class GPT2Family(Family):
+    def embeddings(self, backbone: nn.Module) -> nn.Module:
+        return backbone.wte
+
+    def layers(self, backbone: nn.Module) -> nn.ModuleList:
+        return backbone.h
+
+    def self_attention(self, layer: nn.Module) -> nn.Module:
+        return layer.attn
+
+    def attention_out_proj(self, layer: nn.Module) -> nn.Module:
+        return layer.attn.c_proj
+
+    def ffn_out_proj(self, layer: nn.Module) -> nn.Module:
+        return layer.mlp.c_proj
+
+    def num_heads(self, backbone: nn.Module) -> int:
+        return backbone.config.n_head
+
+    def hidden_size(self, backbone: nn.Module) -> int:
+        return backbone.config.n_embd
+
+    def embed(self, backbone, input_ids, inputs_embeds, token_type_ids, mask):
+        # GPT2Model embeds token_type_ids through wte, which a classifier must not do: they are ignored here.
+        if inputs_embeds is None:
+            inputs_embeds = backbone.wte(input_ids)
+        positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        return backbone.drop(inputs_embeds + backbone.wpe(positions)[None])
+
+    def final(self, backbone, hidden):
+        return backbone.ln_f(hidden)
+
+
+@dataclass(frozen=True)
+class DebertaV2Family(Family):
+    def self_attention(self, layer: nn.Module) -> nn.Module:
+        return layer.attention.self
+
+    def embed(self, backbone, input_ids, inputs_embeds, token_type_ids, mask):
+        if token_type_ids is None:
+            shape = (input_ids if input_ids is not None else inputs_embeds[..., 0]).shape
+            token_type_ids = torch.zeros(shape, dtype=torch.long, device=mask.device)
+        return backbone.embeddings(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids, mask=mask.long()
+        )
+
+    def layer_mask(self, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # DisentangledSelfAttention takes a boolean mask, True = may attend (broadcast over heads and queries).
+        return key_mask[:, None, None, :]
+
+    def run_layer(self, backbone, layer, hidden, mask):
+        encoder = backbone.encoder
+        relative_pos = encoder.get_rel_pos(hidden)
+        out, _ = layer(hidden, mask, relative_pos=relative_pos, rel_embeddings=encoder.get_rel_embedding())
+        return out
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family("bert", causal=False, default_pooling="cls", lora_targets=("query", "value")),
+    "roberta": Family("roberta", causal=False, default_pooling="cls", lora_targets=("query", "value")),
+    "deberta-v2": DebertaV2Family("deberta-v2", causal=False, default_pooling="cls", lora_targets=("query_proj", "value_proj")),
+    "gpt2": GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",)),
+}
+
+_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "deberta-v2": "deberta-v2", "gpt2": "gpt2"}
+
+
+def family_for(config) -> Family:
+    """The Family of a transformers config, by `model_type`."""
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in _MODEL_TYPES:
+        raise unknown_choice("backbone family (config.model_type)", model_type, _MODEL_TYPES)
+    if model_type == "deberta-v2" and getattr(config, "conv_kernel_size", 0) > 0:
+        from sptbench.errors import SptbenchError
+
+        raise SptbenchError("DeBERTa-v2 configs with a convolution layer (conv_kernel_size > 0) are not supported")
+    return FAMILIES[_MODEL_TYPES[model_type]]

@@ -1,0 +1,164 @@
+"""`Classifier`: a backbone run layer by layer through its Family, the method's injections, pooling and a linear head."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from sptbench.families import Family
+from sptbench.inject import Injection, enable_prefixes
+
+POOLINGS = ("cls", "mean", "last")
+
+
+def pool(tokens: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool (batch, n, hidden) token states over real tokens: first, mean, or last real token. Prompts never enter."""
+    if how == "cls":
+        return tokens[:, 0]
+    if how == "mean":
+        m = mask.to(tokens.dtype).unsqueeze(-1)
+        return (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if how == "last":
+        last = mask.long().sum(1).clamp(min=1) - 1
+        return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+class Classifier(nn.Module):
+    """Sequence classifier on any supported backbone, with one place where prompts and prefixes enter."""
+
+    def __init__(self, backbone: nn.Module, family: Family, num_labels: int, pooling: str, head_dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.family = family
+        self.pooling = pooling
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(family.hidden_size(backbone), num_labels)
+        self.injections = nn.ModuleList()
+        self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
+        enable_prefixes(backbone, family)
+
+    # -- set-up used by methods ---------------------------------------------------------------------------------
+    def add_injection(self, injection: Injection) -> Injection:
+        self.injections.append(injection)
+        return injection
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.family.layers(self.backbone)
+
+    def freeze_backbone(self) -> None:
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def first_trainable_layer(self) -> int:
+        """The lowest layer whose input needs a gradient: no backbone parameter or injection below it trains."""
+        first = len(self.layers)
+        for inj in self.injections:
+            if any(p.requires_grad for p in inj.parameters()):
+                first = min(first, inj.first_layer())
+        for i, layer in enumerate(self.layers):
+            if any(p.requires_grad for p in layer.parameters()):
+                first = min(first, i)
+                break
+        in_layers = {id(p) for p in self.layers.parameters()}
+        if any(p.requires_grad and id(p) not in in_layers for p in self.backbone.parameters()):
+            first = 0  # embeddings (or anything outside the layers) train
+        return first
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        token_mask = attention_mask.bool()
+        bsz = input_ids.shape[0]
+        no_grad_below = self.first_trainable_layer() if self.training and torch.is_grad_enabled() else 0
+        with torch.no_grad() if no_grad_below > 0 else contextlib.nullcontext():
+            hidden, m = self._embed(input_ids, token_mask, token_type_ids, bsz)
+        for i, layer in enumerate(self.layers):
+            with torch.no_grad() if i < no_grad_below else contextlib.nullcontext():
+                hidden, m = self._enter_layer(i, hidden, m, token_mask)
+                key_mask = torch.cat([token_mask.new_ones(bsz, m), token_mask], 1)
+                mask = self.family.layer_mask(key_mask, hidden.dtype)
+                hidden = self._run_layer(i, layer, hidden, mask, bsz)
+        hidden = self.family.final(self.backbone, hidden)
+        pooled = pool(hidden[:, m:], token_mask, self.pooling)
+        return self.head(self.dropout(pooled))
+
+    def _embed(self, input_ids, token_mask, token_type_ids, bsz):
+        prompts = [p for inj in self.injections if (p := inj.input_prompt(bsz)) is not None]
+        if not prompts:
+            return self.family.embed(self.backbone, input_ids, None, token_type_ids, token_mask), 0
+        words = self.family.word_embeddings(self.backbone)(input_ids)
+        embeds = torch.cat([p.to(words.dtype) for p in prompts] + [words], 1)
+        m = embeds.shape[1] - words.shape[1]
+        if token_type_ids is not None:
+            token_type_ids = torch.cat([token_type_ids.new_zeros(bsz, m), token_type_ids], 1)
+        full_mask = torch.cat([token_mask.new_ones(bsz, m), token_mask], 1)
+        return self.family.embed(self.backbone, None, embeds, token_type_ids, full_mask), m
+
+    def _enter_layer(self, i, hidden, m, token_mask):
+        for inj in self.injections:
+            prompt = inj.layer_prompt(i, hidden[:, m:], token_mask, hidden[:, :m] if m else None)
+            if prompt is not None:
+                hidden = torch.cat([prompt.to(hidden.dtype), hidden[:, m:]], 1)
+                m = prompt.shape[1]
+        return hidden, m
+
+    def _run_layer(self, i, layer, hidden, mask, bsz):
+        prefixes = [kv for inj in self.injections if (kv := inj.kv_prefix(i, bsz)) is not None]
+        if not prefixes:
+            return self.family.run_layer(self.backbone, layer, hidden, mask)
+        attn = self.family.self_attention(layer)
+        attn._sptbench_prefix = tuple(torch.cat(parts, 2) for parts in zip(*prefixes))
+        try:
+            return self.family.run_layer(self.backbone, layer, hidden, mask)
+        finally:
+            attn._sptbench_prefix = None
+
+    # -- parameters and saving ----------------------------------------------------------------------------------
+    def count_parameters(self) -> dict[str, int]:
+        """Trainable without head, with head, stored (what save writes), stored bytes, and the backbone's size."""
+        head = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        trainable_all = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        stored = self.export_state()
+        return {
+            "trainable": trainable_all - head,
+            "trainable_with_head": trainable_all,
+            "stored": sum(t.numel() for t in stored.values()),
+            "stored_bytes": sum(t.numel() * t.element_size() for t in stored.values()),
+            "backbone": self.backbone_parameters,
+        }
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """What save writes: trained parameters plus the head (injections may export a compact form)."""
+        out: dict[str, torch.Tensor] = {}
+        skip: set[int] = set()
+        for i, inj in enumerate(self.injections):
+            state = inj.export_state()
+            if state is not None:
+                out.update({f"injections.{i}.{k}": v.detach().clone() for k, v in state.items()})
+                skip.update(id(p) for p in inj.parameters())
+        for name, p in self.named_parameters():
+            if (p.requires_grad or name.startswith("head.")) and id(p) not in skip:
+                out[name] = p.detach().clone()
+        return out
+
+    def import_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load `export_state` output onto a model built the same way (a fresh backbone + the same method)."""
+        state = dict(state)
+        for i, inj in enumerate(self.injections):
+            prefix = f"injections.{i}."
+            if inj.export_state() is not None:
+                inj.import_state({k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)})
+        params = dict(self.named_parameters())
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise ValueError(f"saved state has parameters this model lacks: {unknown[:5]}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+

@@ -1,0 +1,517 @@
+"""Result records: one YAML mapping per run, appended atomically to a schema-versioned table (see docs/records.md).
+
+A table is a YAML stream (`---` per record) under `<results>/v1/<backbone>/<setting>.yaml`. Records are data only
+(`yaml` safe loader and dumper), validated before they are written, never edited after, and migrated to the current
+schema when read, so tables, checks and `show` only ever see schema `SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sptbench.errors import SptbenchError
+
+SCHEMA_VERSION = 1
+TABLE_DIR = f"v{SCHEMA_VERSION}"
+
+# The libyaml loader is the same safe loader, only faster (appends re-read the whole table under the lock).
+_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Field types: "int", "str", "bool", "number", "map", "list", "metrics" (map of name -> number), "a|b|c" (one of),
+# a trailing "?" allows null, a dict is a nested section. Unknown extra keys are allowed and preserved.
+_SCHEMA: dict[str, Any] = {
+    "schema_version": "int",
+    "run_id": "str",
+    "created": "str",
+    "status": "ok|failed",
+    "error": "str?",
+    "method": {"name": "str", "config": "map"},
+    "task": {"name": "str", "version": "int"},
+    "protocol": {
+        "shots": "int?",
+        "train_size": "int?",
+        "split_source": "sample|lm-bff|full",
+        "seed": "int",
+        "n_train": "int",
+        "n_dev": "int",
+        "n_test": "int",
+    },
+    "backbone": {
+        "id": "str",
+        "family": "str",
+        "revision": "str?",
+        "weights_sha256": "str?",
+        "pooling": "cls|mean|last",
+        "num_parameters": "int",
+    },
+    "data": {"source": "mirror|hub", "location": "str", "fingerprint": "str", "notes": "list"},
+    "training": "map",
+    "outcome": {"best_step": "int?", "steps_run": "int", "stopped_early": "bool"},
+    "metrics": {"selection_metric": "str", "dev": "metrics", "test": "metrics"},
+    "params": {"trainable": "int", "trainable_with_head": "int", "stored": "int", "stored_bytes": "int", "backbone": "int"},
+    "throughput": {
+        "train_samples_per_s": "number",
+        "train_tokens_per_s": "number",
+        "eval_samples_per_s": "number",
+        "peak_memory_mb": "number?",
+        "device": "str",
+        "dtype": "str",
+    },
+    "time": {"wall_s": "number", "train_s": "number", "eval_s": "number"},
+    "extra": "map",
+    "versions": {
+        "python": "str",
+        "torch": "str",
+        "transformers": "str",
+        "peft": "str?",
+        "datasets": "str?",
+        "sptbench": "str",
+    },
+    "git": {"commit": "str?", "dirty": "bool?"},
+}
+# Sections a failed run may leave null: it never got far enough to fill them.
+_RESULT_SECTIONS = ("outcome", "metrics", "params", "throughput", "time")
+_PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
+_SETTING_RE = re.compile(r"^(\d+shot|n\d+|full)$")
+# A Hugging Face hub id: `name` or `org/name`; the hub forbids "--" and ".." in names, so "/" -> "--" is injective.
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+# ---------------------------------------------------------------------------------------------------- naming
+
+
+def new_run_id() -> str:
+    """A unique, sortable run id: UTC time to the second plus 6 random hex digits (e.g. 20261127T062501-ab12cd)."""
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO-8601 (the `created` field)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def setting_name(shots: int | None, train_size: int | None) -> str:
+    """The table name of a data regime: `16shot` (K per class), `n1000` (N training examples) or `full`."""
+    if shots is not None and train_size is not None:
+        raise SptbenchError("give either --shots or --train-size, not both")
+    for flag, value in (("--shots", shots), ("--train-size", train_size)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise SptbenchError(f"{flag} must be a positive integer, got {value!r}")
+    if shots is not None:
+        return f"{shots}shot"
+    return f"n{train_size}" if train_size is not None else "full"
+
+
+def safe_backbone_name(backbone_id: str) -> str:
+    """One safe path component for a backbone id: hub ids `org/name` -> `org--name`; local paths -> `<name>-<hash>`."""
+    if not isinstance(backbone_id, str) or not backbone_id.strip():
+        raise SptbenchError(f"backbone id must be a non-empty string, got {backbone_id!r}")
+    if _HUB_ID_RE.match(backbone_id) and ".." not in backbone_id and "--" not in backbone_id:
+        return backbone_id.replace("/", "--")
+    # Anything else (a local path, odd characters): readable last component plus a hash of the full id.
+    last = re.split(r"[/\\]+", backbone_id.rstrip("/\\"))[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", last).lstrip(".-")[:60] or "backbone"
+    return f"{base}-{hashlib.sha256(backbone_id.encode()).hexdigest()[:8]}"
+
+
+def table_path(results_dir: str | Path, backbone_id: str, setting: str) -> Path:
+    """Where the records of one backbone and data regime go: `<results_dir>/v1/<safe backbone>/<setting>.yaml`."""
+    if not _SETTING_RE.match(setting):
+        raise SptbenchError(f"bad setting '{setting}': expected <K>shot, n<N> or full")
+    root = Path(results_dir)
+    path = root / TABLE_DIR / safe_backbone_name(backbone_id) / f"{setting}.yaml"
+    if not path.resolve().is_relative_to(root.resolve()):  # defence in depth: the name is one safe component
+        raise SptbenchError(f"table path {path} escapes the results directory {root}")
+    return path
+
+
+def record_table_path(results_dir: str | Path, record: dict) -> Path:
+    """The table a record belongs in, from its backbone id and protocol."""
+    protocol = record["protocol"]
+    return table_path(results_dir, record["backbone"]["id"], setting_name(protocol["shots"], protocol["train_size"]))
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+def _type_problem(value: Any, spec: str) -> str | None:
+    """Why `value` does not fit the field type `spec`, or None when it does."""
+    if value is None:
+        return None if spec.endswith("?") else "is null"
+    spec = spec.rstrip("?")
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    checks: dict[str, bool] = {
+        "int": is_int,
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "number": is_int or isinstance(value, float),
+        "map": isinstance(value, dict),
+        "list": isinstance(value, list),
+    }
+    if spec == "metrics":
+        if not isinstance(value, dict):
+            return f"must be a mapping of metric name -> number, got {type(value).__name__}"
+        bad = [k for k, v in value.items() if not isinstance(k, str) or _type_problem(v, "number")]
+        return f"has non-numeric metrics {bad}" if bad else None
+    if "|" in spec:
+        choices = spec.split("|")
+        return None if value in choices else f"must be one of {choices}, got {value!r}"
+    return None if checks[spec] else f"must be {spec}, got {type(value).__name__} {value!r}"
+
+
+def _check_section(rec: Any, schema: dict[str, Any], prefix: str, nullable: tuple[str, ...]) -> list[str]:
+    """Problems of one (possibly nested) section against its schema."""
+    problems = []
+    for name, spec in schema.items():
+        field = f"{prefix}{name}"
+        if name not in rec:
+            problems.append(f"missing field '{field}'")
+            continue
+        value = rec[name]
+        if value is None and name in nullable:
+            continue
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                problems.append(f"field '{field}' must be a mapping, got {type(value).__name__}")
+            else:
+                problems += _check_section(value, spec, f"{field}.", ())
+        elif (why := _type_problem(value, spec)) is not None:
+            problems.append(f"field '{field}' {why}")
+    return problems
+
+
+def _non_plain(value: Any, field: str) -> Iterator[str]:
+    """Fields holding values that are not plain YAML data (numpy scalars, tuples, objects, non-string keys)."""
+    if type(value) not in _PLAIN_TYPES:
+        yield f"field '{field}' holds {type(value).__module__}.{type(value).__name__}, not plain data"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield f"field '{field}' has a non-string key {key!r}"
+            yield from _non_plain(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _non_plain(item, f"{field}[{i}]")
+
+
+def _semantic_problems(rec: dict) -> list[str]:
+    """Cross-field rules the types alone cannot say."""
+    problems = []
+    if rec.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version must be {SCHEMA_VERSION}, got {rec.get('schema_version')!r}")
+    status, error = rec.get("status"), rec.get("error")
+    if status == "ok" and error is not None:
+        problems.append("an ok run must have error: null")
+    if status == "failed" and not error:
+        problems.append("a failed run must say why in 'error'")
+    protocol = rec.get("protocol")
+    if isinstance(protocol, dict) and protocol.get("shots") is not None and protocol.get("train_size") is not None:
+        problems.append("protocol.shots and protocol.train_size are exclusive; one must be null")
+    metrics = rec.get("metrics")
+    if status == "ok" and isinstance(metrics, dict) and isinstance(metrics.get("test"), dict) and not metrics["test"]:
+        problems.append("an ok run must have test metrics")
+    return problems
+
+
+def validate_record(rec: Any) -> list[str]:
+    """Every problem of one (current-schema) record: missing fields, wrong types, inconsistent fields; [] if valid."""
+    if not isinstance(rec, dict):
+        return [f"a record must be a mapping, got {type(rec).__name__}"]
+    nullable = _RESULT_SECTIONS if rec.get("status") == "failed" else ()
+    problems = _check_section(rec, _SCHEMA, "", nullable)
+    return problems + _semantic_problems(rec) + list(_non_plain(rec, ""))
+
+
+# ---------------------------------------------------------------------------------------------------- migration
+
+
+def _migrate_0_to_1(rec: dict) -> dict:
+    """Schema 0 (flat `method`/`method_config`, `params_*` and `accuracy`/`dev_accuracy` keys) -> schema 1."""
+    out = {k: v for k, v in rec.items() if k != "method_config" and not k.startswith("params_")}
+    out.pop("accuracy", None)
+    out.pop("dev_accuracy", None)
+    out["schema_version"] = 1
+    out["method"] = {"name": rec.get("method"), "config": rec.get("method_config", {})}
+    fields = ("trainable", "trainable_with_head", "stored", "stored_bytes", "backbone")
+    has_results = rec.get("status") == "ok" or "accuracy" in rec
+    out["params"] = {f: rec.get(f"params_{f}") for f in fields} if has_results else None
+    if has_results:
+        dev = {"accuracy": rec.get("dev_accuracy"), "score": rec.get("dev_accuracy")}
+        out["metrics"] = {"selection_metric": "accuracy", "dev": dev, "test": {"accuracy": rec.get("accuracy")}}
+    else:
+        out["metrics"] = None
+    return {k: out[k] for k in _ordered_keys(out)}
+
+
+def _ordered_keys(rec: dict) -> list[str]:
+    """Schema order first, then any extra keys: migrated records read like freshly written ones."""
+    return [k for k in _SCHEMA if k in rec] + [k for k in rec if k not in _SCHEMA]
+
+
+# MIGRATIONS[n] turns a schema-n record into a schema-(n+1) record. Add one entry per schema bump.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {0: _migrate_0_to_1}
+
+
+def migrate(rec: dict) -> dict:
+    """A copy of `rec` migrated to SCHEMA_VERSION (a record without `schema_version` is schema 0)."""
+    version = rec.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise SptbenchError(f"bad schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SptbenchError(f"schema_version {version} is newer than this sptbench reads ({SCHEMA_VERSION}); upgrade")
+    out = copy.deepcopy(rec)
+    while version < SCHEMA_VERSION:
+        out = MIGRATIONS[version](out)
+        version += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> SptbenchError:
+    """A one-line `file:line: problem` error for a YAML parse failure."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    detail = f"{problem} ({context})" if context else problem
+    return SptbenchError(f"{path}{line}: malformed YAML: {detail}")
+
+
+def _load_documents(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(first line, data) of every non-empty document of a YAML stream; malformed -> SptbenchError file:line."""
+    loader = _SafeLoader(text)
+    docs = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            data = loader.construct_document(node)
+            if data is not None:
+                docs.append((node.start_mark.line + 1, data))
+    except yaml.YAMLError as err:
+        raise _yaml_error(path, err) from None
+    finally:
+        loader.dispose()
+    return docs
+
+
+def _read_text(path: Path) -> str:
+    """A table's text; a missing or unreadable file is a user error."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SptbenchError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SptbenchError(f"{path}: cannot read: {err}") from None
+
+
+def _migrated(path: Path, docs: list[tuple[int, Any]]) -> list[dict]:
+    """The documents of one table as current-schema records; non-mappings and bad versions name file:line."""
+    records = []
+    for line, data in docs:
+        if not isinstance(data, dict):
+            raise SptbenchError(f"{path}:{line}: a record must be a mapping, got {type(data).__name__}")
+        try:
+            records.append(migrate(data))
+        except SptbenchError as err:
+            raise SptbenchError(f"{path}:{line}: {err}") from None
+    return records
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """All records of one table, migrated to the current schema, in file order (empty file -> [])."""
+    path = Path(path)
+    return _migrated(path, _load_documents(path, _read_text(path)))
+
+
+def table_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The table files named by `paths`: files as given, directories searched recursively for *.yaml (sorted)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*.yaml") if f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise SptbenchError(f"{p}: no such file or directory")
+    return files
+
+
+def read_records(paths: Iterable[str | Path]) -> list[dict]:
+    """The records of every table under `paths` (files or directories), in sorted file order."""
+    return [rec for f in table_files(paths) for rec in read_table(f)]
+
+
+def validate_paths(paths: Iterable[str | Path]) -> list[str]:
+    """Every problem in the tables under `paths`, each as `file:line: problem` (line where the record starts)."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for f in table_files(paths):
+        try:
+            docs = _load_documents(f, _read_text(f))
+        except SptbenchError as err:
+            problems.append(str(err))
+            continue
+        for line, data in docs:
+            where = f"{f}:{line}"
+            try:
+                (rec,) = _migrated(f, [(line, data)])
+            except SptbenchError as err:
+                problems.append(str(err))
+                continue
+            problems += [f"{where}: {p}" for p in validate_record(rec)]
+            run_id = rec.get("run_id")
+            if isinstance(run_id, str) and run_id in seen:
+                problems.append(f"{where}: duplicate run_id '{run_id}' (first at {seen[run_id]})")
+            elif isinstance(run_id, str):
+                seen[run_id] = where
+    return problems
+
+
+def find_record(paths: Iterable[str | Path], run_id: str) -> dict:
+    """The record with this run id (or a unique prefix of one) under `paths`."""
+    records = read_records(paths)
+    exact = [r for r in records if r.get("run_id") == run_id]
+    matches = exact or [r for r in records if str(r.get("run_id", "")).startswith(run_id)]
+    if not matches:
+        raise SptbenchError(f"no record with run id '{run_id}' ({len(records)} records searched)")
+    if len({r.get("run_id") for r in matches}) > 1:
+        ids = ", ".join(sorted(str(r.get("run_id")) for r in matches)[:5])
+        raise SptbenchError(f"run id '{run_id}' is ambiguous: {ids}")
+    return matches[-1]
+
+
+# ---------------------------------------------------------------------------------------------------- keys
+
+
+def canonical_json(value: Any) -> str:
+    """A stable text form of a config (sorted keys, no whitespace) for keys and hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+KEY_FIELDS = (
+    "method",
+    "method_config",
+    "task",
+    "task_version",
+    "shots",
+    "train_size",
+    "split_source",
+    "seed",
+    "backbone",
+    "data_fingerprint",
+    "training",
+)
+
+
+def record_key(rec: dict) -> tuple:
+    """What makes two runs 'the same experiment': the fields named in KEY_FIELDS, configs as canonical JSON."""
+    protocol = rec["protocol"]
+    return (
+        rec["method"]["name"],
+        canonical_json(rec["method"]["config"]),
+        rec["task"]["name"],
+        rec["task"]["version"],
+        protocol["shots"],
+        protocol["train_size"],
+        protocol["split_source"],
+        protocol["seed"],
+        rec["backbone"]["id"],
+        rec["data"]["fingerprint"],
+        canonical_json(rec["training"]),
+    )
+
+
+def without(key: tuple, *fields: str) -> tuple:
+    """A record key with some KEY_FIELDS dropped (e.g. the seed, to group the seeds of one configuration)."""
+    drop = {KEY_FIELDS.index(f) for f in fields}
+    return tuple(v for i, v in enumerate(key) if i not in drop)
+
+
+def key_label(key: tuple) -> str:
+    """A short human label of a record key: method/task@version setting seed backbone."""
+    k = dict(zip(KEY_FIELDS, key))
+    setting = setting_name(k["shots"], k["train_size"])
+    return f"{k['method']}/{k['task']}@v{k['task_version']} {setting} seed={k['seed']} {k['backbone']}"
+
+
+def key_hash(key: tuple) -> str:
+    """Six hex digits that tell apart keys with the same label (they differ in a config or fingerprint)."""
+    return hashlib.sha256(canonical_json(list(key)).encode()).hexdigest()[:6]
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock on a table, held on a sibling `.NAME.lock` file (the table is replaced)."""
+    lock_path = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` atomically: temp file in the same directory, fsync, rename, fsync the directory."""
+    path = Path(path)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def dump_record(record: dict) -> str:
+    """One record as a YAML document, starting with `---`, keys in record order."""
+    return yaml.safe_dump(record, sort_keys=False, explicit_start=True, allow_unicode=True, width=120)
+
+
+def append_record(path: str | Path, record: dict) -> None:
+    """Validate `record` and append it to the table at `path`, atomically and safely under concurrent appends."""
+    problems = validate_record(record)
+    if problems:
+        raise SptbenchError(f"refusing to write an invalid record: {'; '.join(problems)}")
+    document = dump_record(record)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        old = _read_text(path) if path.exists() else ""
+        existing = _migrated(path, _load_documents(path, old))  # a malformed table raises; nothing is written
+        if any(r.get("run_id") == record["run_id"] for r in existing):
+            raise SptbenchError(f"{path}: run id '{record['run_id']}' is already in this table")
+        sep = "" if not old or old.endswith("\n") else "\n"
+        write_text_atomic(path, old + sep + document)

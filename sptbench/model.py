@@ -1,4 +1,4 @@
-"""`Classifier`: a backbone run layer by layer through its Family, the method's injections, pooling and a linear head."""
+"""`Classifier`: a backbone run layer by layer through its Family, the injections, pooling and a linear head."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class Classifier(nn.Module):
         if not prefixes:
             return self.family.run_layer(self.backbone, layer, hidden, mask)
         attn = self.family.self_attention(layer)
-        attn._sptbench_prefix = tuple(torch.cat(parts, 2) for parts in zip(*prefixes))
+        attn._sptbench_prefix = tuple(torch.cat(parts, 2) for parts in zip(*prefixes, strict=True))
         try:
             return self.family.run_layer(self.backbone, layer, hidden, mask)
         finally:
@@ -153,7 +153,7 @@ class Classifier(nn.Module):
         for i, inj in enumerate(self.injections):
             prefix = f"injections.{i}."
             if inj.export_state() is not None:
-                inj.import_state({k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)})
+                inj.import_state({k[len(prefix) :]: state.pop(k) for k in list(state) if k.startswith(prefix)})
         params = dict(self.named_parameters())
         unknown = sorted(set(state) - set(params))
         if unknown:
@@ -161,4 +161,3 @@ class Classifier(nn.Module):
         with torch.no_grad():
             for name, tensor in state.items():
                 params[name].copy_(tensor)
-

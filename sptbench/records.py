@@ -62,11 +62,17 @@ _SCHEMA: dict[str, Any] = {
     "training": "map",
     "outcome": {"best_step": "int?", "steps_run": "int", "stopped_early": "bool"},
     "metrics": {"selection_metric": "str", "dev": "metrics", "test": "metrics"},
-    "params": {"trainable": "int", "trainable_with_head": "int", "stored": "int", "stored_bytes": "int", "backbone": "int"},
+    "params": {
+        "trainable": "int",
+        "trainable_with_head": "int",
+        "stored": "int",
+        "stored_bytes": "int",
+        "backbone": "int",
+    },
     "throughput": {
-        "train_samples_per_s": "number",
-        "train_tokens_per_s": "number",
-        "eval_samples_per_s": "number",
+        "train_samples_per_s": "number?",
+        "train_tokens_per_s": "number?",
+        "eval_samples_per_s": "number?",
         "peak_memory_mb": "number?",
         "device": "str",
         "dtype": "str",
@@ -75,15 +81,15 @@ _SCHEMA: dict[str, Any] = {
     "extra": "map",
     "versions": {
         "python": "str",
-        "torch": "str",
-        "transformers": "str",
+        "torch": "str?",
+        "transformers": "str?",
         "peft": "str?",
         "datasets": "str?",
         "sptbench": "str",
     },
     "git": {"commit": "str?", "dirty": "bool?"},
 }
-# Sections a failed run may leave null: it never got far enough to fill them.
+# Sections a failed run may leave null, empty or incomplete: it never got far enough to fill them.
 _RESULT_SECTIONS = ("outcome", "metrics", "params", "throughput", "time")
 _PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
 _SETTING_RE = re.compile(r"^(\d+shot|n\d+|full)$")
@@ -145,6 +151,70 @@ def record_table_path(results_dir: str | Path, record: dict) -> Path:
     return table_path(results_dir, record["backbone"]["id"], setting_name(protocol["shots"], protocol["train_size"]))
 
 
+def example_record() -> dict:
+    """A complete, valid schema-1 record: the schema by example (docs/records.md shows it; tests build on it)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": "20260101T000000-000000",
+        "created": "2026-01-01T00:00:00+00:00",
+        "status": "ok",
+        "error": None,
+        "method": {"name": "prompt_tuning", "config": {"num_tokens": 20, "init": "random"}},
+        "task": {"name": "sst2", "version": 1},
+        "protocol": {
+            "shots": 16,
+            "train_size": None,
+            "split_source": "lm-bff",
+            "seed": 13,
+            "n_train": 32,
+            "n_dev": 32,
+            "n_test": 872,
+        },
+        "backbone": {
+            "id": "roberta-large",
+            "family": "roberta",
+            "revision": None,
+            "weights_sha256": None,
+            "pooling": "cls",
+            "num_parameters": 355_359_744,
+        },
+        "data": {"source": "mirror", "location": "data/sst2", "fingerprint": "sha256:0123abcd", "notes": []},
+        "training": {"steps": 1000, "lr": 0.3, "batch_size": 8, "eval_every": 100, "max_length": 128},
+        "outcome": {"best_step": 800, "steps_run": 1000, "stopped_early": False},
+        "metrics": {
+            "selection_metric": "accuracy",
+            "dev": {"accuracy": 0.875, "score": 0.875},
+            "test": {"accuracy": 0.8612},
+        },
+        "params": {
+            "trainable": 20_480,
+            "trainable_with_head": 1_071_106,
+            "stored": 1_071_106,
+            "stored_bytes": 4_284_424,
+            "backbone": 355_359_744,
+        },
+        "throughput": {
+            "train_samples_per_s": 12.5,
+            "train_tokens_per_s": 1600.0,
+            "eval_samples_per_s": 60.0,
+            "peak_memory_mb": None,
+            "device": "cpu",
+            "dtype": "float32",
+        },
+        "time": {"wall_s": 95.0, "train_s": 80.0, "eval_s": 15.0},
+        "extra": {},
+        "versions": {
+            "python": "3.11.7",
+            "torch": "2.13.0",
+            "transformers": "5.24.0",
+            "peft": "0.21.0",
+            "datasets": "3.6.0",
+            "sptbench": "0.1.0",
+        },
+        "git": {"commit": None, "dirty": None},
+    }
+
+
 # ---------------------------------------------------------------------------------------------------- validation
 
 
@@ -173,22 +243,21 @@ def _type_problem(value: Any, spec: str) -> str | None:
     return None if checks[spec] else f"must be {spec}, got {type(value).__name__} {value!r}"
 
 
-def _check_section(rec: Any, schema: dict[str, Any], prefix: str, nullable: tuple[str, ...]) -> list[str]:
-    """Problems of one (possibly nested) section against its schema."""
+def _check_section(rec: dict, schema: dict[str, Any], prefix: str, partial: tuple[str, ...] = ()) -> list[str]:
+    """Problems of one (possibly nested) section; sections named in `partial` may be null, empty or incomplete."""
     problems = []
     for name, spec in schema.items():
         field = f"{prefix}{name}"
-        if name not in rec:
+        value = rec.get(name)
+        lenient = name in partial or "*" in partial
+        if name not in rec and not lenient:
             problems.append(f"missing field '{field}'")
+        elif value is None and lenient:
             continue
-        value = rec[name]
-        if value is None and name in nullable:
-            continue
-        if isinstance(spec, dict):
-            if not isinstance(value, dict):
-                problems.append(f"field '{field}' must be a mapping, got {type(value).__name__}")
-            else:
-                problems += _check_section(value, spec, f"{field}.", ())
+        elif isinstance(spec, dict) and not isinstance(value, dict):
+            problems.append(f"field '{field}' must be a mapping, got {type(value).__name__}")
+        elif isinstance(spec, dict):
+            problems += _check_section(value, spec, f"{field}.", ("*",) if lenient else ())
         elif (why := _type_problem(value, spec)) is not None:
             problems.append(f"field '{field}' {why}")
     return problems
@@ -221,6 +290,10 @@ def _semantic_problems(rec: dict) -> list[str]:
     protocol = rec.get("protocol")
     if isinstance(protocol, dict) and protocol.get("shots") is not None and protocol.get("train_size") is not None:
         problems.append("protocol.shots and protocol.train_size are exclusive; one must be null")
+    for name in ("shots", "train_size"):
+        value = protocol.get(name) if isinstance(protocol, dict) else None
+        if isinstance(value, int) and value <= 0:
+            problems.append(f"protocol.{name} must be positive, got {value}")
     metrics = rec.get("metrics")
     if status == "ok" and isinstance(metrics, dict) and isinstance(metrics.get("test"), dict) and not metrics["test"]:
         problems.append("an ok run must have test metrics")
@@ -231,9 +304,20 @@ def validate_record(rec: Any) -> list[str]:
     """Every problem of one (current-schema) record: missing fields, wrong types, inconsistent fields; [] if valid."""
     if not isinstance(rec, dict):
         return [f"a record must be a mapping, got {type(rec).__name__}"]
-    nullable = _RESULT_SECTIONS if rec.get("status") == "failed" else ()
-    problems = _check_section(rec, _SCHEMA, "", nullable)
+    partial = _RESULT_SECTIONS if rec.get("status") == "failed" else ()
+    problems = _check_section(rec, _SCHEMA, "", partial)
     return problems + _semantic_problems(rec) + list(_non_plain(rec, ""))
+
+
+def require_valid(records: Iterable[dict]) -> list[dict]:
+    """The records as a list, or an error naming the first invalid one (tables and checks trust their input)."""
+    records = list(records)
+    bad = [(r, p) for r in records if (p := validate_record(r))]
+    if bad:
+        rec, problems = bad[0]
+        run_id = rec.get("run_id", "?") if isinstance(rec, dict) else "?"
+        raise SptbenchError(f"{len(bad)} invalid record(s), e.g. run {run_id}: {problems[0]}; see `sptbench validate`")
+    return records
 
 
 # ---------------------------------------------------------------------------------------------------- migration
@@ -445,9 +529,17 @@ def without(key: tuple, *fields: str) -> tuple:
     return tuple(v for i, v in enumerate(key) if i not in drop)
 
 
+def seed_group(key: tuple) -> tuple:
+    """The configuration a run's seed belongs to: its key without the seed and the data fingerprint.
+
+    The fingerprint hashes the seed's own train/dev split, so it differs from seed to seed by design.
+    """
+    return without(key, "seed", "data_fingerprint")
+
+
 def key_label(key: tuple) -> str:
     """A short human label of a record key: method/task@version setting seed backbone."""
-    k = dict(zip(KEY_FIELDS, key))
+    k = dict(zip(KEY_FIELDS, key, strict=True))
     setting = setting_name(k["shots"], k["train_size"])
     return f"{k['method']}/{k['task']}@v{k['task_version']} {setting} seed={k['seed']} {k['backbone']}"
 

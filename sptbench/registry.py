@@ -78,7 +78,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Turn a `--set` string (or a YAML value) into the field's declared type."""
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in typing.get_args(annotation)):
+    if value is None or (
+        isinstance(value, str) and value.lower() in ("none", "null") and type(None) in typing.get_args(annotation)
+    ):
         return None
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
         return _coerce(value, args[0], key)

@@ -1,0 +1,76 @@
+"""Prompt tuning (Lester et al., 2021): m trainable vectors prepended to the token embeddings.
+
+The prompt enters before the embedding module, exactly as peft's PROMPT_TUNING does: position embeddings,
+the embedding LayerNorm and dropout apply to the prompt positions as to the tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.inject import Injection
+from sptbench.model import Classifier
+from sptbench.registry import register_method
+
+INITS = ("vocab", "random")
+
+
+@dataclass
+class PromptTuningConfig:
+    """Prompt tuning.
+
+    num_tokens: prompt length m (Lester et al.: 20 is near the plateau for most model sizes).
+    init: `vocab` = each prompt vector is the embedding of a token drawn uniformly from the vocabulary (global RNG;
+        Lester et al.'s best init, who drew from the 5,000 most frequent tokens, peft's SAMPLE_VOCAB draws from all);
+        `random` = N(0, s^2) with s the std of the word-embedding table, i.e. on the scale of real tokens.
+    """
+
+    num_tokens: int = 20
+    init: Literal["vocab", "random"] = "vocab"
+
+    def validate(self) -> None:
+        if self.num_tokens < 1:
+            raise SptbenchError(f"num_tokens must be >= 1, got {self.num_tokens}")
+        if self.init not in INITS:
+            raise unknown_choice("prompt init", self.init, INITS)
+
+
+class InputPrompt(Injection):
+    """m trainable (hidden,) vectors, the same for every example, prepended to the word embeddings."""
+
+    def __init__(self, init: torch.Tensor):
+        super().__init__()
+        self.prompt = nn.Parameter(init.clone())
+
+    def input_prompt(self, batch_size: int) -> torch.Tensor:
+        return self.prompt.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+def initial_prompt(words: nn.Embedding, num_tokens: int, init: str) -> torch.Tensor:
+    """The (num_tokens, hidden) starting prompt: sampled vocabulary embeddings or scale-matched Gaussian noise."""
+    table = words.weight.detach()
+    if init == "vocab":
+        ids = torch.randint(0, table.shape[0], (num_tokens,), device=table.device)
+        return table[ids].clone()
+    if init == "random":
+        return torch.randn(num_tokens, table.shape[1], device=table.device, dtype=table.dtype) * table.std()
+    raise unknown_choice("prompt init", init, INITS)
+
+
+def apply(model: Classifier, cfg: PromptTuningConfig) -> None:
+    words = model.family.word_embeddings(model.backbone)
+    model.add_injection(InputPrompt(initial_prompt(words, cfg.num_tokens, cfg.init)))
+
+
+register_method(
+    "prompt_tuning",
+    PromptTuningConfig,
+    apply,
+    "prompt tuning (Lester et al. 2021): trainable input prompt vectors, frozen backbone",
+    default_lr=3e-2,
+)

@@ -1,0 +1,124 @@
+"""The results subcommands: `table`, `check`, `show` and `validate` (registered on the main `sptbench` parser)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sptbench.check import check, format_result
+from sptbench.errors import SptbenchError
+from sptbench.records import TABLE_DIR, dump_record, find_record, read_records, validate_paths, write_text_atomic
+from sptbench.tables import FORMATS, build_table, render, update_readme_block
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """Names given as `a b` or `a,b` (or both)."""
+    if values is None:
+        return None
+    return [name for value in values for name in value.split(",") if name]
+
+
+def _paths(args: argparse.Namespace) -> list[Path]:
+    """The table paths given, else `<results-dir>/v1`."""
+    return [Path(p) for p in args.paths] or [Path(args.results_dir) / TABLE_DIR]
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Render a results table to stdout, a file, or a README block."""
+    if (args.readme is None) != (args.block is None):
+        raise SptbenchError("--readme and --block go together")
+    table = build_table(
+        read_records(_paths(args)),
+        backbone=args.backbone,
+        shots=args.shots,
+        train_size=args.train_size,
+        setting=args.setting,
+        tasks=_names(args.tasks),
+        methods=_names(args.methods),
+        expected_seeds=args.expected_seeds,
+    )
+    text = render(table, args.format)
+    if args.format == "csv":  # CSV carries numbers only; the notes still reach the user
+        print("\n".join(table.notes), file=sys.stderr)
+    if args.out:
+        write_text_atomic(args.out, text)
+    if args.readme:
+        update_readme_block(args.readme, args.block, text)
+    if not args.out and not args.readme:
+        print(text, end="")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compare fresh runs with a reference table; exit 1 on a move outside the band, a missing key or a failed run."""
+    result = check(read_records(_paths(args)), read_records(args.against), abs_tol=args.abs_tol, std_k=args.std_k)
+    print(format_result(result))
+    return 0 if result.ok else 1
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print one record as YAML."""
+    print(dump_record(find_record([args.results_dir], args.run_id)), end="")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print every problem in the tables with file:line; exit 1 if there is any."""
+    paths = _paths(args)
+    problems = validate_paths(paths)
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problem(s)" if problems else f"ok: {len(read_records(paths))} record(s) valid")
+    return 1 if problems else 0
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="*", help="table files or directories (default: <results-dir>/v1)")
+    parser.add_argument("--results-dir", default="results", help="results root (default: results)")
+
+
+def _add_table(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("table", help="render a results table (methods x tasks, mean ± std over seeds)")
+    _add_common(p)
+    p.add_argument("--backbone", help="backbone id (or its directory name under v1/)")
+    regime = p.add_mutually_exclusive_group()
+    regime.add_argument("--shots", type=int, help="the K-shot tables")
+    regime.add_argument("--train-size", type=int, help="the N-example tables")
+    regime.add_argument("--setting", help="a setting name: 16shot, n1000, full")
+    p.add_argument("--tasks", nargs="+", help="columns, in this order (default: all, sorted)")
+    p.add_argument("--methods", nargs="+", help="rows, in this order (default: all, sorted)")
+    p.add_argument("--expected-seeds", type=int, help="seeds per cell (default: the most any cell has)")
+    p.add_argument("--format", choices=FORMATS, default="md")
+    p.add_argument("--out", help="write the table to this file instead of stdout")
+    p.add_argument("--readme", help="README to update in place (with --block)")
+    p.add_argument("--block", help="name in <!-- sptbench:table NAME --> markers")
+    p.set_defaults(func=cmd_table)
+
+
+def _add_check(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("check", help="compare fresh runs with a reference table (exit 1 on regression)")
+    _add_common(p)
+    p.add_argument("--against", required=True, action="append", help="reference table file or directory (repeatable)")
+    p.add_argument("--abs-tol", type=float, help="allowed absolute move of a metric (default 1e-6 if no --std-k)")
+    p.add_argument("--std-k", type=float, help="allowed move in units of the reference std over seeds")
+    p.set_defaults(func=cmd_check)
+
+
+def _add_show(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("show", help="print one record as YAML")
+    p.add_argument("run_id", help="run id (or a unique prefix)")
+    p.add_argument("--results-dir", default="results", help="results root (default: results)")
+    p.set_defaults(func=cmd_show)
+
+
+def _add_validate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("validate", help="check tables against the record schema (exit 1 on problems)")
+    _add_common(p)
+    p.set_defaults(func=cmd_validate)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the results subcommands to the main parser; each sets `func(args) -> exit code`."""
+    for add in (_add_table, _add_check, _add_show, _add_validate):
+        add(subparsers)

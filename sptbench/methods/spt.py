@@ -1,0 +1,372 @@
+"""Selective Prompt Tuning (Zhu & Tan, EMNLP 2023): `spt`, `spt_darts`, and the `lpt` baseline (Liu et al., 2022).
+
+SPT puts an LPT-style prompt generator behind a learnable gate at every layer (`GatedPrompts`), learns the gates
+(search), keeps the K layers with the largest gate values (select) and re-trains fresh generators at those layers
+only (re-train). `spt` learns gates and generators jointly on the training set; `spt_darts` alternates generator
+steps on a split D1 and gate steps on the rest D2 (DARTS bi-level). `lpt` is one hard prompt layer, no search.
+The paper's full text was not available: most details here are reconstructions, listed in docs/spt.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from sptbench.errors import SptbenchError
+from sptbench.methods.darts import DartsStep, JointStep
+from sptbench.methods.gated_prompts import GatedPrompts
+from sptbench.methods.prompt_generator import ACTIVATIONS, POOLINGS
+from sptbench.model import Classifier
+from sptbench.registry import register_method
+
+DEFAULT_LR = 3e-3  # prompt generators (and the head); the gates have their own `gate_lr`
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+
+
+@dataclass
+class PromptGeneratorConfig:
+    """The prompt generator at each prompt layer.
+
+    num_tokens: m, prompt positions per example.
+    bottleneck: r, the generator's inner width (paper-scale runs used 256; 32 suits small backbones).
+    pooling: adaptive `avg` or `max` pooling of the down-projected real tokens to m positions.
+    activation: relu, tanh or gelu, between pooling and the up-projection.
+    """
+
+    num_tokens: int = 10
+    bottleneck: int = 32
+    pooling: Literal["avg", "max"] = "avg"
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+
+    def validate(self) -> None:
+        if self.num_tokens < 1:
+            raise SptbenchError(f"num_tokens must be >= 1, got {self.num_tokens}")
+        if self.bottleneck < 1:
+            raise SptbenchError(f"bottleneck must be >= 1, got {self.bottleneck}")
+        if self.pooling not in POOLINGS:
+            raise SptbenchError(f"pooling must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
+        if self.activation not in ACTIVATIONS:
+            raise SptbenchError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
+
+
+@dataclass
+class SptConfig(PromptGeneratorConfig):
+    """SPT: gated generators at every layer, joint search on train, top-K selection, re-training.
+
+    temperature: τ in α = sigmoid(a / τ).
+    gate_init: initial gate logit a (0: α = 0.5 everywhere).
+    gate_lr: the gates' learning rate (AdamW, linear warmup/decay like the generators').
+    gate_weight_decay: weight decay on the gate logits (0: no pull towards α = 0.5).
+    select: `topk` (the K largest α) or `threshold` (every α >= threshold; the largest if none is).
+    top_k: K; None = a quarter of the layers, at least 1.
+    threshold: the α cut for `select=threshold`.
+    search_steps: optimisation steps of the search; None = the run's max_steps.
+    layers: skip the search and re-train prompts at these layers (also how a saved model is rebuilt:
+        set it to the record's extra.chosen_layers).
+    """
+
+    temperature: float = 1.0
+    gate_init: float = 0.0
+    gate_lr: float = 1e-2
+    gate_weight_decay: float = 0.0
+    select: Literal["topk", "threshold"] = "topk"
+    top_k: int | None = None
+    threshold: float = 0.5
+    search_steps: int | None = None
+    layers: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.temperature <= 0:
+            raise SptbenchError(f"temperature must be > 0, got {self.temperature}")
+        if self.gate_lr <= 0:
+            raise SptbenchError(f"gate_lr must be > 0, got {self.gate_lr}")
+        if self.select not in ("topk", "threshold"):
+            raise SptbenchError(f"select must be topk or threshold, got '{self.select}'")
+        if self.top_k is not None and self.top_k < 1:
+            raise SptbenchError(f"top_k must be >= 1, got {self.top_k}")
+        if not 0.0 < self.threshold < 1.0:
+            raise SptbenchError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.search_steps is not None and self.search_steps < 1:
+            raise SptbenchError(f"search_steps must be >= 1, got {self.search_steps}")
+        if self.layers is not None and not self.layers:
+            raise SptbenchError("layers, when given, must name at least one layer")
+
+
+@dataclass
+class SptDartsConfig(SptConfig):
+    """SPT-DARTS: the search alternates gate steps on D2 and generator steps on D1 (bi-level, DARTS-style).
+
+    d1_fraction: share of the training set in D1 (generators); D2 (gates) is the rest. Split per label, seeded.
+    second_order: unrolled second-order gate gradient (finite-difference Hessian-vector product) instead of first order.
+    unroll_lr: ξ of the virtual generator step; None = the generators' current learning rate.
+    """
+
+    d1_fraction: float = 0.5
+    second_order: bool = False
+    unroll_lr: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.d1_fraction < 1.0:
+            raise SptbenchError(f"d1_fraction must be in (0, 1), got {self.d1_fraction}")
+
+
+@dataclass
+class LptConfig(PromptGeneratorConfig):
+    """Late Prompt Tuning: one instance-aware prompt generator at one layer, no search.
+
+    layer: the prompt layer; None = the middle layer (layers // 2).
+    """
+
+    layer: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layer is not None and self.layer < 0:
+            raise SptbenchError(f"layer must be >= 0, got {self.layer}")
+
+
+# ---------------------------------------------------------------------------------------------------- building
+
+
+def add_prompts(model: Classifier, cfg: PromptGeneratorConfig, layers: Sequence[int], *, gated: bool) -> GatedPrompts:
+    """Add generators at `layers` (learnable gates if `gated`, else hard gates) to a model; returns the injection."""
+    n = len(model.layers)
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad:
+        raise SptbenchError(f"prompt layers {bad} out of range: this backbone has layers 0..{n - 1}")
+    inj = GatedPrompts(
+        model.family.hidden_size(model.backbone),
+        layers,
+        num_tokens=cfg.num_tokens,
+        bottleneck=cfg.bottleneck,
+        pooling=cfg.pooling,
+        activation=cfg.activation,
+        gated=gated,
+        temperature=getattr(cfg, "temperature", 1.0),
+        gate_init=getattr(cfg, "gate_init", 0.0),
+    )
+    param = next(model.head.parameters())
+    return model.add_injection(inj.to(device=param.device))
+
+
+def apply_spt(model: Classifier, cfg: SptConfig) -> None:
+    """With `layers`: the re-trained model (hard prompts there). Without: the search-stage model (gates everywhere)."""
+    if cfg.layers is not None:
+        add_prompts(model, cfg, cfg.layers, gated=False)
+    else:
+        add_prompts(model, cfg, range(len(model.layers)), gated=True)
+
+
+def lpt_layer(num_layers: int, cfg: LptConfig) -> int:
+    return num_layers // 2 if cfg.layer is None else cfg.layer
+
+
+def apply_lpt(model: Classifier, cfg: LptConfig) -> None:
+    add_prompts(model, cfg, [lpt_layer(len(model.layers), cfg)], gated=False)
+
+
+def gates_of(model: Classifier) -> GatedPrompts:
+    found = [inj for inj in model.injections if isinstance(inj, GatedPrompts)]
+    if len(found) != 1:
+        raise ValueError(f"expected one GatedPrompts injection, found {len(found)}")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+
+
+def default_top_k(num_layers: int) -> int:
+    """A quarter of the layers, at least one (8 of 32, as in the authors' later re-run)."""
+    return max(1, num_layers // 4)
+
+
+def select_layers(
+    alpha: Sequence[float], layers: Sequence[int], *, select: str = "topk", k: int | None = None,
+    threshold: float = 0.5,
+) -> list[int]:
+    """The chosen prompt layers, ascending: the K largest α (ties: the lower layer), or every α >= threshold."""
+    if len(alpha) != len(layers) or not layers:
+        raise ValueError("alpha and layers must be non-empty and of the same length")
+    ranked = sorted(range(len(layers)), key=lambda i: (-alpha[i], layers[i]))
+    if select == "topk":
+        k = default_top_k(len(layers)) if k is None else k
+        keep = ranked[: min(k, len(layers))]
+    elif select == "threshold":
+        keep = [i for i in ranked if alpha[i] >= threshold] or ranked[:1]
+    else:
+        raise ValueError(f"unknown selection {select!r}")
+    return sorted(layers[i] for i in keep)
+
+
+def split_d1_d2(rows: list[dict], d1_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split training rows into D1 (generators) and D2 (gates), per label, seeded; each gets at least one row."""
+    if len(rows) < 2:
+        raise SptbenchError("spt_darts needs at least 2 training examples to split into D1 and D2")
+    rng = random.Random(seed)
+    by_label: dict = {}
+    for i, row in enumerate(rows):
+        by_label.setdefault(row["label"], []).append(i)
+    d1: list[int] = []
+    for label in sorted(by_label, key=str):
+        idx = by_label[label]
+        rng.shuffle(idx)
+        d1.extend(idx[: round(len(idx) * d1_fraction)])
+    d1_set = set(d1)
+    d2 = [i for i in range(len(rows)) if i not in d1_set]
+    if not d1 or not d2:  # tiny sets: split without stratifying so that neither side is empty
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        n1 = min(max(1, round(len(rows) * d1_fraction)), len(rows) - 1)
+        d1, d2 = order[:n1], order[n1:]
+    return [rows[i] for i in sorted(d1)], [rows[i] for i in sorted(d2)]
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+def _alpha_list(inj: GatedPrompts) -> list[float]:
+    return [round(float(a), 6) for a in inj.alphas().detach().cpu()]
+
+
+def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
+    """Learn the gates; returns final α per layer, the α trajectory and the stage's cost. Dev monitors only."""
+    from sptbench.train import build_optimizer, forever, loss_on
+
+    t_start = time.perf_counter()
+    tcfg = dataclasses.replace(
+        ctx.tcfg, max_steps=cfg.search_steps or ctx.tcfg.max_steps, patience=None
+    )  # the whole budget, no early stop on dev
+    model = ctx.build_model()
+    apply_spt(model, dataclasses.replace(cfg, layers=None))
+    inj = gates_of(model)
+    gates = [inj.gate_logits]
+    weights = [p for p in model.parameters() if p.requires_grad and p is not inj.gate_logits]
+    opt_w, sched_w = build_optimizer(weights, tcfg.lr, tcfg.weight_decay, tcfg.max_steps, tcfg.warmup_ratio)
+    opt_a, sched_a = build_optimizer(gates, cfg.gate_lr, 0.0, tcfg.max_steps, tcfg.warmup_ratio)
+    for group in opt_a.param_groups:
+        group["weight_decay"] = cfg.gate_weight_decay
+
+    trajectory = [{"step": 0, "alpha": _alpha_list(inj), "dev_score": None}]
+    final: dict = {}
+
+    def after(step: int) -> None:
+        if step == tcfg.max_steps:
+            final["alpha"] = _alpha_list(inj)  # the gates at the end of the search, not at the best dev step
+
+    def on_eval(step: int, dev: dict) -> None:
+        trajectory.append({"step": step, "alpha": _alpha_list(inj), "dev_score": round(float(dev["score"]), 6)})
+
+    if darts:
+        d1_rows, d2_rows = split_d1_d2(ctx.task.train, cfg.d1_fraction, tcfg.seed)
+        pad_id = ctx.tokenizer.pad_token_id or 0
+        d2 = forever(ctx.encode(d2_rows), tcfg.batch_size, seed=tcfg.seed + 1, group_by_length=tcfg.group_by_length,
+                     pad_id=pad_id)
+        step_fn = DartsStep(weights, gates, opt_w, sched_w, opt_a, sched_a, tcfg.max_grad_norm, loss_on, d2,
+                            second_order=cfg.second_order, unroll_lr=cfg.unroll_lr, after=after)
+        train_rows = d1_rows
+    else:
+        step_fn = JointStep(weights, gates, opt_w, sched_w, opt_a, sched_a, tcfg.max_grad_norm, loss_on, after=after)
+        train_rows, d2_rows = ctx.task.train, []
+    ctx.log(f"[spt] search ({'darts' if darts else 'joint'}): {len(train_rows)} generator rows, "
+            f"{len(d2_rows)} gate rows, {tcfg.max_steps} steps")
+    result = ctx.train(model, ctx.encode(train_rows), ctx.encode(ctx.task.dev), tcfg, step_fn=step_fn, on_eval=on_eval)
+    alpha = final.get("alpha") or trajectory[-1]["alpha"]
+    return {
+        "layers": list(inj.prompt_layers),
+        "alpha": alpha,
+        "trajectory": trajectory,
+        "cost": {
+            "wall_s": round(time.perf_counter() - t_start, 3),
+            "train_s": round(result.train_time_s, 3),
+            "eval_s": round(result.eval_time_s, 3),
+            "steps": result.steps_run,
+            "samples_seen": step_fn.samples_seen,
+            "d1_size": len(train_rows) if darts else None,
+            "d2_size": len(d2_rows) if darts else None,
+        },
+    }
+
+
+def retrain(ctx, cfg: PromptGeneratorConfig, layers: Sequence[int]):
+    """Fresh model, fresh generators with hard gates at `layers`, trained on train with dev selection."""
+    t_start = time.perf_counter()
+    model = ctx.build_model()
+    add_prompts(model, cfg, layers, gated=False)
+    ctx.log(f"[spt] re-train: prompts at layers {list(layers)}")
+    result = ctx.train(model, ctx.encode(ctx.task.train), ctx.encode(ctx.task.dev))
+    cost = {
+        "wall_s": round(time.perf_counter() - t_start, 3),
+        "train_s": round(result.train_time_s, 3),
+        "eval_s": round(result.eval_time_s, 3),
+        "steps": result.steps_run,
+        "samples_seen": result.samples_seen,
+    }
+    return model, result, cost
+
+
+def _fit(ctx, *, darts: bool):
+    from sptbench.train import FitResult
+
+    cfg: SptConfig = ctx.method_cfg
+    extra: dict = {}
+    stages: dict = {}
+    if cfg.layers is not None:
+        chosen = sorted(set(cfg.layers))
+        extra["chosen_layers"] = chosen
+        extra["search"] = "skipped (layers given)"
+    else:
+        found = search(ctx, cfg, darts=darts)
+        num_layers = len(found["layers"])
+        k = cfg.top_k if cfg.top_k is not None else default_top_k(num_layers)
+        chosen = select_layers(found["alpha"], found["layers"], select=cfg.select, k=k, threshold=cfg.threshold)
+        ctx.log(f"[spt] α = {found['alpha']} -> layers {chosen}")
+        extra.update(
+            candidate_layers=found["layers"],
+            alpha=found["alpha"],
+            chosen_layers=chosen,
+            top_k=k if cfg.select == "topk" else None,
+            alpha_trajectory=found["trajectory"],
+            search_wall_s=found["cost"]["wall_s"],
+            search_samples_seen=found["cost"]["samples_seen"],
+            search_steps=found["cost"]["steps"],
+        )
+        stages["search"] = found["cost"]
+    model, result, cost = retrain(ctx, cfg, chosen)
+    extra["retrain_wall_s"] = cost["wall_s"]
+    stages["retrain"] = cost
+    return FitResult(model=model, result=result, extra=extra, stages=stages)
+
+
+def fit_spt(ctx):
+    """search (joint) -> select -> re-train."""
+    return _fit(ctx, darts=False)
+
+
+def fit_spt_darts(ctx):
+    """search (DARTS alternation on D1/D2) -> select -> re-train."""
+    return _fit(ctx, darts=True)
+
+
+register_method(
+    "spt", SptConfig, apply_spt,
+    "Selective Prompt Tuning: gated prompt generators at every layer learned jointly, top-K layers re-trained",
+    fit=fit_spt, default_lr=DEFAULT_LR,
+)
+register_method(
+    "spt_darts", SptDartsConfig, apply_spt,
+    "SPT-DARTS: gates learned on a held-out part of train (bi-level, DARTS-style), top-K layers re-trained",
+    fit=fit_spt_darts, default_lr=DEFAULT_LR,
+)
+register_method(
+    "lpt", LptConfig, apply_lpt,
+    "Late Prompt Tuning: one instance-aware prompt generator at one layer (default the middle)",
+    default_lr=DEFAULT_LR,
+)

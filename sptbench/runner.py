@@ -1,0 +1,270 @@
+"""One run: spec -> data -> model -> trained state -> record. The runner knows no method by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sptbench import __version__
+from sptbench.backbones import load_backbone
+from sptbench.errors import SptbenchError
+from sptbench.records import SCHEMA_VERSION, append_record, new_run_id, setting_name, table_path
+from sptbench.registry import Method, build_config, config_dict, get_method
+from sptbench.tasks import TaskData, load_task
+from sptbench.train import FitContext, FitResult, NonFiniteLoss, TrainConfig, encode_rows, evaluate, train
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+
+
+@dataclass
+class RunSpec:
+    """Everything that defines a run; all of it goes into the record."""
+
+    method: str
+    task: str
+    seed: int = 13
+    shots: int | None = None
+    train_size: int | None = None
+    split_source: str = "sample"  # sample | lm-bff (published LM-BFF splits)
+    model: str = "minilm-l6"
+    pooling: str | None = None
+    data_dir: str | None = None
+    results_dir: str = "results"
+    method_overrides: dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    save_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class RunOutcome:
+    record: dict
+    table: Path
+    model: Any = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_config(spec: RunSpec, method: Method) -> TrainConfig:
+    unknown = set(spec.train_overrides) - TRAIN_FIELDS
+    if unknown:
+        from sptbench.errors import unknown_choice
+
+        raise unknown_choice("training option", sorted(unknown)[0], TRAIN_FIELDS)
+    values = {"lr": method.default_lr, **spec.train_overrides, "seed": spec.seed}
+    hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for k, v in list(values.items()):
+        if v is not None and hints[k] in ("int", "float", "bool"):
+            values[k] = {"int": int, "float": float, "bool": bool}[hints[k]](v)
+    tcfg = TrainConfig(**values)
+    if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1:
+        raise SptbenchError("max_steps, eval_every and batch_size must be positive")
+    return tcfg
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "sptbench": __version__}
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "evaluate"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _git() -> dict[str, Any]:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _device(name: str):
+    """accelerate picks the device (and, for bf16, autocast); `auto` means CUDA when there is one."""
+    from accelerate import Accelerator
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise SptbenchError(f"unknown device '{name}'. Choices: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
+    return Accelerator(cpu=(name == "cpu"))
+
+
+def default_fit(method: Method, ctx: FitContext) -> FitResult:
+    """Single-stage methods: apply, train with dev selection."""
+    model = ctx.build_model()
+    method.apply(model, ctx.method_cfg)
+    result = ctx.train(model, ctx.encode(ctx.task.train), ctx.encode(ctx.task.dev))
+    return FitResult(model=model, result=result)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the process's peak RSS
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def run(spec: RunSpec) -> RunOutcome:
+    """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
+    start = time.perf_counter()
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    method = get_method(spec.method)
+    cfg = build_config(method, spec.method_overrides)
+    tcfg = train_config(spec, method)
+    if spec.dtype not in ("fp32", "bf16"):
+        raise SptbenchError(f"unknown dtype '{spec.dtype}'. Choices: bf16, fp32")
+    task: TaskData = load_task(
+        spec.task,
+        data_dir=spec.data_dir,
+        shots=spec.shots,
+        seed=spec.seed,
+        split_source=spec.split_source,
+        train_size=spec.train_size,
+    )
+    accelerator = _device(spec.device)
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    info_box: dict[str, Any] = {}
+
+    def build_model():
+        seed_everything(spec.seed)
+        model, tokenizer, info = load_backbone(spec.model, task.spec.num_labels, pooling=spec.pooling)
+        info_box.update(tokenizer=tokenizer, info=info)
+        model.freeze_backbone()
+        return model.to(device)
+
+    build_model()  # loads the tokenizer and provenance once, fails early on a bad --model
+    tokenizer, info = info_box["tokenizer"], info_box["info"]
+    pad_id = tokenizer.pad_token_id or 0
+
+    def encode(rows):
+        return encode_rows(rows, tokenizer, task.spec)
+
+    def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
+        kw.setdefault("pad_id", pad_id)
+        kw.setdefault("progress", spec.progress)
+        return train(model, train_enc, dev_enc, task.spec, tcfg_ or tcfg, **kw)
+
+    ctx = FitContext(
+        task=task,
+        method_cfg=cfg,
+        tcfg=tcfg,
+        tokenizer=tokenizer,
+        build_model=build_model,
+        encode=encode,
+        train=run_train,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    dtype = torch.bfloat16 if spec.dtype == "bf16" else None
+    status, error, fit, test, eval_s = "ok", None, None, {}, 0.0
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            fit = method.fit(ctx) if method.fit else default_fit(method, ctx)
+            test_enc = encode(task.test)
+            t0 = time.perf_counter()
+            test = evaluate(fit.model, test_enc, task.spec, tcfg.eval_batch_size, pad_id)
+            eval_s = time.perf_counter() - t0
+    except NonFiniteLoss as e:
+        status, error = "failed", str(e)
+
+    record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
+    path = table_path(spec.results_dir, spec.model, setting_name(spec.shots, spec.train_size))
+    append_record(path, record)
+    if status != "ok":
+        raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
+    if spec.save_dir:
+        save_trained(fit.model, record, Path(spec.save_dir))
+    return RunOutcome(record=record, table=path, model=fit.model)
+
+
+def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start) -> dict:
+    res = fit.result if fit else None
+    counts = fit.model.count_parameters() if fit else {}
+    n_test = len(task.test)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": new_run_id(),
+        "created": created,
+        "status": status,
+        "error": error,
+        "method": {"name": method.name, "config": config_dict(cfg)},
+        "task": {"name": task.spec.name, "version": task.spec.version},
+        "protocol": dict(task.protocol),
+        "backbone": info.as_record(),
+        "data": {
+            "source": task.source,
+            "location": task.location,
+            "fingerprint": task.fingerprint,
+            "notes": list(task.notes),
+        },
+        "training": {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "seed"}
+        | {"device": device.type, "dtype": spec.dtype},
+        "outcome": {
+            "best_step": res.best_step if res else None,
+            "steps_run": res.steps_run if res else 0,
+            "stopped_early": res.stopped_early if res else False,
+            "history": res.history if res else [],
+        },
+        "metrics": {
+            "selection_metric": task.spec.selection_metric,
+            "dev": dict(res.best_dev) if res else {},
+            "test": dict(test),
+        },
+        "params": counts,
+        "throughput": {
+            "train_samples_per_s": round(res.samples_seen / res.train_time_s, 3) if res and res.train_time_s else None,
+            "train_tokens_per_s": round(res.tokens_seen / res.train_time_s, 1) if res and res.train_time_s else None,
+            "eval_samples_per_s": round(n_test / eval_s, 3) if eval_s else None,
+            "peak_memory_mb": round(_peak_memory_mb(device), 1),
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"cpu ({torch.get_num_threads()} threads)",
+            "dtype": spec.dtype,
+        },
+        "time": {
+            "wall_s": round(time.perf_counter() - start, 2),
+            "train_s": round(res.train_time_s, 2) if res else 0.0,
+            "eval_s": round((res.eval_time_s if res else 0.0) + eval_s, 2),
+        },
+        "stages": fit.stages if fit else {},
+        "extra": fit.extra if fit else {},
+        "versions": _versions(),
+        "git": _git(),
+    }
+
+
+def save_trained(model, record: dict, out: Path) -> None:
+    """Write the trained parameters + head as safetensors, with the record that says how to rebuild the model."""
+    import yaml
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous().cpu() for k, v in model.export_state().items()}, str(out / "trained.safetensors"))
+    (out / "record.yaml").write_text(yaml.safe_dump(record, sort_keys=False))

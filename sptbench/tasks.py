@@ -1,0 +1,569 @@
+"""Task specs (`tasks/<task>.yaml`) and the data they describe: load a source, map labels, split by protocol.
+
+A spec is data, not code (lm-evaluation-harness style). `load_task` reads the training pool and the test set
+from a local mirror (`--data-dir` / SPTBENCH_DATA_DIR) or the Hugging Face hub, then splits the pool by protocol:
+
+- few-shot (`shots=K`, LM-BFF): K per class for train and another, disjoint K per class for dev, seeded;
+- LM-BFF published splits (`split_source="lm-bff"`, K=16, seeds 13/21/42/87/100), read as-is;
+- fixed train size (`train_size=N`, the "1k regime"): N sampled from the pool, seeded; dev as in full data;
+- full data: dev carved from the pool with a fixed seed (never the run seed), train = the rest.
+The test set is always the task's test split, untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.resources
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sptbench.errors import SptbenchError, unknown_choice
+
+DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
+SPLIT_SOURCES = ("sample", "lm-bff")
+LM_BFF_FOLDER = "lm-bff-16-shot"
+LM_BFF_SHOTS = 16
+LM_BFF_SEEDS = (13, 21, 42, 87, 100)
+DEV_SEED = 0  # full-data / train-size dev carving: fixed, so every run seed sees the same dev set
+DEV_FRACTION = 0.1
+DEV_MAX = 1000
+KNOWN_METRICS = ("accuracy", "f1")
+# selection metric -> the metrics it averages
+SELECTION_METRICS: dict[str, tuple[str, ...]] = {"accuracy": ("accuracy",), "f1": ("f1",), "acc_f1": ("accuracy", "f1")}
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task's spec, as read from `tasks/<name>.yaml`."""
+
+    name: str
+    version: int
+    text_columns: tuple[str, ...]
+    labels: tuple[str, ...]
+    metrics: tuple[str, ...]
+    selection_metric: str
+    max_length: int
+    hub: dict
+    mirror: dict
+    lm_bff: dict | None = None
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes the task has."""
+        return len(self.labels)
+
+    def __hash__(self) -> int:
+        """Hash by identity of the spec file (the dict fields are unhashable); equality still compares all fields."""
+        return hash((self.name, self.version))
+
+
+@dataclass
+class TaskData:
+    """The rows one run uses, and where they came from (every field goes into the run's record)."""
+
+    spec: TaskSpec
+    train: list[Row]
+    dev: list[Row]
+    test: list[Row]
+    source: str  # "mirror" or "hub"
+    location: str  # the folder or hub id used
+    fingerprint: str  # sha256 over the exact rows of train + dev + test, in order
+    protocol: dict
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Source:
+    """A task's training pool and test set as read from one data source."""
+
+    pool: list[Row]
+    test: list[Row]
+    kind: str
+    location: str
+    notes: list[str]
+
+
+# ---------------------------------------------------------------- specs
+
+
+def _specs_root() -> Any:
+    """The folder of task YAMLs: the installed `sptbench.task_specs` package, else `<repo>/tasks`."""
+    try:
+        return importlib.resources.files("sptbench.task_specs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "tasks"
+
+
+def list_tasks() -> list[str]:
+    """Names of all task specs, sorted."""
+    return sorted(entry.name[: -len(".yaml")] for entry in _specs_root().iterdir() if entry.name.endswith(".yaml"))
+
+
+def load_spec(name: str) -> TaskSpec:
+    """Read and check `tasks/<name>.yaml`; unknown names and malformed files raise SptbenchError."""
+    tasks = list_tasks()
+    if name not in tasks:
+        raise unknown_choice("task", name, tasks)
+    entry = _specs_root() / f"{name}.yaml"
+    where = str(entry)
+    try:
+        raw = yaml.safe_load(entry.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SptbenchError(f"{where}:{_yaml_line(exc)}: malformed YAML: {_yaml_problem(exc)}") from exc
+    return _spec_from_raw(raw, name, where)
+
+
+def _yaml_line(exc: yaml.YAMLError) -> str:
+    """The 1-based line of a YAML error, or '?' when PyYAML gives none."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return str(mark.line + 1) if mark is not None else "?"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A one-line description of a YAML error."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return " ".join(str(problem).split())
+
+
+def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
+    """Check the parsed YAML field by field and build a TaskSpec."""
+    if not isinstance(raw, dict):
+        raise SptbenchError(f"{where}: a task spec must be a YAML mapping")
+    if raw.get("name") != name:
+        raise SptbenchError(f"{where}: field 'name' is {raw.get('name')!r}, expected '{name}' (the file name)")
+    version = _field(raw, "version", int, where)
+    if isinstance(version, bool) or version < 1:
+        raise SptbenchError(f"{where}: field 'version' must be an integer >= 1")
+    spec = TaskSpec(
+        name=name,
+        version=version,
+        text_columns=_str_tuple(raw, "text_columns", where),
+        labels=_str_tuple(raw, "labels", where),
+        metrics=_str_tuple(raw, "metrics", where),
+        selection_metric=_field(raw, "selection_metric", str, where),
+        max_length=_field(raw, "max_length", int, where),
+        hub=_field(raw, "hub", dict, where),
+        mirror=_field(raw, "mirror", dict, where),
+        lm_bff=_lm_bff_section(raw.get("lm_bff"), where),
+    )
+    _check_spec(spec, where)
+    return spec
+
+
+def _field(raw: dict, key: str, kind: type, where: str) -> Any:
+    """A required field of the given type."""
+    if key not in raw:
+        raise SptbenchError(f"{where}: missing field '{key}'")
+    value = raw[key]
+    if not isinstance(value, kind):
+        raise SptbenchError(f"{where}: field '{key}' must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _str_tuple(raw: dict, key: str, where: str) -> tuple[str, ...]:
+    """A required, non-empty list of distinct strings."""
+    value = _field(raw, key, list, where)
+    if not value or not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
+        raise SptbenchError(f"{where}: field '{key}' must be a non-empty list of distinct strings")
+    return tuple(value)
+
+
+def _lm_bff_section(section: Any, where: str) -> dict | None:
+    """The optional `lm_bff` mapping, with label keys as strings (file values are strings)."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise SptbenchError(f"{where}: field 'lm_bff' must be a mapping")
+    for key in ("dir", "format", "columns", "label_column", "labels"):
+        if key not in section:
+            raise SptbenchError(f"{where}: missing field 'lm_bff.{key}'")
+    if section["format"] not in ("tsv", "csv"):
+        raise SptbenchError(f"{where}: field 'lm_bff.format' must be 'tsv' or 'csv'")
+    _check_plain_name(section["dir"], "lm_bff.dir", where)
+    return {**section, "labels": {str(k): v for k, v in section["labels"].items()}}
+
+
+def _check_spec(spec: TaskSpec, where: str) -> None:
+    """Cross-field checks: metrics known, selection metric computable, every mapping covers our columns/labels."""
+    unknown = [m for m in spec.metrics if m not in KNOWN_METRICS]
+    if unknown:
+        raise SptbenchError(f"{where}: unknown metrics {unknown}; known: {', '.join(KNOWN_METRICS)}")
+    parts = SELECTION_METRICS.get(spec.selection_metric)
+    if parts is None or not set(parts) <= set(spec.metrics):
+        raise SptbenchError(
+            f"{where}: selection_metric '{spec.selection_metric}' must be one of {', '.join(SELECTION_METRICS)} "
+            f"and use only the task's metrics {list(spec.metrics)}"
+        )
+    if "f1" in spec.metrics and spec.num_labels != 2:
+        raise SptbenchError(
+            f"{where}: metric 'f1' is binary (positive class = label 1); this task has {spec.num_labels}"
+        )
+    if spec.max_length < 1:
+        raise SptbenchError(f"{where}: field 'max_length' must be positive")
+    for section in ("hub", "lm_bff"):
+        mapping = getattr(spec, section)
+        if mapping is not None:
+            _check_mapping(spec, mapping, section, where)
+    for split in ("train", "test"):
+        _check_plain_name(spec.mirror.get(split), f"mirror.{split}", where)
+
+
+def _check_mapping(spec: TaskSpec, section: dict, label: str, where: str) -> None:
+    """A source section must map every text column and only to our label names."""
+    columns = section.get("columns") or {}
+    missing = [c for c in spec.text_columns if c not in columns]
+    if missing:
+        raise SptbenchError(f"{where}: '{label}.columns' does not map text columns {missing}")
+    bad = sorted({str(v) for v in (section.get("labels") or {}).values()} - set(spec.labels))
+    if not section.get("labels") or bad:
+        raise SptbenchError(f"{where}: '{label}.labels' must map source labels to {list(spec.labels)}; unknown: {bad}")
+
+
+def _check_plain_name(value: Any, key: str, where: str) -> None:
+    """File and folder names from a spec stay inside their root: no separators, no '..'."""
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value or value in (".", ".."):
+        raise SptbenchError(f"{where}: field '{key}' must be a plain file or folder name, got {value!r}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_task(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    shots: int | None = None,
+    seed: int = 13,
+    split_source: str = "sample",
+    train_size: int | None = None,
+) -> TaskData:
+    """Load a task's train/dev/test for one protocol and seed; deterministic for (task, protocol, seed, source)."""
+    spec = load_spec(name)
+    _check_protocol(spec, shots, seed, split_source, train_size)
+    root = _resolve_data_dir(data_dir)
+    if split_source == "lm-bff" and root is None:
+        raise SptbenchError(
+            f"split_source 'lm-bff' reads the published splits from <data dir>/{LM_BFF_FOLDER}: "
+            f"pass --data-dir or set {DATA_DIR_ENV}"
+        )
+    source = _read_mirror(spec, root) if root is not None else _read_hub(spec)
+    notes = list(source.notes)
+    location = source.location
+    if split_source == "lm-bff":
+        folder = root / LM_BFF_FOLDER / spec.lm_bff["dir"] / f"{LM_BFF_SHOTS}-{seed}"
+        train, dev, split_notes = _lm_bff_split(spec, folder, source.pool, seed)
+        notes += split_notes + _overlap_notes(spec, train + dev, source.test)
+        location = f"{location} (train/dev: {folder})"
+    else:
+        train_idx, dev_idx = _sample_split(spec, source.pool, shots, seed, train_size)
+        train, dev = [source.pool[i] for i in train_idx], [source.pool[i] for i in dev_idx]
+    protocol = {
+        "shots": shots,
+        "train_size": train_size,
+        "split_source": split_source,
+        "seed": seed,
+        "n_train": len(train),
+        "n_dev": len(dev),
+        "n_test": len(source.test),
+    }
+    return TaskData(
+        spec=spec,
+        train=train,
+        dev=dev,
+        test=source.test,
+        source=source.kind,
+        location=location,
+        fingerprint=fingerprint(train, dev, source.test),
+        protocol=protocol,
+        notes=notes,
+    )
+
+
+def _check_protocol(spec: TaskSpec, shots: int | None, seed: int, split_source: str, train_size: int | None) -> None:
+    """Reject protocol combinations that cannot be honoured, before reading any data."""
+    if split_source not in SPLIT_SOURCES:
+        raise unknown_choice("split source", split_source, SPLIT_SOURCES)
+    if shots is not None and train_size is not None:
+        raise SptbenchError("give either shots (few-shot) or train_size (fixed-size regime), not both")
+    if shots is not None and shots < 1:
+        raise SptbenchError(f"shots must be a positive number of examples per class, got {shots}")
+    if train_size is not None and train_size < 1:
+        raise SptbenchError(f"train_size must be positive, got {train_size}")
+    if split_source != "lm-bff":
+        return
+    if spec.lm_bff is None:
+        with_splits = [t for t in list_tasks() if load_spec(t).lm_bff is not None]
+        raise SptbenchError(f"task '{spec.name}' has no LM-BFF splits; tasks with them: {', '.join(with_splits)}")
+    if shots != LM_BFF_SHOTS:
+        raise SptbenchError(f"split_source 'lm-bff' needs shots={LM_BFF_SHOTS} (the published splits are 16-shot)")
+    if seed not in LM_BFF_SEEDS:
+        raise SptbenchError(
+            f"the LM-BFF splits exist for seeds {', '.join(map(str, LM_BFF_SEEDS))} only, not seed {seed}"
+        )
+
+
+def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """The local mirror to use: the argument, else $SPTBENCH_DATA_DIR, else None (the hub)."""
+    chosen = data_dir if data_dir is not None else (os.environ.get(DATA_DIR_ENV) or None)
+    if chosen is None:
+        return None
+    root = Path(chosen).expanduser()
+    if not root.is_dir():
+        raise SptbenchError(f"data dir '{root}' does not exist or is not a folder")
+    return root.resolve()
+
+
+def _read_mirror(spec: TaskSpec, root: Path) -> _Source:
+    """Read `<root>/<task>/{train,test}.jsonl` (the README's mirror layout)."""
+    folder = root / spec.name
+    paths = {split: folder / spec.mirror[split] for split in ("train", "test")}
+    for path in paths.values():
+        if not path.is_file():
+            raise SptbenchError(
+                f"missing file {path}: a data dir must hold <task>/train.jsonl and <task>/test.jsonl for each task"
+            )
+    note = spec.mirror.get("note")
+    return _Source(
+        pool=read_jsonl(paths["train"], spec),
+        test=read_jsonl(paths["test"], spec),
+        kind="mirror",
+        location=str(folder),
+        notes=[note] if note else [],
+    )
+
+
+def read_jsonl(path: Path, spec: TaskSpec) -> list[Row]:
+    """Read mirror rows; plain `json` (not `datasets`) so that a bad line is reported by file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SptbenchError(f"{where}: malformed JSON line ({exc.msg})") from exc
+            if not isinstance(raw, dict):
+                raise SptbenchError(f"{where}: expected a JSON object per line")
+            rows.append(_make_row(spec, {c: raw.get(c) for c in spec.text_columns}, raw.get("label"), where))
+    return rows
+
+
+def _make_row(spec: TaskSpec, texts: dict[str, Any], label_name: Any, where: str) -> Row:
+    """Build one row (text columns + label id), checking texts are strings and the label is known."""
+    for column, text in texts.items():
+        if not isinstance(text, str):
+            raise SptbenchError(f"{where}: column '{column}' is missing or not a string")
+    if label_name not in spec.labels:
+        raise SptbenchError(f"{where}: unknown label {label_name!r}; task '{spec.name}' has {list(spec.labels)}")
+    return {**texts, "label": spec.labels.index(label_name)}
+
+
+def _read_hub(spec: TaskSpec) -> _Source:
+    """Read the pool and test set from the Hugging Face hub, mapping hub columns and labels to ours."""
+    hub = spec.hub
+    hub_id = hub["path"] + (f"/{hub['name']}" if hub.get("name") else "")
+    try:
+        import datasets
+
+        loaded = {
+            role: datasets.load_dataset(hub["path"], hub.get("name"), split=hub["splits"][role])
+            for role in ("train", "test")
+        }
+    except Exception as exc:  # network, auth, missing dataset: all mean "this source is unavailable"
+        raise SptbenchError(
+            f"hub source failed for task '{spec.name}' ({hub_id}): {_one_line(exc)}. "
+            f"Pass --data-dir or set {DATA_DIR_ENV} to a local mirror."
+        ) from exc
+    note = hub.get("note")
+    return _Source(
+        pool=hub_rows(spec, loaded["train"], f"{hub_id}[{hub['splits']['train']}]"),
+        test=hub_rows(spec, loaded["test"], f"{hub_id}[{hub['splits']['test']}]"),
+        kind="hub",
+        location=f"hf:{hub_id}",
+        notes=[note] if note else [],
+    )
+
+
+def hub_rows(spec: TaskSpec, dataset: Any, where: str) -> list[Row]:
+    """Map a hub split (an iterable of dicts with `column_names`) to our rows via `spec.hub`."""
+    columns = spec.hub["columns"]
+    label_column = spec.hub.get("label_column", "label")
+    needed = [columns[c] for c in spec.text_columns] + [label_column]
+    missing = [c for c in needed if c not in dataset.column_names]
+    if missing:
+        raise SptbenchError(f"{where}: hub columns {missing} not found; it has {dataset.column_names}")
+    labels = spec.hub["labels"]
+    rows = []
+    for i, raw in enumerate(dataset):
+        value = raw[label_column]
+        if value not in labels:
+            raise SptbenchError(f"{where} row {i}: hub label {value!r} is not in the spec's hub.labels")
+        rows.append(_make_row(spec, {c: raw[columns[c]] for c in spec.text_columns}, labels[value], f"{where} row {i}"))
+    return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as `Type: first line of message`."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- protocols
+
+
+def _sample_split(
+    spec: TaskSpec, pool: list[Row], shots: int | None, seed: int, train_size: int | None
+) -> tuple[list[int], list[int]]:
+    """Pool indices for train and dev under the few-shot, fixed-size or full-data protocol."""
+    if shots is not None:
+        return few_shot_indices(spec, pool, shots, seed)
+    dev = carve_dev(len(pool))
+    dev_set = set(dev)
+    rest = [i for i in range(len(pool)) if i not in dev_set]
+    if train_size is None:
+        return rest, dev
+    if train_size > len(rest):
+        raise SptbenchError(
+            f"train_size={train_size} is too large for task '{spec.name}': its pool has {len(pool)} examples, "
+            f"{len(dev)} go to dev, so at most train_size={len(rest)}"
+        )
+    return random.Random(seed).sample(rest, train_size), dev
+
+
+def carve_dev(pool_size: int) -> list[int]:
+    """Full-data dev indices: 10% of the pool, at most 1,000, drawn with the fixed DEV_SEED (not the run seed)."""
+    size = min(DEV_MAX, max(1, round(pool_size * DEV_FRACTION)))
+    if size >= pool_size:
+        raise SptbenchError(f"a pool of {pool_size} examples is too small to carve a dev set from")
+    return sorted(random.Random(DEV_SEED).sample(range(pool_size), size))
+
+
+def _indices_by_class(pool: Sequence[Row], num_labels: int) -> list[list[int]]:
+    """Pool indices grouped by label id, in pool order."""
+    groups: list[list[int]] = [[] for _ in range(num_labels)]
+    for i, row in enumerate(pool):
+        groups[row["label"]].append(i)
+    return groups
+
+
+def few_shot_indices(spec: TaskSpec, pool: Sequence[Row], shots: int, seed: int) -> tuple[list[int], list[int]]:
+    """LM-BFF protocol: per class, 2K seeded draws; the first K go to train, the next K to dev."""
+    groups = _indices_by_class(pool, spec.num_labels)
+    _check_shots(spec, groups, shots, "pool")
+    rng = random.Random(seed)
+    train: list[int] = []
+    dev: list[int] = []
+    for members in groups:
+        picked = rng.sample(members, 2 * shots)
+        train += picked[:shots]
+        dev += picked[shots:]
+    return train, dev
+
+
+def _check_shots(spec: TaskSpec, groups: list[list[int]], shots: int, what: str, per_class: int = 2) -> None:
+    """K-shot needs `per_class`*K examples in every class; say the largest K that fits."""
+    smallest = min(range(len(groups)), key=lambda c: len(groups[c]))
+    size = len(groups[smallest])
+    if per_class * shots > size:
+        raise SptbenchError(
+            f"shots={shots} is too many for task '{spec.name}': class '{spec.labels[smallest]}' has {size} examples "
+            f"in the {what} and K-shot needs {per_class}K per class; at most shots={size // per_class}"
+        )
+
+
+def _lm_bff_split(spec: TaskSpec, folder: Path, pool: list[Row], seed: int) -> tuple[list[Row], list[Row], list[str]]:
+    """Read a published LM-BFF split; where no dev file exists (MNLI), sample dev from the pool instead."""
+    cfg = spec.lm_bff
+    train = read_lm_bff(folder / f"train.{cfg['format']}", spec)
+    notes = [cfg["note"]] if cfg.get("note") else []
+    if cfg.get("dev", True):
+        return train, read_lm_bff(folder / f"dev.{cfg['format']}", spec), notes
+    dev = _dev_excluding(spec, pool, train, seed)
+    notes.append(
+        f"lm-bff: {spec.name} has no published dev split; dev = {LM_BFF_SHOTS} per class sampled from the "
+        f"training pool (seed {seed}), excluding texts in the published train split"
+    )
+    return train, dev, notes
+
+
+def _dev_excluding(spec: TaskSpec, pool: list[Row], train: list[Row], seed: int) -> list[Row]:
+    """16 per class from the pool, seeded, skipping rows whose text is in the given train rows."""
+    taken = {_text_key(spec, row) for row in train}
+    candidates = [row for row in pool if _text_key(spec, row) not in taken]
+    groups = _indices_by_class(candidates, spec.num_labels)
+    _check_shots(spec, groups, LM_BFF_SHOTS, "pool (for the missing LM-BFF dev)", per_class=1)
+    rng = random.Random(seed)
+    return [candidates[i] for members in groups for i in rng.sample(members, LM_BFF_SHOTS)]
+
+
+def read_lm_bff(path: Path, spec: TaskSpec) -> list[Row]:
+    """Read one LM-BFF split file (tsv with header, or header-less `label,text` csv) into our rows."""
+    if not path.is_file():
+        raise SptbenchError(f"missing file {path}: expected the LM-BFF 16-shot splits under <data dir>/{LM_BFF_FOLDER}")
+    cfg = spec.lm_bff
+    # utf-8-sig: MRPC's header starts with a byte-order mark
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        if cfg["format"] == "tsv":
+            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(handle)
+        positions = _lm_bff_positions(cfg, next(reader, []) if cfg.get("header") else None, path)
+        rows = []
+        for record in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(record) <= max(positions.values()):
+                raise SptbenchError(
+                    f"{where}: expected at least {max(positions.values()) + 1} fields, got {len(record)}"
+                )
+            label = cfg["labels"].get(record[positions["label"]], record[positions["label"]])
+            rows.append(_make_row(spec, {c: record[positions[c]] for c in spec.text_columns}, label, where))
+    return rows
+
+
+def _lm_bff_positions(cfg: dict, header: list[str] | None, path: Path) -> dict[str, int]:
+    """Field positions of our text columns and the label: by header name, or by index for header-less files."""
+    wanted = {**cfg["columns"], "label": cfg["label_column"]}
+    if header is None:
+        return {ours: int(theirs) for ours, theirs in wanted.items()}
+    missing = [str(theirs) for theirs in wanted.values() if str(theirs) not in header]
+    if missing:
+        raise SptbenchError(f"{path}:1: header lacks columns {missing}; it has {header}")
+    return {ours: header.index(str(theirs)) for ours, theirs in wanted.items()}
+
+
+def _text_key(spec: TaskSpec, row: Row) -> tuple[str, ...]:
+    """A row's texts, for matching rows across sources."""
+    return tuple(row[c] for c in spec.text_columns)
+
+
+def _overlap_notes(spec: TaskSpec, rows: Iterable[Row], test: list[Row]) -> list[str]:
+    """Say how many train/dev rows also occur (same texts) in the test set, if any."""
+    test_keys = {_text_key(spec, row) for row in test}
+    rows = list(rows)
+    shared = sum(_text_key(spec, row) in test_keys for row in rows)
+    if not shared:
+        return []
+    return [f"lm-bff: {shared} of the {len(rows)} train/dev rows also occur in the test set"]
+
+
+def fingerprint(*splits: Sequence[Row]) -> str:
+    """sha256 over the rows of each split, in order: equal fingerprints mean identical data."""
+    digest = hashlib.sha256()
+    for number, rows in enumerate(splits):
+        digest.update(f"split {number} {len(rows)}\n".encode())
+        for row in rows:
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+            digest.update(b"\n")
+    return digest.hexdigest()

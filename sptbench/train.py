@@ -1,0 +1,285 @@
+"""Training with dev selection: tokenise once, length-grouped dynamic batches, AdamW with linear warmup/decay,
+gradient clipping, evaluation every N steps on dev, best-on-dev checkpoint, early stopping. Test is never read here.
+
+The pieces (`encode_rows`, `iterate_batches`, `loss_on`, `build_optimizer`, `evaluate`) are public so that
+multi-stage methods (SPT-DARTS' alternating search) reuse them instead of writing a loop of their own.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sptbench.errors import SptbenchError
+from sptbench.metrics import compute_metrics
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters, the same for every method unless a sweep says otherwise."""
+
+    max_steps: int = 200  # optimizer steps
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 1e-3  # the runner fills in the method's default unless --lr is given
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    eval_every: int = 50  # steps between dev evaluations (and at the end)
+    patience: int | None = None  # stop after this many evaluations without dev improvement; None: never
+    group_by_length: bool = True  # batches of similar length (less padding); off: random batches
+    seed: int = 13
+
+
+@dataclass
+class TrainResult:
+    best_step: int | None
+    best_dev: dict[str, float]
+    steps_run: int
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0  # optimizer steps only, evaluation excluded
+    eval_time_s: float = 0.0
+    samples_seen: int = 0
+    tokens_seen: int = 0  # real (unpadded) tokens
+    eval_samples: int = 0
+
+
+class NonFiniteLoss(SptbenchError):
+    """The loss became NaN or inf: the run stops and is recorded as failed."""
+
+
+def encode_rows(rows: list[dict], tokenizer, spec) -> list[dict]:
+    """Tokenise rows once (truncated to the task's max length); padding happens per batch."""
+    columns = [[row[c] for row in rows] for c in spec.text_columns]
+    enc = tokenizer(*columns, truncation=True, max_length=spec.max_length)
+    out = []
+    for i, row in enumerate(rows):
+        item = {"input_ids": enc["input_ids"][i], "label": int(row["label"])}
+        if "token_type_ids" in enc:
+            item["token_type_ids"] = enc["token_type_ids"][i]
+        out.append(item)
+    return out
+
+
+def _collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    types = torch.zeros((len(items), width), dtype=torch.long) if "token_type_ids" in items[0] else None
+    for i, it in enumerate(items):
+        n = len(it["input_ids"])
+        ids[i, :n] = torch.tensor(it["input_ids"])
+        mask[i, :n] = 1
+        if types is not None:
+            types[i, :n] = torch.tensor(it["token_type_ids"])
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([it["label"] for it in items])}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return batch
+
+
+def iterate_batches(
+    encoded: list[dict], batch_size: int, *, shuffle: bool, seed: int, group_by_length: bool, pad_id: int = 0
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of padded batches. Length grouping sorts within shuffled chunks of 50 batches (as HF's sampler)."""
+    order = list(range(len(encoded)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+    if group_by_length:
+        chunk = batch_size * 50
+        order = [
+            i
+            for start in range(0, len(order), chunk)
+            for i in sorted(order[start : start + chunk], key=lambda j: -len(encoded[j]["input_ids"]))
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle and group_by_length:
+        rng.shuffle(batches)
+    for idx in batches:
+        yield _collate([encoded[i] for i in idx], pad_id)
+
+
+def forever(encoded: list[dict], batch_size: int, *, seed: int, group_by_length: bool, pad_id: int = 0):
+    """Endless shuffled batches, a new order every epoch."""
+    epoch = 0
+    while True:
+        yield from iterate_batches(
+            encoded, batch_size, shuffle=True, seed=seed * 1000 + epoch, group_by_length=group_by_length, pad_id=pad_id
+        )
+        epoch += 1
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
+def loss_on(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    logits = model(**model_inputs(batch, device))
+    return F.cross_entropy(logits.float(), batch["labels"].to(device))
+
+
+def build_optimizer(params, lr: float, weight_decay: float, max_steps: int, warmup_ratio: float):
+    """AdamW (no decay on biases and norms) with linear warmup and linear decay to zero."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise SptbenchError("the method left no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    warmup = int(max_steps * warmup_ratio)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+@torch.inference_mode()
+def predict(model, encoded: list[dict], batch_size: int, pad_id: int = 0) -> list[int]:
+    """Predictions in input order (batches grouped by length for speed)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    preds = [0] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = _collate([encoded[i] for i in idx], pad_id)
+        for i, p in zip(idx, model(**model_inputs(batch, device)).argmax(-1).tolist(), strict=True):
+            preds[i] = p
+    model.train(was_training)
+    return preds
+
+
+def evaluate(model, encoded: list[dict], spec, batch_size: int, pad_id: int = 0) -> dict[str, float]:
+    preds = predict(model, encoded, batch_size, pad_id)
+    return compute_metrics(spec, preds, [e["label"] for e in encoded])
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model, snap: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in snap.items():
+            params[n].copy_(t)
+
+
+def train(
+    model,
+    train_enc: list[dict],
+    dev_enc: list[dict],
+    spec,
+    tcfg: TrainConfig,
+    *,
+    step_fn: Callable[[Any, dict, int], float] | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+    params=None,
+    pad_id: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train for `tcfg.max_steps`, evaluating on dev every `eval_every` steps; ends with the best dev checkpoint."""
+    if not train_enc or not dev_enc:
+        raise SptbenchError("training needs a non-empty train and dev split")
+    model.train()
+    if step_fn is None:
+        optimizer, scheduler = build_optimizer(
+            params if params is not None else model.parameters(),
+            tcfg.lr,
+            tcfg.weight_decay,
+            tcfg.max_steps,
+            tcfg.warmup_ratio,
+        )
+        trainable = [p for g in optimizer.param_groups for p in g["params"]]
+
+        def step_fn(model, batch, step):
+            loss = loss_on(model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, tcfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+
+    res = TrainResult(best_step=None, best_dev={}, steps_run=0, stopped_early=False)
+    best_score, best_snap, bad_evals = -math.inf, None, 0
+    batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id)
+    bar = tqdm(total=tcfg.max_steps, desc="train", disable=not progress, leave=False, dynamic_ncols=True)
+    losses: list[torch.Tensor] = []
+    for step in range(1, tcfg.max_steps + 1):
+        batch = next(batches)
+        t0 = time.perf_counter()
+        loss = step_fn(model, batch, step)
+        res.train_time_s += time.perf_counter() - t0
+        res.samples_seen += batch["labels"].shape[0]
+        res.tokens_seen += int(batch["attention_mask"].sum())
+        losses.append(torch.as_tensor(loss))
+        res.steps_run = step
+        bar.update(1)
+        if step % tcfg.eval_every and step != tcfg.max_steps:
+            continue
+        mean_loss = float(torch.stack(losses).float().mean())  # the only host sync between evaluations
+        losses.clear()
+        if not math.isfinite(mean_loss):
+            bar.close()
+            raise NonFiniteLoss(f"loss became {mean_loss} by step {step}; lower the learning rate (--lr)")
+        t0 = time.perf_counter()
+        dev = evaluate(model, dev_enc, spec, tcfg.eval_batch_size, pad_id)
+        res.eval_time_s += time.perf_counter() - t0
+        res.eval_samples += len(dev_enc)
+        res.history.append({"step": step, "train_loss": round(mean_loss, 6), **{f"dev_{k}": v for k, v in dev.items()}})
+        bar.set_postfix(loss=f"{mean_loss:.4f}", dev=f"{dev['score']:.4f}")
+        if on_eval is not None:
+            on_eval(step, dev)
+        if dev["score"] > best_score:
+            best_score, best_snap, bad_evals = dev["score"], _snapshot(model), 0
+            res.best_step, res.best_dev = step, dev
+        else:
+            bad_evals += 1
+            if tcfg.patience is not None and bad_evals >= tcfg.patience:
+                res.stopped_early = True
+                break
+    bar.close()
+    if best_snap is not None:
+        _restore(model, best_snap)
+    model.eval()
+    return res
+
+
+@dataclass
+class FitContext:
+    """What a multi-stage method's `fit` gets from the runner. It never contains the test split's labels in use:
+    `task.test` is there for the runner alone; `fit` must select on `task.dev` only."""
+
+    task: Any  # TaskData
+    method_cfg: Any
+    tcfg: TrainConfig
+    tokenizer: Any
+    build_model: Callable[[], Any]  # a fresh seeded backbone + head, backbone frozen, method not applied
+    encode: Callable[[list[dict]], list[dict]]
+    train: Callable[..., TrainResult]
+    log: Callable[[str], None]
+
+
+@dataclass
+class FitResult:
+    model: Any  # the selected (best-on-dev) model the runner evaluates once on test
+    result: TrainResult
+    extra: dict = field(default_factory=dict)  # method-specific record fields (e.g. SPT's chosen layers)
+    stages: dict = field(default_factory=dict)  # cost of stages before the final training (e.g. SPT's search)

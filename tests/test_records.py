@@ -1,0 +1,317 @@
+"""Tests for sptbench/records.py: naming, validation, atomic concurrent appends, malformed tables, migration."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sptbench.errors import SptbenchError
+from sptbench.records import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    append_record,
+    example_record,
+    find_record,
+    migrate,
+    new_run_id,
+    read_records,
+    read_table,
+    record_key,
+    record_table_path,
+    safe_backbone_name,
+    setting_name,
+    table_path,
+    validate_paths,
+    validate_record,
+)
+
+
+def make_record(**overrides) -> dict:
+    """A schema-valid record with a fresh run id and random metrics; `a__b=v` sets rec["a"]["b"] = v."""
+    rec = example_record()
+    rec["run_id"] = new_run_id() + f"{random.randrange(16**6):06x}"
+    acc = round(random.uniform(0.5, 0.95), 4)
+    rec["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": acc, "score": acc}, "test": {"accuracy": acc}}
+    for name, value in overrides.items():
+        *parents, leaf = name.split("__")
+        target = rec
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------------- naming
+
+
+def test_setting_name():
+    assert setting_name(16, None) == "16shot"
+    assert setting_name(None, 1000) == "n1000"
+    assert setting_name(None, None) == "full"
+    with pytest.raises(SptbenchError, match="not both"):
+        setting_name(16, 1000)
+    with pytest.raises(SptbenchError, match="positive"):
+        setting_name(0, None)
+
+
+def test_new_run_id_format_and_unique():
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{6}", i) for i in ids)
+
+
+@pytest.mark.parametrize(
+    "backbone_id", ["roberta-large", "org/name", "/abs/models/mini", "../../etc", "..", "a/../../b", "C:\\x\\y", "~"]
+)
+def test_table_path_stays_inside_results_dir(tmp_path, backbone_id):
+    path = table_path(tmp_path, backbone_id, "16shot")
+    assert path.resolve().parent.parent == (tmp_path / "v1").resolve()
+    assert path.name == "16shot.yaml"
+    assert path.parent.name not in (".", "..", "")
+
+
+def test_safe_backbone_names():
+    assert safe_backbone_name("roberta-large") == "roberta-large"
+    assert safe_backbone_name("org/name") == "org--name"
+    local_a, local_b = safe_backbone_name("/a/models/mini"), safe_backbone_name("/b/models/mini")
+    assert local_a.startswith("mini-") and local_a != local_b
+    with pytest.raises(SptbenchError):
+        table_path("results", "roberta-large", "../evil")
+
+
+def test_record_table_path():
+    rec = make_record(protocol__shots=None, protocol__train_size=1000, protocol__split_source="sample")
+    assert record_table_path("r", rec) == Path("r/v1/roberta-large/n1000.yaml")
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+def test_example_record_is_valid():
+    assert validate_record(example_record()) == []
+    assert validate_record(make_record()) == []
+
+
+def test_validate_record_reports_each_problem():
+    rec = make_record()
+    del rec["task"]["version"]
+    rec["protocol"]["seed"] = "13"
+    rec["outcome"]["steps_run"] = True  # a bool is not an int
+    rec["status"] = "done"
+    problems = validate_record(rec)
+    text = "\n".join(problems)
+    assert "missing field 'task.version'" in text
+    assert "'protocol.seed' must be int" in text
+    assert "'outcome.steps_run' must be int" in text
+    assert "'status' must be one of" in text
+
+
+def test_validate_record_rejects_non_plain_values():
+    class Float64(float):
+        pass
+
+    rec = make_record(metrics__test={"accuracy": Float64(0.5)})
+    assert any("not plain data" in p for p in validate_record(rec))
+
+
+def test_failed_record_may_leave_results_null_but_must_say_why():
+    rec = make_record(status="failed", error="out of memory", metrics=None, params=None, throughput=None)
+    assert validate_record(rec) == []
+    rec["error"] = None
+    assert any("say why" in p for p in validate_record(rec))
+    ok_with_error = make_record(error="boom")
+    assert any("error: null" in p for p in validate_record(ok_with_error))
+
+
+def test_shots_and_train_size_are_exclusive():
+    assert any("exclusive" in p for p in validate_record(make_record(protocol__train_size=100)))
+
+
+# ---------------------------------------------------------------------------------------------------- append / read
+
+
+def test_append_then_read_round_trip(tmp_path):
+    path = tmp_path / "v1" / "roberta-large" / "16shot.yaml"
+    recs = [make_record(protocol__seed=s) for s in (13, 21, 42)]
+    for rec in recs:
+        append_record(path, rec)
+    assert read_table(path) == recs
+    assert path.read_text().count("\n---\n") == 2 and path.read_text().startswith("---\n")
+
+
+def test_append_refuses_invalid_record_and_duplicate_run_id(tmp_path):
+    path = tmp_path / "t.yaml"
+    with pytest.raises(SptbenchError, match="invalid record"):
+        append_record(path, make_record(task={"name": "sst2"}))
+    assert not path.exists()
+    rec = make_record()
+    append_record(path, rec)
+    with pytest.raises(SptbenchError, match="already in this table"):
+        append_record(path, rec)
+    assert len(read_table(path)) == 1
+
+
+def _append_many(path: str, worker: int, count: int) -> None:
+    """Child process: append `count` records to one table."""
+    for i in range(count):
+        append_record(path, make_record(run_id=f"w{worker}-{i:03d}", protocol__seed=i))
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    path = str(tmp_path / "shared.yaml")
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, w, 20)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    ids = [r["run_id"] for r in read_table(path)]
+    assert sorted(ids) == sorted(f"w{w}-{i:03d}" for w in range(2) for i in range(20))
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+MALFORMED = """\
+---
+schema_version: 1
+run_id: a
+status: ok
+method:
+  name: spt
+   config: {}
+task: {name: sst2, version: 1}
+"""
+
+
+def test_malformed_table_names_file_and_line_and_stays_identical(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(MALFORMED)
+    before = path.read_bytes()
+    with pytest.raises(SptbenchError) as err:
+        read_table(path)
+    match = re.search(rf"{re.escape(str(path))}:(\d+): ", str(err.value))
+    assert match and 6 <= int(match.group(1)) <= 8, str(err.value)
+    with pytest.raises(SptbenchError, match=re.escape(str(path))):
+        append_record(path, make_record())
+    assert path.read_bytes() == before
+
+
+def test_interrupted_write_leaves_old_table(tmp_path, monkeypatch):
+    path = tmp_path / "t.yaml"
+    append_record(path, make_record())
+    before = path.read_bytes()
+
+    def boom(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        append_record(path, make_record())
+    assert path.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir() if f.suffix == ".tmp"] == []
+
+
+def test_non_mapping_document_is_an_error(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("---\n- a\n- b\n")
+    with pytest.raises(SptbenchError, match=r"t\.yaml:2: a record must be a mapping"):
+        read_table(path)
+
+
+def test_read_records_recurses_sorted_and_find_record(tmp_path):
+    a, b = make_record(run_id="20260101T000000-aaaaaa"), make_record(run_id="20260101T000000-bbbbbb")
+    append_record(tmp_path / "v1" / "z" / "16shot.yaml", b)
+    append_record(tmp_path / "v1" / "a" / "16shot.yaml", a)
+    assert [r["run_id"] for r in read_records([tmp_path])] == [a["run_id"], b["run_id"]]
+    assert find_record([tmp_path], b["run_id"]) == b
+    assert find_record([tmp_path], "20260101T000000-bb") == b
+    with pytest.raises(SptbenchError, match="ambiguous"):
+        find_record([tmp_path], "20260101T000000")
+    with pytest.raises(SptbenchError, match="no record"):
+        find_record([tmp_path], "nope")
+    with pytest.raises(SptbenchError, match="no such file"):
+        read_records([tmp_path / "missing"])
+
+
+def test_validate_paths_reports_file_and_line(tmp_path):
+    path = tmp_path / "t.yaml"
+    good, bad = make_record(), make_record()
+    bad["protocol"]["seed"] = "x"
+    path.write_text(yaml.safe_dump(good, explicit_start=True) + yaml.safe_dump(bad, explicit_start=True))
+    second_doc_line = path.read_text().splitlines().index("---", 1) + 2  # the first key of document 2
+    broken = tmp_path / "sub" / "broken.yaml"
+    broken.parent.mkdir()
+    broken.write_text(MALFORMED)
+    problems = validate_paths([tmp_path])
+    assert f"{path}:{second_doc_line}: field 'protocol.seed' must be int, got str 'x'" in problems
+    assert any(p.startswith(f"{broken}:") for p in problems)
+    assert len(problems) == 2
+
+
+def test_validate_paths_flags_duplicate_run_ids(tmp_path):
+    rec = make_record()
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text(yaml.safe_dump(rec, explicit_start=True))
+    assert any("duplicate run_id" in p for p in validate_paths([tmp_path]))
+
+
+# ---------------------------------------------------------------------------------------------------- migration
+
+
+def schema0(rec: dict) -> dict:
+    """The schema-0 layout of a schema-1 record with accuracy as its only metric (see docs/records.md)."""
+    old = {k: v for k, v in rec.items() if k not in ("schema_version", "method", "params", "metrics")}
+    old["method"], old["method_config"] = rec["method"]["name"], rec["method"]["config"]
+    old.update({f"params_{k}": v for k, v in rec["params"].items()})
+    old["accuracy"], old["dev_accuracy"] = rec["metrics"]["test"]["accuracy"], rec["metrics"]["dev"]["accuracy"]
+    return old
+
+
+def test_migration_round_trip(tmp_path):
+    assert set(MIGRATIONS) == set(range(SCHEMA_VERSION))
+    current = make_record()
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(schema0(current), explicit_start=True, sort_keys=False))
+    (migrated,) = read_table(path)
+    assert migrated == current
+    assert list(migrated) == list(current)  # schema order, as if freshly written
+    assert validate_paths([path]) == []
+    append_record(path, make_record())  # a table may mix schema versions; both read as current
+    assert [r["schema_version"] for r in read_table(path)] == [1, 1]
+
+
+def test_migrate_refuses_newer_schema_and_does_not_mutate():
+    with pytest.raises(SptbenchError, match="newer"):
+        migrate({"schema_version": SCHEMA_VERSION + 1})
+    old = schema0(make_record())
+    snapshot = yaml.safe_dump(old)
+    migrate(old)
+    assert yaml.safe_dump(old) == snapshot
+
+
+# ---------------------------------------------------------------------------------------------------- keys
+
+
+def test_record_key():
+    a = make_record(method__config={"x": 1, "y": 2})
+    b = make_record(method__config={"y": 2, "x": 1})  # different run id, metrics, order: same experiment
+    assert record_key(a) == record_key(b)
+    assert record_key(a) != record_key(make_record(protocol__seed=21))
+    assert record_key(a) != record_key(make_record(task__version=2))
+    assert record_key(a) != record_key(make_record(training__lr=0.1))
+    assert record_key(a) != record_key(make_record(data__fingerprint="other"))
+
+
+def test_failed_record_as_the_runner_writes_it_is_valid():
+    rec = make_record(status="failed", error="loss is nan at step 3", params={}, outcome__best_step=None)
+    rec["metrics"] = {"selection_metric": "accuracy", "dev": {}, "test": {}}
+    rec["throughput"].update(train_samples_per_s=None, train_tokens_per_s=None, eval_samples_per_s=None)
+    assert validate_record(rec) == []
+    rec["params"] = {"trainable": "many"}  # what a failed run does fill in is still type-checked
+    assert validate_record(rec) == ["field 'params.trainable' must be int, got str 'many'"]

@@ -268,3 +268,29 @@ def save_trained(model, record: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in model.export_state().items()}, str(out / "trained.safetensors"))
     (out / "record.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+
+
+def load_trained(folder: str | Path):
+    """Rebuild a saved run: fresh backbone + the method (its final config) + the saved parameters. Data only:
+    the record is read with `yaml.safe_load` and the weights from safetensors."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from sptbench.tasks import load_spec
+
+    folder = Path(folder)
+    try:
+        record = yaml.safe_load((folder / "record.yaml").read_text())
+        state = load_file(str(folder / "trained.safetensors"))
+    except (OSError, yaml.YAMLError) as e:
+        raise SptbenchError(f"cannot load a saved run from {folder}: {e}") from None
+    method = get_method(record["method"]["name"])
+    # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
+    cfg = build_config(method, record.get("extra", {}).get("final_config") or record["method"]["config"])
+    model, tokenizer, _ = load_backbone(
+        record["backbone"]["id"], load_spec(record["task"]["name"]).num_labels, pooling=record["backbone"]["pooling"]
+    )
+    model.freeze_backbone()
+    method.apply(model, cfg)
+    model.import_state(state)
+    return model.eval(), tokenizer

@@ -1,0 +1,113 @@
+"""Backbones, families and the layer-by-layer Classifier: faithful to the stock models, batch invariant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sptbench.backbones import load_backbone
+from sptbench.errors import SptbenchError
+from sptbench.model import pool
+from tests.conftest import TINY_FAMILIES
+
+
+def random_batch(vocab: int, lengths: list[int], pair: bool = False) -> dict[str, torch.Tensor]:
+    """Right-padded random token ids (ids >= 1000 avoid special tokens) with the given real lengths."""
+    width = max(lengths)
+    ids = torch.randint(1000, vocab, (len(lengths), width))
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        ids[i, n:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if pair:
+        batch["token_type_ids"] = (torch.arange(width)[None] >= width // 2).long().expand_as(ids) * mask
+    return batch
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_layer_loop_equals_stock_forward(name):
+    torch.manual_seed(1)
+    model, tok, info = load_backbone(name, num_labels=3)
+    model.eval()
+    lengths = torch.randint(3, 20, (4,)).tolist()
+    batch = random_batch(len(tok), lengths)
+    with torch.no_grad():
+        ours = model(**batch)
+        stock = model.backbone(**batch).last_hidden_state
+        expected = model.head(pool(stock, batch["attention_mask"].bool(), model.pooling))
+    assert ours.shape == (4, 3)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_batch_invariance(name):
+    model, tok, _ = load_backbone(name, num_labels=2)
+    model.eval()
+    lengths = [17, 4, 11, 1]
+    batch = random_batch(len(tok), lengths, pair=name != "tiny-gpt2")
+    with torch.no_grad():
+        together = model(**batch)
+        for i, n in enumerate(lengths):
+            alone = model(**{k: v[i : i + 1, :n] for k, v in batch.items()})
+            torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_forward_backward_all_families(name):
+    model, tok, _ = load_backbone(name, num_labels=2)
+    model.train()
+    batch = random_batch(len(tok), [9, 5, 7])
+    loss = torch.nn.functional.cross_entropy(model(**batch), torch.tensor([0, 1, 1]))
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert "head.weight" in grads and grads["head.weight"].abs().sum() > 0
+    layer_grads = [n for n in grads if n.startswith("backbone.") and grads[n].abs().sum() > 0]
+    assert layer_grads, "an unfrozen backbone must receive gradients"
+
+
+def test_frozen_backbone_runs_without_autograd():
+    model, tok, _ = load_backbone("tiny-bert", num_labels=2)
+    model.freeze_backbone()
+    model.train()
+    assert model.first_trainable_layer() == len(model.layers)
+    seen = []
+    for layer in model.layers:
+        layer.register_forward_hook(lambda m, i, o: seen.append(torch.is_grad_enabled()))
+    out = model(**random_batch(len(tok), [6, 3]))
+    assert seen == [False] * len(model.layers)
+    assert out.requires_grad  # the head still trains
+
+
+def test_default_pooling_per_backbone():
+    assert load_backbone("tiny-bert", 2)[2].pooling == "cls"
+    assert load_backbone("tiny-gpt2", 2)[2].pooling == "last"
+    assert load_backbone("tiny-bert", 2, pooling="mean")[2].pooling == "mean"
+
+
+def test_minilm_uses_its_mean_pooling_and_real_weights():
+    model, tok, info = load_backbone("minilm-l6", 2)
+    assert info.family == "bert" and info.pooling == "mean"
+    assert len(model.layers) == 6 and model.family.hidden_size(model.backbone) == 384
+    assert info.weights_sha256 and len(info.weights_sha256) == 64
+    assert info.num_parameters == sum(p.numel() for p in model.backbone.parameters())
+
+
+def test_pool_reads_real_tokens_only():
+    tokens = torch.randn(3, 6, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]]).bool()
+    torch.testing.assert_close(pool(tokens, mask, "last"), tokens[[0, 1, 2], [2, 5, 0]])
+    torch.testing.assert_close(pool(tokens, mask, "mean")[0], tokens[0, :3].mean(0))
+    torch.testing.assert_close(pool(tokens, mask, "cls"), tokens[:, 0])
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(SptbenchError, match="Choices: .*tiny-bert"):
+        load_backbone("tiny-bret", 2)
+    with pytest.raises(SptbenchError, match="pooling"):
+        load_backbone("tiny-bert", 2, pooling="max")
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SptbenchError, match="could not load backbone"):
+        load_backbone(str(tmp_path), 2)

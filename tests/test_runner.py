@@ -1,0 +1,84 @@
+"""The runner on real data: a complete record, deterministic metrics, selection on dev only, failed runs recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sptbench.train as train_mod
+from sptbench.errors import SptbenchError
+from sptbench.records import read_table, validate_record
+from sptbench.runner import RunSpec, run
+
+FAST = {"max_steps": 6, "eval_every": 3, "batch_size": 4}
+
+
+def spec(tmp_path, data_dir, **kw) -> RunSpec:
+    base = dict(method="head", task="rte", shots=4, seed=13, model="tiny-bert", data_dir=str(data_dir),
+                results_dir=str(tmp_path), train_overrides=dict(FAST), progress=False)
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def test_run_appends_a_complete_record_and_is_deterministic(tmp_path, data_dir):
+    first = run(spec(tmp_path, data_dir))
+    second = run(spec(tmp_path, data_dir))
+    records = read_table(first.table)
+    assert len(records) == 2 and first.table == second.table
+    rec = records[0]
+    assert validate_record(rec) == []
+    assert rec["status"] == "ok" and rec["method"]["name"] == "head"
+    assert rec["task"] == {"name": "rte", "version": 1}
+    assert rec["protocol"]["n_train"] == 8 and rec["protocol"]["n_dev"] == 8 and rec["protocol"]["n_test"] == 277
+    assert rec["data"]["source"] == "mirror" and len(rec["data"]["fingerprint"]) == 64
+    assert rec["params"]["trainable"] == 0 and rec["params"]["trainable_with_head"] == 32 * 2 + 2
+    assert rec["throughput"]["train_samples_per_s"] > 0 and rec["throughput"]["eval_samples_per_s"] > 0
+    assert rec["versions"]["torch"] == torch.__version__
+    assert rec["training"]["max_steps"] == 6 and rec["training"]["lr"] == 1e-2  # the method's default lr
+    assert records[0]["metrics"]["dev"] == records[1]["metrics"]["dev"]
+    assert records[0]["metrics"]["test"] == records[1]["metrics"]["test"]
+    assert records[0]["run_id"] != records[1]["run_id"]
+
+
+def test_selection_reads_dev_only_and_test_once(tmp_path, data_dir, monkeypatch):
+    seen = []
+    real = train_mod.evaluate
+
+    def spy(model, encoded, spec_, batch_size, pad_id=0):
+        seen.append(len(encoded))
+        return real(model, encoded, spec_, batch_size, pad_id)
+
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    monkeypatch.setattr("sptbench.runner.evaluate", spy)
+    out = run(spec(tmp_path, data_dir))
+    n_dev, n_test = out.record["protocol"]["n_dev"], out.record["protocol"]["n_test"]
+    assert seen[:-1] == [n_dev] * 2  # evaluations at steps 3 and 6 during training: dev only
+    assert seen[-1] == n_test and seen.count(n_test) == 1
+
+
+def test_non_finite_loss_is_recorded_as_failed(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(train_mod, "loss_on", lambda model, batch: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(SptbenchError, match="recorded as failed"):
+        run(spec(tmp_path, data_dir))
+    (rec,) = read_table(next(tmp_path.rglob("*.yaml")))
+    assert rec["status"] == "failed" and "nan" in rec["error"]
+
+
+def test_interrupted_run_leaves_no_record(tmp_path, data_dir, monkeypatch):
+    def interrupted(model, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "loss_on", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec(tmp_path, data_dir))
+    assert not list(tmp_path.rglob("*.yaml"))
+
+
+def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
+    from sptbench.runner import load_trained
+
+    out = run(spec(tmp_path, data_dir, method="finetune", save_dir=str(tmp_path / "saved")))
+    model, _ = load_trained(tmp_path / "saved")
+    batch = {"input_ids": torch.randint(1000, 5000, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch), out.model.eval()(**batch))

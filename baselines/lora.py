@@ -51,7 +51,8 @@ def target_names(model: Classifier, targets: list[str] | tuple[str, ...], layers
     out = []
     for i in chosen:
         layer_name = names[id(model.layers[i])]
-        out += [f"{layer_name}.{sub}" for sub, _ in model.layers[i].named_modules() if sub.rpartition(".")[2] in targets]
+        subs = [sub for sub, _ in model.layers[i].named_modules() if sub.rpartition(".")[2] in targets]
+        out += [f"{layer_name}.{sub}" for sub in subs]
     if not out:
         raise SptbenchError(f"no module named {list(targets)} in the backbone's layers ({model.family.name})")
     return out

@@ -73,7 +73,8 @@ class KVPrefix(Injection):
             return self.prefix[layer]
         rows = slice(layer * 2 * self.hidden, (layer + 1) * 2 * self.hidden)
         h = torch.tanh(self.mlp_in(self.embedding))
-        return F.linear(h, self.mlp_out.weight[rows], self.mlp_out.bias[rows]).view(self.p, 2, self.hidden).transpose(0, 1)
+        kv = F.linear(h, self.mlp_out.weight[rows], self.mlp_out.bias[rows])
+        return kv.view(self.p, 2, self.hidden).transpose(0, 1)
 
     def kv_prefix(self, layer: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         kv = self.dropout(self._layer_kv(layer).unsqueeze(1).expand(2, batch_size, self.p, self.hidden))

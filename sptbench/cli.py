@@ -97,6 +97,10 @@ def cmd_run(args) -> int:
         progress=not args.quiet,
     )
     outcome = run(spec)
+    from sptbench.train import world
+
+    if world()[0] != 0:  # a data-parallel launch: rank 0 wrote the record and reports it
+        return 0
     rec = outcome.record
     dev, test = rec["metrics"]["dev"], rec["metrics"]["test"]
     print(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -39,6 +37,8 @@ class Classifier(nn.Module):
         self.head = nn.Linear(family.hidden_size(backbone), num_labels)
         self.injections = nn.ModuleList()
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
+        self.frozen_mode = "dropout"  # how layers below the first trainable one run in training: see _frozen_part
+        self.frozen_cache: dict[tuple, torch.Tensor] = {}
         enable_prefixes(backbone, family)
 
     # -- set-up used by methods ---------------------------------------------------------------------------------
@@ -75,18 +75,74 @@ class Classifier(nn.Module):
     ) -> torch.Tensor:
         token_mask = attention_mask.bool()
         bsz = input_ids.shape[0]
-        no_grad_below = self.first_trainable_layer() if self.training and torch.is_grad_enabled() else 0
-        with torch.no_grad() if no_grad_below > 0 else contextlib.nullcontext():
+        upto = self.first_trainable_layer() if self.training and torch.is_grad_enabled() else 0
+        if upto > 0:  # nothing below `upto` trains: no autograd there (no stored activations, no backward)
+            hidden, m = self._frozen_part(input_ids, token_mask, token_type_ids, upto)
+        else:
             hidden, m = self._embed(input_ids, token_mask, token_type_ids, bsz)
-        for i, layer in enumerate(self.layers):
-            with torch.no_grad() if i < no_grad_below else contextlib.nullcontext():
-                hidden, m = self._enter_layer(i, hidden, m, token_mask)
-                key_mask = torch.cat([token_mask.new_ones(bsz, m), token_mask], 1)
-                mask = self.family.layer_mask(key_mask, hidden.dtype)
-                hidden = self._run_layer(i, layer, hidden, mask, bsz)
+        for i in range(upto, len(self.layers)):
+            hidden, m = self._layer_step(i, hidden, m, token_mask)
         hidden = self.family.final(self.backbone, hidden)
         pooled = pool(hidden[:, m:], token_mask, self.pooling)
         return self.head(self.dropout(pooled))
+
+    def _layer_step(self, i, hidden, m, token_mask):
+        hidden, m = self._enter_layer(i, hidden, m, token_mask)
+        key_mask = torch.cat([token_mask.new_ones(token_mask.shape[0], m), token_mask], 1)
+        mask = self.family.layer_mask(key_mask, hidden.dtype)
+        return self._run_layer(i, self.layers[i], hidden, mask, token_mask.shape[0]), m
+
+    @torch.no_grad()
+    def _frozen_part(self, input_ids, token_mask, token_type_ids, upto):
+        """Embeddings and layers below `upto`. `frozen_mode`: "dropout" runs them as the stock model would in
+        training; "eval" turns their dropout off; "cache" also memoises their per-sample output (deterministic once
+        dropout is off), so few-shot training computes the frozen layers once per sample, not once per epoch."""
+        if self.frozen_mode == "cache":
+            return self._cached_frozen_part(input_ids, token_mask, token_type_ids, upto)
+        frozen = [self.family.embeddings(self.backbone), *list(self.layers)[:upto]]
+        modes = [mod.training for mod in frozen]
+        if self.frozen_mode == "eval":
+            for mod in frozen:
+                mod.eval()
+        try:
+            hidden, m = self._embed(input_ids, token_mask, token_type_ids, input_ids.shape[0])
+            for i in range(upto):
+                hidden, m = self._layer_step(i, hidden, m, token_mask)
+        finally:
+            for mod, mode in zip(frozen, modes, strict=True):
+                mod.train(mode)
+        return hidden, m
+
+    def _cached_frozen_part(self, input_ids, token_mask, token_type_ids, upto):
+        lengths = token_mask.sum(1).tolist()
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        keys = [
+            (upto, tuple(input_ids[b, :n].tolist()), tuple(types[b, :n].tolist())) for b, n in enumerate(lengths)
+        ]
+        missing = [b for b, k in enumerate(keys) if k not in self.frozen_cache]
+        if missing:
+            self.frozen_mode = "eval"
+            try:
+                hidden, m = self._frozen_part(input_ids[missing], token_mask[missing],
+                                              None if token_type_ids is None else token_type_ids[missing], upto)
+            finally:
+                self.frozen_mode = "cache"
+            if m:  # prompts below the first trainable layer: not cacheable per sample, computed as they are
+                return self._frozen_part_uncached(input_ids, token_mask, token_type_ids, upto)
+            for j, b in enumerate(missing):
+                self.frozen_cache[keys[b]] = hidden[j, : lengths[b]].clone()
+        first = self.frozen_cache[keys[0]]
+        hidden = first.new_zeros(input_ids.shape[0], input_ids.shape[1], first.shape[-1])
+        for b, k in enumerate(keys):
+            hidden[b, : lengths[b]] = self.frozen_cache[k]
+        return hidden, 0
+
+    def _frozen_part_uncached(self, input_ids, token_mask, token_type_ids, upto):
+        self.frozen_mode = "eval"
+        try:
+            return self._frozen_part(input_ids, token_mask, token_type_ids, upto)
+        finally:
+            self.frozen_mode = "cache"
 
     def _embed(self, input_ids, token_mask, token_type_ids, bsz):
         prompts = [p for inj in self.injections if (p := inj.input_prompt(bsz)) is not None]

@@ -24,7 +24,7 @@ from sptbench.errors import SptbenchError
 from sptbench.records import SCHEMA_VERSION, append_record, new_run_id, setting_name, table_path
 from sptbench.registry import Method, build_config, config_dict, get_method
 from sptbench.tasks import TaskData, load_task
-from sptbench.train import FitContext, FitResult, NonFiniteLoss, TrainConfig, encode_rows, evaluate, train
+from sptbench.train import FitContext, FitResult, NonFiniteLoss, TrainConfig, encode_rows, evaluate, train, world
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
 
@@ -49,6 +49,7 @@ class RunSpec:
     dtype: str = "fp32"  # fp32 | bf16 (autocast)
     save_dir: str | None = None
     progress: bool = True
+    sweep: dict[str, Any] | None = None  # set by `sptbench sweep` (name, grid index): recorded as-is, not in the key
 
 
 @dataclass
@@ -111,7 +112,8 @@ def _device(name: str):
         raise SptbenchError(f"unknown device '{name}'. Choices: auto, cpu, cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
-    return Accelerator(cpu=(name == "cpu"))
+    # cpu=True also without CUDA: then a data-parallel launch (torchrun / accelerate launch) is MULTI_CPU (gloo)
+    return Accelerator(cpu=(name == "cpu" or not torch.cuda.is_available()))
 
 
 def default_fit(method: Method, ctx: FitContext) -> FitResult:
@@ -196,10 +198,17 @@ def run(spec: RunSpec) -> RunOutcome:
 
     record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
     path = table_path(spec.results_dir, spec.model, setting_name(spec.shots, spec.train_size))
-    append_record(path, record)
+    if spec.sweep is not None:
+        record["sweep"] = dict(spec.sweep)
+    rank, world_size = world()
+    if world_size > 1:  # data-parallel launch: one record (rank 0's), with the throughput of all processes
+        record["throughput"]["num_processes"] = world_size
+    main = rank == 0
+    if main:
+        append_record(path, record)
     if status != "ok":
         raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
-    if spec.save_dir:
+    if spec.save_dir and main:
         save_trained(fit.model, record, Path(spec.save_dir))
     return RunOutcome(record=record, table=path, model=fit.model)
 

@@ -36,7 +36,13 @@ class TrainConfig:
     eval_every: int = 50  # steps between dev evaluations (and at the end)
     patience: int | None = None  # stop after this many evaluations without dev improvement; None: never
     group_by_length: bool = True  # batches of similar length (less padding); off: random batches
+    # layers below the first trainable one: "dropout" (as the stock model trains), "eval" (no dropout there),
+    # "cache" (no dropout, and their outputs computed once per sample and reused across epochs: few-shot speed)
+    frozen_layers: str = "dropout"
     seed: int = 13
+
+
+FROZEN_MODES = ("dropout", "eval", "cache")
 
 
 @dataclass
@@ -119,6 +125,49 @@ def forever(encoded: list[dict], batch_size: int, *, seed: int, group_by_length:
         epoch += 1
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of a data-parallel launch (`accelerate launch`, which the runner's Accelerator joins);
+    (0, 1) in a plain process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    """This rank's contiguous part of a global batch, trimmed to its own longest sequence."""
+    n = batch["labels"].shape[0]
+    per = -(-n // world_size)
+    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
+    part = {k: v[lo:hi] for k, v in batch.items()}
+    width = int(part["attention_mask"].sum(1).max()) if hi > lo else 1
+    return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}
+
+
+def all_reduce_grads(params: list[torch.Tensor], bucket_numel: int = 1 << 24) -> None:
+    """Sum the gradients of `params` over all ranks, in flat buckets (a missing gradient counts as zero)."""
+    import torch.distributed as dist
+
+    def reduce(bucket):
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        dist.all_reduce(flat)
+        for p, g in zip(bucket, torch.split(flat, [p.numel() for p in bucket]), strict=True):
+            p.grad.copy_(g.view_as(p))
+
+    bucket, size = [], 0
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        bucket.append(p)
+        size += p.numel()
+        if size >= bucket_numel:
+            reduce(bucket)
+            bucket, size = [], 0
+    if bucket:
+        reduce(bucket)
+
+
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items() if k != "labels"}
 
@@ -150,17 +199,28 @@ def build_optimizer(params, lr: float, weight_decay: float, max_steps: int, warm
 
 @torch.inference_mode()
 def predict(model, encoded: list[dict], batch_size: int, pad_id: int = 0) -> list[int]:
-    """Predictions in input order (batches grouped by length for speed)."""
+    """Predictions in input order (batches grouped by length for speed). In a data-parallel launch every rank
+    predicts every world-size-th example and the predictions are gathered, so every rank returns all of them."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    rank, world_size = world()
+    order = order[rank::world_size]
     preds = [0] * len(encoded)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = _collate([encoded[i] for i in idx], pad_id)
         for i, p in zip(idx, model(**model_inputs(batch, device)).argmax(-1).tolist(), strict=True):
             preds[i] = p
+    if world_size > 1:
+        import torch.distributed as dist
+
+        parts: list = [None] * world_size
+        dist.all_gather_object(parts, [(i, preds[i]) for i in order])
+        for part in parts:
+            for i, p in part:
+                preds[i] = p
     model.train(was_training)
     return preds
 
@@ -194,10 +254,22 @@ def train(
     pad_id: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    """Train for `tcfg.max_steps`, evaluating on dev every `eval_every` steps; ends with the best dev checkpoint."""
+    """Train for `tcfg.max_steps`, evaluating on dev every `eval_every` steps; ends with the best dev checkpoint.
+
+    In a data-parallel launch (`world()` > 1) every rank draws the same global batch; the default step trains on this
+    rank's shard of it and sums the gradients over ranks (each shard's loss is scaled by its share of the batch), so
+    the update is the single-process one. A custom `step_fn` gets the whole batch on every rank (no speed-up, same
+    result). Samples and tokens count the global batch."""
     if not train_enc or not dev_enc:
         raise SptbenchError("training needs a non-empty train and dev split")
+    if tcfg.frozen_layers not in FROZEN_MODES:
+        raise SptbenchError(f"unknown frozen_layers '{tcfg.frozen_layers}'. Choices: {', '.join(FROZEN_MODES)}")
+    if hasattr(model, "frozen_mode"):
+        model.frozen_mode = tcfg.frozen_layers
+        model.frozen_cache.clear()
     model.train()
+    rank, world_size = world()
+    sharded = world_size > 1 and step_fn is None
     if step_fn is None:
         optimizer, scheduler = build_optimizer(
             params if params is not None else model.parameters(),
@@ -209,8 +281,16 @@ def train(
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
         def step_fn(model, batch, step):
-            loss = loss_on(model, batch)
-            loss.backward()
+            if sharded:
+                part = shard(batch, rank, world_size)
+                share = part["labels"].shape[0] / batch["labels"].shape[0]
+                loss = loss_on(model, part) * share if share else torch.zeros((), device=trainable[0].device)
+                if share:
+                    loss.backward()
+                all_reduce_grads(trainable)
+            else:
+                loss = loss_on(model, batch)
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, tcfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -220,7 +300,7 @@ def train(
     res = TrainResult(best_step=None, best_dev={}, steps_run=0, stopped_early=False)
     best_score, best_snap, bad_evals = -math.inf, None, 0
     batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id)
-    bar = tqdm(total=tcfg.max_steps, desc="train", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=tcfg.max_steps, desc="train", disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
     losses: list[torch.Tensor] = []
     for step in range(1, tcfg.max_steps + 1):
         batch = next(batches)
@@ -234,7 +314,12 @@ def train(
         bar.update(1)
         if step % tcfg.eval_every and step != tcfg.max_steps:
             continue
-        mean_loss = float(torch.stack(losses).float().mean())  # the only host sync between evaluations
+        stacked = torch.stack(losses).float()
+        if sharded:  # each rank's loss is its share of the global batch's mean loss
+            import torch.distributed as dist
+
+            dist.all_reduce(stacked)
+        mean_loss = float(stacked.mean())  # the only host sync between evaluations
         losses.clear()
         if not math.isfinite(mean_loss):
             bar.close()
@@ -258,6 +343,8 @@ def train(
     bar.close()
     if best_snap is not None:
         _restore(model, best_snap)
+    if hasattr(model, "frozen_cache"):
+        model.frozen_cache.clear()
     model.eval()
     return res
 

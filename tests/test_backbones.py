@@ -111,3 +111,28 @@ def test_unknown_backbone_lists_choices():
 def test_missing_local_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SptbenchError, match="could not load backbone"):
         load_backbone(str(tmp_path), 2)
+
+
+def test_cached_frozen_layers_train_like_uncached(data_dir):
+    """frozen_layers=cache reuses the frozen layers' outputs across epochs and gives the same losses as eval mode."""
+    from sptbench.tasks import load_task
+    from sptbench.train import TrainConfig, encode_rows, train
+
+    task = load_task("rte", data_dir=data_dir, shots=4, seed=21)
+    losses = {}
+    for mode in ("eval", "cache"):
+        torch.manual_seed(0)
+        model, tok, _ = load_backbone("tiny-bert", 2)
+        model.freeze_backbone()
+        for p in model.layers[2].parameters():  # train from layer 2 up: layers 0-1 and the embeddings are frozen
+            p.requires_grad_(True)
+        calls = []
+        model.layers[0].register_forward_hook(lambda m, i, o, calls=calls: calls.append(1))
+        enc = encode_rows(task.train, tok, task.spec)
+        res = train(model, enc, encode_rows(task.dev, tok, task.spec), task.spec,
+                    TrainConfig(max_steps=8, batch_size=4, eval_every=4, frozen_layers=mode, lr=1e-3), progress=False)
+        losses[mode] = [h["train_loss"] for h in res.history]
+        # 8 steps of 4 samples from 8 distinct ones; 2 dev evaluations run layer 0 once each (8 rows, one batch)
+        layer0_training_calls = len(calls) - 2
+        assert layer0_training_calls == (8 if mode == "eval" else 2)  # cache: only until all 8 samples are stored
+    assert losses["eval"] == pytest.approx(losses["cache"], abs=1e-5)

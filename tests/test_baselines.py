@@ -182,8 +182,8 @@ def test_lora_export_holds_lora_weights_and_head_only():
     state = model.export_state()
     assert {"head.weight", "head.bias"} <= set(state)
     rest = set(state) - {"head.weight", "head.bias"}
-    assert rest and all(re.fullmatch(r"backbone\.encoder\.layer\.\d\.attention\.self\.(query|value)\.lora_[AB]\.default\.weight", n)
-                        for n in rest)
+    lora = r"backbone\.encoder\.layer\.\d\.attention\.self\.(query|value)\.lora_[AB]\.default\.weight"
+    assert rest and all(re.fullmatch(lora, n) for n in rest)
     assert len(rest) == LAYERS * 2 * 2
 
 
@@ -212,18 +212,19 @@ def test_p_tuning_v2_reparam_saves_prefixes_not_the_mlp(fresh_reparam):
 
 
 # Hand-checked on tiny-bert: hidden 32, 4 layers, 4 heads, intermediate 64, 2 labels (head = 32*2 + 2 = 66).
+AD64 = 32 * 64 + 64 + 64 * 32 + 32  # one adapter: down (weight + bias) and up (weight + bias)
+AD8 = 32 * 8 + 8 + 8 * 32 + 32
 COUNTS = [
     ("prompt_tuning", None, 20 * 32, 20 * 32),
     ("prompt_tuning", {"num_tokens": 5}, 5 * 32, 5 * 32),
     ("p_tuning_v2", None, 4 * 2 * 20 * 32, 4 * 2 * 20 * 32),
     # embedding 20x32, Linear 32->16, Linear 16->4*2*32; stored: the computed prefixes only
-    ("p_tuning_v2", {"reparam": True, "reparam_hidden": 16}, 20 * 32 + (32 * 16 + 16) + (16 * 256 + 256), 4 * 2 * 20 * 32),
-    ("adapter", None, 4 * 2 * (32 * 64 + 64 + 64 * 32 + 32), 4 * 2 * (32 * 64 + 64 + 64 * 32 + 32)),
-    ("adapter", {"placement": "pfeiffer", "bottleneck": 8}, 4 * (32 * 8 + 8 + 8 * 32 + 32), 4 * (32 * 8 + 8 + 8 * 32 + 32)),
-    ("adapter", {"layers": [2, 3], "bottleneck": 8}, 2 * 2 * (32 * 8 + 8 + 8 * 32 + 32), 2 * 2 * (32 * 8 + 8 + 8 * 32 + 32)),
+    ("p_tuning_v2", {"reparam": True, "reparam_hidden": 16}, 20 * 32 + (32 * 16 + 16) + (16 * 256 + 256), 5120),
+    ("adapter", None, 4 * 2 * AD64, 4 * 2 * AD64),
+    ("adapter", {"placement": "pfeiffer", "bottleneck": 8}, 4 * AD8, 4 * AD8),
+    ("adapter", {"layers": [2, 3], "bottleneck": 8}, 2 * 2 * AD8, 2 * 2 * AD8),
     # two LayerNorms (weight + bias, 32 each) per BERT layer on top of the adapters
-    ("adapter", {"bottleneck": 8, "train_layer_norms": True}, 4 * (2 * (32 * 8 + 8 + 8 * 32 + 32) + 2 * 64),
-     4 * (2 * (32 * 8 + 8 + 8 * 32 + 32) + 2 * 64)),
+    ("adapter", {"bottleneck": 8, "train_layer_norms": True}, 4 * (2 * AD8 + 2 * 64), 4 * (2 * AD8 + 2 * 64)),
     ("lora", None, 4 * 2 * (8 * 32 + 32 * 8), 4 * 2 * (8 * 32 + 32 * 8)),
     ("lora", {"rank": 2, "layers": [0]}, 2 * (2 * 32 + 32 * 2), 2 * (2 * 32 + 32 * 2)),
 ]

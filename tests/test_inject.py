@@ -95,7 +95,7 @@ def test_p_tuning_v2_on_gpt2_equals_stock_model_with_a_prefix_cache():
         hidden = ref(
             input_ids=ids,
             attention_mask=torch.cat([torch.ones(bsz, 5, dtype=mask.dtype), mask], 1),  # covers p + n
-            past_key_values=cache,
+            cache=cache,
             position_ids=torch.arange(n)[None].expand(bsz, -1),  # the cache would otherwise start positions at p
         ).last_hidden_state
         reference = model.head(pool(hidden, mask.bool(), "last"))

@@ -44,6 +44,22 @@ TINY_CONFIGS = {
         eos_token_id=102,
     ),
 }
+# Full-size random configs (no download): speed and memory checks at the paper's model size (scripts/gpu_check.sh).
+# RoBERTa-large's sizes and vocabulary; the MiniLM tokenizer's ids all fall inside that vocabulary.
+RANDOM_CONFIGS = {
+    "roberta-large-random": lambda v: RobertaConfig(
+        vocab_size=max(v, 50265),
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=0,  # the MiniLM tokenizer's pad id (as tiny-roberta)
+    ),
+}
+TINY_CONFIGS.update(RANDOM_CONFIGS)  # loaded like the tiny ones: in-process, seeded, MiniLM tokenizer
 MINILM_ALIAS = "minilm-l6"
 BACKBONES = (MINILM_ALIAS, *TINY_CONFIGS)
 

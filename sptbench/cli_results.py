@@ -28,8 +28,13 @@ def cmd_table(args: argparse.Namespace) -> int:
     """Render a results table to stdout, a file, or a README block."""
     if (args.readme is None) != (args.block is None):
         raise SptbenchError("--readme and --block go together")
+    records = read_records(_paths(args))
+    if args.select_by_dev:  # hyper-parameter grids: per method/task/seed/setting, the config best on dev only
+        from sptbench.sweep import select_by_dev
+
+        records = select_by_dev(records)
     table = build_table(
-        read_records(_paths(args)),
+        records,
         backbone=args.backbone,
         shots=args.shots,
         train_size=args.train_size,
@@ -89,6 +94,8 @@ def _add_table(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", help="columns, in this order (default: all, sorted)")
     p.add_argument("--methods", nargs="+", help="rows, in this order (default: all, sorted)")
     p.add_argument("--expected-seeds", type=int, help="seeds per cell (default: the most any cell has)")
+    p.add_argument("--select-by-dev", action="store_true",
+                   help="of several configs per method/task/seed, keep the best on dev (docs/sweeps.md)")
     p.add_argument("--format", choices=FORMATS, default="md")
     p.add_argument("--out", help="write the table to this file instead of stdout")
     p.add_argument("--readme", help="README to update in place (with --block)")

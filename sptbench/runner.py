@@ -213,6 +213,11 @@ def run(spec: RunSpec) -> RunOutcome:
     return RunOutcome(record=record, table=path, model=fit.model)
 
 
+def training_section(tcfg: TrainConfig, device_type: str, dtype: str) -> dict:
+    """The record's `training` section (part of the record key): every training option but the seed, + device, dtype."""
+    return {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "seed"} | {"device": device_type, "dtype": dtype}
+
+
 def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start) -> dict:
     res = fit.result if fit else None
     counts = fit.model.count_parameters() if fit else {}
@@ -233,8 +238,7 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
             "fingerprint": task.fingerprint,
             "notes": list(task.notes),
         },
-        "training": {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "seed"}
-        | {"device": device.type, "dtype": spec.dtype},
+        "training": training_section(tcfg, device.type, spec.dtype),
         "outcome": {
             "best_step": res.best_step if res else None,
             "steps_run": res.steps_run if res else 0,

@@ -1,4 +1,4 @@
-"""Tests for SPT / SPT-DARTS / LPT: sptbench/methods/{prompt_generator,gated_prompts,darts,spt}.py, sptbench/plots.py."""
+"""Tests for SPT, SPT-DARTS, LPT (sptbench/methods/{prompt_generator,gated_prompts,darts,spt}.py) and plots.py."""
 
 from __future__ import annotations
 
@@ -178,6 +178,15 @@ def test_gate_only_at_the_input_is_prompt_tuning_with_a_generator(backbones):
     assert not torch.allclose(ref, ref2, atol=1e-4)
 
 
+def test_gate_rejects_a_propagated_prompt_of_another_length():
+    inj = GatedPrompts(8, [0, 1], num_tokens=3, bottleneck=4)
+    tokens, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    assert inj.layer_prompt(1, tokens, mask, torch.zeros(2, 3, 8)).shape == (2, 3, 8)
+    assert inj.layer_prompt(2, tokens, mask, torch.zeros(2, 3, 8)) is None  # not a prompt layer: propagate
+    with pytest.raises(ValueError, match="prompt positions"):
+        inj.layer_prompt(1, tokens, mask, torch.zeros(2, 4, 8))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batch_invariance_right_padded_mixed_lengths(backbones, family):
     model, tok = backbones(family)
@@ -331,11 +340,18 @@ def test_retraining_does_no_backward_work_below_the_first_chosen_layer(backbones
         model.train()
         calls = [0] * len(model.layers)
         records_grad = [None] * len(model.layers)
+
+        def on_backward(i):
+            return lambda mod, grad_in, grad_out: calls.__setitem__(i, calls[i] + 1)
+
+        def on_forward(i):
+            def hook(mod, inputs, out):
+                records_grad[i] = (out[0] if isinstance(out, tuple) else out).grad_fn is not None
+            return hook
+
         for i, layer in enumerate(model.layers):
-            layer.register_full_backward_hook(lambda mod, gi, go, i=i: calls.__setitem__(i, calls[i] + 1))
-            layer.register_forward_hook(
-                lambda mod, inp, out, i=i: records_grad.__setitem__(i, (out[0] if isinstance(out, tuple) else out).grad_fn
-                                                                    is not None))
+            layer.register_full_backward_hook(on_backward(i))
+            layer.register_forward_hook(on_forward(i))
         ce_loss(model, make_batch(tok, TEXTS, [0, 1, 1, 0])).backward()
         return calls, records_grad, model
 

@@ -275,8 +275,8 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     else:
         step_fn = JointStep(weights, gates, opt_w, sched_w, opt_a, sched_a, tcfg.max_grad_norm, loss_on, after=after)
         train_rows, d2_rows = ctx.task.train, []
-    ctx.log(f"[spt] search ({'darts' if darts else 'joint'}): {len(train_rows)} generator rows, "
-            f"{len(d2_rows)} gate rows, {tcfg.max_steps} steps")
+    rows = f"D1 {len(train_rows)} rows, D2 {len(d2_rows)} rows" if darts else f"{len(train_rows)} rows"
+    ctx.log(f"[spt] search ({'darts' if darts else 'joint'}): {rows}, {tcfg.max_steps} steps")
     result = ctx.train(model, ctx.encode(train_rows), ctx.encode(ctx.task.dev), tcfg, step_fn=step_fn, on_eval=on_eval)
     alpha = final.get("alpha") or trajectory[-1]["alpha"]
     return {

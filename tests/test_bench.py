@@ -1,0 +1,106 @@
+"""`sptbench bench` (sptbench/bench.py) on tiny-bert: the YAML record, the floor and its ratios, errors; and the
+`roberta-large-random` backbone alias scripts/gpu_check.sh benches (sizes checked without building it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from sptbench.backbones import RANDOM_CONFIGS, load_backbone
+from sptbench.bench import Shape, add_input_gradient, bench, synthetic_batch
+from sptbench.cli import main
+from sptbench.errors import SptbenchError
+from sptbench.records import _SCHEMA
+from sptbench.registry import load_methods
+
+TINY = ["--model", "tiny-bert", "--batch", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_all_methods_writes_records_with_run_throughput_keys_and_floor_ratios(tmp_path, capsys):
+    out = tmp_path / "bench" / "tiny.yaml"
+    assert main(["bench", "--method", "all", *TINY, "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    records = list(yaml.safe_load_all(out.read_text()))
+    assert [r["method"]["name"] for r in records] == list(load_methods())
+    for rec in records:
+        assert set(rec["throughput"]) == set(_SCHEMA["throughput"])  # the run records' throughput section
+        t, floor = rec["throughput"], rec["floor"]
+        assert t["train_samples_per_s"] > 0 and t["eval_samples_per_s"] > 0 and t["peak_memory_mb"] > 0
+        assert t["train_tokens_per_s"] == pytest.approx(t["train_samples_per_s"] * 16, rel=1e-3)  # full length
+        assert rec["ratios"]["train_vs_floor"] == pytest.approx(t["train_samples_per_s"] / floor["train_samples_per_s"],
+                                                                rel=1e-3)
+        assert rec["ratios"]["eval_vs_floor"] == pytest.approx(t["eval_samples_per_s"] / floor["eval_samples_per_s"],
+                                                               rel=1e-3)
+        assert rec["shape"] == {"batch_size": 2, "seq_len": 16, "steps": 2, "warmup": 1}
+        assert rec["backbone"]["id"] == "tiny-bert" and rec["throughput"]["dtype"] == "fp32"
+        assert rec["params"]["backbone"] == rec["backbone"]["num_parameters"]
+    assert all(r["floor"] == records[0]["floor"] for r in records)  # one floor, measured once, in the same process
+    assert "floor (frozen fwd+bwd / fwd)" in printed and "train/floor" in printed
+    finetune = next(r for r in records if r["method"]["name"] == "finetune")
+    assert finetune["params"]["trainable"] == finetune["params"]["backbone"]
+
+
+def test_floor_backpropagates_through_every_layer_and_nothing_trains_but_the_shift():
+    torch.manual_seed(0)
+    model, _, _ = load_backbone("tiny-bert", 2)
+    model.freeze_backbone()
+    assert model.first_trainable_layer() == len(model.layers)  # the head alone: the backbone runs without autograd
+    shift = add_input_gradient(model)
+    assert model.first_trainable_layer() == 0
+    batch = synthetic_batch(Shape(batch=2, seq_len=8), 30522, torch.device("cpu"))
+    model.train()
+    loss = model(batch["input_ids"], batch["attention_mask"]).sum()
+    loss.backward()
+    assert shift.grad is not None and shift.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.backbone.named_parameters() if not n.endswith("bench_shift"))
+
+
+def test_bench_one_method_with_set_and_bf16(tmp_path):
+    records = bench(["prompt_tuning"], "tiny-bert", Shape(batch=2, seq_len=8, steps=1, warmup=0), device="cpu",
+                    dtype="bf16", overrides={"num_tokens": 3})
+    (rec,) = records
+    assert rec["method"]["config"]["num_tokens"] == 3 and rec["throughput"]["dtype"] == "bf16"
+    assert rec["params"]["trainable"] == 3 * 32
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--method", "all", "--set", "num_tokens=3"], "--set applies to one method"),
+        (["--method", "head", "--seq-len", "4000"], "too long for tiny-bert"),
+        (["--method", "head", "--steps", "0"], "--steps must be positive"),
+        (["--method", "prompt_tuning", "--set", "bogus=1"], "unknown --set key"),
+    ],
+)
+def test_bench_user_errors_are_one_line(args, message, capsys):
+    assert main(["bench", *args, "--model", "tiny-bert", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SptbenchError, match="no CUDA device"):
+        bench(["head"], "tiny-bert", Shape(batch=1, seq_len=4, steps=1, warmup=0), device="cuda")
+
+
+def test_roberta_large_random_has_roberta_large_sizes():
+    from transformers import AutoModel
+
+    config = RANDOM_CONFIGS["roberta-large-random"](30522)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (1024, 24, 16)
+    assert (config.intermediate_size, config.vocab_size, config.max_position_embeddings) == (4096, 50265, 514)
+    with torch.device("meta"):  # no memory, no init time
+        backbone = AutoModel.from_config(config)
+    assert sum(p.numel() for p in backbone.parameters()) == 355_359_744  # roberta-large's count

@@ -111,16 +111,21 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
-def build_config(method: Method, overrides: dict[str, Any] | None = None) -> Any:
-    """The method's config with `overrides` applied; unknown keys list the valid ones."""
-    hints = typing.get_type_hints(method.config_cls)
-    fields = {f.name for f in dataclasses.fields(method.config_cls)}
-    kwargs = {}
+def coerce_overrides(config_cls: type, overrides: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """`overrides` checked against the dataclass's fields and coerced to their types (one clear error each)."""
+    hints = typing.get_type_hints(config_cls)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    out = {}
     for key, value in (overrides or {}).items():
         if key not in fields:
-            raise unknown_choice(f"--set key for method '{method.name}'", key, fields)
-        kwargs[key] = _coerce(value, hints[key], key)
-    cfg = method.config_cls(**kwargs)
+            raise unknown_choice(kind, key, fields)
+        out[key] = _coerce(value, hints[key], key)
+    return out
+
+
+def build_config(method: Method, overrides: dict[str, Any] | None = None) -> Any:
+    """The method's config with `overrides` applied; unknown keys list the valid ones."""
+    cfg = method.config_cls(**coerce_overrides(method.config_cls, overrides, f"--set key for method '{method.name}'"))
     validate = getattr(cfg, "validate", None)
     if validate is not None:
         validate()

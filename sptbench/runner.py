@@ -22,7 +22,7 @@ from sptbench import __version__
 from sptbench.backbones import load_backbone
 from sptbench.errors import SptbenchError
 from sptbench.records import SCHEMA_VERSION, append_record, new_run_id, setting_name, table_path
-from sptbench.registry import Method, build_config, config_dict, get_method
+from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
 from sptbench.tasks import TaskData, load_task
 from sptbench.train import FitContext, FitResult, NonFiniteLoss, TrainConfig, encode_rows, evaluate, train, world
 
@@ -66,16 +66,8 @@ def seed_everything(seed: int) -> None:
 
 
 def train_config(spec: RunSpec, method: Method) -> TrainConfig:
-    unknown = set(spec.train_overrides) - TRAIN_FIELDS
-    if unknown:
-        from sptbench.errors import unknown_choice
-
-        raise unknown_choice("training option", sorted(unknown)[0], TRAIN_FIELDS)
-    values = {"lr": method.default_lr, **spec.train_overrides, "seed": spec.seed}
-    hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    for k, v in list(values.items()):
-        if v is not None and hints[k] in ("int", "float", "bool"):
-            values[k] = {"int": int, "float": float, "bool": bool}[hints[k]](v)
+    overrides = {"lr": method.default_lr, **spec.train_overrides}
+    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
     tcfg = TrainConfig(**values)
     if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1:
         raise SptbenchError("max_steps, eval_every and batch_size must be positive")
@@ -182,7 +174,7 @@ def run(spec: RunSpec) -> RunOutcome:
         build_model=build_model,
         encode=encode,
         train=run_train,
-        log=lambda msg: print(msg, file=sys.stderr),
+        log=lambda msg: print(msg, file=sys.stderr) if world()[0] == 0 else None,  # once per data-parallel launch
     )
     dtype = torch.bfloat16 if spec.dtype == "bf16" else None
     status, error, fit, test, eval_s = "ok", None, None, {}, 0.0

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The reference suite: every registered method on minilm-l6 (real weights) and the real rte + sst2 data, 16-shot,
+# seed 13, a short training budget; then `sptbench check` against the stored records in results/reference/.
+#   scripts/reference_check.sh            run and check (CI)
+#   scripts/reference_check.sh --update   run and replace the reference records (say why in the commit)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REFERENCE=results/reference/minilm-l6-16shot.yaml
+DATA_DIR="${SPTBENCH_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+methods=$(sptbench list methods | awk '{print $1}')
+for method in $methods; do
+  for task in rte sst2; do
+    sptbench run --method "$method" --task "$task" --shots 16 --seed 13 --model minilm-l6 --data-dir "$DATA_DIR" \
+      --max-steps 12 --eval-every 6 --results-dir "$out" --quiet
+  done
+done
+
+if [ "${1:-}" = "--update" ]; then
+  cp "$out/v1/minilm-l6/16shot.yaml" "$REFERENCE"
+  echo "updated $REFERENCE"
+else
+  # CPU runs on the same kind of machine are deterministic: the band only absorbs float noise.
+  sptbench check --against "$REFERENCE" "$out/v1" --abs-tol 1e-4
+fi

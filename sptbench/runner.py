@@ -26,8 +26,6 @@ from sptbench.registry import Method, build_config, coerce_overrides, config_dic
 from sptbench.tasks import TaskData, load_task
 from sptbench.train import FitContext, FitResult, NonFiniteLoss, TrainConfig, encode_rows, evaluate, train, world
 
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
-
 
 @dataclass
 class RunSpec:

@@ -254,8 +254,6 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
                 train_config(RunSpec(method=m, task=tasks[0], train_overrides=overrides), method)
             except SptbenchError as e:
                 raise SptbenchError(f"{where}: training options for {m}: {e}") from None
-            except (TypeError, ValueError) as e:  # a value of the wrong type (train_config converts with int/float)
-                raise SptbenchError(f"{where}: training options for {m} {overrides}: bad value ({e})") from None
         configs[m] = [(s, t) for s in set_grid for t in train_grid]
 
     data_dir = raw.get("data_dir")

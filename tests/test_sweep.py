@@ -131,7 +131,7 @@ def test_regimes_grid_over_shots_and_train_size(tmp_path, data_dir):
         ({"split_source": "lm-bff"}, "lm-bff' needs shots=16"),
         ({"slurm": {"queue": "gpu"}}, "unknown slurm option"),
         ({"launcher": "kubernetes"}, "unknown launcher 'kubernetes'"),
-        ({"method_train": {"head": {"lr": "fast"}}}, "training options for head .*bad value"),
+        ({"method_train": {"head": {"lr": "fast"}}}, "training options for head: 'lr' expects float, got 'fast'"),
         ({"method_train": {"head": 0.1}}, "method_train.head must be a mapping"),
         ({"seeds": [13, 13]}, "seeds must be distinct"),
     ],

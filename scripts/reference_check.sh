@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference suite: every registered method on minilm-l6 (real weights) and the real rte + sst2 data, 16-shot,
+# The reference suite: every registered method on minilm-l6 (real weights) and the real rte + trec data, 16-shot,
 # seed 13, a short training budget; then `sptbench check` against the stored records in results/reference/.
 #   scripts/reference_check.sh            run and check (CI)
 #   scripts/reference_check.sh --update   run and replace the reference records (say why in the commit)
@@ -12,7 +12,7 @@ trap 'rm -rf "$out"' EXIT
 
 methods=$(sptbench list methods | awk '{print $1}')
 for method in $methods; do
-  for task in rte sst2; do
+  for task in rte trec; do
     sptbench run --method "$method" --task "$task" --shots 16 --seed 13 --model minilm-l6 --data-dir "$DATA_DIR" \
       --max-steps 12 --eval-every 6 --results-dir "$out" --quiet
   done

@@ -82,3 +82,15 @@ def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
     batch = {"input_ids": torch.randint(1000, 5000, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
     with torch.no_grad():
         torch.testing.assert_close(model(**batch), out.model.eval()(**batch))
+
+
+def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
+    from sptbench.runner import load_trained
+
+    out = run(spec(tmp_path, data_dir, method="spt", save_dir=str(tmp_path / "saved"), method_overrides={"top_k": 2}))
+    chosen = out.record["extra"]["chosen_layers"]
+    assert len(chosen) == 2 and out.record["extra"]["final_config"]["layers"] == chosen
+    model, _ = load_trained(tmp_path / "saved")
+    batch = {"input_ids": torch.randint(1000, 5000, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch), out.model.eval()(**batch))

@@ -21,7 +21,7 @@ from sptbench.methods.darts import DartsStep, JointStep
 from sptbench.methods.gated_prompts import GatedPrompts
 from sptbench.methods.prompt_generator import ACTIVATIONS, POOLINGS
 from sptbench.model import Classifier
-from sptbench.registry import register_method
+from sptbench.registry import config_dict, register_method
 
 DEFAULT_LR = 3e-3  # prompt generators (and the head); the gates have their own `gate_lr`
 
@@ -341,6 +341,8 @@ def _fit(ctx, *, darts: bool):
         stages["search"] = found["cost"]
     model, result, cost = retrain(ctx, cfg, chosen)
     extra["retrain_wall_s"] = cost["wall_s"]
+    # the config that rebuilds the final model (sptbench.runner.load_trained reads it)
+    extra["final_config"] = {**config_dict(cfg), "layers": list(chosen)}
     stages["retrain"] = cost
     return FitResult(model=model, result=result, extra=extra, stages=stages)
 

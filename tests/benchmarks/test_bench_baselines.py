@@ -8,9 +8,13 @@ transformers model with the same pooling and head. Skipped by default; run with
     python -m pytest tests/benchmarks/test_bench_baselines.py --benchmark-only
 
 Each result carries `samples_per_s` and `ratio_to_floor` (step time / floor step time) in its extra_info.
+`SPTBENCH_BENCH_THREADS=N` sets torch's intra-op threads (default: torch's own), e.g. 1 on a shared, busy machine
+where two threads fight other processes for the cores and the timings scatter.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -24,6 +28,15 @@ from sptbench.registry import build_config, get_method  # noqa: E402
 
 BATCH, SEQ, ROUNDS = 16, 128, 5
 FLOOR: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threads():
+    before = torch.get_num_threads()
+    if os.environ.get("SPTBENCH_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["SPTBENCH_BENCH_THREADS"]))
+    yield torch.get_num_threads()
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +79,7 @@ def peft_model(config, skip: int = 0) -> nn.Module:
 
 def run(benchmark, model: nn.Module, batch, name: str) -> None:
     ids, mask, labels = batch
+    benchmark.extra_info["threads"] = torch.get_num_threads()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
 
     def step():

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying for 25 s
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -22,3 +23,12 @@ def data_dir() -> Path:
     if not (DATA_DIR / "INDEX.json").is_file():
         pytest.skip(f"benchmark data mirror not found at {DATA_DIR} (set SPTBENCH_DATA_DIR)")
     return DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

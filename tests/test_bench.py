@@ -17,12 +17,7 @@ from sptbench.registry import load_methods
 TINY = ["--model", "tiny-bert", "--batch", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_bench_all_methods_writes_records_with_run_throughput_keys_and_floor_ratios(tmp_path, capsys):

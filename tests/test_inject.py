@@ -22,13 +22,7 @@ from sptbench.registry import build_config, get_method
 FAMILIES = ("tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(backbone: str, method: str, overrides: dict | None = None, seed: int = 0):

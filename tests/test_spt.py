@@ -23,13 +23,7 @@ FAMILIES = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2"]
 TEXTS = ["a", "the film was long and rather dull , sadly", "good fun", "an utterly charming , witty comedy ."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with two, a busy 2-core machine makes each step ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_sweep(tmp_path: Path, data_dir: Path, **kw) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import platform
@@ -121,6 +122,20 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
+@contextlib.contextmanager
+def _hf_progress(enabled: bool):
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
 def run(spec: RunSpec) -> RunOutcome:
     """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
     start = time.perf_counter()
@@ -147,7 +162,8 @@ def run(spec: RunSpec) -> RunOutcome:
 
     def build_model():
         seed_everything(spec.seed)
-        model, tokenizer, info = load_backbone(spec.model, task.spec.num_labels, pooling=spec.pooling)
+        with _hf_progress(spec.progress):  # transformers' own weight-loading bar, off when ours is
+            model, tokenizer, info = load_backbone(spec.model, task.spec.num_labels, pooling=spec.pooling)
         info_box.update(tokenizer=tokenizer, info=info)
         model.freeze_backbone()
         return model.to(device)

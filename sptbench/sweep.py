@@ -495,13 +495,18 @@ def run_local(specs: list, *, progress: bool = True) -> list[tuple[Any, str]]:
 
     failures = []
     bar = tqdm(specs, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
-    for spec in bar:
+    for i, spec in enumerate(bar, 1):
         bar.set_postfix_str(_label(spec))
         try:
-            run(spec)
+            rec = run(spec).record
         except SptbenchError as e:
             failures.append((spec, str(e)))
-            tqdm.write(f"failed: {_label(spec)}: {e}", file=sys.stderr)
+            tqdm.write(f"[{i}/{len(specs)}] failed: {_label(spec)}: {e}", file=sys.stderr)
+            continue
+        # one line per run, also with --quiet: a long sweep's log says what finished, when, and how it scored
+        test = rec["metrics"]["test"]
+        score = f"test {test['score']:.4f}" if "score" in test else ""
+        tqdm.write(f"[{i}/{len(specs)}] {_label(spec)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
     bar.close()
     return failures
 

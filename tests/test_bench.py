@@ -38,7 +38,12 @@ def test_bench_all_methods_writes_records_with_run_throughput_keys_and_floor_rat
         assert rec["shape"] == {"batch_size": 2, "seq_len": 16, "steps": 2, "warmup": 1}
         assert rec["backbone"]["id"] == "tiny-bert" and rec["throughput"]["dtype"] == "fp32"
         assert rec["params"]["backbone"] == rec["backbone"]["num_parameters"]
-    assert all(r["floor"] == records[0]["floor"] for r in records)  # one floor, measured once, in the same process
+    assert all(r["floor"] == records[0]["floor"] for r in records)  # one floor for all, in the same process
+    floor = records[0]["floor"]  # measured before and after the methods; the ratios use the faster
+    assert len(floor["measurements"]["train_samples_per_s"]) == 2
+    assert floor["train_samples_per_s"] == max(floor["measurements"]["train_samples_per_s"])
+    assert floor["eval_samples_per_s"] == max(floor["measurements"]["eval_samples_per_s"])
+    assert all(r["frozen_layers"] == "dropout" for r in records)
     assert "floor (frozen fwd+bwd / fwd)" in printed and "train/floor" in printed
     finetune = next(r for r in records if r["method"]["name"] == "finetune")
     assert finetune["params"]["trainable"] == finetune["params"]["backbone"]
@@ -65,6 +70,25 @@ def test_bench_one_method_with_set_and_bf16(tmp_path):
     (rec,) = records
     assert rec["method"]["config"]["num_tokens"] == 3 and rec["throughput"]["dtype"] == "bf16"
     assert rec["params"]["trainable"] == 3 * 32
+
+
+def test_bench_frozen_layers_cache_is_recorded_and_fills_the_cache(monkeypatch):
+    seen = []
+    original = bench.__globals__["measure"]
+
+    def spy(model, *args, **kw):
+        got = original(model, *args, **kw)
+        seen.append((model.frozen_mode, len(model.frozen_cache)))
+        return got
+
+    monkeypatch.setitem(bench.__globals__, "measure", spy)
+    (rec,) = bench(["lpt"], "tiny-bert", Shape(batch=3, seq_len=8, steps=2, warmup=1), device="cpu",
+                   frozen_layers="cache")
+    assert rec["frozen_layers"] == "cache"
+    # floor (no frozen layers: nothing cached), lpt at the middle layer (the 3 examples cached), floor again
+    assert seen == [("dropout", 0), ("cache", 3), ("dropout", 0)]
+    with pytest.raises(SptbenchError, match="unknown frozen layers mode 'frozen'. Choices: dropout, eval, cache"):
+        bench(["lpt"], "tiny-bert", Shape(batch=1, seq_len=4, steps=1, warmup=0), device="cpu", frozen_layers="frozen")
 
 
 @pytest.mark.parametrize(

@@ -177,13 +177,16 @@ def test_resume_skips_recorded_runs_and_a_changed_budget_reruns(tmp_path, data_d
     assert len(plan(parse_sweep(tiny_sweep(tmp_path, data_dir, device="cuda"))).todo) == 2
 
 
-def test_failed_runs_are_skipped_unless_retried(tmp_path, data_dir):
+def test_failed_runs_are_skipped_unless_retried(tmp_path, data_dir, capsys):
     sweep = parse_sweep(tiny_sweep(tmp_path, data_dir, seeds=[13]))
     rec = copy.deepcopy(example_record())
     spec = sweep.specs()[0]
     real = run_local([spec], progress=False)
     assert real == []
     ok = read_records([tmp_path / "results"])[0]
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # one line per finished run, even without a bar
+    score, wall = ok["metrics"]["test"]["score"], ok["time"]["wall_s"]
+    assert line == f"[1/1] {spec.method}/{spec.task} {spec.shots}shot seed 13: test {score:.4f} ({wall:.0f} s)"
     failed = {**ok, "status": "failed", "error": "loss became nan", "run_id": rec["run_id"]}
     assert validate_record(failed) == []
     assert len(plan(sweep, [failed]).failed) == 1 and not plan(sweep, [failed]).todo

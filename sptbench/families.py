@@ -64,9 +64,12 @@ class Family:
             input_ids=input_ids, inputs_embeds=inputs_embeds, token_type_ids=token_type_ids
         )
 
-    def layer_mask(self, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The attention mask a layer takes, from a (batch, keys) bool mask: additive, (batch, 1, queries|1, keys)."""
+    def layer_mask(self, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The attention mask a layer takes, from a (batch, keys) bool mask: additive, (batch, 1, queries|1, keys);
+        None where every key is real (encoders)."""
         bsz, k = key_mask.shape
+        if not self.causal and key_mask.device.type == "cpu" and bool(key_mask.all()):
+            return None  # nothing to mask: sdpa's unmasked kernel (checked on the CPU only: no GPU host sync)
         allowed = key_mask[:, None, None, :]
         if self.causal:
             allowed = allowed & torch.ones(k, k, dtype=torch.bool, device=key_mask.device).tril()[None, None]

@@ -39,6 +39,7 @@ class Classifier(nn.Module):
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
         self.frozen_mode = "dropout"  # how layers below the first trainable one run in training: see _frozen_part
         self.frozen_cache: dict[tuple, torch.Tensor] = {}
+        self._mask_memo: tuple | None = None  # the last layer mask built (see _layer_mask)
         enable_prefixes(backbone, family)
 
     # -- set-up used by methods ---------------------------------------------------------------------------------
@@ -82,15 +83,24 @@ class Classifier(nn.Module):
             hidden, m = self._embed(input_ids, token_mask, token_type_ids, bsz)
         for i in range(upto, len(self.layers)):
             hidden, m = self._layer_step(i, hidden, m, token_mask)
+        self._mask_memo = None
         hidden = self.family.final(self.backbone, hidden)
         pooled = pool(hidden[:, m:], token_mask, self.pooling)
         return self.head(self.dropout(pooled))
 
     def _layer_step(self, i, hidden, m, token_mask):
         hidden, m = self._enter_layer(i, hidden, m, token_mask)
-        key_mask = torch.cat([token_mask.new_ones(token_mask.shape[0], m), token_mask], 1)
-        mask = self.family.layer_mask(key_mask, hidden.dtype)
-        return self._run_layer(i, self.layers[i], hidden, mask, token_mask.shape[0]), m
+        return self._run_layer(i, self.layers[i], hidden, self._layer_mask(token_mask, m, hidden.dtype),
+                               token_mask.shape[0]), m
+
+    def _layer_mask(self, token_mask: torch.Tensor, m: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """The layers' attention mask for m prompt positions in front, built once per forward and m (the stock model
+        also builds it once, not per layer)."""
+        memo = self._mask_memo
+        if memo is None or memo[0] is not token_mask or memo[1:3] != (m, dtype):
+            key_mask = torch.cat([token_mask.new_ones(token_mask.shape[0], m), token_mask], 1) if m else token_mask
+            memo = self._mask_memo = (token_mask, m, dtype, self.family.layer_mask(key_mask, dtype))
+        return memo[3]
 
     @torch.no_grad()
     def _frozen_part(self, input_ids, token_mask, token_type_ids, upto):

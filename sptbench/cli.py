@@ -175,7 +175,7 @@ def cmd_plot(args) -> int:
     records = [r for r in read_records(args.paths) if r.get("extra", {}).get("alpha")]
     if not records:
         raise SptbenchError("no records with learned gates (spt / spt_darts) in the given paths")
-    plot_gates(records, args.out)
+    plot_gates(records, args.out, by=args.by)
     print(f"wrote {args.out} ({len(records)} runs)")
     return 0
 
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["gates"])
     p.add_argument("paths", nargs="+", help="result tables or folders")
     p.add_argument("--out", default="gates.png")
+    p.add_argument("--by", choices=["run", "task"], default="run",
+                   help="one row per run, or per task and method (α averaged over seeds, k/n seeds chosen)")
     p.set_defaults(func=cmd_plot)
 
     for module in ("sptbench.cli_results", "sptbench.bench", "sptbench.sweep"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -478,6 +479,30 @@ def test_plot_gates_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     with pytest.raises(SptbenchError):
         plot_gates([{"extra": {}}], tmp_path / "none.png")
+    by_task = plot_gates(records, tmp_path / "by_task.png", by="task")
+    assert by_task.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gate_grid_by_task_averages_over_seeds_and_counts_choices():
+    from sptbench.plots import gate_grid
+
+    g = torch.Generator().manual_seed(0)
+    runs = []
+    for seed in (13, 21, 42):
+        alpha = torch.rand(4, generator=g).tolist()
+        runs.append({"method": {"name": "spt"}, "task": {"name": "rte"}, "protocol": {"seed": seed},
+                     "extra": {"alpha": alpha[1:], "candidate_layers": [1, 2, 3],
+                               "chosen_layers": [1 + max(range(3), key=lambda i: alpha[1 + i])]}})
+    labels, alphas, chosen, counts = gate_grid(runs, by="task")
+    assert labels == ["rte · spt (n=3)"] and counts == [3]
+    expected = [sum(r["extra"]["alpha"][i] for r in runs) / 3 for i in range(3)]
+    assert math.isnan(alphas[0][0]) and alphas[0][1:] == pytest.approx(expected)
+    assert sum(chosen[0]) == 3 and chosen[0][0] == 0
+    assert [r["extra"]["chosen_layers"][0] for r in runs].count(2) == chosen[0][2]
+    per_run = gate_grid(runs, by="run")
+    assert len(per_run[0]) == 3 and per_run[1][0][1:] == pytest.approx(runs[0]["extra"]["alpha"])
+    with pytest.raises(SptbenchError, match="Choices: run, task"):
+        gate_grid(runs, by="seed")
 
 
 def test_search_stage_config_is_what_apply_builds_without_layers(backbones):

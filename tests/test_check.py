@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 
 import pytest
 import yaml
@@ -12,24 +11,10 @@ import yaml
 from sptbench import cli_results
 from sptbench.check import check, format_result
 from sptbench.errors import SptbenchError
-from sptbench.records import append_record, example_record, new_run_id, table_path
+from sptbench.records import append_record, new_run_id, table_path
+from tests.helpers import make_record
 
 SEEDS = (13, 21, 42)
-
-
-def make_record(**overrides) -> dict:
-    """A schema-valid record with a fresh run id and random metrics; `a__b=v` sets rec["a"]["b"] = v."""
-    rec = example_record()
-    rec["run_id"] = new_run_id() + f"{random.randrange(16**6):06x}"
-    acc = round(random.uniform(0.5, 0.95), 4)
-    rec["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": acc, "score": acc}, "test": {"accuracy": acc}}
-    for name, value in overrides.items():
-        *parents, leaf = name.split("__")
-        target = rec
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
-    return rec
 
 
 def reference_runs() -> list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import random
 import re
 from pathlib import Path
 
@@ -30,22 +29,7 @@ from sptbench.records import (
     validate_paths,
     validate_record,
 )
-
-
-def make_record(**overrides) -> dict:
-    """A schema-valid record with a fresh run id and random metrics; `a__b=v` sets rec["a"]["b"] = v."""
-    rec = example_record()
-    rec["run_id"] = new_run_id() + f"{random.randrange(16**6):06x}"
-    acc = round(random.uniform(0.5, 0.95), 4)
-    rec["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": acc, "score": acc}, "test": {"accuracy": acc}}
-    for name, value in overrides.items():
-        *parents, leaf = name.split("__")
-        target = rec
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
-    return rec
-
+from tests.helpers import make_record
 
 # ---------------------------------------------------------------------------------------------------- naming
 

@@ -11,27 +11,12 @@ import statistics
 import pytest
 
 from sptbench.errors import SptbenchError
-from sptbench.records import example_record, new_run_id
 from sptbench.tables import build_table, cell_metric, latex_escape, render, update_readme_block
+from tests.helpers import make_record
 
 TASKS = ("rte", "sst2")
 METHODS = ("lora", "prompt_tuning", "spt")
 SEEDS = (13, 21, 42)
-
-
-def make_record(**overrides) -> dict:
-    """A schema-valid record with a fresh run id and random metrics; `a__b=v` sets rec["a"]["b"] = v."""
-    rec = example_record()
-    rec["run_id"] = new_run_id() + f"{random.randrange(16**6):06x}"
-    acc = round(random.uniform(0.5, 0.95), 4)
-    rec["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": acc, "score": acc}, "test": {"accuracy": acc}}
-    for name, value in overrides.items():
-        *parents, leaf = name.split("__")
-        target = rec
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
-    return rec
 
 
 def grid(**overrides) -> list[dict]:

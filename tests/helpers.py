@@ -1,0 +1,22 @@
+"""Helpers shared by several test modules."""
+
+from __future__ import annotations
+
+import random
+
+from sptbench.records import example_record, new_run_id
+
+
+def make_record(**overrides) -> dict:
+    """A schema-valid record with a fresh run id and random metrics; `a__b=v` sets rec["a"]["b"] = v."""
+    rec = example_record()
+    rec["run_id"] = new_run_id() + f"{random.randrange(16**6):06x}"
+    acc = round(random.uniform(0.5, 0.95), 4)
+    rec["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": acc, "score": acc}, "test": {"accuracy": acc}}
+    for name, value in overrides.items():
+        *parents, leaf = name.split("__")
+        target = rec
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return rec

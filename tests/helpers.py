@@ -20,3 +20,18 @@ def make_record(**overrides) -> dict:
             target = target[part]
         target[leaf] = value
     return rec
+
+
+def build(backbone: str, method: str, overrides: dict | None = None, seed: int = 0):
+    """Load a tiny backbone, freeze it and apply `method`, as the runner does (global RNG seeded for the head/init)."""
+    import torch
+
+    from sptbench.backbones import load_backbone
+    from sptbench.registry import build_config, get_method
+
+    torch.manual_seed(seed)
+    model, _, _ = load_backbone(backbone, 2)
+    model.freeze_backbone()
+    m = get_method(method)
+    m.apply(model, build_config(m, overrides))
+    return model

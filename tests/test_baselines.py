@@ -11,6 +11,7 @@ import torch
 from sptbench.backbones import load_backbone
 from sptbench.errors import SptbenchError
 from sptbench.registry import build_config, get_method
+from tests.helpers import build
 
 FAMILIES = ("tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2")
 METHODS = ("prompt_tuning", "p_tuning_v2", "adapter", "lora")
@@ -27,16 +28,6 @@ EXPECTED = {
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def build(backbone: str, method: str, overrides: dict | None = None, seed: int = 0):
-    """Load a tiny backbone, freeze it and apply `method`, as the runner does (global RNG seeded for the head/init)."""
-    torch.manual_seed(seed)
-    model, _, _ = load_backbone(backbone, 2)
-    model.freeze_backbone()
-    m = get_method(method)
-    m.apply(model, build_config(m, overrides))
-    return model
 
 
 def random_batch(seed: int, bsz: int = 4, max_len: int = 11):

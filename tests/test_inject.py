@@ -15,9 +15,8 @@ from peft import get_peft_model
 from transformers import DynamicCache
 
 import sptbench.inject as inject
-from sptbench.backbones import load_backbone
 from sptbench.model import pool
-from sptbench.registry import build_config, get_method
+from tests import helpers
 
 FAMILIES = ("tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2")
 
@@ -26,12 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(backbone: str, method: str, overrides: dict | None = None, seed: int = 0):
-    torch.manual_seed(seed)
-    model, _, _ = load_backbone(backbone, 2)
-    model.freeze_backbone()
-    m = get_method(method)
-    m.apply(model, build_config(m, overrides))
-    return model.eval()
+    return helpers.build(backbone, method, overrides, seed).eval()
 
 
 def random_batch(seed: int, bsz: int = 3, max_len: int = 9):

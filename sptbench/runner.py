@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import platform
 import random
@@ -83,13 +84,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _git() -> dict[str, Any]:
-    here = Path(__file__).resolve().parent
+# What `git.dirty` looks at: the code a run executes, not the results files the runs themselves write.
+CODE_PATHS = ("sptbench", "baselines", "tasks", "pyproject.toml")
+
+
+@functools.cache
+def _git(root: Path | None = None) -> dict[str, Any]:
+    """The checkout's commit, and whether the code differs from it. Read once per process, at its first run: a
+    long sweep keeps executing the code it imported, so later commits must not be claimed by its records."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root, capture_output=True,
+                                text=True, timeout=10)
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -140,6 +149,7 @@ def run(spec: RunSpec) -> RunOutcome:
     """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
     start = time.perf_counter()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _git()  # the code this process runs: read before it runs anything
     method = get_method(spec.method)
     cfg = build_config(method, spec.method_overrides)
     tcfg = train_config(spec, method)
@@ -275,7 +285,7 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
         "stages": fit.stages if fit else {},
         "extra": fit.extra if fit else {},
         "versions": _versions(),
-        "git": _git(),
+        "git": dict(_git()),
     }
 
 

@@ -94,3 +94,28 @@ def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
     batch = {"input_ids": torch.randint(1000, 5000, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
     with torch.no_grad():
         torch.testing.assert_close(model(**batch), out.model.eval()(**batch))
+
+
+def test_git_dirty_means_the_code_differs_not_the_results(tmp_path):
+    import subprocess
+
+    from sptbench.runner import _git
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "sptbench").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "sptbench" / "m.py").write_text("x = 1\n")
+    (tmp_path / "results" / "t.yaml").write_text("---\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    read = _git.__wrapped__  # uncached: the cached one is read once per process
+    (tmp_path / "results" / "t.yaml").write_text("---\nmore: 1\n")  # runs appending records
+    (tmp_path / "notes.txt").write_text("scratch\n")
+    assert read(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "sptbench" / "m.py").write_text("x = 2\n")
+    assert read(tmp_path) == {"commit": head, "dirty": True}
+    assert _git() is _git()  # the process's own checkout: read once

@@ -35,3 +35,15 @@ def build(backbone: str, method: str, overrides: dict | None = None, seed: int =
     m = get_method(method)
     m.apply(model, build_config(m, overrides))
     return model
+
+
+def random_batch(seed: int, bsz: int, max_len: int):
+    """Fresh random token ids, right-padded with random lengths (the first example fills the batch): (ids, mask)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, max_len + 1, (bsz,), generator=g)
+    lengths[0] = max_len
+    mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
+    ids = torch.randint(999, 30000, (bsz, max_len), generator=g) * mask  # pad id 0
+    return ids, mask

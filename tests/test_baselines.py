@@ -3,6 +3,7 @@ stays frozen, batch invariance, identity at init, save/load round trips and hand
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from sptbench.backbones import load_backbone
 from sptbench.errors import SptbenchError
 from sptbench.registry import build_config, get_method
+from tests import helpers
 from tests.helpers import build
 
 FAMILIES = ("tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2")
@@ -30,14 +32,7 @@ EXPECTED = {
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def random_batch(seed: int, bsz: int = 4, max_len: int = 11):
-    """Fresh random token ids, right-padded with random lengths (the first example fills the batch)."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, max_len + 1, (bsz,), generator=g)
-    lengths[0] = max_len
-    mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
-    ids = torch.randint(999, 30000, (bsz, max_len), generator=g) * mask  # pad id 0
-    return ids, mask
+random_batch = functools.partial(helpers.random_batch, bsz=4, max_len=11)
 
 
 def perturb_trainable(model, scale: float = 0.2, seed: int = 1) -> None:

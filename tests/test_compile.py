@@ -18,12 +18,8 @@ from tests import helpers
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def padded_batch(seed: int, bsz: int = 3, max_len: int = 10) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(2, max_len + 1, (bsz,), generator=g)
-    lengths[0] = max_len
-    mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
-    ids = torch.randint(5, 1000, (bsz, max_len), generator=g) * mask
+def padded_batch(seed: int) -> dict[str, torch.Tensor]:
+    ids, mask = helpers.random_batch(seed, bsz=3, max_len=10)
     return {"input_ids": ids, "attention_mask": mask}
 
 

@@ -5,6 +5,7 @@ patched disentangled attention)."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -28,12 +29,7 @@ def build(backbone: str, method: str, overrides: dict | None = None, seed: int =
     return helpers.build(backbone, method, overrides, seed).eval()
 
 
-def random_batch(seed: int, bsz: int = 3, max_len: int = 9):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, max_len + 1, (bsz,), generator=g)
-    lengths[0] = max_len
-    mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
-    return torch.randint(999, 30000, (bsz, max_len), generator=g) * mask, mask
+random_batch = functools.partial(helpers.random_batch, bsz=3, max_len=9)
 
 
 def stock_copy(backbone: torch.nn.Module) -> torch.nn.Module:

@@ -346,6 +346,14 @@ def spec_key(spec) -> tuple:
     )
 
 
+def _spec_train_samples(spec) -> int | None:
+    from sptbench.registry import get_method
+    from sptbench.runner import train_config
+
+    tcfg = train_config(spec, get_method(spec.method))
+    return tcfg.max_steps * tcfg.batch_size
+
+
 def record_plan_key(rec: dict) -> tuple:
     """`spec_key` of a record: its key without the data fingerprint and the device."""
     p = rec["protocol"]
@@ -379,33 +387,51 @@ def _setting(rec: dict) -> str:
     return setting_name(rec["protocol"]["shots"], rec["protocol"]["train_size"])
 
 
+def _train_samples(training: dict) -> int | None:
+    """Training examples a run is set to see (max_steps x batch_size), the unit the ETA scales train time by."""
+    steps, batch = training.get("max_steps"), training.get("batch_size")
+    return steps * batch if isinstance(steps, int) and isinstance(batch, int) and steps * batch > 0 else None
+
+
 def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
-    """Recorded wall times of ok runs by (method, task, backbone, setting), (method, task, backbone), (method,
-    backbone): the same method on another backbone says little about this one's time."""
+    """Recorded (wall_s, eval_s, train samples) of ok runs by (method, task, backbone, setting), (method, task,
+    backbone), (method, backbone): the same method on another backbone says little about this one's time."""
     levels: list[tuple[str, dict]] = [
         ("method/task/backbone/setting", defaultdict(list)),
         ("method/task/backbone", defaultdict(list)),
         ("method/backbone", defaultdict(list)),
     ]
     for rec in records:
-        if rec.get("status") != "ok" or not isinstance((rec.get("time") or {}).get("wall_s"), int | float):
+        time = rec.get("time") or {}
+        if rec.get("status") != "ok" or not isinstance(time.get("wall_s"), int | float):
             continue
+        eval_s = time.get("eval_s") if isinstance(time.get("eval_s"), int | float) else 0.0
+        wall = float(time["wall_s"])
+        entry = (wall, min(float(eval_s), wall), _train_samples(rec.get("training") or {}))
         m, t, b = rec["method"]["name"], rec["task"]["name"], rec["backbone"]["id"]
         for (_, index), key in zip(levels, ((m, t, b, _setting(rec)), (m, t, b), (m, b)), strict=True):
-            index[key].append(float(rec["time"]["wall_s"]))
+            index[key].append(entry)
     return levels
 
 
-def estimate_s(spec, index: list[tuple[str, dict]]) -> tuple[float, str]:
-    """A run's expected wall time: the mean recorded wall_s at the most specific level that has one, else default."""
+def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = None) -> tuple[float, str]:
+    """A run's expected wall time: the mean over recorded runs at the most specific level that has one, else the
+    default. Each recorded run's time outside evaluation is scaled by train_samples / its own (a 300-step budget
+    takes about 3x a 100-step one; the SPT search scales with it), its evaluation time is taken as recorded."""
     keys = (
         (spec.method, spec.task, spec.model, setting_name(spec.shots, spec.train_size)),
         (spec.method, spec.task, spec.model),
         (spec.method, spec.model),
     )
+
+    def scaled(wall: float, eval_s: float, samples: int | None) -> float:
+        if train_samples is None or samples is None:
+            return wall
+        return eval_s + (wall - eval_s) * train_samples / samples
+
     for (rule, level), key in zip(index, keys, strict=True):
         if level.get(key):
-            return statistics.mean(level[key]), rule
+            return statistics.mean(scaled(*entry) for entry in level[key]), rule
     return DEFAULT_RUN_S, "default"
 
 
@@ -436,7 +462,7 @@ def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool 
     index = _wall_index(records)
     eta, rules = 0.0, Counter()
     for spec in todo:
-        seconds, rule = estimate_s(spec, index)
+        seconds, rule = estimate_s(spec, index, _spec_train_samples(spec))
         eta += seconds
         rules[rule] += 1
     return Plan(runs=runs, done=done, failed=failed, todo=todo, eta_s=eta, eta_rules=rules)

@@ -167,12 +167,14 @@ def test_resume_skips_recorded_runs_and_a_changed_budget_reruns(tmp_path, data_d
     p = plan(load_sweep(path))
     assert (len(p.done), len(p.todo)) == (2, 0)
     assert p.eta_s == 0
-    # a different budget is a different experiment; recorded throughput now drives the ETA
-    changed = plan(parse_sweep(tiny_sweep(tmp_path, data_dir, train={**FAST, "max_steps": 5})))
+    # a different budget is a different experiment; recorded times drive the ETA, the part outside evaluation
+    # scaled by the training examples the new budget sees (3x the steps at the same batch size)
+    changed = plan(parse_sweep(tiny_sweep(tmp_path, data_dir, train={**FAST, "max_steps": 3 * FAST["max_steps"]})))
     assert (len(changed.done), len(changed.todo)) == (0, 2)
     assert changed.eta_rules == {"method/task/backbone/setting": 2}
-    mean_wall = sum(r["time"]["wall_s"] for r in records) / 2
-    assert changed.eta_s == pytest.approx(2 * mean_wall)
+    expected = [r["time"]["eval_s"] + 3 * (r["time"]["wall_s"] - r["time"]["eval_s"]) for r in records]
+    assert changed.eta_s == pytest.approx(sum(expected))
+    assert changed.eta_s > sum(r["time"]["wall_s"] for r in records)
     # an explicit device must match the recorded one
     assert len(plan(parse_sweep(tiny_sweep(tmp_path, data_dir, device="cuda"))).todo) == 2
 

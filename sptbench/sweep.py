@@ -17,12 +17,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.records import TABLE_DIR, canonical_json, read_records, setting_name
+
+if TYPE_CHECKING:  # the runner imports torch; the CLI imports this module before it needs torch
+    from sptbench.runner import RunSpec
 
 SWEEP_KEYS = (
     "name",
@@ -346,7 +349,8 @@ def spec_key(spec) -> tuple:
     )
 
 
-def _spec_train_samples(spec) -> int | None:
+def _spec_train_samples(spec: RunSpec) -> int:
+    """Training examples the planned run is set to see (max_steps x batch_size)."""
     from sptbench.registry import get_method
     from sptbench.runner import train_config
 

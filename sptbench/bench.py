@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sptbench.errors import SptbenchError
+from sptbench.hardware import device_label, hardware_id
 
 BENCH_VERSION = 1
 FLOOR = "floor"  # the row name of the frozen-backbone floor
@@ -149,12 +150,6 @@ def measure(
     }
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 def _resolve_device(name: str) -> torch.device:
     if name not in ("auto", "cpu", "cuda"):
         raise SptbenchError(f"unknown device '{name}'. Choices: auto, cpu, cuda")
@@ -259,7 +254,7 @@ def bench(
                     k: got[k]
                     for k in ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "peak_memory_mb")
                 }
-                | {"device": _device_name(dev), "dtype": dtype},
+                | {"device": device_label(dev), "hardware": hardware_id(dev), "dtype": dtype},
                 "frozen_layers": frozen_layers,
                 "compile": compile,
                 "step_ms": {"train": got["train_step_ms"], "eval": got["eval_step_ms"]},

@@ -4,6 +4,10 @@ Band: a metric passes when |fresh - reference| <= max(abs_tol, std_k x the sampl
 reference seeds of the same configuration); with neither given, abs_tol = 1e-6. A move outside the band fails in
 either direction: CPU runs are deterministic, so an unexplained rise means something changed as surely as a drop
 (accept it by regenerating the reference). Missing keys and failed fresh runs fail; extra keys warn.
+
+Determinism holds on one kind of processor only: another CPU model or instruction set flips a few predictions of a
+short run. With `hardware_tol`, a pair whose `throughput.hardware` differs (or is unknown on either side) gets the
+band max(band, hardware_tol) and is listed in the report; without it every pair is held to the band alike.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
     abs_tol: float | None = None
     std_k: float | None = None
+    hardware_tol: float | None = None
+    cross_hardware: list[str] = field(default_factory=list)  # runs compared at the hardware band (report)
 
     @property
     def moved(self) -> list[Comparison]:
@@ -146,14 +152,15 @@ def check(
     *,
     abs_tol: float | None = None,
     std_k: float | None = None,
+    hardware_tol: float | None = None,
 ) -> CheckResult:
     """Compare fresh runs with reference runs per key and metric; see the module docstring for the band rules."""
     if abs_tol is None and std_k is None:
         abs_tol = DEFAULT_ABS_TOL
-    if (abs_tol is not None and abs_tol < 0) or (std_k is not None and std_k < 0):
-        raise SptbenchError("--abs-tol and --std-k must not be negative")
+    if any(tol is not None and tol < 0 for tol in (abs_tol, std_k, hardware_tol)):
+        raise SptbenchError("--abs-tol, --std-k and --hardware-tol must not be negative")
     fresh_records, reference_records = require_valid(fresh_records), require_valid(reference_records)
-    result = CheckResult(abs_tol=abs_tol, std_k=std_k)
+    result = CheckResult(abs_tol=abs_tol, std_k=std_k, hardware_tol=hardware_tol)
     reference = _latest_by_key(reference_records, "reference", result.warnings)
     fresh = _latest_by_key(fresh_records, "fresh", result.warnings)
     if not reference:
@@ -176,11 +183,21 @@ def check(
     return result
 
 
+def hardware_of(rec: dict) -> str | None:
+    """The processor a record was computed on (`throughput.hardware`; None in records from before it was kept)."""
+    return (rec.get("throughput") or {}).get("hardware")
+
+
 def _compare(result: CheckResult, label: str, ref: dict, new: dict, stds: dict[str, float]) -> None:
     """Add one comparison per reference metric; fresh-only metrics become warnings."""
     ref_metrics, new_metrics = _numeric_metrics(ref), _numeric_metrics(new)
+    cross = result.hardware_tol is not None and (hardware_of(ref) is None or hardware_of(ref) != hardware_of(new))
+    if cross:
+        result.cross_hardware.append(f"{label}: reference on {hardware_of(ref)}, fresh on {hardware_of(new)}")
     for metric, value in ref_metrics.items():
         band = _band(result.abs_tol, result.std_k, stds.get(metric, 0.0))
+        if cross:
+            band = max(band, result.hardware_tol)
         result.comparisons.append(Comparison(label, metric, value, new_metrics.get(metric), band))
     extra = sorted(set(new_metrics) - set(ref_metrics))
     if extra:
@@ -193,7 +210,10 @@ def _band_text(result: CheckResult) -> str:
         parts.append(f"abs_tol={result.abs_tol:g}")
     if result.std_k is not None:
         parts.append(f"{result.std_k:g} x std over reference seeds")
-    return f"|change| <= max({', '.join(parts)})" if len(parts) > 1 else f"|change| <= {parts[0]}"
+    text = f"|change| <= max({', '.join(parts)})" if len(parts) > 1 else f"|change| <= {parts[0]}"
+    if result.cross_hardware:
+        text += f"; {len(result.cross_hardware)} run(s) on other hardware: <= {result.hardware_tol:g}"
+    return text
 
 
 def _moved_table(moved: list[Comparison]) -> str:
@@ -226,6 +246,12 @@ def format_result(result: CheckResult) -> str:
     lines += _listing("failed: the fresh run failed", result.failed)
     lines += _listing("why not matched", result.mismatches)
     lines += _listing("extra: fresh runs not in the reference (warning)", result.extra)
+    if result.cross_hardware:
+        lines += _listing(
+            f"other hardware: compared at the band {result.hardware_tol:g}, not exactly (warning; "
+            "regenerate the reference on this machine for an exact check)",
+            result.cross_hardware,
+        )
     lines += _listing("warnings", result.warnings)
     runs = len({c.label for c in result.comparisons})
     summary = f"compared {len(result.comparisons)} metrics of {runs} runs; band {_band_text(result)}"

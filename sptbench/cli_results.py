@@ -57,7 +57,13 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Compare fresh runs with a reference table; exit 1 on a move outside the band, a missing key or a failed run."""
-    result = check(read_records(_paths(args)), read_records(args.against), abs_tol=args.abs_tol, std_k=args.std_k)
+    result = check(
+        read_records(_paths(args)),
+        read_records(args.against),
+        abs_tol=args.abs_tol,
+        std_k=args.std_k,
+        hardware_tol=args.hardware_tol,
+    )
     print(format_result(result))
     return 0 if result.ok else 1
 
@@ -109,6 +115,12 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--against", required=True, action="append", help="reference table file or directory (repeatable)")
     p.add_argument("--abs-tol", type=float, help="allowed absolute move of a metric (default 1e-6 if no --std-k)")
     p.add_argument("--std-k", type=float, help="allowed move in units of the reference std over seeds")
+    p.add_argument(
+        "--hardware-tol",
+        type=float,
+        help="allowed move for a run whose reference was computed on another processor (throughput.hardware) or "
+        "on an unknown one (default: no exception, the same band for every run)",
+    )
     p.set_defaults(func=cmd_check)
 
 

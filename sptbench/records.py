@@ -199,6 +199,7 @@ def example_record() -> dict:
             "eval_samples_per_s": 60.0,
             "peak_memory_mb": None,
             "device": "cpu",
+            "hardware": "Intel(R) Xeon(R) Processor [GenuineIntel 6/167/1] (AVX512, 2 threads)",  # optional
             "dtype": "float32",
         },
         "time": {"wall_s": 95.0, "train_s": 80.0, "eval_s": 15.0},

@@ -23,6 +23,7 @@ import torch
 from sptbench import __version__
 from sptbench.backbones import load_backbone
 from sptbench.errors import SptbenchError
+from sptbench.hardware import device_label, hardware_id
 from sptbench.records import SCHEMA_VERSION, append_record, new_run_id, setting_name, table_path
 from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
 from sptbench.tasks import TaskData, load_task
@@ -272,9 +273,8 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
             "train_tokens_per_s": round(res.tokens_seen / res.train_time_s, 1) if res and res.train_time_s else None,
             "eval_samples_per_s": round(n_test / eval_s, 3) if eval_s else None,
             "peak_memory_mb": round(_peak_memory_mb(device), 1),
-            "device": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"cpu ({torch.get_num_threads()} threads)",
+            "device": device_label(device),
+            "hardware": hardware_id(device),  # optional in the schema: records before 2026-12-01 lack it
             "dtype": spec.dtype,
         },
         "time": {

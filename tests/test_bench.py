@@ -11,6 +11,7 @@ from sptbench.backbones import RANDOM_CONFIGS, load_backbone
 from sptbench.bench import Shape, add_input_gradient, bench, synthetic_batch
 from sptbench.cli import main
 from sptbench.errors import SptbenchError
+from sptbench.hardware import hardware_id
 from sptbench.records import _SCHEMA
 from sptbench.registry import load_methods
 
@@ -27,7 +28,9 @@ def test_bench_all_methods_writes_records_with_run_throughput_keys_and_floor_rat
     records = list(yaml.safe_load_all(out.read_text()))
     assert [r["method"]["name"] for r in records] == list(load_methods())
     for rec in records:
-        assert set(rec["throughput"]) == set(_SCHEMA["throughput"])  # the run records' throughput section
+        # the run records' throughput section, with the optional `hardware` (older run records lack it)
+        assert set(rec["throughput"]) == set(_SCHEMA["throughput"]) | {"hardware"}
+        assert rec["throughput"]["hardware"] == hardware_id(torch.device("cpu"))
         t, floor = rec["throughput"], rec["floor"]
         assert t["train_samples_per_s"] > 0 and t["eval_samples_per_s"] > 0 and t["peak_memory_mb"] > 0
         assert t["train_tokens_per_s"] == pytest.approx(t["train_samples_per_s"] * 16, rel=1e-3)  # full length

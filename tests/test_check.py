@@ -132,9 +132,42 @@ def test_task_version_mismatch_is_flagged():
     assert "task version mismatch" in format_result(result)
 
 
+def _on(records: list[dict], hardware: str | None) -> list[dict]:
+    for rec in records:
+        rec["throughput"]["hardware"] = hardware
+    return records
+
+
+def test_hardware_tol_widens_the_band_only_across_hardware():
+    cpu_a, cpu_b = "Xeon [GenuineIntel 6/167/1] (AVX512, 2 threads)", "EPYC [AuthenticAMD 25/1/1] (AVX2, 2 threads)"
+    ref = _on(reference_runs(), cpu_a)
+    move = 0.02
+    same, other = _on(rerun(ref), cpu_a), _on(rerun(ref), cpu_b)
+    for fresh in (same, other):
+        find(fresh, "spt", "rte", 13)["metrics"]["dev"]["accuracy"] += move
+    # The same processor: still exact, whatever hardware_tol says.
+    result = check(same, ref, abs_tol=1e-4, hardware_tol=0.05)
+    assert [c.metric for c in result.moved] == ["dev.accuracy"] and not result.cross_hardware
+    # Another processor: the move is inside the hardware band, and the report says the check was not exact.
+    result = check(other, ref, abs_tol=1e-4, hardware_tol=0.05)
+    assert result.ok and len(result.cross_hardware) == len(ref)
+    report = format_result(result)
+    assert "other hardware" in report and cpu_b in report and f"{len(ref)} run(s) on other hardware" in report
+    # ... but not a move beyond it, and not without --hardware-tol.
+    assert not check(other, ref, abs_tol=1e-4, hardware_tol=move / 2).ok
+    assert not check(other, ref, abs_tol=1e-4).ok
+    # A reference from before records named their hardware counts as other hardware.
+    legacy = reference_runs()
+    for rec in legacy:
+        del rec["throughput"]["hardware"]
+    assert check(_on(rerun(legacy), cpu_a), legacy, abs_tol=1e-4, hardware_tol=0.05).cross_hardware
+
+
 def test_negative_band_and_empty_reference_are_errors():
     with pytest.raises(SptbenchError):
         check([], reference_runs(), abs_tol=-1)
+    with pytest.raises(SptbenchError, match="hardware-tol"):
+        check([], reference_runs(), hardware_tol=-0.1)
     with pytest.raises(SptbenchError, match="no successful runs"):
         check([], [])
 

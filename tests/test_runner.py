@@ -7,6 +7,7 @@ import torch
 
 import sptbench.train as train_mod
 from sptbench.errors import SptbenchError
+from sptbench.hardware import hardware_id
 from sptbench.records import read_table, validate_record
 from sptbench.runner import RunSpec, run
 
@@ -34,6 +35,7 @@ def test_run_appends_a_complete_record_and_is_deterministic(tmp_path, data_dir):
     assert rec["params"]["trainable"] == 0 and rec["params"]["trainable_with_head"] == 32 * 2 + 2
     assert rec["throughput"]["train_samples_per_s"] > 0 and rec["throughput"]["eval_samples_per_s"] > 0
     assert rec["versions"]["torch"] == torch.__version__
+    assert rec["throughput"]["hardware"] == hardware_id(torch.device("cpu"))  # what `check --hardware-tol` compares
     assert rec["training"]["max_steps"] == 6 and rec["training"]["lr"] == 1e-2  # the method's default lr
     assert records[0]["metrics"]["dev"] == records[1]["metrics"]["dev"]
     assert records[0]["metrics"]["test"] == records[1]["metrics"]["test"]

@@ -65,6 +65,7 @@ class CheckResult:
     std_k: float | None = None
     hardware_tol: float | None = None
     cross_hardware: list[str] = field(default_factory=list)  # runs compared at the hardware band (report)
+    hardware_pairs: set[tuple[str, str]] = field(default_factory=set)  # (reference's, fresh run's) processor
 
     @property
     def moved(self) -> list[Comparison]:
@@ -193,7 +194,9 @@ def _compare(result: CheckResult, label: str, ref: dict, new: dict, stds: dict[s
     ref_metrics, new_metrics = _numeric_metrics(ref), _numeric_metrics(new)
     cross = result.hardware_tol is not None and (hardware_of(ref) is None or hardware_of(ref) != hardware_of(new))
     if cross:
-        result.cross_hardware.append(f"{label}: reference on {hardware_of(ref)}, fresh on {hardware_of(new)}")
+        result.cross_hardware.append(label)
+        unknown = "an unrecorded processor"
+        result.hardware_pairs.add((hardware_of(ref) or unknown, hardware_of(new) or unknown))
     for metric, value in ref_metrics.items():
         band = _band(result.abs_tol, result.std_k, stds.get(metric, 0.0))
         if cross:
@@ -247,8 +250,9 @@ def format_result(result: CheckResult) -> str:
     lines += _listing("why not matched", result.mismatches)
     lines += _listing("extra: fresh runs not in the reference (warning)", result.extra)
     if result.cross_hardware:
+        pairs = "; ".join(f"reference on {ref}, fresh on {new}" for ref, new in sorted(result.hardware_pairs))
         lines += _listing(
-            f"other hardware: compared at the band {result.hardware_tol:g}, not exactly (warning; "
+            f"other hardware ({pairs}): compared at the band {result.hardware_tol:g}, not exactly (warning; "
             "regenerate the reference on this machine for an exact check)",
             result.cross_hardware,
         )

@@ -1,7 +1,7 @@
 """What a run ran on: a short device label and the hardware identity its floating-point results depend on.
 
 Two CPUs of different models (or instruction sets) give slightly different float results for the same run, which
-flips a few predictions of a short training run; `sptbench check` compares exactly only on the same hardware.
+flips a few predictions of a short training run; `sptbench check --hardware-tol` tells such pairs apart.
 """
 
 from __future__ import annotations

@@ -12,15 +12,17 @@ its sign).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 from collections import defaultdict
 
-import yaml
+from sptbench.records import read_table
 
 GATED = ("spt", "spt_darts")
 
 
+@functools.cache
 def schedule_sum(max_steps: int, warmup_ratio: float) -> float:
     """Sum of the learning-rate multipliers of sptbench.train.build_optimizer's schedule over a run."""
     import torch
@@ -36,8 +38,7 @@ def main() -> None:
     ap.add_argument("table")
     ap.add_argument("--tasks", nargs="+", required=True)
     args = ap.parse_args()
-    with open(args.table, encoding="utf-8") as f:
-        runs = [r for r in yaml.safe_load_all(f) if r and r.get("status") == "ok" and r["task"]["name"] in args.tasks]
+    runs = [r for r in read_table(args.table) if r["status"] == "ok" and r["task"]["name"] in args.tasks]
 
     score: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in runs:
@@ -88,20 +89,20 @@ def main() -> None:
 
     print("\ngate movement (fraction of Adam's reach): mean over gates / most-moved gate, mean over runs")
     for m in GATED:
-        avg, top = [], []
-        for r in (r for r in runs if r["method"]["name"] == m):
+        of_method = [r for r in runs if r["method"]["name"] == m]
+        if not of_method:
+            continue
+        avg, top, counts = [], [], defaultdict(int)
+        for r in of_method:
             cfg, tr = r["method"]["config"], r["training"]
             reach = cfg["gate_lr"] * schedule_sum(cfg["search_steps"] or tr["max_steps"], tr["warmup_ratio"])
             moved = [abs(math.log(a / (1 - a)) - cfg["gate_init"]) / reach for a in r["extra"]["alpha"]]
             avg.append(statistics.mean(moved))
             top.append(max(moved))
-        if avg:
-            alphas = [a for r in runs if r["method"]["name"] == m for a in r["extra"]["alpha"]]
-            print(f"  {m:10s} {100 * statistics.mean(avg):5.1f} % / {100 * statistics.mean(top):5.1f} %"
-                  f"  ({len(avg)} runs; final α {min(alphas):.2f}-{max(alphas):.2f})")
-        counts = defaultdict(int)
-        for r in (r for r in runs if r["method"]["name"] == m):
             counts[r["extra"]["chosen_layers"][0]] += 1
+        alphas = [a for r in of_method for a in r["extra"]["alpha"]]
+        print(f"  {m:10s} {100 * statistics.mean(avg):5.1f} % / {100 * statistics.mean(top):5.1f} %"
+              f"  ({len(avg)} runs; final α {min(alphas):.2f}-{max(alphas):.2f})")
         print(f"    chosen layers: {dict(sorted(counts.items()))}")
 
 

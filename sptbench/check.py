@@ -192,11 +192,12 @@ def hardware_of(rec: dict) -> str | None:
 def _compare(result: CheckResult, label: str, ref: dict, new: dict, stds: dict[str, float]) -> None:
     """Add one comparison per reference metric; fresh-only metrics become warnings."""
     ref_metrics, new_metrics = _numeric_metrics(ref), _numeric_metrics(new)
-    cross = result.hardware_tol is not None and (hardware_of(ref) is None or hardware_of(ref) != hardware_of(new))
+    ref_hw, new_hw = hardware_of(ref), hardware_of(new)
+    cross = result.hardware_tol is not None and (ref_hw is None or ref_hw != new_hw)
     if cross:
         result.cross_hardware.append(label)
         unknown = "an unrecorded processor"
-        result.hardware_pairs.add((hardware_of(ref) or unknown, hardware_of(new) or unknown))
+        result.hardware_pairs.add((ref_hw or unknown, new_hw or unknown))
     for metric, value in ref_metrics.items():
         band = _band(result.abs_tol, result.std_k, stds.get(metric, 0.0))
         if cross:

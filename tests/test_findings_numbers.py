@@ -24,7 +24,7 @@ TASKS = ("sst2", "trec")
 
 
 def _record(method: str, task: str, seed: int, test: float, rng: random.Random) -> dict:
-    gated = method in ("spt", "spt_darts")
+    gated = method in findings.GATED
     rec = make_record(
         method={"name": method, "config": {"gate_lr": 0.01, "gate_init": 0.0, "search_steps": None} if gated else {}},
         task__name=task,
@@ -78,7 +78,7 @@ def test_win_counts_layers_and_gate_movement(tmp_path, capsys, monkeypatch):
     avg = 100 * statistics.mean(statistics.mean(m) for m in moved)
     assert f"{'spt':10s} {avg:5.1f} %" in out
 
-    layer0 = [r for r in runs if r["method"]["name"] in ("spt", "spt_darts") and r["extra"]["chosen_layers"] == [0]]
+    layer0 = [r for r in runs if r["method"]["name"] in findings.GATED and r["extra"]["chosen_layers"] == [0]]
     if layer0:
         delta = statistics.mean(100 * r["metrics"]["test"]["score"] - 100 * mean[("lpt", r["task"]["name"])]
                                 for r in layer0)

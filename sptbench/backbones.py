@@ -171,6 +171,7 @@ def load_backbone(
     pooling: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    head_dropout: float = 0.1,
 ) -> tuple[Classifier, object, BackboneInfo]:
     """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh head, plus tokenizer and provenance."""
     if pooling is not None and pooling not in POOLINGS:
@@ -186,7 +187,7 @@ def load_backbone(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     chosen = pooling or folder_pooling or family.default_pooling
-    model = Classifier(backbone, family, num_labels, chosen)
+    model = Classifier(backbone, family, num_labels, chosen, head_dropout=head_dropout)
     if sha is None:
         sha = _state_sha256(backbone)
     info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters)

@@ -40,7 +40,26 @@ def _load_config_file(path: str | None) -> dict:
     return data
 
 
-TRAIN_FLAGS = ("max_steps", "lr", "batch_size", "eval_every", "patience", "weight_decay", "warmup_ratio")
+TRAIN_FLAGS = (
+    "max_steps",
+    "lr",
+    "batch_size",
+    "eval_every",
+    "patience",
+    "weight_decay",
+    "warmup_ratio",
+    "lr_schedule",
+    "max_grad_norm",
+    "head_dropout",
+    "weight_decay_scope",
+    "group_by_length",
+    "sampler",
+)
+# Choices of training options, kept here so that `--help` imports no torch (tests/test_cli.py checks them
+# against sptbench.train).
+LR_SCHEDULES = ("linear", "constant", "cosine")
+DECAY_SCOPES = ("matrices", "all")
+SAMPLERS = ("python", "torch")
 RUN_KEYS = {
     "method",
     "task",
@@ -72,7 +91,10 @@ def cmd_run(args) -> int:
         value = getattr(args, name, None)
         return value if value is not None else file_cfg.get(name, default)
 
-    train_overrides = dict(file_cfg.get("train") or {})
+    from sptbench.train import STOCK_SETTINGS
+
+    train_overrides = dict(STOCK_SETTINGS) if args.stock else {}
+    train_overrides.update(file_cfg.get("train") or {})
     train_overrides.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     method_overrides = dict(file_cfg.get("set") or {})
     method_overrides.update(_parse_sets(args.set))
@@ -208,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="early stopping after this many evaluations without improvement")
     p.add_argument("--weight-decay", dest="weight_decay", type=float)
     p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float)
+    p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
+                   help="after warmup: linear decay to zero (default), constant, or cosine decay to zero")
+    p.add_argument("--max-grad-norm", dest="max_grad_norm", type=float,
+                   help="clip the gradient norm to this (default 1.0; 0: no clipping)")
+    p.add_argument("--head-dropout", dest="head_dropout", type=float,
+                   help="dropout in front of the linear head (default 0.1)")
+    p.add_argument("--weight-decay-scope", dest="weight_decay_scope", choices=DECAY_SCOPES,
+                   help="matrices: no decay on biases and norms (default); all: every parameter")
+    p.add_argument("--group-by-length", dest="group_by_length", action=argparse.BooleanOptionalAction,
+                   help="batches of similar length (default on); --no-group-by-length: plain random batches")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="the shuffle: python (default) or torch (DataLoader(shuffle=True) seeded with --seed)")
+    p.add_argument("--stock", action="store_true",
+                   help="the settings of a plain PyTorch loop (scripts/stock_loop.py): constant lr, no warmup, no "
+                        "clipping, no head dropout, decay on all parameters, torch's shuffle; flags still override")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", choices=["fp32", "bf16"])
     p.add_argument("--save-dir", help="also write the trained parameters + head (safetensors) here")

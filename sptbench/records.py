@@ -351,8 +351,21 @@ def _ordered_keys(rec: dict) -> list[str]:
 MIGRATIONS: dict[int, Callable[[dict], dict]] = {0: _migrate_0_to_1}
 
 
+# Training options added after records were written (2026-12-02, the conformance work): a record without one ran
+# with the value below, which is still the default. Filled in when read, so old and new runs of the same
+# configuration share a record key.
+LEGACY_TRAINING = {
+    "lr_schedule": "linear",
+    "max_grad_norm": 1.0,
+    "head_dropout": 0.1,
+    "weight_decay_scope": "matrices",
+    "sampler": "python",
+}
+
+
 def migrate(rec: dict) -> dict:
-    """A copy of `rec` migrated to SCHEMA_VERSION (a record without `schema_version` is schema 0)."""
+    """A copy of `rec` migrated to SCHEMA_VERSION (a record without `schema_version` is schema 0), with training
+    options it predates filled in (`LEGACY_TRAINING`)."""
     version = rec.get("schema_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise SptbenchError(f"bad schema_version {version!r}")
@@ -362,6 +375,9 @@ def migrate(rec: dict) -> dict:
     while version < SCHEMA_VERSION:
         out = MIGRATIONS[version](out)
         version += 1
+    if isinstance(out.get("training"), dict) and "max_steps" in out["training"]:  # a schema-1 training section
+        for key, value in LEGACY_TRAINING.items():
+            out["training"].setdefault(key, value)
     return out
 
 

@@ -27,7 +27,17 @@ from sptbench.hardware import device_label, hardware_id
 from sptbench.records import SCHEMA_VERSION, append_record, new_run_id, setting_name, table_path
 from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
 from sptbench.tasks import TaskData, load_task
-from sptbench.train import FitContext, FitResult, NonFiniteLoss, TrainConfig, encode_rows, evaluate, train, world
+from sptbench.train import (
+    FitContext,
+    FitResult,
+    NonFiniteLoss,
+    TrainConfig,
+    check_config,
+    encode_rows,
+    evaluate,
+    train,
+    world,
+)
 
 
 @dataclass
@@ -72,6 +82,7 @@ def train_config(spec: RunSpec, method: Method) -> TrainConfig:
     tcfg = TrainConfig(**values)
     if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1:
         raise SptbenchError("max_steps, eval_every and batch_size must be positive")
+    check_config(tcfg)
     return tcfg
 
 
@@ -174,7 +185,9 @@ def run(spec: RunSpec) -> RunOutcome:
     def build_model():
         seed_everything(spec.seed)
         with _hf_progress(spec.progress):  # transformers' own weight-loading bar, off when ours is
-            model, tokenizer, info = load_backbone(spec.model, task.spec.num_labels, pooling=spec.pooling)
+            model, tokenizer, info = load_backbone(
+                spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout
+            )
         info_box.update(tokenizer=tokenizer, info=info)
         model.freeze_backbone()
         return model.to(device)

@@ -1,5 +1,7 @@
-"""Training with dev selection: tokenise once, length-grouped dynamic batches, AdamW with linear warmup/decay,
-gradient clipping, evaluation every N steps on dev, best-on-dev checkpoint, early stopping. Test is never read here.
+"""Training with dev selection: tokenise once, length-grouped dynamic batches, AdamW with warmup and a linear
+(constant, cosine) schedule, gradient clipping, evaluation every N steps on dev, best-on-dev checkpoint, early
+stopping. Test is never read here. Every choice that differs from a plain PyTorch loop is a `TrainConfig` field, so
+the stock loop can be expressed exactly (`STOCK_SETTINGS`, docs/conformance.md).
 
 The pieces (`encode_rows`, `iterate_batches`, `loss_on`, `build_optimizer`, `evaluate`) are public so that
 multi-stage methods (SPT-DARTS' alternating search) reuse them instead of writing a loop of their own.
@@ -31,11 +33,18 @@ class TrainConfig:
     eval_batch_size: int = 64
     lr: float = 1e-3  # the runner fills in the method's default unless --lr is given
     weight_decay: float = 0.01
+    # "matrices": no decay on biases and norms (as transformers' Trainer); "all": every parameter (plain AdamW)
+    weight_decay_scope: str = "matrices"
     warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
+    lr_schedule: str = "linear"  # after warmup: linear decay to zero, constant, or cosine decay to zero
+    max_grad_norm: float | None = 1.0  # None or 0: no clipping
+    head_dropout: float = 0.1  # dropout on the pooled representation, in front of the linear head
     eval_every: int = 50  # steps between dev evaluations (and at the end)
     patience: int | None = None  # stop after this many evaluations without dev improvement; None: never
     group_by_length: bool = True  # batches of similar length (less padding); off: random batches
+    # the shuffle: "python" = random.Random(seed * 1000 + epoch); "torch" = the order of torch's
+    # DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed)), what a plain loop draws
+    sampler: str = "python"
     # layers below the first trainable one: "dropout" (as the stock model trains), "eval" (no dropout there),
     # "cache" (no dropout, and their outputs computed once per sample and reused across epochs: few-shot speed)
     frozen_layers: str = "dropout"
@@ -43,6 +52,36 @@ class TrainConfig:
 
 
 FROZEN_MODES = ("dropout", "eval", "cache")
+LR_SCHEDULES = ("linear", "constant", "cosine")
+DECAY_SCOPES = ("matrices", "all")
+SAMPLERS = ("python", "torch")
+# What a plain PyTorch loop does (scripts/stock_loop.py): constant learning rate, no clipping, no head dropout,
+# weight decay on every parameter, DataLoader's shuffle. `sptbench run --stock` applies them.
+STOCK_SETTINGS = {
+    "lr_schedule": "constant",
+    "warmup_ratio": 0.0,
+    "max_grad_norm": None,
+    "head_dropout": 0.0,
+    "weight_decay_scope": "all",
+    "group_by_length": False,
+    "sampler": "torch",
+}
+
+
+def check_config(tcfg: TrainConfig) -> None:
+    """One clear line for a training option out of its range or choices (before anything runs)."""
+    for name, value, choices in (
+        ("frozen_layers", tcfg.frozen_layers, FROZEN_MODES),
+        ("lr_schedule", tcfg.lr_schedule, LR_SCHEDULES),
+        ("weight_decay_scope", tcfg.weight_decay_scope, DECAY_SCOPES),
+        ("sampler", tcfg.sampler, SAMPLERS),
+    ):
+        if value not in choices:
+            raise SptbenchError(f"unknown {name} '{value}'. Choices: {', '.join(choices)}")
+    if not 0.0 <= tcfg.head_dropout < 1.0:
+        raise SptbenchError(f"head_dropout must be in [0, 1), got {tcfg.head_dropout}")
+    if tcfg.max_grad_norm is not None and tcfg.max_grad_norm < 0:
+        raise SptbenchError(f"max_grad_norm must be >= 0 (0 or none: no clipping), got {tcfg.max_grad_norm}")
 
 
 @dataclass
@@ -94,13 +133,22 @@ def _collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def iterate_batches(
-    encoded: list[dict], batch_size: int, *, shuffle: bool, seed: int, group_by_length: bool, pad_id: int = 0
+    encoded: list[dict],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    group_by_length: bool,
+    pad_id: int = 0,
+    order: list[int] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch of padded batches. Length grouping sorts within shuffled chunks of 50 batches (as HF's sampler)."""
-    order = list(range(len(encoded)))
+    """One epoch of padded batches. Length grouping sorts within shuffled chunks of 50 batches (as HF's sampler).
+    `order`: the epoch's shuffled order, drawn by the caller (the "torch" sampler); else shuffled with `seed`."""
     rng = random.Random(seed)
-    if shuffle:
-        rng.shuffle(order)
+    if order is None:
+        order = list(range(len(encoded)))
+        if shuffle:
+            rng.shuffle(order)
     if group_by_length:
         chunk = batch_size * 50
         order = [
@@ -115,12 +163,35 @@ def iterate_batches(
         yield _collate([encoded[i] for i in idx], pad_id)
 
 
-def forever(encoded: list[dict], batch_size: int, *, seed: int, group_by_length: bool, pad_id: int = 0):
-    """Endless shuffled batches, a new order every epoch."""
+def torch_epochs(n: int, seed: int) -> Iterator[list[int]]:
+    """The epoch orders of `DataLoader(range(n), shuffle=True, generator=torch.Generator().manual_seed(seed))`:
+    each epoch's iterator first draws its base seed from the generator, then `RandomSampler` a permutation, and
+    one more (the empty remainder slice of `num_samples % n`) when the epoch is exhausted.
+    Our own copy (checked against DataLoader in tests/test_train.py) because the trainer batches tokenised rows
+    itself and must not consume the global RNG the way a DataLoader without a generator would."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(n, generator=generator).tolist()
+        torch.randperm(n, generator=generator)
+        yield order
+
+
+def forever(
+    encoded: list[dict], batch_size: int, *, seed: int, group_by_length: bool, pad_id: int = 0, sampler: str = "python"
+):
+    """Endless shuffled batches, a new order every epoch (`sampler`: see TrainConfig.sampler)."""
+    orders = torch_epochs(len(encoded), seed) if sampler == "torch" else None
     epoch = 0
     while True:
         yield from iterate_batches(
-            encoded, batch_size, shuffle=True, seed=seed * 1000 + epoch, group_by_length=group_by_length, pad_id=pad_id
+            encoded,
+            batch_size,
+            shuffle=True,
+            seed=seed * 1000 + epoch,
+            group_by_length=group_by_length,
+            pad_id=pad_id,
+            order=next(orders) if orders is not None else None,
         )
         epoch += 1
 
@@ -178,23 +249,65 @@ def loss_on(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits.float(), batch["labels"].to(device))
 
 
-def build_optimizer(params, lr: float, weight_decay: float, max_steps: int, warmup_ratio: float):
-    """AdamW (no decay on biases and norms) with linear warmup and linear decay to zero."""
+def lr_multiplier(step: int, max_steps: int, warmup_ratio: float, schedule: str = "linear") -> float:
+    """The learning-rate multiplier at optimizer step `step` (0-based): linear warmup, then `schedule`. Our own
+    (not transformers' get_scheduler) because the warmup's first step is (1 / (warmup + 1)), not 0, and every
+    recorded run used this form."""
+    warmup = int(max_steps * warmup_ratio)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return max(0.0, 1.0 - progress)
+
+
+def build_optimizer(
+    params,
+    lr: float,
+    weight_decay: float,
+    max_steps: int,
+    warmup_ratio: float,
+    *,
+    schedule: str = "linear",
+    decay_scope: str = "matrices",
+):
+    """AdamW (`decay_scope` "matrices": no decay on biases and norms; "all": decay everything) with linear warmup
+    and the `schedule` after it."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise SptbenchError("the method left no trainable parameters")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})]
+    if decay_scope == "all":
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    else:
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-    warmup = int(max_steps * warmup_ratio)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, max_steps, warmup_ratio, schedule)
+    )
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+def optimizer_for(params, tcfg: TrainConfig, lr: float | None = None, weight_decay: float | None = None):
+    """`build_optimizer` with the schedule, decay scope and budget of `tcfg` (lr / weight decay overridable)."""
+    return build_optimizer(
+        params,
+        tcfg.lr if lr is None else lr,
+        tcfg.weight_decay if weight_decay is None else weight_decay,
+        tcfg.max_steps,
+        tcfg.warmup_ratio,
+        schedule=tcfg.lr_schedule,
+        decay_scope=tcfg.weight_decay_scope,
+    )
+
+
+def clip_gradients(params, max_grad_norm: float | None) -> None:
+    """Clip the global gradient norm to `max_grad_norm`; None or 0 leaves the gradients as they are."""
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
 
 
 @torch.inference_mode()
@@ -262,8 +375,7 @@ def train(
     result). Samples and tokens count the global batch."""
     if not train_enc or not dev_enc:
         raise SptbenchError("training needs a non-empty train and dev split")
-    if tcfg.frozen_layers not in FROZEN_MODES:
-        raise SptbenchError(f"unknown frozen_layers '{tcfg.frozen_layers}'. Choices: {', '.join(FROZEN_MODES)}")
+    check_config(tcfg)
     if hasattr(model, "frozen_mode"):
         model.frozen_mode = tcfg.frozen_layers
         model.frozen_cache.clear()
@@ -271,13 +383,7 @@ def train(
     rank, world_size = world()
     sharded = world_size > 1 and step_fn is None
     if step_fn is None:
-        optimizer, scheduler = build_optimizer(
-            params if params is not None else model.parameters(),
-            tcfg.lr,
-            tcfg.weight_decay,
-            tcfg.max_steps,
-            tcfg.warmup_ratio,
-        )
+        optimizer, scheduler = optimizer_for(params if params is not None else model.parameters(), tcfg)
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
 
         def step_fn(model, batch, step):
@@ -291,7 +397,7 @@ def train(
             else:
                 loss = loss_on(model, batch)
                 loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, tcfg.max_grad_norm)
+            clip_gradients(trainable, tcfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -299,7 +405,8 @@ def train(
 
     res = TrainResult(best_step=None, best_dev={}, steps_run=0, stopped_early=False)
     best_score, best_snap, bad_evals = -math.inf, None, 0
-    batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id)
+    batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id,
+                      sampler=tcfg.sampler)
     bar = tqdm(total=tcfg.max_steps, desc="train", disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
     losses: list[torch.Tensor] = []
     for step in range(1, tcfg.max_steps + 1):

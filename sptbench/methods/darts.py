@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from sptbench.train import clip_gradients
+
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 
 
@@ -33,8 +35,7 @@ def _set_grads(params: Sequence[nn.Parameter], grads: Sequence[torch.Tensor | No
 
 
 def _apply(params, optimizer, scheduler, max_grad_norm: float | None) -> None:
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
+    clip_gradients(params, max_grad_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()

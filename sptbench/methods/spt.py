@@ -238,7 +238,7 @@ def _alpha_list(inj: GatedPrompts) -> list[float]:
 
 def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     """Learn the gates; returns final α per layer, the α trajectory and the stage's cost. Dev monitors only."""
-    from sptbench.train import build_optimizer, forever, loss_on
+    from sptbench.train import forever, loss_on, optimizer_for
 
     t_start = time.perf_counter()
     tcfg = dataclasses.replace(
@@ -249,8 +249,8 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     inj = gates_of(model)
     gates = [inj.gate_logits]
     weights = [p for p in model.parameters() if p.requires_grad and p is not inj.gate_logits]
-    opt_w, sched_w = build_optimizer(weights, tcfg.lr, tcfg.weight_decay, tcfg.max_steps, tcfg.warmup_ratio)
-    opt_a, sched_a = build_optimizer(gates, cfg.gate_lr, 0.0, tcfg.max_steps, tcfg.warmup_ratio)
+    opt_w, sched_w = optimizer_for(weights, tcfg)
+    opt_a, sched_a = optimizer_for(gates, tcfg, lr=cfg.gate_lr, weight_decay=0.0)
     for group in opt_a.param_groups:
         group["weight_decay"] = cfg.gate_weight_decay
 
@@ -268,7 +268,7 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
         d1_rows, d2_rows = split_d1_d2(ctx.task.train, cfg.d1_fraction, tcfg.seed)
         pad_id = ctx.tokenizer.pad_token_id or 0
         d2 = forever(ctx.encode(d2_rows), tcfg.batch_size, seed=tcfg.seed + 1, group_by_length=tcfg.group_by_length,
-                     pad_id=pad_id)
+                     pad_id=pad_id, sampler=tcfg.sampler)
         step_fn = DartsStep(weights, gates, opt_w, sched_w, opt_a, sched_a, tcfg.max_grad_norm, loss_on, d2,
                             second_order=cfg.second_order, unroll_lr=cfg.unroll_lr, after=after)
         train_rows = d1_rows

@@ -1,4 +1,5 @@
-"""The results subcommands: `table`, `check`, `show` and `validate` (registered on the main `sptbench` parser)."""
+"""The results subcommands: `table`, `compare`, `check`, `show` and `validate` (registered on the main `sptbench`
+parser)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,28 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.readme:
         update_readme_block(args.readme, args.block, text)
     if not args.out and not args.readme:
+        print(text, end="")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Paired differences of two methods over the (task, seed) cells both have (sptbench/compare.py)."""
+    from sptbench.compare import compare, parse_side, render
+    from sptbench.records import setting_name
+
+    records = read_records(_paths(args))
+    setting = args.setting or (setting_name(args.shots, args.train_size) if args.shots or args.train_size else None)
+    if setting is not None:
+        records = [r for r in records
+                   if setting_name(r["protocol"]["shots"], r["protocol"]["train_size"]) == setting]
+    if args.backbone is not None:
+        records = [r for r in records if r["backbone"]["id"] == args.backbone]
+    result = compare(records, parse_side(args.a), parse_side(args.b), tasks=_names(args.tasks),
+                     select=args.select_by_dev)
+    text = render(result)
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
         print(text, end="")
     return 0
 
@@ -109,6 +132,26 @@ def _add_table(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_table)
 
 
+def _add_compare(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare", help="paired differences of two methods: mean, 95%% bootstrap interval, W/T/L, Wilcoxon p",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("a", help="a method, optionally narrowed by config values: lpt:layer=3")
+    p.add_argument("b", help="the other side, as A")
+    _add_common(p)
+    p.add_argument("--tasks", nargs="+", help="only these tasks (default: every task both sides have)")
+    regime = p.add_mutually_exclusive_group()
+    regime.add_argument("--shots", type=int, help="only the K-shot records")
+    regime.add_argument("--train-size", type=int, help="only the N-example records")
+    regime.add_argument("--setting", help="only this setting: 16shot, n1000, full")
+    p.add_argument("--backbone", help="only this backbone id")
+    p.add_argument("--select-by-dev", action="store_true",
+                   help="where a side has several configurations in a cell, keep the best on dev")
+    p.add_argument("--out", help="write the Markdown to this file instead of stdout")
+    p.set_defaults(func=cmd_compare)
+
+
 def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("check", help="compare fresh runs with a reference table (exit 1 on regression)")
     _add_common(p)
@@ -139,5 +182,5 @@ def _add_validate(subparsers: argparse._SubParsersAction) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the results subcommands to the main parser; each sets `func(args) -> exit code`."""
-    for add in (_add_table, _add_check, _add_show, _add_validate):
+    for add in (_add_table, _add_compare, _add_check, _add_show, _add_validate):
         add(subparsers)

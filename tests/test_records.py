@@ -299,3 +299,26 @@ def test_failed_record_as_the_runner_writes_it_is_valid():
     assert validate_record(rec) == []
     rec["params"] = {"trainable": "many"}  # what a failed run does fill in is still type-checked
     assert validate_record(rec) == ["field 'params.trainable' must be int, got str 'many'"]
+
+
+def test_records_predating_a_training_option_read_with_its_old_value(tmp_path):
+    """Options added later (lr_schedule, head_dropout, ...) default to what older runs did, so an old record and a
+    new run of the same configuration share a key; a run with another value does not."""
+    from dataclasses import asdict
+
+    from sptbench.records import LEGACY_TRAINING
+    from sptbench.train import STOCK_SETTINGS, TrainConfig
+
+    defaults = {k: v for k, v in asdict(TrainConfig()).items() if k != "seed"}
+    assert {k: defaults[k] for k in LEGACY_TRAINING} == LEGACY_TRAINING  # the old behaviour is still the default
+    new = make_record(training={**defaults, "device": "cpu", "dtype": "fp32"})
+    old = make_record(training={k: v for k, v in new["training"].items() if k not in LEGACY_TRAINING})
+    path = tmp_path / "t.yaml"
+    for rec in (old, new):
+        append_record(path, rec)
+    old_read, new_read = read_table(path)
+    assert old_read["training"] == new_read["training"]
+    assert record_key(old_read) == record_key(new_read)
+    for key, value in STOCK_SETTINGS.items():
+        if key in LEGACY_TRAINING:
+            assert record_key(make_record(training={**new["training"], key: value})) != record_key(new_read)

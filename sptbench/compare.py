@@ -1,0 +1,183 @@
+"""Paired comparison of two methods over the (task, seed) cells both have: mean difference with a 95 % bootstrap
+interval, wins / ties / losses and the Wilcoxon signed-rank p-value, per task and overall (`sptbench compare`).
+
+A side is a method name, optionally narrowed by its config (`lpt:layer=3`). Where a side still has several
+configurations in one cell (a learning-rate grid, LPT over layers), `select_by_dev` keeps the one best on dev, per
+cell; without it that is an error, never a silent pick. Test scores are compared; dev never decides a number here
+beyond that selection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sptbench.errors import SptbenchError
+from sptbench.records import canonical_json, record_key, require_valid, setting_name, without
+from sptbench.tables import cell_metric
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: a method and config values it must have."""
+
+    method: str
+    where: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.method + ("" if not self.where else ":" + ",".join(f"{k}={v}" for k, v in self.where))
+
+    def matches(self, rec: dict) -> bool:
+        if rec["method"]["name"] != self.method:
+            return False
+        config = rec["method"]["config"] or {}
+        return all(k in config and _text(config[k]) == v for k, v in self.where)
+
+
+def _text(value) -> str:
+    return canonical_json(value).strip('"') if not isinstance(value, str) else value
+
+
+def parse_side(text: str) -> Side:
+    """`method` or `method:key=value,key=value` (values compared as their YAML/JSON text: 3, 0.5, true, [1,2])."""
+    method, _, rest = text.partition(":")
+    where = []
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise SptbenchError(f"'{text}': a config filter is key=value, got '{part}'")
+        where.append((key.strip(), value.strip()))
+    if not method:
+        raise SptbenchError(f"'{text}': no method name")
+    return Side(method, tuple(where))
+
+
+@dataclass
+class Stats:
+    """Paired differences a - b in points (percent of the test metric)."""
+
+    n: int
+    mean: float | None
+    low: float | None
+    high: float | None
+    wins: int
+    ties: int
+    losses: int
+    p_wilcoxon: float | None
+    diffs: list[float] = field(default_factory=list)
+
+
+def paired_stats(diffs: list[float], seed: int = 0) -> Stats:
+    """Mean, 95 % percentile-bootstrap interval of the mean (scipy.stats.bootstrap, seeded), win counts and the
+    two-sided Wilcoxon signed-rank p-value (None where it is undefined: fewer than 2 pairs, or all differences 0)."""
+    import numpy as np
+    from scipy import stats
+
+    n = len(diffs)
+    wins = sum(d > 0 for d in diffs)
+    ties = sum(d == 0 for d in diffs)
+    if n == 0:
+        return Stats(0, None, None, None, 0, 0, 0, None)
+    mean = float(np.mean(diffs))
+    low = high = mean if n == 1 else None
+    if n > 1:
+        if max(diffs) == min(diffs):
+            low = high = mean
+        else:
+            res = stats.bootstrap((np.asarray(diffs),), np.mean, confidence_level=0.95, n_resamples=BOOTSTRAP_RESAMPLES,
+                                  method="percentile", rng=np.random.default_rng(seed))
+            low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    p = None
+    if n > 1 and any(d != 0 for d in diffs):
+        p = float(stats.wilcoxon(diffs, zero_method="wilcox").pvalue)
+    return Stats(n, mean, low, high, wins, ties, n - wins - ties, p, list(diffs))
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    per_task: dict[str, Stats]
+    overall: Stats
+    missing: list[str]  # cells only one side has
+
+
+def _cells(records: list[dict], side: Side, select: bool) -> dict[tuple, dict]:
+    """(task, setting, backbone, seed) -> the side's record there (latest of a configuration; dev-best of several
+    configurations when `select`)."""
+    ok = [r for r in records if r.get("status") == "ok" and side.matches(r)]
+    if select:
+        from sptbench.sweep import select_by_dev
+
+        ok = [r for r in select_by_dev(ok) if r.get("status") == "ok"]
+    latest: dict[tuple, dict] = {}
+    for rec in ok:
+        key = record_key(rec)
+        if key not in latest or str(rec.get("created", "")) >= str(latest[key].get("created", "")):
+            latest[key] = rec
+    cells: dict[tuple, list[dict]] = {}
+    for rec in latest.values():
+        p = rec["protocol"]
+        cell = (rec["task"]["name"], setting_name(p["shots"], p["train_size"]), rec["backbone"]["id"], p["seed"])
+        cells.setdefault(cell, []).append(rec)
+    out = {}
+    for cell, recs in cells.items():
+        if len({without(record_key(r), "data_fingerprint") for r in recs}) > 1:
+            raise SptbenchError(
+                f"{side.label} has {len(recs)} configurations for {cell[0]} {cell[1]} seed {cell[3]}: narrow it "
+                f"(e.g. {side.method}:key=value) or pick the dev-best one with --select-by-dev"
+            )
+        out[cell] = recs[0]
+    return out
+
+
+def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | None = None,
+            select: bool = False) -> Comparison:
+    """Pair `a` and `b` over the cells both have (optionally only `tasks`)."""
+    records = require_valid(records)
+    cells_a, cells_b = _cells(records, a, select), _cells(records, b, select)
+    if tasks is not None:
+        cells_a = {c: r for c, r in cells_a.items() if c[0] in tasks}
+        cells_b = {c: r for c, r in cells_b.items() if c[0] in tasks}
+    common = sorted(set(cells_a) & set(cells_b), key=lambda c: tuple(map(str, c)))
+    if not common:
+        raise SptbenchError(f"no (task, seed) cell has both {a.label} and {b.label}")
+    diffs: dict[str, list[float]] = {}
+    for cell in common:
+        sa, sb = cell_metric(cells_a[cell]), cell_metric(cells_b[cell])
+        if sa is None or sb is None or not (math.isfinite(sa) and math.isfinite(sb)):
+            continue
+        diffs.setdefault(cell[0], []).append(100 * (sa - sb))
+    one_sided = sorted(set(cells_a) ^ set(cells_b), key=lambda c: tuple(map(str, c)))
+    missing = [f"{c[0]} {c[1]} seed {c[3]}" for c in one_sided]
+    per_task = {task: paired_stats(d) for task, d in sorted(diffs.items())}
+    overall = paired_stats([d for task in sorted(diffs) for d in diffs[task]])
+    return Comparison(a.label, b.label, per_task, overall, missing)
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:+.{digits}f}"
+
+
+def render(comp: Comparison) -> str:
+    """A Markdown table: one row per task and an overall row."""
+    from tabulate import tabulate
+
+    rows = []
+    for name, s in [*comp.per_task.items(), ("**all**", comp.overall)]:
+        interval = "-" if s.low is None else f"[{s.low:+.2f}, {s.high:+.2f}]"
+        rows.append([name, s.n, _fmt(s.mean), interval, f"{s.wins}/{s.ties}/{s.losses}",
+                     "-" if s.p_wilcoxon is None else f"{s.p_wilcoxon:.3g}"])
+    head = f"{comp.a} - {comp.b}: paired test-score differences in points (a positive mean favours {comp.a})\n\n"
+    table = tabulate(rows, headers=["task", "pairs", "mean diff", "95% bootstrap CI", "W/T/L", "Wilcoxon p"],
+                     tablefmt="github", disable_numparse=True)
+    notes = "\n\n- interval: percentile bootstrap of the mean over the pairs (10,000 resamples, seeded); " \
+            "Wilcoxon: two-sided signed-rank over the pairs (undefined for fewer than 2 non-zero differences)."
+    if comp.missing:
+        notes += f"\n- cells only one side has (left out): {', '.join(comp.missing[:8])}" + \
+                 (f" and {len(comp.missing) - 8} more" if len(comp.missing) > 8 else "")
+    return head + table + notes + "\n"

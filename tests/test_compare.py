@@ -1,0 +1,82 @@
+"""`sptbench compare`: paired differences over shared (task, seed) cells, on hand-made records."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sptbench.cli import main
+from sptbench.compare import compare, paired_stats, parse_side
+from sptbench.errors import SptbenchError
+from sptbench.records import append_record
+from tests.helpers import make_record
+
+
+def rec(method: str, task: str, seed: int, test: float, dev: float = 0.5, **config) -> dict:
+    r = make_record(method__name=method, method__config=dict(config), task__name=task, protocol__seed=seed)
+    r["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": dev, "score": dev},
+                    "test": {"accuracy": test, "score": test}}
+    return r
+
+
+def hand_made(rng: random.Random):
+    """Two tasks x three seeds for a and b (+ one cell only a has); returns records and the differences in points."""
+    records, diffs = [], {}
+    for task in ("sst2", "trec"):
+        for seed in (13, 21, 42):
+            a, b = round(rng.uniform(0.5, 0.9), 4), round(rng.uniform(0.5, 0.9), 4)
+            records += [rec("spt", task, seed, a), rec("lpt", task, seed, b)]
+            diffs.setdefault(task, []).append(100 * (a - b))
+    records.append(rec("spt", "mr", 13, 0.7))
+    return records, diffs
+
+
+def test_compare_gives_the_hand_computed_numbers():
+    rng = random.Random(random.randrange(10**6))
+    records, diffs = hand_made(rng)
+    comp = compare(records, parse_side("spt"), parse_side("lpt"))
+    assert comp.missing == ["mr 16shot seed 13"]
+    everything = diffs["sst2"] + diffs["trec"]
+    for stats, d in [(comp.per_task["sst2"], diffs["sst2"]), (comp.per_task["trec"], diffs["trec"]),
+                     (comp.overall, everything)]:
+        assert stats.n == len(d)
+        assert stats.mean == pytest.approx(sum(d) / len(d))
+        assert stats.low <= stats.mean <= stats.high
+        assert min(d) <= stats.low and stats.high <= max(d)  # a bootstrap mean never leaves the data's range
+        assert (stats.wins, stats.ties, stats.losses) == (sum(x > 0 for x in d), sum(x == 0 for x in d),
+                                                           sum(x < 0 for x in d))
+
+
+def test_paired_stats_known_values():
+    s = paired_stats([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert s.mean == 3.5 and (s.wins, s.ties, s.losses) == (6, 0, 0)
+    assert s.p_wilcoxon == pytest.approx(0.03125)  # exact two-sided: 2 / 2**6
+    assert 2.0 <= s.low < 3.5 < s.high <= 5.0
+    same = paired_stats([0.0, 0.0, 0.0])
+    assert same.mean == 0 and same.low == same.high == 0 and same.p_wilcoxon is None and same.ties == 3
+
+
+def test_several_configurations_need_a_filter_or_dev_selection():
+    records = []
+    for seed in (13, 21):
+        records += [rec("spt", "sst2", seed, 0.7)]
+        records += [rec("lpt", "sst2", seed, 0.6 + layer / 100, dev=0.5 + layer / 10, layer=layer) for layer in (1, 3)]
+    with pytest.raises(SptbenchError, match="2 configurations"):
+        compare(records, parse_side("spt"), parse_side("lpt"))
+    middle = compare(records, parse_side("spt"), parse_side("lpt:layer=1"))
+    assert middle.overall.mean == pytest.approx(9.0)
+    by_dev = compare(records, parse_side("spt"), parse_side("lpt"), select=True)
+    assert by_dev.overall.mean == pytest.approx(7.0)  # layer 3 is best on dev
+
+
+def test_cli_compare(tmp_path, capsys):
+    records, diffs = hand_made(random.Random(5))
+    table = tmp_path / "t.yaml"
+    for r in records:
+        append_record(table, r)
+    assert main(["compare", "spt", "lpt", str(table), "--tasks", "sst2"]) == 0
+    out = capsys.readouterr().out
+    assert "| sst2" in out and "| trec" not in out and f"{sum(diffs['sst2']) / 3:+.2f}" in out
+    assert main(["compare", "spt", "nothing", str(table)]) == 2
+    assert "no (task, seed) cell" in capsys.readouterr().err

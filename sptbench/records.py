@@ -363,9 +363,16 @@ LEGACY_TRAINING = {
 }
 
 
+_SPT_ADDED = {"generator": "pooled", "gate": "deterministic", "gate_temperature_start": 1.0,
+              "gate_temperature_end": 0.1, "candidates": "all"}
+# Method config fields added after records were written (2026-12-02), with the value older runs had: filled in when
+# read, as LEGACY_TRAINING. Data about the schema's history, like MIGRATIONS (tests check it against the configs).
+LEGACY_METHOD_CONFIG = {"lpt": {"generator": "pooled"}, "spt": _SPT_ADDED, "spt_darts": _SPT_ADDED}
+
+
 def migrate(rec: dict) -> dict:
     """A copy of `rec` migrated to SCHEMA_VERSION (a record without `schema_version` is schema 0), with training
-    options it predates filled in (`LEGACY_TRAINING`)."""
+    options and method config fields it predates filled in (`LEGACY_TRAINING`, `LEGACY_METHOD_CONFIG`)."""
     version = rec.get("schema_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise SptbenchError(f"bad schema_version {version!r}")
@@ -378,6 +385,11 @@ def migrate(rec: dict) -> dict:
     if isinstance(out.get("training"), dict) and "max_steps" in out["training"]:  # a schema-1 training section
         for key, value in LEGACY_TRAINING.items():
             out["training"].setdefault(key, value)
+    method = out.get("method")
+    added = LEGACY_METHOD_CONFIG.get(method.get("name")) if isinstance(method, dict) else None
+    if added and isinstance(method.get("config"), dict):
+        for key, value in added.items():
+            method["config"].setdefault(key, value)
     return out
 
 

@@ -322,3 +322,18 @@ def test_records_predating_a_training_option_read_with_its_old_value(tmp_path):
     for key, value in STOCK_SETTINGS.items():
         if key in LEGACY_TRAINING:
             assert record_key(make_record(training={**new["training"], key: value})) != record_key(new_read)
+
+
+def test_legacy_method_config_is_what_the_configs_default_to():
+    """A record written before a config field existed reads with that field's default, which is what it ran."""
+    from dataclasses import asdict
+
+    from sptbench.records import LEGACY_METHOD_CONFIG
+    from sptbench.registry import build_config, get_method
+
+    for name, fields in LEGACY_METHOD_CONFIG.items():
+        defaults = asdict(build_config(get_method(name)))
+        assert {k: defaults[k] for k in fields} == fields
+        old = make_record(method__name=name, method__config={"num_tokens": 10})
+        (read,) = [migrate(old)]
+        assert read["method"]["config"] == {"num_tokens": 10, **fields}

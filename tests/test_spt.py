@@ -515,3 +515,94 @@ def test_search_stage_config_is_what_apply_builds_without_layers(backbones):
     counts = model.count_parameters()
     assert counts["trainable"] == 4 * (32 * 8 + 8 + 8 * 32 + 32) + 4
     assert dataclasses.replace(cfg_spt(), layers=(1,)).layers == (1,)
+
+
+# ---------------------------------------------------------------------------------------------------- variants
+
+
+def test_stochastic_gate_straight_through_reaches_the_logits_and_evaluation_is_deterministic(backbones):
+    model, tok = backbones("tiny-bert")
+    spt.apply_spt(model, cfg_spt(gate="stochastic"))
+    inj = spt.gates_of(model)
+    torch.manual_seed(3)
+    randomize_(inj, seed=2)
+    batch = make_batch(tok, TEXTS, [0, 1, 1, 0])
+    model.train()
+    (g,) = torch.autograd.grad(ce_loss(model, batch), [inj.gate_logits])
+    assert g.shape == (4,) and (g != 0).any()  # straight-through: the hard decision's gradient is the soft one's
+    gates = [inj._gate(i, 64, torch.float32).flatten() for i in range(4)]
+    assert all(torch.allclose(x, x.round(), atol=1e-6) for x in gates)  # hard decisions in the forward
+    assert any(0 < float(x.round().mean()) < 1 for x in gates)  # sampled per example
+    model.eval()
+    ids, mask, types = encode(tok, TEXTS)
+    first, second = model(ids, mask, types), model(ids, mask, types)
+    assert torch.equal(first, second)
+    deterministic, _ = backbones("tiny-bert")
+    spt.apply_spt(deterministic, cfg_spt())
+    deterministic.load_state_dict(model.state_dict())
+    deterministic.eval()
+    torch.testing.assert_close(first, deterministic(ids, mask, types))  # evaluation mixes with α itself
+
+
+def test_stochastic_gate_temperature_is_annealed_over_the_search(fit_context):
+    from sptbench.train import TrainConfig
+
+    seen = []
+    real = GatedPrompts.set_gate_temperature
+
+    def spy(self, value):
+        seen.append(value)
+        real(self, value)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(GatedPrompts, "set_gate_temperature", spy)
+    try:
+        tcfg = TrainConfig(max_steps=5, batch_size=4, eval_batch_size=8, eval_every=5, seed=13)
+        method, ctx = fit_context("spt", tcfg, search_steps=5, gate="stochastic", gate_temperature_start=2.0,
+                                  gate_temperature_end=0.5)
+        method.fit(ctx)
+    finally:
+        patch.undo()
+    assert seen[0] == 2.0 and seen[4] == pytest.approx(0.5)  # λ of the first and of the last search step
+    assert all(a > b for a, b in zip(seen[:4], seen[1:5], strict=True))
+
+
+def test_candidates_without_the_input_layer(fit_context, backbones):
+    model, _ = backbones("tiny-bert")
+    spt.apply_spt(model, cfg_spt(candidates="no_input"))
+    assert spt.gates_of(model).prompt_layers == (1, 2, 3)
+    from sptbench.train import TrainConfig
+
+    tcfg = TrainConfig(max_steps=2, batch_size=4, eval_batch_size=8, eval_every=2, seed=13)
+    method, ctx = fit_context("spt", tcfg, search_steps=2, candidates="no_input")
+    out = method.fit(ctx)
+    assert out.extra["candidate_layers"] == [1, 2, 3] and 0 not in out.extra["chosen_layers"]
+    assert out.extra["top_k"] == 1  # a quarter of the backbone's 4 layers, not of the 3 candidates
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_naive_generator_reads_the_summary_token(backbones, family):
+    """LPT's naive generator: the prompt depends on the first token (GPT-2: the last real one) and nothing else;
+    batch invariant under padding."""
+    from sptbench.methods.prompt_generator import NaivePromptGenerator
+
+    model, tok = backbones(family)
+    get_method("lpt").apply(model, build_config(get_method("lpt"), {"generator": "naive", "num_tokens": 5}))
+    gen = next(iter(spt.gates_of(model).generators.values()))
+    assert isinstance(gen, NaivePromptGenerator) and gen.summary == ("last" if family == "tiny-gpt2" else "first")
+    g = torch.Generator().manual_seed(4)
+    tokens, mask = torch.randn(3, 7, 32, generator=g), torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    out = gen(tokens, mask)
+    assert out.shape == (3, 5, 32)
+    pick = [6, 3, 1] if gen.summary == "last" else [0, 0, 0]
+    changed = tokens.clone()
+    for b in range(3):  # change every token but the summary one: the prompt stays
+        keep = changed[b, pick[b]].clone()
+        changed[b] = torch.randn(7, 32, generator=g)
+        changed[b, pick[b]] = keep
+    torch.testing.assert_close(gen(changed, mask), out)
+    model.eval()
+    ids, amask, types = encode(tok, TEXTS)
+    batched = model(ids, amask, types)
+    for i, text in enumerate(TEXTS):
+        torch.testing.assert_close(batched[i:i + 1], model(*encode(tok, [text])), atol=1e-5, rtol=0)

@@ -9,6 +9,11 @@ where H_{l-1} are the token hidden states entering layer l (the embedding output
 the first candidate layer). Non-candidate layers keep the propagated prompt. With `gated=False` every candidate
 layer is a hard gate (α = 1): a fresh prompt there, propagation elsewhere, nothing below the first one (LPT, and
 SPT's re-training stage).
+
+Gate variants (`gate`): "deterministic" mixes with α itself (the relaxation above). "stochastic" is a relaxed
+Bernoulli gate (binary concrete / Gumbel-sigmoid): in training each example draws z = sigmoid((a + L) / λ) with L
+logistic noise and uses the hard decision 1[z > 0.5] in the forward with z's gradient (straight-through), λ annealed
+by the search (`set_gate_temperature`); in evaluation it is deterministic, α = sigmoid(a / τ) as above.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import torch
 from torch import nn
 
 from sptbench.inject import Injection
-from sptbench.methods.prompt_generator import PromptGenerator
+from sptbench.methods.prompt_generator import make_generator
+
+GATES = ("deterministic", "stochastic")
 
 
 class GatedPrompts(Injection):
@@ -37,18 +44,26 @@ class GatedPrompts(Injection):
         gated: bool = True,
         temperature: float = 1.0,
         gate_init: float = 0.0,
+        generator: str = "pooled",
+        causal: bool = False,
+        gate: str = "deterministic",
     ):
         super().__init__()
         if not layers:
             raise ValueError("GatedPrompts needs at least one layer")
         self.prompt_layers: tuple[int, ...] = tuple(sorted(set(int(x) for x in layers)))
         self._index = {layer: i for i, layer in enumerate(self.prompt_layers)}
+        if gate not in GATES:
+            raise ValueError(f"unknown gate {gate!r}; choices: {GATES}")
         self.num_tokens = num_tokens
         self.gated = gated
+        self.gate = gate
         self.temperature = float(temperature)
-        self.generators = nn.ModuleDict(
-            {str(x): PromptGenerator(hidden, num_tokens, bottleneck, pooling, activation) for x in self.prompt_layers}
-        )
+        self.gate_temperature = 1.0  # λ of the stochastic gate's relaxation, annealed by the search
+        self.generators = nn.ModuleDict({
+            str(x): make_generator(generator, hidden, num_tokens, bottleneck, pooling, activation, causal)
+            for x in self.prompt_layers
+        })
         if gated:
             self.gate_logits = nn.Parameter(torch.full((len(self.prompt_layers),), float(gate_init)))
         else:
@@ -60,8 +75,20 @@ class GatedPrompts(Injection):
             return torch.ones(len(self.prompt_layers))
         return torch.sigmoid(self.gate_logits / self.temperature)
 
-    def generator_parameters(self) -> list[nn.Parameter]:
-        return list(self.generators.parameters())
+    def set_gate_temperature(self, value: float) -> None:
+        """λ of the stochastic gate's relaxed sample (the search anneals it)."""
+        self.gate_temperature = float(value)
+
+    def _gate(self, i: int, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """The mixing weight of prompt layer i: α (deterministic, and every gate in evaluation), or per example a
+        straight-through hard sample of the relaxed Bernoulli (stochastic, training), shaped (batch, 1, 1)."""
+        logit = self.gate_logits[i]
+        if self.gate == "stochastic" and self.training:
+            u = torch.rand(batch, device=logit.device).clamp(1e-6, 1 - 1e-6)
+            soft = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / self.gate_temperature)
+            hard = (soft > 0.5).to(soft.dtype)
+            return (hard + soft - soft.detach()).to(dtype).view(batch, 1, 1)
+        return torch.sigmoid(logit / self.temperature).to(dtype)
 
     def layer_prompt(self, layer, tokens, token_mask, prompt):
         i = self._index.get(layer)
@@ -76,11 +103,11 @@ class GatedPrompts(Injection):
             raise ValueError(
                 f"layer {layer}: {prompt.shape[1]} prompt positions arrive from below but the gate mixes {new.shape[1]}"
             )
-        alpha = torch.sigmoid(self.gate_logits[i] / self.temperature).to(new.dtype)
+        alpha = self._gate(i, new.shape[0], new.dtype)
         return alpha * new + (1 - alpha) * prompt.to(new.dtype)
 
     def first_layer(self) -> int:
         return self.prompt_layers[0]
 
     def extra_repr(self) -> str:
-        return f"layers={list(self.prompt_layers)}, num_tokens={self.num_tokens}, gated={self.gated}"
+        return f"layers={list(self.prompt_layers)}, num_tokens={self.num_tokens}, gated={self.gated}, gate={self.gate}"

@@ -7,6 +7,10 @@
 n real tokens covers token ranks [floor(j n / m), ceil((j + 1) n / m)). A padded batch therefore gives the same
 prompts as each example alone (batch invariance), whatever side the padding is on.
 Reconstruction (Late Prompt Tuning's text gives the four parts, not these details): see docs/spt.md.
+
+`NaivePromptGenerator` is Late Prompt Tuning's public code's "naive" generator: one summary vector (the first
+token's hidden state; for a causal model the last real token's), down-projected, activated, up-projected to m x d
+and reshaped to m prompt positions.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 POOLINGS = ("avg", "max")
+GENERATORS = ("pooled", "naive")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
@@ -67,3 +72,41 @@ class PromptGenerator(nn.Module):
         z = self.down(tokens.to(self.down.weight.dtype))
         z = masked_adaptive_pool(z, token_mask, self.num_tokens, self.pooling)
         return self.up(self.act(z))
+
+
+class NaivePromptGenerator(nn.Module):
+    """LPT's naive generator: W_up · act(W_down · h + b_down) + b_up reshaped to (m, d), h the summary token's state.
+
+    `summary`: "first" (encoders: the first token) or "last" (causal models: the last real token)."""
+
+    def __init__(self, hidden: int, num_tokens: int, bottleneck: int, activation: str = "relu", summary: str = "first"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choices: {tuple(ACTIVATIONS)}")
+        if summary not in ("first", "last"):
+            raise ValueError(f"unknown summary token {summary!r}; choices: first, last")
+        self.num_tokens, self.hidden, self.summary = num_tokens, hidden, summary
+        self.down = nn.Linear(hidden, bottleneck)
+        self.act = ACTIVATIONS[activation]()
+        self.up = nn.Linear(bottleneck, num_tokens * hidden)
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """(batch, n, d) token hidden states and their (batch, n) mask -> (batch, m, d) prompt hidden states."""
+        mask = token_mask.bool()
+        if self.summary == "first":
+            index = mask.long().argmax(1)  # the first real token (right padding: position 0)
+        else:
+            index = (mask.long().cumsum(1) == mask.long().sum(1, keepdim=True)).long().argmax(1)  # the last real one
+        h = tokens[torch.arange(tokens.shape[0], device=tokens.device), index]
+        z = self.up(self.act(self.down(h.to(self.down.weight.dtype))))
+        return z.view(tokens.shape[0], self.num_tokens, self.hidden)
+
+
+def make_generator(kind: str, hidden: int, num_tokens: int, bottleneck: int, pooling: str, activation: str,
+                   causal: bool) -> nn.Module:
+    """A `pooled` (PromptGenerator) or `naive` (NaivePromptGenerator) generator."""
+    if kind == "naive":
+        return NaivePromptGenerator(hidden, num_tokens, bottleneck, activation, "last" if causal else "first")
+    if kind == "pooled":
+        return PromptGenerator(hidden, num_tokens, bottleneck, pooling, activation)
+    raise ValueError(f"unknown generator {kind!r}; choices: {GENERATORS}")

@@ -18,8 +18,8 @@ from typing import Literal
 
 from sptbench.errors import SptbenchError
 from sptbench.methods.darts import DartsStep, JointStep
-from sptbench.methods.gated_prompts import GatedPrompts
-from sptbench.methods.prompt_generator import ACTIVATIONS, POOLINGS
+from sptbench.methods.gated_prompts import GATES, GatedPrompts
+from sptbench.methods.prompt_generator import ACTIVATIONS, GENERATORS, POOLINGS
 from sptbench.model import Classifier
 from sptbench.registry import config_dict, register_method
 
@@ -35,14 +35,17 @@ class PromptGeneratorConfig:
 
     num_tokens: m, prompt positions per example.
     bottleneck: r, the generator's inner width (paper-scale runs used 256; 32 suits small backbones).
-    pooling: adaptive `avg` or `max` pooling of the down-projected real tokens to m positions.
+    pooling: adaptive `avg` or `max` pooling of the down-projected real tokens to m positions (`pooled` generator).
     activation: relu, tanh or gelu, between pooling and the up-projection.
+    generator: `pooled` (down-project every real token, pool to m positions, up-project) or `naive` (Late Prompt
+        Tuning's public code: the first token's state, GPT-2 the last real token's, down, act, up to m x d).
     """
 
     num_tokens: int = 10
     bottleneck: int = 32
     pooling: Literal["avg", "max"] = "avg"
     activation: Literal["relu", "tanh", "gelu"] = "relu"
+    generator: Literal["pooled", "naive"] = "pooled"
 
     def validate(self) -> None:
         if self.num_tokens < 1:
@@ -53,6 +56,8 @@ class PromptGeneratorConfig:
             raise SptbenchError(f"pooling must be one of {', '.join(POOLINGS)}, got '{self.pooling}'")
         if self.activation not in ACTIVATIONS:
             raise SptbenchError(f"activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'")
+        if self.generator not in GENERATORS:
+            raise SptbenchError(f"generator must be one of {', '.join(GENERATORS)}, got '{self.generator}'")
 
 
 @dataclass
@@ -69,6 +74,12 @@ class SptConfig(PromptGeneratorConfig):
     search_steps: optimisation steps of the search; None = the run's max_steps.
     layers: skip the search and re-train prompts at these layers (also how a saved model is rebuilt:
         set it to the record's extra.chosen_layers).
+    gate: `deterministic` (mix with α = sigmoid(a / τ)) or `stochastic` (a relaxed-Bernoulli sample per example
+        with a straight-through hard decision in training, α in evaluation; docs/spt.md).
+    gate_temperature_start, gate_temperature_end: the stochastic gate's relaxation temperature λ, annealed
+        geometrically from start to end over the search.
+    candidates: `all` layers, or `no_input` (every layer but 0: the input layer's gate can only scale the prompt,
+        a possible bias towards it, docs/spt.md).
     """
 
     temperature: float = 1.0
@@ -80,9 +91,19 @@ class SptConfig(PromptGeneratorConfig):
     threshold: float = 0.5
     search_steps: int | None = None
     layers: tuple[int, ...] | None = None
+    gate: Literal["deterministic", "stochastic"] = "deterministic"
+    gate_temperature_start: float = 1.0
+    gate_temperature_end: float = 0.1
+    candidates: Literal["all", "no_input"] = "all"
 
     def validate(self) -> None:
         super().validate()
+        if self.gate not in GATES:
+            raise SptbenchError(f"gate must be one of {', '.join(GATES)}, got '{self.gate}'")
+        if self.gate_temperature_start <= 0 or self.gate_temperature_end <= 0:
+            raise SptbenchError("gate_temperature_start and gate_temperature_end must be > 0")
+        if self.candidates not in ("all", "no_input"):
+            raise SptbenchError(f"candidates must be all or no_input, got '{self.candidates}'")
         if self.temperature <= 0:
             raise SptbenchError(f"temperature must be > 0, got {self.temperature}")
         if self.gate_lr <= 0:
@@ -152,6 +173,9 @@ def add_prompts(model: Classifier, cfg: PromptGeneratorConfig, layers: Sequence[
         gated=gated,
         temperature=getattr(cfg, "temperature", 1.0),
         gate_init=getattr(cfg, "gate_init", 0.0),
+        generator=cfg.generator,
+        causal=model.family.causal,
+        gate=getattr(cfg, "gate", "deterministic") if gated else "deterministic",
     )
     param = next(model.head.parameters())
     return model.add_injection(inj.to(device=param.device))
@@ -162,7 +186,16 @@ def apply_spt(model: Classifier, cfg: SptConfig) -> None:
     if cfg.layers is not None:
         add_prompts(model, cfg, cfg.layers, gated=False)
     else:
-        add_prompts(model, cfg, range(len(model.layers)), gated=True)
+        add_prompts(model, cfg, candidate_layers(len(model.layers), cfg), gated=True)
+
+
+def candidate_layers(num_layers: int, cfg: SptConfig) -> list[int]:
+    """The layers the search may choose: all, or all but the input layer (`candidates: no_input`)."""
+    if cfg.candidates == "no_input":
+        if num_layers < 2:
+            raise SptbenchError("candidates=no_input needs a backbone with at least 2 layers")
+        return list(range(1, num_layers))
+    return list(range(num_layers))
 
 
 def lpt_layer(num_layers: int, cfg: LptConfig) -> int:
@@ -257,7 +290,14 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     trajectory = [{"step": 0, "alpha": _alpha_list(inj), "dev_score": None}]
     final: dict = {}
 
+    def anneal(step: int) -> None:  # the stochastic gate's λ for the next step: geometric from start to end
+        start, end = cfg.gate_temperature_start, cfg.gate_temperature_end
+        inj.set_gate_temperature(start * (end / start) ** min(1.0, step / max(1, tcfg.max_steps - 1)))
+
+    anneal(0)
+
     def after(step: int) -> None:
+        anneal(step)
         if step == tcfg.max_steps:
             final["alpha"] = _alpha_list(inj)  # the gates at the end of the search, not at the best dev step
 
@@ -280,6 +320,7 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     result = ctx.train(model, ctx.encode(train_rows), ctx.encode(ctx.task.dev), tcfg, step_fn=step_fn, on_eval=on_eval)
     alpha = final.get("alpha") or trajectory[-1]["alpha"]
     return {
+        "num_layers": len(model.layers),
         "layers": list(inj.prompt_layers),
         "alpha": alpha,
         "trajectory": trajectory,
@@ -324,7 +365,7 @@ def _fit(ctx, *, darts: bool):
         extra["search"] = "skipped (layers given)"
     else:
         found = search(ctx, cfg, darts=darts)
-        num_layers = len(found["layers"])
+        num_layers = found["num_layers"]  # K is a quarter of the backbone's layers, whatever the candidates
         k = cfg.top_k if cfg.top_k is not None else default_top_k(num_layers)
         chosen = select_layers(found["alpha"], found["layers"], select=cfg.select, k=k, threshold=cfg.threshold)
         ctx.log(f"[spt] α = {found['alpha']} -> layers {chosen}")

@@ -31,7 +31,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise SptbenchError("--readme and --block go together")
     records = read_records(_paths(args))
     if args.select_by_dev:  # hyper-parameter grids: per method/task/seed/setting, the config best on dev only
-        from sptbench.sweep import select_by_dev
+        from sptbench.selection import select_by_dev
 
         records = select_by_dev(records)
     table = build_table(

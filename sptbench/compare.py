@@ -111,7 +111,7 @@ def _cells(records: list[dict], side: Side, select: bool) -> dict[tuple, dict]:
     configurations when `select`)."""
     ok = [r for r in records if r.get("status") == "ok" and side.matches(r)]
     if select:
-        from sptbench.sweep import select_by_dev
+        from sptbench.selection import select_by_dev
 
         ok = [r for r in select_by_dev(ok) if r.get("status") == "ok"]
     latest: dict[tuple, dict] = {}

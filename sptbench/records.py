@@ -296,8 +296,13 @@ def _semantic_problems(rec: dict) -> list[str]:
         if isinstance(value, int) and value <= 0:
             problems.append(f"protocol.{name} must be positive, got {value}")
     metrics = rec.get("metrics")
-    if status == "ok" and isinstance(metrics, dict) and isinstance(metrics.get("test"), dict) and not metrics["test"]:
-        problems.append("an ok run must have test metrics")
+    selection = rec.get("selection")
+    untested = isinstance(selection, dict) and selection.get("tested") is False
+    if (status == "ok" and not untested and isinstance(metrics, dict) and isinstance(metrics.get("test"), dict)
+            and not metrics["test"]):
+        problems.append("an ok run must have test metrics (or selection.tested: false)")
+    if selection is not None and (not isinstance(selection, dict) or not isinstance(selection.get("tested"), bool)):
+        problems.append("field 'selection' must be a mapping with a boolean 'tested'")
     return problems
 
 

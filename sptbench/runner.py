@@ -61,6 +61,9 @@ class RunSpec:
     save_dir: str | None = None
     progress: bool = True
     sweep: dict[str, Any] | None = None  # set by `sptbench sweep` (name, grid index): recorded as-is, not in the key
+    # the test-once protocol of a dev-selected grid (sweep `test: selected`): no test here; the best-on-dev state is
+    # saved under <results>/pending/<run id>/ and sptbench.selection tests the group's winner once
+    defer_test: bool = False
 
 
 @dataclass
@@ -219,10 +222,11 @@ def run(spec: RunSpec) -> RunOutcome:
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             fit = method.fit(ctx) if method.fit else default_fit(method, ctx)
-            test_enc = encode(task.test)
-            t0 = time.perf_counter()
-            test = evaluate(fit.model, test_enc, task.spec, tcfg.eval_batch_size, pad_id)
-            eval_s = time.perf_counter() - t0
+            if not spec.defer_test:
+                test_enc = encode(task.test)
+                t0 = time.perf_counter()
+                test = evaluate(fit.model, test_enc, task.spec, tcfg.eval_batch_size, pad_id)
+                eval_s = time.perf_counter() - t0
     except NonFiniteLoss as e:
         status, error = "failed", str(e)
 
@@ -231,6 +235,12 @@ def run(spec: RunSpec) -> RunOutcome:
     if spec.sweep is not None:
         record["sweep"] = dict(spec.sweep)
     rank, world_size = world()
+    if spec.defer_test and status == "ok":
+        from sptbench.selection import pending_dir
+
+        record["selection"] = {"tested": False}
+        if rank == 0:  # the state first: a record that says "untested" always has the state its test needs
+            save_trained(fit.model, record, pending_dir(spec.results_dir, record["run_id"]))
     if world_size > 1:  # data-parallel launch: one record (rank 0's), with the throughput of all processes
         record["throughput"]["num_processes"] = world_size
     main = rank == 0

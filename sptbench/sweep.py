@@ -1,6 +1,6 @@
 """`sptbench sweep`: a grid of runs from one YAML file (regimes x tasks x methods x hyper-parameter values x seeds),
-resumable (runs already recorded are skipped), run here one after another or as a submitit (Slurm) job array; and
-`select_by_dev`, which keeps the dev-selected configuration per method, task, seed and setting (docs/sweeps.md).
+resumable (runs already recorded are skipped), run here one after another or as a submitit (Slurm) job array
+(docs/sweeps.md). Dev selection over a grid, and the test-once protocol, live in sptbench/selection.py.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ SWEEP_KEYS = (
     "method_set",
     "launcher",
     "slurm",
+    "test",
 )
+TEST_MODES = ("all", "selected")  # every grid point tested, or only each group's dev-selected one (selection.py)
 SLURM_KEYS = ("partition", "gpus", "time", "mem", "cpus", "array_parallelism")
 LAUNCHERS = ("local", "slurm")
 # Launcher -> (package it needs, how to install it). `local` needs nothing beyond sptbench.
@@ -77,6 +79,7 @@ class Sweep:
     launcher: str = "local"
     slurm: dict[str, Any] = field(default_factory=dict)
     description: str | None = None
+    test: str = "all"
 
     def specs(self, progress: bool = False) -> list:
         """The runs, in order: regime, task, method, configuration (grid order), seed."""
@@ -105,6 +108,7 @@ class Sweep:
                             dtype=self.dtype,
                             progress=progress,
                             sweep={"name": self.name, "config_index": index, "configs": len(configs)},
+                            defer_test=self.test == "selected",
                         )
                     )
         return out
@@ -276,6 +280,9 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
             raise unknown_choice(f"slurm option in {where}", str(key), SLURM_KEYS)
     launcher = raw.get("launcher") or "local"
     require_launcher(launcher)
+    test = raw.get("test") or "all"
+    if test not in TEST_MODES:
+        raise unknown_choice(f"test mode in {where}", str(test), TEST_MODES)
     return Sweep(
         name=name,
         path=where,
@@ -295,6 +302,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         launcher=launcher,
         slurm=dict(slurm),
         description=raw.get("description"),
+        test=test,
     )
 
 
@@ -579,56 +587,6 @@ def submit(
     return executor.map_array(run_job, specs)
 
 
-# ---------------------------------------------------------------------------------------------------- selection
-
-
-def _group(rec: dict) -> tuple:
-    p = rec["protocol"]
-    return (
-        rec["method"]["name"],
-        rec["task"]["name"],
-        rec["task"]["version"],
-        p["seed"],
-        rec["backbone"]["id"],
-        p["shots"],
-        p["train_size"],
-        p["split_source"],
-    )
-
-
-def _grid_position(rec: dict) -> float:
-    index = (rec.get("sweep") or {}).get("config_index")
-    return float(index) if isinstance(index, int) and not isinstance(index, bool) else float("inf")
-
-
-def select_by_dev(records: Iterable[dict]) -> list[dict]:
-    """Per method, task, seed and setting (backbone, shots/train size, split source), keep the ok run of the
-    configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
-    (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
-    record, as in tables). Failed records pass through unchanged (tables count them); the input order is kept."""
-    from sptbench.records import record_key, require_valid
-
-    records = require_valid(records)
-    latest: dict[tuple, tuple[str, int]] = {}
-    for i, rec in enumerate(records):
-        if rec.get("status") != "ok":
-            continue
-        key = record_key(rec)
-        if key not in latest or (str(rec.get("created", "")), i) >= (latest[key][0], latest[key][1]):
-            latest[key] = (str(rec.get("created", "")), i)
-    best: dict[tuple, tuple[tuple, int]] = {}
-    for created, i in latest.values():
-        rec = records[i]
-        score = (rec.get("metrics") or {}).get("dev", {}).get("score")
-        score = float(score) if isinstance(score, int | float) else float("-inf")
-        rank = (-score, _grid_position(rec), created, i)  # smaller is better
-        group = _group(rec)
-        if group not in best or rank < best[group][0]:
-            best[group] = (rank, i)
-    keep = {i for _, i in best.values()}
-    return [rec for i, rec in enumerate(records) if i in keep or rec.get("status") != "ok"]
-
-
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
@@ -641,12 +599,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     p = plan(sweep, retry_failed=args.retry_failed)
     parallel = int(slurm.get("array_parallelism") or 1) if sweep.launcher == "slurm" else 1
     print(format_plan(sweep, p, parallel))
-    if args.dry_run or not p.todo:
+    if sweep.test == "selected":
+        print(f"test: selected — {len(awaiting_test(sweep))} group(s) complete and awaiting the test of their "
+              "dev-selected configuration")
+    if args.dry_run:
         return 0
     if sweep.launcher == "local":
-        failures = run_local(p.todo, progress=not args.quiet)
-        print(f"ran {len(p.todo)}: {len(p.todo) - len(failures)} ok, {len(failures)} failed")
+        failures = run_local(p.todo, progress=not args.quiet) if p.todo else []
+        if p.todo:
+            print(f"ran {len(p.todo)}: {len(p.todo) - len(failures)} ok, {len(failures)} failed")
+        tested = run_pending_tests(sweep)
+        if tested:
+            print(f"tested {tested} dev-selected configuration(s) once each")
         return 1 if failures else 0
+    if not p.todo:
+        return 0
     folder = Path(args.log_dir or Path(sweep.results_dir) / "submitit" / sweep.name) / "%j"
     jobs = submit(
         p.todo,
@@ -669,6 +636,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"failed: {r['run']}: {r.get('error')}", file=sys.stderr)
     print(f"ran {len(results)}: {len(results) - len(bad)} ok, {len(bad)} failed")
     return 1 if bad else 0
+
+
+def awaiting_test(sweep: Sweep) -> dict:
+    """The groups of a `test: selected` sweep whose configurations are all recorded and none is tested yet."""
+    from sptbench.selection import groups_to_test
+
+    if sweep.test != "selected":
+        return {}
+    root = Path(sweep.results_dir) / TABLE_DIR
+    records = read_records([root]) if root.is_dir() else []
+    return groups_to_test(records, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
+
+
+def run_pending_tests(sweep: Sweep) -> int:
+    """Test each complete group's dev-selected configuration once (test-once protocol); returns how many."""
+    from sptbench.selection import test_selected
+
+    groups = awaiting_test(sweep)
+    for candidates in groups.values():
+        test_selected(candidates, results_dir=sweep.results_dir, data_dir=sweep.data_dir, device=sweep.device,
+                      log=lambda msg: print(msg, file=sys.stderr))
+    return len(groups)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

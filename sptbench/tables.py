@@ -188,14 +188,19 @@ def build_table(
     chosen = _restrict(chosen, methods, "method", lambda r: r["method"]["name"])
     failed = [r for r in chosen if r["status"] != "ok"]
     ok, replaced = _dedupe([r for r in chosen if r["status"] == "ok"])
+    # grid points of the test-once protocol that lost on dev were never tested (sptbench/selection.py)
+    untested = [r for r in ok if (r.get("selection") or {}).get("tested") is False]
+    ok = [r for r in ok if (r.get("selection") or {}).get("tested") is not False]
     if not ok:
-        raise SptbenchError(f"no successful runs match ({len(failed)} failed)")
+        raise SptbenchError(f"no successful tested runs match ({len(failed)} failed, {len(untested)} untested)")
     labels, notes = _row_labels(ok)
     table = _aggregate(ok, labels, the_backbone, the_setting, tasks, methods)
     table.n_failed = len(failed)
     table.expected_seeds = expected_seeds or max(c.n for c in table.cells.values())
     _finish(table)
     table.notes = _notes(table, ok, failed, replaced, notes)
+    if untested:
+        table.notes.append(f"{len(untested)} grid point(s) not tested (lost on dev under the test-once protocol)")
     return table
 
 

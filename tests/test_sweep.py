@@ -20,7 +20,8 @@ import sptbench.train as train_mod
 from sptbench.cli import main
 from sptbench.errors import SptbenchError
 from sptbench.records import example_record, read_records, read_table, validate_record
-from sptbench.sweep import load_sweep, parse_sweep, plan, run_local, select_by_dev, spec_key, submit
+from sptbench.selection import select_by_dev
+from sptbench.sweep import load_sweep, parse_sweep, plan, run_local, spec_key, submit
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128}

@@ -1,0 +1,151 @@
+"""Dev selection over hyper-parameter grids, next to the tables that report it.
+
+`select_by_dev(records)`: per method, task, seed and setting keep the configuration best on dev (tables, compare).
+
+The test-once protocol (a sweep with `test: selected`, docs/sweeps.md): every grid point trains with dev
+selection and is recorded *untested* (`selection.tested: false`; its best-on-dev trained state saved under
+`<results>/pending/<run id>/`); when every configuration of a group (method, task, seed, setting) is recorded,
+`test_selected` picks the dev-best one, evaluates it on test once and appends its record again, tested, saying what
+it won over; the saved states of the group are then removed. Test never decides anything: it is read once, for the
+winner only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from sptbench.errors import SptbenchError
+from sptbench.records import append_record, new_run_id, now_iso, record_key, record_table_path, require_valid
+
+PENDING_DIR = "pending"  # under the results root: saved states of untested grid points
+
+
+def group_of(rec: dict) -> tuple:
+    """The comparison group of a run: method, task (and version), seed, backbone and data regime."""
+    p = rec["protocol"]
+    return (
+        rec["method"]["name"],
+        rec["task"]["name"],
+        rec["task"]["version"],
+        p["seed"],
+        rec["backbone"]["id"],
+        p["shots"],
+        p["train_size"],
+        p["split_source"],
+    )
+
+
+def grid_position(rec: dict) -> float:
+    index = (rec.get("sweep") or {}).get("config_index")
+    return float(index) if isinstance(index, int) and not isinstance(index, bool) else float("inf")
+
+
+def is_untested(rec: dict) -> bool:
+    return (rec.get("selection") or {}).get("tested") is False
+
+
+def select_by_dev(records: Iterable[dict]) -> list[dict]:
+    """Per method, task, seed and setting (backbone, shots/train size, split source), keep the ok run of the
+    configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
+    (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
+    record, as in tables; a tested record of the test-once protocol is later than its untested one). Failed records
+    pass through unchanged (tables count them); the input order is kept."""
+    records = require_valid(records)
+    latest: dict[tuple, tuple[str, int]] = {}
+    for i, rec in enumerate(records):
+        if rec.get("status") != "ok":
+            continue
+        key = record_key(rec)
+        if key not in latest or (str(rec.get("created", "")), i) >= (latest[key][0], latest[key][1]):
+            latest[key] = (str(rec.get("created", "")), i)
+    best: dict[tuple, tuple[tuple, int]] = {}
+    for created, i in latest.values():
+        rec = records[i]
+        score = (rec.get("metrics") or {}).get("dev", {}).get("score")
+        score = float(score) if isinstance(score, int | float) else float("-inf")
+        rank = (-score, grid_position(rec), created, i)  # smaller is better
+        group = group_of(rec)
+        if group not in best or rank < best[group][0]:
+            best[group] = (rank, i)
+    keep = {i for _, i in best.values()}
+    return [rec for i, rec in enumerate(records) if i in keep or rec.get("status") != "ok"]
+
+
+def pending_dir(results_dir: str | Path, run_id: str) -> Path:
+    return Path(results_dir) / PENDING_DIR / run_id
+
+
+def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]) -> dict[tuple, list[dict]]:
+    """Groups of `sweep_name`'s runs that have every configuration recorded (`configs`: method -> count) and no
+    tested record yet: what `test_selected` has to finish."""
+    groups: dict[tuple, dict[tuple, dict]] = {}
+    for rec in records:
+        sweep = rec.get("sweep") or {}
+        if sweep.get("name") != sweep_name or rec.get("status") not in ("ok", "failed"):
+            continue
+        latest = groups.setdefault(group_of(rec), {})
+        key = record_key(rec) if rec.get("status") == "ok" else ("failed", sweep.get("config_index"))
+        if key not in latest or str(rec.get("created", "")) >= str(latest[key].get("created", "")):
+            latest[key] = rec
+    out = {}
+    for group, by_key in groups.items():
+        recs = list(by_key.values())
+        ok = [r for r in recs if r["status"] == "ok"]
+        indices = {(r.get("sweep") or {}).get("config_index") for r in recs}
+        if not ok or any(not is_untested(r) for r in ok) or len(indices) < configs.get(group[0], 0):
+            continue
+        out[group] = ok
+    return out
+
+
+def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: str | None, device: str = "auto",
+                  log=print) -> dict:
+    """Pick the dev-best of one group's untested runs, evaluate it on test once, append its tested record; remove
+    the group's saved states. Returns the tested record."""
+    import torch
+
+    from sptbench.runner import load_trained
+    from sptbench.tasks import load_task
+    from sptbench.train import encode_rows, evaluate
+
+    [winner] = [r for r in select_by_dev(candidates) if r.get("status") == "ok"]
+    folder = pending_dir(results_dir, winner["run_id"])
+    if not (folder / "trained.safetensors").is_file():
+        raise SptbenchError(f"the dev-selected run {winner['run_id']} has no saved state in {folder}; re-run it")
+    model, tokenizer = load_trained(folder)
+    p = winner["protocol"]
+    task = load_task(winner["task"]["name"], data_dir=data_dir, shots=p["shots"], seed=p["seed"],
+                     split_source=p["split_source"], train_size=p["train_size"])
+    if task.fingerprint != winner["data"]["fingerprint"]:
+        raise SptbenchError(f"the data of run {winner['run_id']} changed since it trained (fingerprint); re-run it")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    model.to("cuda" if use_cuda else "cpu")
+    t0 = time.perf_counter()
+    test = evaluate(model, encode_rows(task.test, tokenizer, task.spec), task.spec,
+                    winner["training"].get("eval_batch_size", 64), tokenizer.pad_token_id or 0)
+    eval_s = time.perf_counter() - t0
+    ranked = sorted(candidates, key=lambda r: (grid_position(r), r["run_id"]))
+    record = {**winner, "run_id": new_run_id(), "created": now_iso()}
+    record["metrics"] = {**winner["metrics"], "test": dict(test)}
+    record["time"] = {**winner["time"], "eval_s": round(winner["time"]["eval_s"] + eval_s, 2)}
+    record["throughput"] = {**winner["throughput"], "eval_samples_per_s": round(len(task.test) / eval_s, 3)}
+    record["selection"] = {
+        "tested": True,
+        "selected_run": winner["run_id"],
+        "over": len(candidates),
+        "candidates": [
+            {"run_id": r["run_id"], "config_index": (r.get("sweep") or {}).get("config_index"),
+             "dev_score": r["metrics"]["dev"].get("score")}
+            for r in ranked
+        ],
+    }
+    append_record(record_table_path(results_dir, record), record)
+    for r in candidates:
+        shutil.rmtree(pending_dir(results_dir, r["run_id"]), ignore_errors=True)
+    log(f"tested the dev-selected configuration of {winner['method']['name']}/{winner['task']['name']} seed "
+        f"{p['seed']} (config {grid_position(winner):.0f} of {len(candidates)}): "
+        f"test {test.get('score', float('nan')):.4f}")
+    return record

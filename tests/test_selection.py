@@ -1,0 +1,92 @@
+"""The test-once protocol of dev-selected grids (sptbench/selection.py, sweep `test: selected`): selection never
+reads test, losers are never tested, the winner's record says what it won over."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sptbench.tasks as tasks_mod
+import sptbench.train as train_mod
+from sptbench.cli import main
+from sptbench.records import read_records, validate_paths
+from sptbench.tables import build_table
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+LRS = [1e-3, 3e-2, 1e-1]
+
+
+def write_sweep(tmp_path: Path, data_dir: Path, results: str) -> Path:
+    raw = {
+        "name": "tuned", "model": "tiny-bert", "data_dir": str(data_dir), "results_dir": str(tmp_path / results),
+        "tasks": ["sst2"], "methods": ["head"], "shots": 4, "seeds": [13], "test": "selected",
+        "train": {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128, "lr": LRS},
+    }
+    path = tmp_path / f"{results}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_sweep(tmp_path, data_dir, results: str, monkeypatch, shuffle_test: bool = False) -> tuple[list[dict], list]:
+    """Run the sweep; returns its records and the sizes of every evaluation (dev 8, test 872)."""
+    sizes = []
+    real_eval = train_mod.evaluate
+
+    def spy(model, encoded, spec, batch_size, pad_id=0):
+        sizes.append(len(encoded))
+        return real_eval(model, encoded, spec, batch_size, pad_id)
+
+    monkeypatch.setattr(train_mod, "evaluate", spy)
+    monkeypatch.setattr("sptbench.runner.evaluate", spy)
+    if shuffle_test:
+        real_load = tasks_mod.load_task
+
+        def shuffled(*args, **kw):
+            task = real_load(*args, **kw)
+            labels = [row["label"] for row in task.test]
+            random.Random(random.randrange(10**6)).shuffle(labels)
+            task.test = [{**row, "label": label} for row, label in zip(task.test, labels, strict=True)]
+            return task
+
+        monkeypatch.setattr(tasks_mod, "load_task", shuffled)
+        monkeypatch.setattr("sptbench.runner.load_task", shuffled)
+    assert main(["sweep", str(write_sweep(tmp_path, data_dir, results)), "--quiet"]) == 0
+    monkeypatch.undo()
+    return read_records([tmp_path / results]), sizes
+
+
+def test_only_the_dev_selected_configuration_is_tested_once(tmp_path, data_dir, monkeypatch):
+    records, sizes = run_sweep(tmp_path, data_dir, "results", monkeypatch)
+    n_test = records[0]["protocol"]["n_test"]
+    assert sizes.count(n_test) == 1  # three configurations trained, one test evaluation
+    untested = [r for r in records if r["selection"]["tested"] is False]
+    [tested] = [r for r in records if r["selection"]["tested"] is True]
+    assert len(untested) == 3 and all(not r["metrics"]["test"] for r in untested)
+    best = max(untested, key=lambda r: (r["metrics"]["dev"]["score"], -r["sweep"]["config_index"]))
+    sel = tested["selection"]
+    assert sel["selected_run"] == best["run_id"] and sel["over"] == 3
+    assert [c["dev_score"] for c in sel["candidates"]] == [r["metrics"]["dev"]["score"] for r in untested]
+    assert tested["metrics"]["dev"] == best["metrics"]["dev"] and tested["metrics"]["test"]["accuracy"] > 0
+    assert tested["training"] == best["training"]
+    assert not (tmp_path / "results" / "pending").exists() or not any((tmp_path / "results" / "pending").iterdir())
+    assert validate_paths([tmp_path / "results"]) == []
+    table = build_table(records)
+    assert table.cells and any("not tested" in note for note in table.notes)
+    # a second invocation has nothing left: no run, no test
+    sizes.clear()
+    assert main(["sweep", str(write_sweep(tmp_path, data_dir, "results")), "--quiet"]) == 0
+    assert len(read_records([tmp_path / "results"])) == 4
+
+
+def test_selection_does_not_change_when_test_labels_are_shuffled(tmp_path, data_dir, monkeypatch):
+    plain, _ = run_sweep(tmp_path, data_dir, "plain", monkeypatch)
+    shuffled, _ = run_sweep(tmp_path, data_dir, "shuffled", monkeypatch, shuffle_test=True)
+
+    def winner(records):
+        [tested] = [r for r in records if r["selection"]["tested"]]
+        return tested["sweep"]["config_index"], tested["training"]["lr"], tested["metrics"]["dev"]
+
+    assert winner(plain) == winner(shuffled)

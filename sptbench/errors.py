@@ -13,6 +13,8 @@ class SptbenchError(Exception):
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> SptbenchError:
     """An error for an unknown name that lists the valid choices and suggests the closest one."""
     choices = sorted(choices)
+    if not choices:
+        return SptbenchError(f"unknown {kind} '{name}': there are none to choose from")
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return SptbenchError(f"unknown {kind} '{name}'.{hint} Choices: {', '.join(choices)}")

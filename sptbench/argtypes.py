@@ -8,6 +8,8 @@ import math
 import sys
 from typing import NoReturn
 
+from sptbench.errors import one_line
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows `(default: X)` for options that have a real default (not None/False, not already said in the help);
@@ -30,7 +32,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """One line (no usage block): `sptbench run: error: ... (see --help)`, exit 2."""
-        print(f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {one_line(' '.join(message.split()))} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 

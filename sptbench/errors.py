@@ -7,7 +7,17 @@ from collections.abc import Iterable
 
 
 class SptbenchError(Exception):
-    """A user-facing error: bad input, a missing source, a malformed file. Bugs raise anything else."""
+    """A user-facing error: bad input, a missing source, a malformed file. Bugs raise anything else.
+
+    Always one line: control characters that came from the input (a key with a newline) are shown escaped."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(str(message)))
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (`\\n`), so that it prints as one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> SptbenchError:

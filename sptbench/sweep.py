@@ -226,7 +226,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     sizes = _ints(raw["train_size"], f"{where}: train_size") if raw.get("train_size") is not None else []
     regimes = [(k, None) for k in shots] + [(None, n) for n in sizes] or [(None, None)]
 
-    split_source = raw.get("split_source", "sample")
+    split_source = raw.get("split_source") or "sample"
     for key, choices in (("device", ("auto", "cpu", "cuda")), ("dtype", ("fp32", "bf16"))):
         if raw.get(key) is not None and raw[key] not in choices:
             raise unknown_choice(f"{key} in {where}", str(raw[key]), choices)

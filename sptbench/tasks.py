@@ -175,7 +175,37 @@ def _lm_bff_section(section: Any, where: str) -> dict | None:
     if section["format"] not in ("tsv", "csv"):
         raise SptbenchError(f"{where}: field 'lm_bff.format' must be 'tsv' or 'csv'")
     _check_plain_name(section["dir"], "lm_bff.dir", where)
+    for key in ("header", "dev"):
+        if not isinstance(section.get(key, False), bool):
+            raise SptbenchError(f"{where}: field 'lm_bff.{key}' must be true or false")
+    _section_types(section, "lm_bff", where)
+    if not section.get("header"):  # header-less files: columns are field positions
+        positions = [*section["columns"].values(), section["label_column"]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in positions):
+            raise SptbenchError(f"{where}: 'lm_bff' without a header maps columns to field positions (integers >= 0)")
     return {**section, "labels": {str(k): v for k, v in section["labels"].items()}}
+
+
+def _section_types(section: dict, label: str, where: str) -> None:
+    """A source section's mappings and names have the types the readers use (columns/labels mappings, names)."""
+    for key in ("columns", "labels"):
+        if not isinstance(section.get(key), dict) or not section[key]:
+            raise SptbenchError(f"{where}: field '{label}.{key}' must be a non-empty mapping")
+    names = [*section["columns"].values(), section.get("label_column", "label"), *section["labels"].values()]
+    if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in names):
+        raise SptbenchError(f"{where}: '{label}' columns, label_column and labels must be names")
+    if not isinstance(section.get("note"), (str, type(None))):
+        raise SptbenchError(f"{where}: field '{label}.note' must be text")
+
+
+def _hub_section(hub: dict, where: str) -> None:
+    """The hub source: a dataset path (and config name), train/test split names, and the column/label mappings."""
+    if not isinstance(hub.get("path"), str) or not hub["path"] or not isinstance(hub.get("name"), (str, type(None))):
+        raise SptbenchError(f"{where}: field 'hub.path' must be a dataset id (and 'hub.name' a config name or null)")
+    splits = hub.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(splits.get(k), str) for k in ("train", "test")):
+        raise SptbenchError(f"{where}: field 'hub.splits' must map train and test to split names")
+    _section_types(hub, "hub", where)
 
 
 def _check_spec(spec: TaskSpec, where: str) -> None:
@@ -195,12 +225,15 @@ def _check_spec(spec: TaskSpec, where: str) -> None:
         )
     if spec.max_length < 1:
         raise SptbenchError(f"{where}: field 'max_length' must be positive")
+    _hub_section(spec.hub, where)
     for section in ("hub", "lm_bff"):
         mapping = getattr(spec, section)
         if mapping is not None:
             _check_mapping(spec, mapping, section, where)
     for split in ("train", "test"):
         _check_plain_name(spec.mirror.get(split), f"mirror.{split}", where)
+    if not isinstance(spec.mirror.get("note"), (str, type(None))):
+        raise SptbenchError(f"{where}: field 'mirror.note' must be text")
 
 
 def _check_mapping(spec: TaskSpec, section: dict, label: str, where: str) -> None:

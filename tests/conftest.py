@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory, data_dir) -> Path:
+    """A small copy of the RTE mirror (80 train, 24 test rows; the LM-BFF split for seed 13) tests may damage."""
+    root = tmp_path_factory.mktemp("mirror")
+    (root / "rte").mkdir()
+    for name, n in (("train.jsonl", 80), ("test.jsonl", 24)):
+        lines = (data_dir / "rte" / name).read_text(encoding="utf-8").splitlines()[:n]
+        (root / "rte" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copytree(data_dir / "lm-bff-16-shot" / "RTE" / "16-13", root / "lm-bff-16-shot" / "RTE" / "16-13")
+    (root / "INDEX.json").write_text("{}")
+    return root

@@ -49,19 +49,6 @@ def no_training(monkeypatch):
     monkeypatch.setattr(runner_mod, "train", trained)
 
 
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory, data_dir):
-    """A small copy of the RTE mirror (and its LM-BFF split for seed 13) that tests may damage."""
-    root = tmp_path_factory.mktemp("mirror")
-    (root / "rte").mkdir()
-    for name, n in (("train.jsonl", 80), ("test.jsonl", 24)):
-        lines = (data_dir / "rte" / name).read_text(encoding="utf-8").splitlines()[:n]
-        (root / "rte" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    shutil.copytree(data_dir / "lm-bff-16-shot" / "RTE" / "16-13", root / "lm-bff-16-shot" / "RTE" / "16-13")
-    (root / "INDEX.json").write_text("{}")
-    return root
-
-
 def fresh_mirror(mirror, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(mirror, copy)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -193,6 +194,7 @@ def load_backbone(
     return model, tokenizer, info
 
 
+@functools.lru_cache(maxsize=64)
 def backbone_layers(name: str) -> int | None:
     """The number of layers of a backbone, from its config alone (no weights): for checking method options against
     it before a run (e.g. SPT's top_k). None when that needs the hub (the run itself checks it then)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
@@ -146,7 +146,9 @@ def test_fuzz_run_configs(tmp_path_factory, capsys, stop_at_data, cfg, flags):
         code, _, err = cli(argv + [f for pair in flags for f in pair], capsys)
     except Accepted:
         capsys.readouterr()
+        event("accepted")
         return
+    event("refused")
     assert_clean(code, err)
     assert code == 2  # a run that passes every check reaches the data (Accepted)
     assert not (folder / "results").exists()
@@ -195,6 +197,7 @@ def test_fuzz_sweep_dry_run(tmp_path_factory, capsys, mirror, data):
     path = folder / "s.yaml"
     path.write_text(yaml_text(sweep), encoding="utf-8")
     code, _, err = cli(["sweep", str(path), "--dry-run", "--results-dir", str(folder / "r")], capsys)
+    event("accepted" if code == 0 else "refused")
     assert_clean(code, err)
     assert not (folder / "r").exists()
 
@@ -384,7 +387,9 @@ def test_fuzz_load_trained_is_exact_or_refused(tmp_path_factory, saved, data):
         model, _ = load_trained(folder)
     except SptbenchError as e:
         assert "\n" not in str(e) and str(folder) in str(e)
+        event("refused")
         return
+    event("rebuilt")
     rebuilt = model.export_state()
     assert rebuilt.keys() == state.keys()
     for name, tensor in state.items():

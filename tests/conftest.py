@@ -35,7 +35,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mirror(tmp_path_factory, data_dir) -> Path:
     """A small copy of the RTE mirror (80 train, 24 test rows; the LM-BFF split for seed 13) tests may damage."""
     root = tmp_path_factory.mktemp("mirror")
@@ -46,3 +46,19 @@ def mirror(tmp_path_factory, data_dir) -> Path:
     shutil.copytree(data_dir / "lm-bff-16-shot" / "RTE" / "16-13", root / "lm-bff-16-shot" / "RTE" / "16-13")
     (root / "INDEX.json").write_text("{}")
     return root
+
+
+@pytest.fixture(scope="session")
+def saved_runs(tmp_path_factory, mirror) -> dict:
+    """`--save-dir` folders of short tiny-bert runs whose state holds a head, a prompt, LoRA matrices, SPT generators:
+    method -> (folder, the trained model). Tests copy a folder before damaging it."""
+    from sptbench.runner import RunSpec, run
+
+    root = tmp_path_factory.mktemp("saves")
+    out = {}
+    for method, over in (("prompt_tuning", {}), ("lora", {}), ("spt", {"top_k": 1})):
+        spec = RunSpec(method=method, task="rte", shots=4, seed=21, model="tiny-bert", data_dir=str(mirror),
+                       results_dir=str(root / "results"), method_overrides=over, progress=False,
+                       save_dir=str(root / method), train_overrides={"max_steps": 2, "eval_every": 2, "batch_size": 4})
+        out[method] = (root / method, run(spec).model.eval())
+    return out

@@ -26,7 +26,7 @@ import sptbench.runner as runner_mod
 from sptbench.cli import main
 from sptbench.errors import SptbenchError
 from sptbench.records import append_record, dump_record, read_table, validate_paths
-from sptbench.runner import RunSpec, load_trained, run
+from sptbench.runner import load_trained
 from tests.helpers import make_record
 
 _COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False, database=None)
@@ -336,17 +336,9 @@ def test_fuzz_results_tables(tmp_path_factory, capsys, table):
 # ---------------------------------------------------------------------------------------------------- saved models
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, mirror):
-    root = tmp_path_factory.mktemp("fuzzsaves")
-    out = {}
-    for method, over in (("prompt_tuning", {}), ("lora", {}), ("spt", {"top_k": 1})):
-        spec = RunSpec(method=method, task="rte", shots=4, seed=13, model="tiny-bert", data_dir=str(mirror),
-                       results_dir=str(root / "r"), method_overrides=over, progress=False, save_dir=str(root / method),
-                       train_overrides={"max_steps": 2, "eval_every": 2, "batch_size": 4})
-        run(spec)
-        out[method] = root / method
-    return out
+@pytest.fixture
+def saved(saved_runs):
+    return {method: folder for method, (folder, _) in saved_runs.items()}
 
 
 DTYPES = [torch.float16, torch.float64, torch.int64, torch.bool, torch.bfloat16, torch.float32]

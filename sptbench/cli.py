@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="train and evaluate one method on one task; append a record",
-        description="Train and evaluate one method on one task and append its record to <results-dir>/v1/"
-        "<backbone>/<setting>.yaml. Everything is checked before training starts.",
+        description="Train and evaluate one method on one task and append its record to\n"
+        "<results-dir>/v1/<backbone>/<setting>.yaml. Everything is checked before training starts.",
         epilog=CONFIG_HELP,
     )
     p.add_argument("--method", help="method name (sptbench list methods)")

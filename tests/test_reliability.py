@@ -470,6 +470,21 @@ def test_why8_every_option_has_help_and_shows_its_default():
                 assert "{" + ",".join(map(str, action.choices)) + "}" in text, f"{name} {action.dest}"
 
 
+def test_why8_run_help_states_the_training_defaults_of_train_config():
+    import dataclasses
+    import re
+
+    from sptbench.cli import TRAIN_FLAGS
+    from sptbench.train import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    run_parser = _subparsers(build_parser())["run"]
+    for action in run_parser._actions:
+        said = re.search(r"\(default: ([^)]*)\)", action.help or "")
+        if action.dest in TRAIN_FLAGS and said and said.group(1)[0].isdigit():
+            assert type(defaults[action.dest])(said.group(1)) == defaults[action.dest], action.dest
+
+
 def test_why8_run_help_documents_the_config_file(capsys):
     code, out, _ = cli(["run", "--help"], capsys)
     assert code == 0 and "train:" in out and "Training options go under train:" in out

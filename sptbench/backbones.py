@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -192,3 +193,18 @@ def load_backbone(
         sha = _state_sha256(backbone)
     info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters)
     return model, tokenizer, info
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_layers(name: str) -> int | None:
+    """The number of layers of a backbone, from its config alone (no weights): for checking method options against
+    it before a run (e.g. SPT's top_k). None when that needs the hub (the run itself checks it then)."""
+    if name in TINY_CONFIGS:
+        return TINY_CONFIGS[name](1).num_hidden_layers
+    folder = minilm_path() if name == MINILM_ALIAS else Path(name).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return int(AutoConfig.from_pretrained(str(folder)).num_hidden_layers)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None  # the run's own loading reports what is wrong with the folder

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.errors import SptbenchError
 from sptbench.hardware import device_label, hardware_id
 
@@ -348,12 +349,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sptbench bench` to the main parser."""
     p = subparsers.add_parser("bench", help="train/eval throughput of a method vs the frozen-backbone floor")
     p.add_argument("--method", required=True, help="a method name, or 'all'")
-    p.add_argument("--model", default="minilm-l6", help="backbone (minilm-l6, tiny-*, roberta-large-random, ...)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=128, help="tokens per example (all real)")
-    p.add_argument("--steps", type=int, default=10, help="measured steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=3, help="steps run first and not measured")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--model", default="minilm-l6", type=nonempty,
+                   help="backbone (minilm-l6, tiny-*, roberta-large-random, ...)")
+    p.add_argument("--batch", type=positive_int, default=16, help="examples per step")
+    p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=128, help="tokens per example (all real)")
+    p.add_argument("--steps", type=positive_int, default=10, help="measured steps (the median is reported)")
+    p.add_argument("--warmup", type=nonneg_int, default=3, help="steps run first and not measured")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when there is one")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
     p.add_argument("--frozen-layers", dest="frozen_layers", choices=["dropout", "eval", "cache"], default="dropout",
@@ -361,5 +363,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "or computed once per example and reused (cache: few-shot steady state)")
     p.add_argument("--compile", action="store_true",
                    help="run the floor and every method through torch.compile (compilation happens in the warm-up)")
-    p.add_argument("--out", help="also write the records (a YAML stream, one document per method) here")
+    p.add_argument("--out", type=nonempty, help="also write the records (a YAML stream, one document per method) here")
     p.set_defaults(func=cmd_bench)

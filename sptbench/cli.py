@@ -6,10 +6,9 @@ import argparse
 import importlib
 import os
 import sys
-from pathlib import Path
 
-import yaml
-
+from sptbench import safe_yaml
+from sptbench.argtypes import Parser, nonempty, positive_int
 from sptbench.errors import SptbenchError, unknown_choice
 
 
@@ -24,19 +23,14 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def _load_config_file(path: str | None) -> dict:
-    """A run config YAML: any `run` option by its long name, plus `set:` (method) and `train:` mappings."""
-    if not path:
+    """A run config YAML: `run` options by their long name, plus `set:` (method) and `train:` mappings."""
+    if path is None:
         return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise SptbenchError(f"cannot read config file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        raise SptbenchError(f"{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    data = safe_yaml.load_file(path, "run config")
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise SptbenchError(f"{path}: a run config must be a mapping")
+        raise SptbenchError(f"{path}: a run config must be a mapping of option -> value")
     return data
 
 
@@ -60,50 +54,88 @@ TRAIN_FLAGS = (
 LR_SCHEDULES = ("linear", "constant", "cosine")
 DECAY_SCOPES = ("matrices", "all")
 SAMPLERS = ("python", "torch")
-RUN_KEYS = {
-    "method",
-    "task",
-    "seed",
-    "shots",
-    "train_size",
-    "split_source",
-    "model",
-    "pooling",
-    "data_dir",
-    "results_dir",
-    "device",
-    "dtype",
-    "save_dir",
-    "set",
-    "train",
-}
+_NOT_IN_CONFIG = {"help", "config", "quiet", "set"} | set(TRAIN_FLAGS)
+CONFIG_HELP = """config file (--config FILE): a YAML mapping of run options by their long name, '_' for '-'
+  (method, task, shots, train_size, split_source, seed, model, pooling, data_dir, results_dir, device,
+  dtype, save_dir, overwrite), plus two mappings:
+    set:   method options, as --set KEY=VALUE
+    train: training options: max_steps, lr, batch_size, eval_every, patience, weight_decay,
+           warmup_ratio, lr_schedule, max_grad_norm, head_dropout, weight_decay_scope, group_by_length,
+           sampler and the other fields of sptbench.train.TrainConfig (e.g. frozen_layers)
+  Training options go under train: only. Options given on the command line win over the file.
+  Example:
+    method: lora
+    task: sst2
+    shots: 16
+    seed: 13
+    set: {r: 8}
+    train: {max_steps: 200, lr: 5.0e-4}
+"""
+
+
+def _config_value(where: str, key: str, value, action: argparse.Action):
+    """A config-file value checked as the command line checks the same option (type, choices, non-empty)."""
+    if value is None:
+        return None
+    if isinstance(action, argparse._StoreTrueAction):
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif action.type is int or action.type in (positive_int,):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    elif action.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+    else:
+        ok = isinstance(value, str) and bool(value.strip())
+        want = "a non-empty string"
+    if not ok:
+        raise SptbenchError(f"{where}: '{key}' must be {want}, got {type(value).__name__} {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise unknown_choice(f"value for '{key}' in {where}", str(value), [str(c) for c in action.choices])
+    return value
+
+
+def _config_mapping(where: str, key: str, value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise SptbenchError(f"{where}: '{key}' must be a mapping of option -> value, got {type(value).__name__}")
+    return dict(value)
 
 
 def cmd_run(args) -> int:
     from sptbench.runner import RunSpec, run
 
+    actions = {a.dest: a for a in args.run_actions if a.dest not in _NOT_IN_CONFIG}
     file_cfg = _load_config_file(args.config)
-    unknown = set(file_cfg) - RUN_KEYS
-    if unknown:
-        raise unknown_choice(f"key in {args.config}", sorted(unknown)[0], RUN_KEYS)
+    where = args.config
+    for key in file_cfg:
+        if key in TRAIN_FLAGS:
+            raise SptbenchError(f"{where}: training option '{key}' goes under 'train:' (train: {{{key}: ...}})")
+        if key not in actions and key not in ("set", "train"):
+            raise unknown_choice(f"key in {where}", str(key), [*actions, "set", "train"])
+    checked = {k: _config_value(where, k, v, actions[k]) for k, v in file_cfg.items() if k in actions}
 
     def pick(name, default=None):
         value = getattr(args, name, None)
-        return value if value is not None else file_cfg.get(name, default)
+        if value is not None and value is not False:
+            return value
+        return checked[name] if checked.get(name) is not None else default
 
     from sptbench.train import STOCK_SETTINGS
 
-    train_overrides = dict(STOCK_SETTINGS) if args.stock else {}
-    train_overrides.update(file_cfg.get("train") or {})
+    train_overrides = dict(STOCK_SETTINGS) if pick("stock", False) else {}
+    train_overrides.update(_config_mapping(where, "train", file_cfg.get("train")))
     train_overrides.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
-    method_overrides = dict(file_cfg.get("set") or {})
+    method_overrides = _config_mapping(where, "set", file_cfg.get("set"))
     method_overrides.update(_parse_sets(args.set))
     if pick("method") is None or pick("task") is None:
         raise SptbenchError("run needs --method and --task (or a --config file that sets them)")
     spec = RunSpec(
         method=pick("method"),
         task=pick("task"),
-        seed=int(pick("seed", 13)),
+        seed=pick("seed", 13),
         shots=pick("shots"),
         train_size=pick("train_size"),
         split_source=pick("split_source", "sample"),
@@ -116,6 +148,7 @@ def cmd_run(args) -> int:
         device=pick("device", "auto"),
         dtype=pick("dtype", "fp32"),
         save_dir=pick("save_dir"),
+        overwrite=bool(pick("overwrite", False)),
         progress=not args.quiet,
     )
     outcome = run(spec)
@@ -203,33 +236,47 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sptbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="sptbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("run", help="train and evaluate one method on one task; append a record")
-    p.add_argument("--method")
-    p.add_argument("--task")
-    p.add_argument("--shots", type=int, help="K examples per class for train and another K for dev (LM-BFF)")
-    p.add_argument("--train-size", type=int, help="N training examples sampled from the pool (dev from the rest)")
-    p.add_argument("--split-source", choices=["sample", "lm-bff"], help="lm-bff: the published 16-shot splits")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--model", help="minilm-l6, tiny-bert, tiny-roberta, tiny-deberta, tiny-gpt2, a hub id or a folder")
+    p = sub.add_parser(
+        "run",
+        help="train and evaluate one method on one task; append a record",
+        description="Train and evaluate one method on one task and append its record to\n"
+        "<results-dir>/v1/<backbone>/<setting>.yaml. Everything is checked before training starts.",
+        epilog=CONFIG_HELP,
+    )
+    p.add_argument("--method", help="method name (sptbench list methods)")
+    p.add_argument("--task", help="task name (sptbench list tasks)")
+    p.add_argument("--shots", type=positive_int,
+                   help="K examples per class for train and another K for dev (LM-BFF); default: full data")
+    p.add_argument("--train-size", type=positive_int,
+                   help="N training examples sampled from the pool (dev from the rest); default: full data")
+    p.add_argument("--split-source", choices=["sample", "lm-bff"],
+                   help="lm-bff: the published 16-shot splits (default: sample)")
+    p.add_argument("--seed", type=int, help="run seed, an integer in [0, 2^32) (default: 13)")
+    p.add_argument("--model", type=nonempty,
+                   help="minilm-l6, tiny-bert, tiny-roberta, tiny-deberta, tiny-gpt2, a hub id or a folder "
+                   "(default: minilm-l6)")
     p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: from the backbone")
     p.add_argument(
         "--data-dir",
-        default=os.environ.get("SPTBENCH_DATA_DIR"),
+        type=nonempty,
+        default=os.environ.get("SPTBENCH_DATA_DIR") or None,
         help="local mirror folder (default: $SPTBENCH_DATA_DIR, else the Hugging Face hub)",
     )
-    p.add_argument("--results-dir", help="root of the result tables (default: results)")
+    p.add_argument("--results-dir", type=nonempty, help="root of the result tables (default: results)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (repeatable)")
-    p.add_argument("--config", help="YAML file with any of these options")
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default: the method's)")
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--eval-every", dest="eval_every", type=int)
-    p.add_argument("--patience", type=int, help="early stopping after this many evaluations without improvement")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float)
+    p.add_argument("--config", type=nonempty, help="YAML file of run options (format below)")
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimizer steps (default: 200)")
+    p.add_argument("--lr", type=float, help="learning rate, > 0 (default: the method's)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="training batch size (default: 16)")
+    p.add_argument("--eval-every", dest="eval_every", type=int, help="steps between dev evaluations (default: 50)")
+    p.add_argument("--patience", type=int,
+                   help="early stopping after this many evaluations (>= 1) without improvement (default: never)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay, >= 0 (default: 0.01)")
+    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float,
+                   help="share of the steps with linear warmup, in [0, 1) (default: 0.06)")
     p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
                    help="after warmup: linear decay to zero (default), constant, or cosine decay to zero")
     p.add_argument("--max-grad-norm", dest="max_grad_norm", type=float,
@@ -245,27 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stock", action="store_true",
                    help="the settings of a plain PyTorch loop (scripts/stock_loop.py): constant lr, no warmup, no "
                         "clipping, no head dropout, decay on all parameters, torch's shuffle; flags still override")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", choices=["fp32", "bf16"])
-    p.add_argument("--save-dir", help="also write the trained parameters + head (safetensors) here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when there is one)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="bf16: autocast (default: fp32)")
+    p.add_argument("--save-dir", type=nonempty, help="also write the trained parameters + head (safetensors) here")
+    p.add_argument("--overwrite", action="store_true", help="let --save-dir replace a saved run already there")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, run_actions=p._actions)
 
     p = sub.add_parser("list", help="list methods, tasks or backbones")
-    p.add_argument("what", choices=["methods", "tasks", "backbones"])
+    p.add_argument("what", choices=["methods", "tasks", "backbones"], help="what to list")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("params", help="parameter counts of a method (or 'all') on a backbone")
-    p.add_argument("--method", required=True)
-    p.add_argument("--model", default="minilm-l6")
-    p.add_argument("--num-labels", type=int, default=2)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--method", required=True, help="a method name, or 'all'")
+    p.add_argument("--model", default="minilm-l6", type=nonempty, help="backbone (as for run --model)")
+    p.add_argument("--num-labels", type=positive_int, default=2, help="classes of the head")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("plot", help="plots from recorded runs")
-    p.add_argument("what", choices=["gates"])
-    p.add_argument("paths", nargs="+", help="result tables or folders")
-    p.add_argument("--out", default="gates.png")
+    p.add_argument("what", choices=["gates"], help="gates: SPT's learned gate values per layer")
+    p.add_argument("paths", nargs="+", type=nonempty, help="result tables or folders")
+    p.add_argument("--out", default="gates.png", type=nonempty,
+                   help="image file; its suffix picks the format (png, pdf, svg, ...)")
     p.add_argument("--by", choices=["run", "task"], default="run",
                    help="one row per run, or per task and method (α averaged over seeds, k/n seeds chosen)")
     p.set_defaults(func=cmd_plot)
@@ -280,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except SptbenchError as e:

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sptbench.argtypes import nonempty, nonneg_float, positive_int
 from sptbench.check import check, format_result
 from sptbench.errors import SptbenchError
 from sptbench.records import TABLE_DIR, dump_record, find_record, read_records, validate_paths, write_text_atomic
@@ -48,6 +49,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.format == "csv":  # CSV carries numbers only; the notes still reach the user
         print("\n".join(table.notes), file=sys.stderr)
     if args.out:
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SptbenchError(f"cannot create the folder of {args.out}: {err.strerror or err}") from None
         write_text_atomic(args.out, text)
     if args.readme:
         update_readme_block(args.readme, args.block, text)
@@ -108,27 +113,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="*", help="table files or directories (default: <results-dir>/v1)")
-    parser.add_argument("--results-dir", default="results", help="results root (default: results)")
+    parser.add_argument("paths", nargs="*", type=nonempty,
+                        help="table files or directories (default: <results-dir>/v1)")
+    parser.add_argument("--results-dir", default="results", type=nonempty, help="results root (default: results)")
 
 
 def _add_table(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("table", help="render a results table (methods x tasks, mean ± std over seeds)")
     _add_common(p)
-    p.add_argument("--backbone", help="backbone id (or its directory name under v1/)")
+    p.add_argument("--backbone", help="backbone id (or its directory name under v1/); default: the only one")
     regime = p.add_mutually_exclusive_group()
-    regime.add_argument("--shots", type=int, help="the K-shot tables")
-    regime.add_argument("--train-size", type=int, help="the N-example tables")
+    regime.add_argument("--shots", type=positive_int, help="the K-shot tables")
+    regime.add_argument("--train-size", type=positive_int, help="the N-example tables")
     regime.add_argument("--setting", help="a setting name: 16shot, n1000, full")
     p.add_argument("--tasks", nargs="+", help="columns, in this order (default: all, sorted)")
     p.add_argument("--methods", nargs="+", help="rows, in this order (default: all, sorted)")
-    p.add_argument("--expected-seeds", type=int, help="seeds per cell (default: the most any cell has)")
+    p.add_argument("--expected-seeds", type=positive_int, help="seeds per cell (default: the most any cell has)")
     p.add_argument("--select-by-dev", action="store_true",
                    help="of several configs per method/task/seed, keep the best on dev (docs/sweeps.md)")
-    p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--out", help="write the table to this file instead of stdout")
-    p.add_argument("--readme", help="README to update in place (with --block)")
-    p.add_argument("--block", help="name in <!-- sptbench:table NAME --> markers")
+    p.add_argument("--format", choices=FORMATS, default="md", help="md: Markdown; latex: tabular; csv: numbers only")
+    p.add_argument("--out", type=nonempty, help="write the table to this file instead of stdout")
+    p.add_argument("--readme", type=nonempty, help="README to update in place (with --block)")
+    p.add_argument("--block", type=nonempty, help="name in <!-- sptbench:table NAME --> markers")
     p.set_defaults(func=cmd_table)
 
 
@@ -155,12 +161,14 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 def _add_check(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("check", help="compare fresh runs with a reference table (exit 1 on regression)")
     _add_common(p)
-    p.add_argument("--against", required=True, action="append", help="reference table file or directory (repeatable)")
-    p.add_argument("--abs-tol", type=float, help="allowed absolute move of a metric (default 1e-6 if no --std-k)")
-    p.add_argument("--std-k", type=float, help="allowed move in units of the reference std over seeds")
+    p.add_argument("--against", required=True, action="append", type=nonempty,
+                   help="reference table file or directory (repeatable)")
+    p.add_argument("--abs-tol", type=nonneg_float,
+                   help="allowed absolute move of a metric (default 1e-6 if no --std-k)")
+    p.add_argument("--std-k", type=nonneg_float, help="allowed move in units of the reference std over seeds")
     p.add_argument(
         "--hardware-tol",
-        type=float,
+        type=nonneg_float,
         help="allowed move for a run whose reference was computed on another processor (throughput.hardware) or "
         "on an unknown one (default: no exception, the same band for every run)",
     )
@@ -170,7 +178,7 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
 def _add_show(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="print one record as YAML")
     p.add_argument("run_id", help="run id (or a unique prefix)")
-    p.add_argument("--results-dir", default="results", help="results root (default: results)")
+    p.add_argument("--results-dir", default="results", type=nonempty, help="results root (default: results)")
     p.set_defaults(func=cmd_show)
 
 

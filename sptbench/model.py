@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sptbench.errors import SptbenchError
 from sptbench.families import Family
 from sptbench.inject import Injection, enable_prefixes
 
@@ -214,16 +215,37 @@ class Classifier(nn.Module):
         return out
 
     def import_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load `export_state` output onto a model built the same way (a fresh backbone + the same method)."""
+        """Load `export_state` output onto a model built the same way (a fresh backbone + the same method).
+
+        Strict: the names, shapes and dtypes must be exactly those `export_state` gives for this model (nothing
+        missing, nothing extra, no broadcasting); otherwise SptbenchError naming the first offending tensor."""
+        check_state(self.export_state(), state)
         state = dict(state)
         for i, inj in enumerate(self.injections):
             prefix = f"injections.{i}."
             if inj.export_state() is not None:
                 inj.import_state({k[len(prefix) :]: state.pop(k) for k in list(state) if k.startswith(prefix)})
         params = dict(self.named_parameters())
-        unknown = sorted(set(state) - set(params))
-        if unknown:
-            raise ValueError(f"saved state has parameters this model lacks: {unknown[:5]}")
         with torch.no_grad():
             for name, tensor in state.items():
                 params[name].copy_(tensor)
+
+
+def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Saved parameters against what the rebuilt model holds: same names, shapes and dtypes, or one-line error."""
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SptbenchError(f"tensor '{missing[0]}'{more} is missing: the rebuilt model needs it")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise SptbenchError(f"tensor '{extra[0]}'{more} is not a parameter of the rebuilt model")
+    for name in sorted(expected):
+        want, got = expected[name], state[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise SptbenchError(
+                f"tensor '{name}' has shape {tuple(got.shape)}, the rebuilt model needs {tuple(want.shape)}"
+            )
+        if got.dtype != want.dtype:
+            raise SptbenchError(f"tensor '{name}' is {got.dtype}, the rebuilt model needs {want.dtype}")

@@ -74,7 +74,13 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backend_bases import FigureCanvasBase
 
+    out = Path(out_png)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        choices = ", ".join(sorted(formats))
+        raise SptbenchError(f"{out}: unknown image format '{out.suffix}'; use a suffix from: {choices}")
     labels, alphas, chosen, counts = gate_grid(records, by)
     grid = np.array(alphas, dtype=float)
     num_layers = grid.shape[1]
@@ -97,9 +103,11 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
     ax.set_title(title or default, fontsize=9)
     fig.colorbar(image, ax=ax, label="α")
     fig.tight_layout()
-    out = Path(out_png)
-    if out.parent and not out.parent.exists():
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+        fig.savefig(out, dpi=120)
+    except OSError as err:
+        raise SptbenchError(f"cannot write {out}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)
     return out

@@ -11,6 +11,7 @@ import copy
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -23,13 +24,11 @@ from typing import Any
 
 import yaml
 
+from sptbench import safe_yaml
 from sptbench.errors import SptbenchError
 
 SCHEMA_VERSION = 1
 TABLE_DIR = f"v{SCHEMA_VERSION}"
-
-# The libyaml loader is the same safe loader, only faster (appends re-read the whole table under the lock).
-_SafeLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # Field types: "int", "str", "bool", "number", "map", "list", "metrics" (map of name -> number), "a|b|c" (one of),
 # a trailing "?" allows null, a dict is a nested section. Unknown extra keys are allowed and preserved.
@@ -229,7 +228,7 @@ def _type_problem(value: Any, spec: str) -> str | None:
         "int": is_int,
         "str": isinstance(value, str),
         "bool": isinstance(value, bool),
-        "number": is_int or isinstance(value, float),
+        "number": is_int or (isinstance(value, float) and math.isfinite(value)),
         "map": isinstance(value, dict),
         "list": isinstance(value, list),
     }
@@ -237,7 +236,7 @@ def _type_problem(value: Any, spec: str) -> str | None:
         if not isinstance(value, dict):
             return f"must be a mapping of metric name -> number, got {type(value).__name__}"
         bad = [k for k, v in value.items() if not isinstance(k, str) or _type_problem(v, "number")]
-        return f"has non-numeric metrics {bad}" if bad else None
+        return f"has non-numeric or non-finite metrics {bad}" if bad else None
     if "|" in spec:
         choices = spec.split("|")
         return None if value in choices else f"must be one of {choices}, got {value!r}"
@@ -401,43 +400,14 @@ def migrate(rec: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def _yaml_error(path: Path, err: yaml.YAMLError) -> SptbenchError:
-    """A one-line `file:line: problem` error for a YAML parse failure."""
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    line = f":{mark.line + 1}" if mark is not None else ""
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    context = getattr(err, "context", None)
-    detail = f"{problem} ({context})" if context else problem
-    return SptbenchError(f"{path}{line}: malformed YAML: {detail}")
-
-
 def _load_documents(path: Path, text: str) -> list[tuple[int, Any]]:
     """(first line, data) of every non-empty document of a YAML stream; malformed -> SptbenchError file:line."""
-    loader = _SafeLoader(text)
-    docs = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            data = loader.construct_document(node)
-            if data is not None:
-                docs.append((node.start_mark.line + 1, data))
-    except yaml.YAMLError as err:
-        raise _yaml_error(path, err) from None
-    finally:
-        loader.dispose()
-    return docs
+    return list(safe_yaml.iter_documents(text, str(path)))
 
 
 def _read_text(path: Path) -> str:
-    """A table's text; a missing or unreadable file is a user error."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SptbenchError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SptbenchError(f"{path}: cannot read: {err}") from None
+    """A table's text (bounded: see `safe_yaml.MAX_TABLE_BYTES`); a missing or unreadable file is a user error."""
+    return safe_yaml.read_text(path, "results table", safe_yaml.MAX_TABLE_BYTES)
 
 
 def _migrated(path: Path, docs: list[tuple[int, Any]]) -> list[dict]:
@@ -599,11 +569,48 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` atomically: temp file in the same directory, fsync, rename, fsync the directory."""
+def _read_only(path: Path) -> bool:
+    """Write-protected: not writable for us, or no write bit at all (a `chmod a-w` that root would override)."""
+    return not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222
+
+
+def check_writable_dir(folder: str | Path) -> None:
+    """`folder` is, or can be created as, a folder we may write in: its nearest existing ancestor is a writable
+    folder. Checked before a run, so that its record has somewhere to go."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SptbenchError(f"{existing} is not a folder (on the way to {folder})")
+    if _read_only(existing) or not os.access(existing, os.X_OK):
+        raise SptbenchError(f"{existing} is read-only: cannot write {folder}")
+
+
+def check_appendable(path: str | Path) -> None:
+    """Before a run: a record can be appended to the table at `path` (its folder is writable; an existing table is
+    a readable, valid, writable table). The same checks `append_record` makes, made before any training."""
     path = Path(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    check_writable_dir(path.parent)
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise SptbenchError(f"{path}: the results table is not a file")
+        if _read_only(path):
+            raise SptbenchError(f"{path}: the results table is read-only (chmod u+w to allow appends)")
+        _migrated(path, _load_documents(path, _read_text(path)))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` atomically: temp file in the same directory, fsync, rename, fsync the directory.
+    The file keeps its mode; a write-protected file is an error, not replaced; OS errors are one-line errors."""
+    path = Path(path)
+    try:
+        if path.exists() and _read_only(path):
+            raise SptbenchError(f"{path} is read-only: not replaced")
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SptbenchError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -611,8 +618,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise SptbenchError(f"cannot write {path}: {err.strerror or err}") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -621,9 +630,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         os.close(dir_fd)
 
 
+class _Dumper(yaml.SafeDumper):
+    """The safe dumper, writing a value that occurs twice twice (readers refuse YAML aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_record(record: dict) -> str:
-    """One record as a YAML document, starting with `---`, keys in record order."""
-    return yaml.safe_dump(record, sort_keys=False, explicit_start=True, allow_unicode=True, width=120)
+    """One record as a YAML document, starting with `---`, keys in record order, no aliases."""
+    return yaml.dump(record, Dumper=_Dumper, sort_keys=False, explicit_start=True, allow_unicode=True, width=120)
 
 
 def append_record(path: str | Path, record: dict) -> None:
@@ -633,7 +649,10 @@ def append_record(path: str | Path, record: dict) -> None:
         raise SptbenchError(f"refusing to write an invalid record: {'; '.join(problems)}")
     document = dump_record(record)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SptbenchError(f"cannot create the folder {path.parent}: {err.strerror or err}") from None
     with _locked(path):
         old = _read_text(path) if path.exists() else ""
         existing = _migrated(path, _load_documents(path, old))  # a malformed table raises; nothing is written

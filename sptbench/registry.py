@@ -78,9 +78,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Turn a `--set` string (or a YAML value) into the field's declared type."""
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if value is None or (
-        isinstance(value, str) and value.lower() in ("none", "null") and type(None) in typing.get_args(annotation)
-    ):
+    nullable = type(None) in typing.get_args(annotation) or annotation is Any
+    if value is None and not nullable:
+        raise SptbenchError(f"'{key}' expects {getattr(annotation, '__name__', annotation)}, got null")
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and nullable):
         return None
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
         return _coerce(value, args[0], key)

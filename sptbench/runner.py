@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import functools
 import importlib.metadata
+import math
+import os
 import platform
 import random
 import resource
@@ -20,11 +22,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from sptbench import __version__
-from sptbench.backbones import load_backbone
-from sptbench.errors import SptbenchError
+from sptbench import __version__, safe_yaml
+from sptbench.backbones import backbone_layers, load_backbone
+from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.hardware import device_label, hardware_id
-from sptbench.records import SCHEMA_VERSION, append_record, new_run_id, setting_name, table_path
+from sptbench.model import POOLINGS
+from sptbench.records import (
+    SCHEMA_VERSION,
+    append_record,
+    check_appendable,
+    check_writable_dir,
+    dump_record,
+    new_run_id,
+    setting_name,
+    table_path,
+    validate_record,
+    write_text_atomic,
+)
 from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
 from sptbench.tasks import TaskData, load_task
 from sptbench.train import (
@@ -59,6 +73,7 @@ class RunSpec:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "fp32"  # fp32 | bf16 (autocast)
     save_dir: str | None = None
+    overwrite: bool = False  # replace a saved run already in save_dir
     progress: bool = True
     sweep: dict[str, Any] | None = None  # set by `sptbench sweep` (name, grid index): recorded as-is, not in the key
     # the test-once protocol of a dev-selected grid (sweep `test: selected`): no test here; the best-on-dev state is
@@ -80,13 +95,104 @@ def seed_everything(seed: int) -> None:
 
 
 def train_config(spec: RunSpec, method: Method) -> TrainConfig:
+    """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
     overrides = {"lr": method.default_lr, **spec.train_overrides}
     values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
     tcfg = TrainConfig(**values)
-    if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1:
-        raise SptbenchError("max_steps, eval_every and batch_size must be positive")
-    check_config(tcfg)
+    check_train_config(tcfg)
     return tcfg
+
+
+def check_train_config(tcfg: TrainConfig) -> None:
+    """Value ranges of the training options (one line each); nonsense is refused, not silently used."""
+    if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1 or tcfg.eval_batch_size < 1:
+        raise SptbenchError("max_steps, eval_every, batch_size and eval_batch_size must be positive")
+    for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "head_dropout"):
+        value = getattr(tcfg, name)
+        if value is not None and not math.isfinite(value):
+            raise SptbenchError(f"training option '{name}' must be a finite number, got {value}")
+    if tcfg.lr <= 0:
+        raise SptbenchError(f"training option 'lr' must be > 0, got {tcfg.lr}")
+    if tcfg.weight_decay < 0:
+        raise SptbenchError(f"training option 'weight_decay' must be >= 0, got {tcfg.weight_decay}")
+    if not 0 <= tcfg.warmup_ratio < 1:
+        raise SptbenchError(f"training option 'warmup_ratio' must be in [0, 1), got {tcfg.warmup_ratio}")
+    if tcfg.patience is not None and tcfg.patience < 1:
+        raise SptbenchError(f"training option 'patience' must be >= 1 (or null: never stop early), got {tcfg.patience}")
+    check_config(tcfg)  # choices, head_dropout and max_grad_norm (None or 0: no clipping) ranges
+
+
+MAX_SEED = 2**32  # numpy's seeds are 32-bit
+
+
+def check_seed(seed: Any) -> int:
+    """A run seed: an integer in [0, 2^32) (numpy's range), not a bool or a float."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
+        raise SptbenchError(f"seed must be an integer in [0, 2^32), got {seed!r}")
+    return seed
+
+
+def _check_path(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise SptbenchError(f"{what} must be a non-empty path, got {value!r}")
+
+
+def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
+    """Everything about a run that can be checked without data or a model (what `sptbench sweep` checks at every
+    grid point before any run): names, types and ranges of every option. Returns the method, its config, the
+    training config and the table the record will go to."""
+    from sptbench.tasks import _check_protocol, load_spec
+
+    for name, value in (("method", spec.method), ("task", spec.task), ("model", spec.model)):
+        if not isinstance(value, str) or not value:
+            raise SptbenchError(f"{name} must be a non-empty name, got {value!r}")
+    check_seed(spec.seed)
+    method = get_method(spec.method)
+    cfg = build_config(method, spec.method_overrides)
+    tcfg = train_config(spec, method)
+    if spec.dtype not in ("fp32", "bf16"):
+        raise unknown_choice("dtype", str(spec.dtype), ("bf16", "fp32"))
+    if spec.device not in ("auto", "cpu", "cuda"):
+        raise unknown_choice("device", str(spec.device), ("auto", "cpu", "cuda"))
+    if spec.pooling is not None and spec.pooling not in POOLINGS:
+        raise unknown_choice("pooling", str(spec.pooling), POOLINGS)
+    _check_path(spec.results_dir, "results_dir")
+    for name in ("data_dir", "save_dir"):
+        if getattr(spec, name) is not None:
+            _check_path(getattr(spec, name), name)
+    setting = setting_name(spec.shots, spec.train_size)
+    _check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
+    layers = backbone_layers(spec.model)
+    check_layers = getattr(cfg, "check_layers", None)
+    if layers is not None and check_layers is not None:
+        check_layers(layers)
+    return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
+
+
+def check_save_dir(save_dir: str, overwrite: bool) -> None:
+    """`--save-dir`: a folder (or a path one can be made at) that holds no saved run, unless `overwrite`."""
+    out = Path(save_dir)
+    if out.exists() and not out.is_dir():
+        raise SptbenchError(f"--save-dir {out} is a file, not a folder")
+    held = [name for name in ("trained.safetensors", "record.yaml") if (out / name).exists()]
+    if held and not overwrite:
+        raise SptbenchError(f"--save-dir {out} already holds a saved run ({held[0]}); pass --overwrite to replace it")
+    check_writable_dir(out)
+
+
+def _recover(record: dict) -> str:
+    """Put a record that could not be appended where the user finds it: a file in the temp folder, else stdout."""
+    import tempfile
+
+    text = dump_record(record)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"sptbench-record-{record['run_id']}-", suffix=".yaml")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return name
+    except OSError:
+        print(text, end="", flush=True)
+        return "the YAML printed above"
 
 
 def _versions() -> dict[str, str]:
@@ -123,8 +229,6 @@ def _device(name: str):
     """accelerate picks the device (and, for bf16, autocast); `auto` means CUDA when there is one."""
     from accelerate import Accelerator
 
-    if name not in ("auto", "cpu", "cuda"):
-        raise SptbenchError(f"unknown device '{name}'. Choices: auto, cpu, cuda")
     if name == "cuda" and not torch.cuda.is_available():
         raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
     # cpu=True also without CUDA: then a data-parallel launch (torchrun / accelerate launch) is MULTI_CPU (gloo)
@@ -165,11 +269,12 @@ def run(spec: RunSpec) -> RunOutcome:
     start = time.perf_counter()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _git()  # the code this process runs: read before it runs anything
-    method = get_method(spec.method)
-    cfg = build_config(method, spec.method_overrides)
-    tcfg = train_config(spec, method)
-    if spec.dtype not in ("fp32", "bf16"):
-        raise SptbenchError(f"unknown dtype '{spec.dtype}'. Choices: bf16, fp32")
+    # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
+    # unwritable results folder or table, or a save folder that is a file or holds another run
+    method, cfg, tcfg, path = check_spec(spec)
+    check_appendable(path)
+    if spec.save_dir:
+        check_save_dir(spec.save_dir, spec.overwrite)
     task: TaskData = load_task(
         spec.task,
         data_dir=spec.data_dir,
@@ -227,11 +332,13 @@ def run(spec: RunSpec) -> RunOutcome:
                 t0 = time.perf_counter()
                 test = evaluate(fit.model, test_enc, task.spec, tcfg.eval_batch_size, pad_id)
                 eval_s = time.perf_counter() - t0
-    except NonFiniteLoss as e:
-        status, error = "failed", str(e)
+    except Exception as e:
+        # a sweep records any run-time failure and goes on (docs/sweeps.md); a lone run records a non-finite loss
+        if not (isinstance(e, NonFiniteLoss) or spec.sweep is not None):
+            raise
+        status, error, fit = "failed", str(e) if isinstance(e, SptbenchError) else _one_line(e), None
 
     record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
-    path = table_path(spec.results_dir, spec.model, setting_name(spec.shots, spec.train_size))
     if spec.sweep is not None:
         record["sweep"] = dict(spec.sweep)
     rank, world_size = world()
@@ -245,12 +352,46 @@ def run(spec: RunSpec) -> RunOutcome:
         record["throughput"]["num_processes"] = world_size
     main = rank == 0
     if main:
-        append_record(path, record)
+        _write_outputs(spec, path, record, fit.model if status == "ok" else None)
     if status != "ok":
         raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
-    if spec.save_dir and main:
-        save_trained(fit.model, record, Path(spec.save_dir))
     return RunOutcome(record=record, table=path, model=fit.model)
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as `Type: first line of its message`."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
+    """Append the record (and save the model with --save-dir). Checked before the run, these can still fail (a full
+    disk, a table changed meanwhile): then the record goes to a recovery file and the error names it."""
+    try:
+        append_record(path, record)
+    except (OSError, SptbenchError) as e:
+        where = _recover(record)
+        hint = f" (append it: cat {where} >> {path})" if where.startswith("/") else ""
+        saved = ""
+        if model is not None and spec.save_dir:
+            try:
+                save_trained(model, record, Path(spec.save_dir))
+                saved = f"; the model is saved in {spec.save_dir}"
+            except (OSError, SptbenchError):
+                saved = f"; saving the model to {spec.save_dir} failed too"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SptbenchError(
+            f"the run finished but its record could not be appended to {path} ({reason}); it is in {where}{hint}{saved}"
+        ) from None
+    if model is not None and spec.save_dir:
+        try:
+            save_trained(model, record, Path(spec.save_dir))
+        except (OSError, SptbenchError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SptbenchError(
+                f"the record is in {path} (run {record['run_id']}), but saving the model to {spec.save_dir} failed: "
+                f"{reason}"
+            ) from None
 
 
 def training_section(tcfg: TrainConfig, device_type: str, dtype: str) -> dict:
@@ -314,35 +455,56 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
 
 def save_trained(model, record: dict, out: Path) -> None:
     """Write the trained parameters + head as safetensors, with the record that says how to rebuild the model."""
-    import yaml
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in model.export_state().items()}, str(out / "trained.safetensors"))
-    (out / "record.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    weights = out / "trained.safetensors"
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file({k: v.contiguous().cpu() for k, v in model.export_state().items()}, str(tmp))
+    os.replace(tmp, weights)
+    write_text_atomic(out / "record.yaml", dump_record(record))
 
 
 def load_trained(folder: str | Path):
     """Rebuild a saved run: fresh backbone + the method (its final config) + the saved parameters. Data only:
-    the record is read with `yaml.safe_load` and the weights from safetensors."""
-    import yaml
+    the record is read with the bounded safe loader and the weights from safetensors. Strict: a record that is not
+    a valid record, weights that are not safetensors, or tensors missing, extra, or of another shape or dtype than
+    the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped."""
     from safetensors.torch import load_file
 
     from sptbench.tasks import load_spec
 
     folder = Path(folder)
+    record_path, weights_path = folder / "record.yaml", folder / "trained.safetensors"
+    if not folder.is_dir():
+        raise SptbenchError(f"{folder}: no saved run here (not a folder)")
+    record = safe_yaml.load_file(record_path, "saved record")
+    problems = validate_record(record)
+    if problems:
+        raise SptbenchError(f"{record_path}: not a valid run record: {problems[0]}")
+    final = (record.get("extra") or {}).get("final_config")
+    if final is not None and not isinstance(final, dict):
+        raise SptbenchError(f"{record_path}: extra.final_config must be a mapping, got {type(final).__name__}")
+    if not weights_path.is_file():
+        raise SptbenchError(f"{weights_path}: no such file")
     try:
-        record = yaml.safe_load((folder / "record.yaml").read_text())
-        state = load_file(str(folder / "trained.safetensors"))
-    except (OSError, yaml.YAMLError) as e:
-        raise SptbenchError(f"cannot load a saved run from {folder}: {e}") from None
-    method = get_method(record["method"]["name"])
-    # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
-    cfg = build_config(method, record.get("extra", {}).get("final_config") or record["method"]["config"])
-    model, tokenizer, _ = load_backbone(
-        record["backbone"]["id"], load_spec(record["task"]["name"]).num_labels, pooling=record["backbone"]["pooling"]
-    )
-    model.freeze_backbone()
-    method.apply(model, cfg)
-    model.import_state(state)
+        state = load_file(str(weights_path))
+    except Exception as e:  # SafetensorError, OSError, ...: all mean "not a readable safetensors file"
+        raise SptbenchError(f"{weights_path}: not a readable safetensors file ({_one_line(e)})") from None
+    try:
+        method = get_method(record["method"]["name"])
+        # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
+        cfg = build_config(method, final or record["method"]["config"])
+        model, tokenizer, _ = load_backbone(
+            record["backbone"]["id"], load_spec(record["task"]["name"]).num_labels,
+            pooling=record["backbone"]["pooling"],
+        )
+        model.freeze_backbone()
+        method.apply(model, cfg)
+    except SptbenchError as e:
+        raise SptbenchError(f"{record_path}: cannot rebuild the saved model: {e}") from None
+    try:
+        model.import_state(state)
+    except SptbenchError as e:
+        raise SptbenchError(f"{weights_path}: {e}") from None
     return model.eval(), tokenizer

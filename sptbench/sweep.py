@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from sptbench import safe_yaml
+from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.records import TABLE_DIR, canonical_json, read_records, setting_name
 
@@ -56,6 +56,7 @@ LAUNCHERS = ("local", "slurm")
 LAUNCHER_PACKAGES = {"slurm": ("submitit", "pip install 'sptbench[slurm]' (or: pip install submitit)")}
 DEFAULT_RUN_S = 120.0  # ETA of a run with no recorded run of the same method on the same backbone
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_STRING_KEYS = ("name", "model", "pooling", "data_dir", "results_dir", "device", "dtype", "split_source", "launcher")
 
 
 @dataclass
@@ -187,7 +188,7 @@ def require_launcher(launcher: str) -> None:
 def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | None = None) -> Sweep:
     """Check a sweep mapping field by field and every grid point (method configs, training options, protocols)."""
     from sptbench.registry import build_config, get_method, load_methods
-    from sptbench.runner import RunSpec, train_config
+    from sptbench.runner import RunSpec, check_seed, check_spec, train_config
     from sptbench.tasks import _check_protocol, list_tasks, load_spec
 
     if not isinstance(raw, dict):
@@ -199,6 +200,9 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     for key in ("tasks", "methods", "seeds"):
         if raw.get(key) is None:
             raise SptbenchError(f"{where}: '{key}' is required")
+    for key in _STRING_KEYS:
+        if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
+            raise SptbenchError(f"{where}: '{key}' must be a non-empty string, got {raw[key]!r}")
 
     name = raw.get("name") or Path(where).stem
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -214,14 +218,19 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         if m not in registry:
             raise unknown_choice(f"method in {where}", m, registry)
     seeds = _values(raw["seeds"], f"{where}: seeds")
-    if any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
-        raise SptbenchError(f"{where}: seeds must be distinct integers, got {seeds}")
+    for seed in seeds:
+        try:
+            check_seed(seed)
+        except SptbenchError as e:
+            raise SptbenchError(f"{where}: seeds: {e}") from None
+    if len(set(seeds)) != len(seeds):
+        raise SptbenchError(f"{where}: seeds must be distinct, got {seeds}")
 
     shots = _ints(raw["shots"], f"{where}: shots") if raw.get("shots") is not None else []
     sizes = _ints(raw["train_size"], f"{where}: train_size") if raw.get("train_size") is not None else []
     regimes = [(k, None) for k in shots] + [(None, n) for n in sizes] or [(None, None)]
 
-    split_source = raw.get("split_source", "sample")
+    split_source = raw.get("split_source") or "sample"
     for key, choices in (("device", ("auto", "cpu", "cuda")), ("dtype", ("fp32", "bf16"))):
         if raw.get(key) is not None and raw[key] not in choices:
             raise unknown_choice(f"{key} in {where}", str(raw[key]), choices)
@@ -275,15 +284,18 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise SptbenchError(f"{where}: 'slurm' must be a mapping")
-    for key in slurm:
+    for key, value in slurm.items():
         if key not in SLURM_KEYS:
             raise unknown_choice(f"slurm option in {where}", str(key), SLURM_KEYS)
+        if key != "partition" and value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                                         or value < (0 if key == "gpus" else 1)):
+            raise SptbenchError(f"{where}: slurm.{key} must be a positive integer, got {value!r}")
     launcher = raw.get("launcher") or "local"
     require_launcher(launcher)
     test = raw.get("test") or "all"
     if test not in TEST_MODES:
         raise unknown_choice(f"test mode in {where}", str(test), TEST_MODES)
-    return Sweep(
+    sweep = Sweep(
         name=name,
         path=where,
         model=model,
@@ -304,19 +316,18 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         description=raw.get("description"),
         test=test,
     )
+    for spec in sweep.specs():  # every grid point as `sptbench run` checks it (the same function)
+        try:
+            check_spec(spec)
+        except SptbenchError as e:
+            raise SptbenchError(f"{where}: {_label(spec)}: {e}") from None
+    return sweep
 
 
 def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Sweep:
     """Read and validate a sweep file. `overrides` (CLI values; None = not given) replace the file's values."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SptbenchError(f"cannot read sweep file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise SptbenchError(f"{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    raw = safe_yaml.load_file(path, "sweep file")
     return parse_sweep(raw, str(path), overrides=overrides)
 
 
@@ -525,8 +536,29 @@ def _label(spec) -> str:
     return f"{spec.method}/{spec.task} {setting_name(spec.shots, spec.train_size)} seed {spec.seed}"
 
 
+def preflight(sweep: Sweep, specs: list) -> None:
+    """What `sptbench run` checks before training, for the runs to do, before the first one starts (and in
+    --dry-run): every table they append to can take a record, and every data split they read (from a local mirror)
+    loads, decodes and is not empty. Hub data is checked by each run."""
+    from sptbench.records import check_appendable
+    from sptbench.runner import check_spec
+    from sptbench.tasks import load_task
+
+    for path in sorted({check_spec(spec)[3] for spec in specs}):
+        check_appendable(path)
+    if sweep.data_dir is None:
+        return
+    for task, shots, size, seed in sorted({(s.task, s.shots, s.train_size, s.seed) for s in specs}, key=str):
+        try:
+            load_task(task, data_dir=sweep.data_dir, shots=shots, seed=seed, split_source=sweep.split_source,
+                      train_size=size)
+        except SptbenchError as e:
+            raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None
+
+
 def run_local(specs: list, *, progress: bool = True) -> list[tuple[Any, str]]:
-    """Run one after another in this process; a failed run is reported and the sweep goes on. Returns the failures."""
+    """Run one after another in this process; a failed run is reported (and, when it failed while training,
+    recorded as failed) and the sweep goes on. Returns the failures."""
     from tqdm.auto import tqdm
 
     from sptbench.runner import run
@@ -537,9 +569,10 @@ def run_local(specs: list, *, progress: bool = True) -> list[tuple[Any, str]]:
         bar.set_postfix_str(_label(spec))
         try:
             rec = run(spec).record
-        except SptbenchError as e:
-            failures.append((spec, str(e)))
-            tqdm.write(f"[{i}/{len(specs)}] failed: {_label(spec)}: {e}", file=sys.stderr)
+        except Exception as e:  # one run's failure (a user error or a bug) must not cost the rest of the sweep
+            why = str(e) if isinstance(e, SptbenchError) else f"{type(e).__name__}: {e}"
+            failures.append((spec, why))
+            tqdm.write(f"[{i}/{len(specs)}] failed: {_label(spec)}: {why}", file=sys.stderr)
             continue
         # one line per run, also with --quiet: a long sweep's log says what finished, when, and how it scored
         test = rec["metrics"]["test"]
@@ -555,8 +588,8 @@ def run_job(spec) -> dict:
 
     try:
         rec = run(spec).record
-    except SptbenchError as e:
-        return {"run": _label(spec), "status": "failed", "error": str(e)}
+    except Exception as e:  # reported in the job's result, like a run recorded as failed
+        return {"run": _label(spec), "status": "failed", "error": str(e) or type(e).__name__}
     return {"run": _label(spec), "status": rec["status"], "run_id": rec["run_id"], "test": rec["metrics"]["test"]}
 
 
@@ -602,10 +635,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if sweep.test == "selected":
         print(f"test: selected — {len(awaiting_test(sweep))} group(s) complete and awaiting the test of their "
               "dev-selected configuration")
+    if p.todo:
+        preflight(sweep, p.todo)
     if args.dry_run:
         return 0
     if sweep.launcher == "local":
         failures = run_local(p.todo, progress=not args.quiet) if p.todo else []
+        for spec, why in failures:
+            print(f"failed: {_label(spec)}: {why}")
         if p.todo:
             print(f"ran {len(p.todo)}: {len(p.todo) - len(failures)} ok, {len(failures)} failed")
         tested = run_pending_tests(sweep)
@@ -663,23 +700,26 @@ def run_pending_tests(sweep: Sweep) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sptbench sweep` to the main parser."""
     p = subparsers.add_parser("sweep", help="run a grid of runs from a sweep file (resumable; local or Slurm)")
-    p.add_argument("sweep", help="sweep YAML file (see docs/sweeps.md and sweeps/)")
+    p.add_argument("sweep", type=nonempty, help="sweep YAML file (see docs/sweeps.md and sweeps/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (counts, ETA) and run nothing")
     p.add_argument("--launcher", choices=LAUNCHERS, help="local: one after another here (default); slurm: submitit")
-    p.add_argument("--results-dir", help="root of the result tables (default: the file's results_dir, else results)")
-    p.add_argument("--data-dir", help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
+    p.add_argument("--results-dir", type=nonempty,
+                   help="root of the result tables (default: the file's results_dir, else results)")
+    p.add_argument("--data-dir", type=nonempty,
+                   help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("slurm (submitit) options; also settable in the file's `slurm:` mapping")
-    g.add_argument("--partition")
-    g.add_argument("--gpus", type=int, help="GPUs per job")
-    g.add_argument("--time", type=int, help="time limit per job, minutes")
-    g.add_argument("--mem", type=int, help="memory per job, GB")
-    g.add_argument("--cpus", type=int, help="CPUs per job")
-    g.add_argument("--array-parallelism", dest="array_parallelism", type=int, help="jobs of the array at once")
+    g.add_argument("--partition", type=nonempty, help="Slurm partition (default: the cluster's)")
+    g.add_argument("--gpus", type=nonneg_int, help="GPUs per job")
+    g.add_argument("--time", type=positive_int, help="time limit per job, minutes")
+    g.add_argument("--mem", type=positive_int, help="memory per job, GB")
+    g.add_argument("--cpus", type=positive_int, help="CPUs per job")
+    g.add_argument("--array-parallelism", dest="array_parallelism", type=positive_int,
+                   help="jobs of the array at once")
     g.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
                    help="submitit executor: slurm; local (the same array as processes here) or debug (in this "
                    "process), for testing")
-    g.add_argument("--log-dir", help="submitit folder (default: <results-dir>/submitit/<name>)")
+    g.add_argument("--log-dir", type=nonempty, help="submitit folder (default: <results-dir>/submitit/<name>)")
     g.add_argument("--wait", action="store_true", help="wait for the jobs and report (always with local/debug)")
     p.set_defaults(func=cmd_sweep)

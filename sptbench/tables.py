@@ -42,10 +42,15 @@ class Cell:
 
     values: list[float] = field(default_factory=list)
     mixed: bool = False
+    seeds: set = field(default_factory=set)  # distinct seeds (a mixed cell can hold two runs of one seed)
 
     @property
     def n(self) -> int:
         return len(self.values)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
 
     @property
     def mean(self) -> float:
@@ -196,7 +201,9 @@ def build_table(
     labels, notes = _row_labels(ok)
     table = _aggregate(ok, labels, the_backbone, the_setting, tasks, methods)
     table.n_failed = len(failed)
-    table.expected_seeds = expected_seeds or max(c.n for c in table.cells.values())
+    if expected_seeds is not None and (not isinstance(expected_seeds, int) or expected_seeds < 1):
+        raise SptbenchError(f"expected_seeds must be a positive integer, got {expected_seeds!r}")
+    table.expected_seeds = expected_seeds or max((c.n_seeds for c in table.cells.values()), default=0)
     _finish(table)
     table.notes = _notes(table, ok, failed, replaced, notes)
     if untested:
@@ -222,6 +229,7 @@ def _aggregate(
         value = cell_metric(rec)
         if value is not None:
             cells[row, task].values.append(100.0 * value)
+            cells[row, task].seeds.add(rec["protocol"]["seed"])
             groups[row, task].add(seed_group(record_key(rec)))
             versions[task].add(rec["task"]["version"])
         trainable[row].append(rec["params"]["trainable"])
@@ -322,8 +330,8 @@ def _cell_text(table: TableData, row: str, task: str, bold: str) -> str:
     text = f"{cell.mean:.1f} ± {cell.std:.1f}"
     if row in table.best.get(task, ()):
         text = bold.format(text)
-    if cell.n < table.expected_seeds:
-        text += f" (n={cell.n})"
+    if cell.n_seeds < table.expected_seeds:
+        text += f" (n={cell.n_seeds})"
     return text + (f" {MIXED_MARK}" if cell.mixed else "")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.resources
+import io
 import json
 import os
 import random
@@ -23,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sptbench import safe_yaml
 from sptbench.errors import SptbenchError, unknown_choice
 
 DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
@@ -116,23 +116,8 @@ def load_spec(name: str) -> TaskSpec:
         raise unknown_choice("task", name, tasks)
     entry = _specs_root() / f"{name}.yaml"
     where = str(entry)
-    try:
-        raw = yaml.safe_load(entry.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SptbenchError(f"{where}:{_yaml_line(exc)}: malformed YAML: {_yaml_problem(exc)}") from exc
+    raw = safe_yaml.load_one(safe_yaml.read_text(entry, "task spec"), where)
     return _spec_from_raw(raw, name, where)
-
-
-def _yaml_line(exc: yaml.YAMLError) -> str:
-    """The 1-based line of a YAML error, or '?' when PyYAML gives none."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    return str(mark.line + 1) if mark is not None else "?"
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """A one-line description of a YAML error."""
-    problem = getattr(exc, "problem", None) or str(exc)
-    return " ".join(str(problem).split())
 
 
 def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
@@ -190,7 +175,37 @@ def _lm_bff_section(section: Any, where: str) -> dict | None:
     if section["format"] not in ("tsv", "csv"):
         raise SptbenchError(f"{where}: field 'lm_bff.format' must be 'tsv' or 'csv'")
     _check_plain_name(section["dir"], "lm_bff.dir", where)
+    for key in ("header", "dev"):
+        if not isinstance(section.get(key, False), bool):
+            raise SptbenchError(f"{where}: field 'lm_bff.{key}' must be true or false")
+    _section_types(section, "lm_bff", where)
+    if not section.get("header"):  # header-less files: columns are field positions
+        positions = [*section["columns"].values(), section["label_column"]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in positions):
+            raise SptbenchError(f"{where}: 'lm_bff' without a header maps columns to field positions (integers >= 0)")
     return {**section, "labels": {str(k): v for k, v in section["labels"].items()}}
+
+
+def _section_types(section: dict, label: str, where: str) -> None:
+    """A source section's mappings and names have the types the readers use (columns/labels mappings, names)."""
+    for key in ("columns", "labels"):
+        if not isinstance(section.get(key), dict) or not section[key]:
+            raise SptbenchError(f"{where}: field '{label}.{key}' must be a non-empty mapping")
+    names = [*section["columns"].values(), section.get("label_column", "label"), *section["labels"].values()]
+    if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in names):
+        raise SptbenchError(f"{where}: '{label}' columns, label_column and labels must be names")
+    if not isinstance(section.get("note"), (str, type(None))):
+        raise SptbenchError(f"{where}: field '{label}.note' must be text")
+
+
+def _hub_section(hub: dict, where: str) -> None:
+    """The hub source: a dataset path (and config name), train/test split names, and the column/label mappings."""
+    if not isinstance(hub.get("path"), str) or not hub["path"] or not isinstance(hub.get("name"), (str, type(None))):
+        raise SptbenchError(f"{where}: field 'hub.path' must be a dataset id (and 'hub.name' a config name or null)")
+    splits = hub.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(splits.get(k), str) for k in ("train", "test")):
+        raise SptbenchError(f"{where}: field 'hub.splits' must map train and test to split names")
+    _section_types(hub, "hub", where)
 
 
 def _check_spec(spec: TaskSpec, where: str) -> None:
@@ -210,12 +225,15 @@ def _check_spec(spec: TaskSpec, where: str) -> None:
         )
     if spec.max_length < 1:
         raise SptbenchError(f"{where}: field 'max_length' must be positive")
+    _hub_section(spec.hub, where)
     for section in ("hub", "lm_bff"):
         mapping = getattr(spec, section)
         if mapping is not None:
             _check_mapping(spec, mapping, section, where)
     for split in ("train", "test"):
         _check_plain_name(spec.mirror.get(split), f"mirror.{split}", where)
+    if not isinstance(spec.mirror.get("note"), (str, type(None))):
+        raise SptbenchError(f"{where}: field 'mirror.note' must be text")
 
 
 def _check_mapping(spec: TaskSpec, section: dict, label: str, where: str) -> None:
@@ -345,19 +363,29 @@ def _read_mirror(spec: TaskSpec, root: Path) -> _Source:
 def read_jsonl(path: Path, spec: TaskSpec) -> list[Row]:
     """Read mirror rows; plain `json` (not `datasets`) so that a bad line is reported by file and line."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SptbenchError(f"{where}: malformed JSON line ({exc.msg})") from exc
-            if not isinstance(raw, dict):
-                raise SptbenchError(f"{where}: expected a JSON object per line")
-            rows.append(_make_row(spec, {c: raw.get(c) for c in spec.text_columns}, raw.get("label"), where))
+    for lineno, line in enumerate(_read_data_text(path).split("\n"), start=1):  # not splitlines(): U+2028 is text
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            raw = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise SptbenchError(f"{where}: malformed JSON line ({getattr(exc, 'msg', 'nested too deeply')})") from None
+        if not isinstance(raw, dict):
+            raise SptbenchError(f"{where}: expected a JSON object per line")
+        rows.append(_make_row(spec, {c: raw.get(c) for c in spec.text_columns}, raw.get("label"), where))
+    if not rows:
+        raise SptbenchError(f"{path}: no rows (an empty data file)")
     return rows
+
+
+def _read_data_text(path: Path, encoding: str = "utf-8") -> str:
+    """A data file's text; unreadable files and non-UTF-8 bytes are one-line errors naming the file (and line)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SptbenchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return safe_yaml.decode_utf8(data, str(path), encoding)
 
 
 def _make_row(spec: TaskSpec, texts: dict[str, Any], label_name: Any, where: str) -> Row:
@@ -411,6 +439,8 @@ def hub_rows(spec: TaskSpec, dataset: Any, where: str) -> list[Row]:
         if value not in labels:
             raise SptbenchError(f"{where} row {i}: hub label {value!r} is not in the spec's hub.labels")
         rows.append(_make_row(spec, {c: raw[columns[c]] for c in spec.text_columns}, labels[value], f"{where} row {i}"))
+    if not rows:
+        raise SptbenchError(f"{where}: no rows (an empty split)")
     return rows
 
 
@@ -514,21 +544,26 @@ def read_lm_bff(path: Path, spec: TaskSpec) -> list[Row]:
         raise SptbenchError(f"missing file {path}: expected the LM-BFF 16-shot splits under <data dir>/{LM_BFF_FOLDER}")
     cfg = spec.lm_bff
     # utf-8-sig: MRPC's header starts with a byte-order mark
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with io.StringIO(_read_data_text(path, "utf-8-sig"), newline="") as handle:
         if cfg["format"] == "tsv":
             reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
             reader = csv.reader(handle)
-        positions = _lm_bff_positions(cfg, next(reader, []) if cfg.get("header") else None, path)
-        rows = []
-        for record in reader:
-            where = f"{path}:{reader.line_num}"
-            if len(record) <= max(positions.values()):
-                raise SptbenchError(
-                    f"{where}: expected at least {max(positions.values()) + 1} fields, got {len(record)}"
-                )
-            label = cfg["labels"].get(record[positions["label"]], record[positions["label"]])
-            rows.append(_make_row(spec, {c: record[positions[c]] for c in spec.text_columns}, label, where))
+        try:
+            positions = _lm_bff_positions(cfg, next(reader, []) if cfg.get("header") else None, path)
+            rows = []
+            for record in reader:
+                where = f"{path}:{reader.line_num}"
+                if len(record) <= max(positions.values()):
+                    raise SptbenchError(
+                        f"{where}: expected at least {max(positions.values()) + 1} fields, got {len(record)}"
+                    )
+                label = cfg["labels"].get(record[positions["label"]], record[positions["label"]])
+                rows.append(_make_row(spec, {c: record[positions[c]] for c in spec.text_columns}, label, where))
+        except csv.Error as exc:
+            raise SptbenchError(f"{path}:{reader.line_num}: malformed {cfg['format']} ({exc})") from None
+    if not rows:
+        raise SptbenchError(f"{path}: no rows (an empty split file)")
     return rows
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sptbench.errors import SptbenchError
+from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.metrics import compute_metrics
 
 
@@ -77,7 +77,7 @@ def check_config(tcfg: TrainConfig) -> None:
         ("sampler", tcfg.sampler, SAMPLERS),
     ):
         if value not in choices:
-            raise SptbenchError(f"unknown {name} '{value}'. Choices: {', '.join(choices)}")
+            raise unknown_choice(f"value for '{name}'", str(value), choices)
     if not 0.0 <= tcfg.head_dropout < 1.0:
         raise SptbenchError(f"head_dropout must be in [0, 1), got {tcfg.head_dropout}")
     if tcfg.max_grad_norm is not None and tcfg.max_grad_norm < 0:

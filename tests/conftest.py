@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory, data_dir) -> Path:
+    """A small copy of the RTE mirror (80 train, 24 test rows; the LM-BFF split for seed 13) tests may damage."""
+    root = tmp_path_factory.mktemp("mirror")
+    (root / "rte").mkdir()
+    for name, n in (("train.jsonl", 80), ("test.jsonl", 24)):
+        lines = (data_dir / "rte" / name).read_text(encoding="utf-8").splitlines()[:n]
+        (root / "rte" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copytree(data_dir / "lm-bff-16-shot" / "RTE" / "16-13", root / "lm-bff-16-shot" / "RTE" / "16-13")
+    (root / "INDEX.json").write_text("{}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def saved_runs(tmp_path_factory, mirror) -> dict:
+    """`--save-dir` folders of short tiny-bert runs whose state holds a head, a prompt, LoRA matrices, SPT generators:
+    method -> (folder, the trained model). Tests copy a folder before damaging it."""
+    from sptbench.runner import RunSpec, run
+
+    root = tmp_path_factory.mktemp("saves")
+    out = {}
+    for method, over in (("prompt_tuning", {}), ("lora", {}), ("spt", {"top_k": 1})):
+        spec = RunSpec(method=method, task="rte", shots=4, seed=21, model="tiny-bert", data_dir=str(mirror),
+                       results_dir=str(root / "results"), method_overrides=over, progress=False,
+                       save_dir=str(root / method), train_overrides={"max_steps": 2, "eval_every": 2, "batch_size": 4})
+        out[method] = (root / method, run(spec).model.eval())
+    return out

@@ -100,7 +100,7 @@ def test_bench_frozen_layers_cache_is_recorded_and_fills_the_cache(monkeypatch):
         (["--method", "nope"], "unknown method 'nope'"),
         (["--method", "all", "--set", "num_tokens=3"], "--set applies to one method"),
         (["--method", "head", "--seq-len", "4000"], "too long for tiny-bert"),
-        (["--method", "head", "--steps", "0"], "--steps must be positive"),
+        (["--method", "head", "--steps", "0"], "--steps: must be a positive integer"),
         (["--method", "prompt_tuning", "--set", "bogus=1"], "unknown --set key"),
     ],
 )

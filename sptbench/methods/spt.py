@@ -119,6 +119,14 @@ class SptConfig(PromptGeneratorConfig):
         if self.layers is not None and not self.layers:
             raise SptbenchError("layers, when given, must name at least one layer")
 
+    def check_layers(self, num_layers: int) -> None:
+        """Options against the backbone's depth: top_k and layers must exist there (never silently clamped)."""
+        if self.layers is None and self.select == "topk" and self.top_k is not None and self.top_k > num_layers:
+            raise SptbenchError(f"top_k={self.top_k} is more than the backbone's {num_layers} layers")
+        bad = [x for x in self.layers or () if not 0 <= x < num_layers]
+        if bad:
+            raise SptbenchError(f"layers {bad} out of range: this backbone has layers 0..{num_layers - 1}")
+
 
 @dataclass
 class SptDartsConfig(SptConfig):
@@ -153,6 +161,11 @@ class LptConfig(PromptGeneratorConfig):
         if self.layer is not None and self.layer < 0:
             raise SptbenchError(f"layer must be >= 0, got {self.layer}")
 
+    def check_layers(self, num_layers: int) -> None:
+        """The prompt layer must exist in the backbone."""
+        if self.layer is not None and self.layer >= num_layers:
+            raise SptbenchError(f"layer {self.layer} out of range: this backbone has layers 0..{num_layers - 1}")
+
 
 # ---------------------------------------------------------------------------------------------------- building
 
@@ -183,6 +196,7 @@ def add_prompts(model: Classifier, cfg: PromptGeneratorConfig, layers: Sequence[
 
 def apply_spt(model: Classifier, cfg: SptConfig) -> None:
     """With `layers`: the re-trained model (hard prompts there). Without: the search-stage model (gates everywhere)."""
+    cfg.check_layers(len(model.layers))
     if cfg.layers is not None:
         add_prompts(model, cfg, cfg.layers, gated=False)
     else:

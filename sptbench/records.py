@@ -390,7 +390,8 @@ def migrate(rec: dict) -> dict:
         for key, value in LEGACY_TRAINING.items():
             out["training"].setdefault(key, value)
     method = out.get("method")
-    added = LEGACY_METHOD_CONFIG.get(method.get("name")) if isinstance(method, dict) else None
+    name = method.get("name") if isinstance(method, dict) else None
+    added = LEGACY_METHOD_CONFIG.get(name) if isinstance(name, str) else None
     if added and isinstance(method.get("config"), dict):
         for key, value in added.items():
             method["config"].setdefault(key, value)

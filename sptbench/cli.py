@@ -50,6 +50,9 @@ RUN_KEYS = {
     "split_source",
     "model",
     "pooling",
+    "head",
+    "prompt_loss",
+    "template",
     "data_dir",
     "results_dir",
     "device",
@@ -87,6 +90,9 @@ def cmd_run(args) -> int:
         split_source=pick("split_source", "sample"),
         model=pick("model", "minilm-l6"),
         pooling=pick("pooling"),
+        head=pick("head", "linear"),
+        prompt_loss=pick("prompt_loss"),
+        template=pick("template"),
         data_dir=pick("data_dir"),
         results_dir=pick("results_dir", "results"),
         method_overrides=method_overrides,
@@ -138,14 +144,27 @@ def cmd_params(args) -> int:
 
     from sptbench.backbones import load_backbone
     from sptbench.registry import build_config, get_method, load_methods
+    from sptbench.tasks import load_spec
+    from sptbench.templates import prompt_setup
 
     names = sorted(load_methods()) if args.method == "all" else [args.method]
-    rows = []
+    setup, num_labels = None, args.num_labels
+    if args.head == "prompt" or args.task:  # the prompt head reads the task's label words (default: sst2's)
+        spec = load_spec(args.task or "sst2")
+        setup = prompt_setup(spec, args.head or "linear", args.prompt_loss, args.template)
+        num_labels = spec.num_labels
+    rows, skipped = [], []
     for name in names:
         method = get_method(name)
-        model, _, _ = load_backbone(args.model, args.num_labels)
+        model, _, _ = load_backbone(args.model, num_labels, prompt=setup)
         model.freeze_backbone()
-        method.apply(model, build_config(method, _parse_sets(args.set)))
+        try:
+            method.apply(model, build_config(method, _parse_sets(args.set)))
+        except SptbenchError as e:
+            if args.method != "all":
+                raise
+            skipped.append(f"{name}: {e}")
+            continue
         c = model.count_parameters()
         rows.append(
             [
@@ -165,6 +184,8 @@ def cmd_params(args) -> int:
             intfmt=",",
         )
     )
+    for line in skipped:
+        print(f"skipped {line}")
     return 0
 
 
@@ -180,6 +201,17 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _head_arguments(p: argparse.ArgumentParser) -> None:
+    """--head, --prompt-loss, --template (docs/heads.md)."""
+    p.add_argument("--head", choices=["linear", "prompt"],
+                   help="linear: a fresh linear layer on the pooled tokens (default); prompt: the pretrained LM head, "
+                   "frozen, read at the task template's mask over its label words (needs an LM checkpoint)")
+    p.add_argument("--prompt-loss", dest="prompt_loss", choices=["label_words", "vocab"],
+                   help="prompt head training loss: cross-entropy over the label words (default, LM-BFF) or over the "
+                   "whole vocabulary with the label word as target (LPT)")
+    p.add_argument("--template", help="prompt head: the task's template by name (default: its first)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sptbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--model", help="minilm-l6, tiny-bert, tiny-roberta, tiny-deberta, tiny-gpt2, a hub id or a folder")
     p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: from the backbone")
+    _head_arguments(p)
     p.add_argument(
         "--data-dir",
         default=os.environ.get("SPTBENCH_DATA_DIR"),
@@ -222,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--model", default="minilm-l6")
     p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--task", help="the task whose labels (and, with --head prompt, label words) to use")
+    _head_arguments(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_params)
 

@@ -27,6 +27,7 @@ from sptbench.hardware import device_label, hardware_id
 from sptbench.records import SCHEMA_VERSION, append_record, new_run_id, setting_name, table_path
 from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
 from sptbench.tasks import TaskData, load_task
+from sptbench.templates import encode_prompt_rows, head_section, prompt_setup, setup_from_record
 from sptbench.train import FitContext, FitResult, NonFiniteLoss, TrainConfig, encode_rows, evaluate, train, world
 
 
@@ -42,6 +43,9 @@ class RunSpec:
     split_source: str = "sample"  # sample | lm-bff (published LM-BFF splits)
     model: str = "minilm-l6"
     pooling: str | None = None
+    head: str = "linear"  # linear | prompt (the pretrained LM head at the template's mask; docs/heads.md)
+    prompt_loss: str | None = None  # prompt head: label_words (default, LM-BFF) | vocab (LPT)
+    template: str | None = None  # prompt head: the task's template name (default: its first)
     data_dir: str | None = None
     results_dir: str = "results"
     method_overrides: dict[str, Any] = field(default_factory=dict)
@@ -164,6 +168,7 @@ def run(spec: RunSpec) -> RunOutcome:
         split_source=spec.split_source,
         train_size=spec.train_size,
     )
+    setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template)
     accelerator = _device(spec.device)
     device = accelerator.device
     if device.type == "cuda":
@@ -174,8 +179,10 @@ def run(spec: RunSpec) -> RunOutcome:
     def build_model():
         seed_everything(spec.seed)
         with _hf_progress(spec.progress):  # transformers' own weight-loading bar, off when ours is
-            model, tokenizer, info = load_backbone(spec.model, task.spec.num_labels, pooling=spec.pooling)
-        info_box.update(tokenizer=tokenizer, info=info)
+            model, tokenizer, info = load_backbone(
+                spec.model, task.spec.num_labels, pooling=spec.pooling, prompt=setup
+            )
+        info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         model.freeze_backbone()
         return model.to(device)
 
@@ -184,6 +191,8 @@ def run(spec: RunSpec) -> RunOutcome:
     pad_id = tokenizer.pad_token_id or 0
 
     def encode(rows):
+        if setup is not None:
+            return encode_prompt_rows(rows, tokenizer, setup, task.spec.max_length, causal=info_box["causal"])
         return encode_rows(rows, tokenizer, task.spec)
 
     def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
@@ -214,6 +223,10 @@ def run(spec: RunSpec) -> RunOutcome:
         status, error = "failed", str(e)
 
     record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
+    # the head section sits after the backbone; optional in the schema: records from before it lack it (linear)
+    items = list(record.items())
+    at = [k for k, _ in items].index("backbone") + 1
+    record = dict(items[:at] + [("head", head_section(setup))] + items[at:])
     path = table_path(spec.results_dir, spec.model, setting_name(spec.shots, spec.train_size))
     if spec.sweep is not None:
         record["sweep"] = dict(spec.sweep)
@@ -316,8 +329,10 @@ def load_trained(folder: str | Path):
     method = get_method(record["method"]["name"])
     # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
     cfg = build_config(method, record.get("extra", {}).get("final_config") or record["method"]["config"])
+    spec = load_spec(record["task"]["name"])
     model, tokenizer, _ = load_backbone(
-        record["backbone"]["id"], load_spec(record["task"]["name"]).num_labels, pooling=record["backbone"]["pooling"]
+        record["backbone"]["id"], spec.num_labels, pooling=record["backbone"]["pooling"],
+        prompt=setup_from_record(record, spec),
     )
     model.freeze_backbone()
     method.apply(model, cfg)

@@ -186,11 +186,11 @@ def bench(
     `head="prompt"`: every model reads the frozen LM head at a mask token (SST-2's label words); methods that train
     nothing with it (`head`, `zero_shot`) are skipped."""
     from sptbench.backbones import load_backbone
-    from sptbench.tasks import load_spec
-    from sptbench.templates import head_section, prompt_setup
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method
     from sptbench.runner import _git, _versions
+    from sptbench.tasks import load_spec
+    from sptbench.templates import head_section, prompt_setup
     from sptbench.train import FROZEN_MODES
 
     if dtype not in ("fp32", "bf16"):
@@ -331,7 +331,8 @@ def format_table(records: list[dict]) -> str:
     kind = (head.get("head") or {}).get("kind", "linear")  # bench records before the prompt head lack it
     title = (
         f"{head['backbone']['id']} ({kind} head) on {head['throughput']['device']}, {head['throughput']['dtype']}, "
-        f"batch {shape['batch_size']} x {shape['seq_len']} tokens, median of {shape['steps']} steps after {shape['warmup']}"
+        f"batch {shape['batch_size']} x {shape['seq_len']} tokens, median of {shape['steps']} steps after "
+        f"{shape['warmup']}"
     )
     headers = ["method", "trainable", "train samples/s", "train tokens/s", "eval samples/s", "peak MB",
                "train/floor", "eval/floor"]

@@ -206,7 +206,9 @@ def _prompt_section(section: Any, spec: TaskSpec, where: str) -> dict | None:
         raise SptbenchError(f"{where}: field 'prompt' must be a mapping")
     unknown = sorted(set(section) - {"template", "templates", "label_words", "note"})
     if unknown:
-        raise SptbenchError(f"{where}: unknown key 'prompt.{unknown[0]}'; known: template, templates, label_words, note")
+        raise SptbenchError(
+            f"{where}: unknown key 'prompt.{unknown[0]}'; known: template, templates, label_words, note"
+        )
     if ("template" in section) == ("templates" in section):
         raise SptbenchError(f"{where}: 'prompt' needs exactly one of 'template' (a string) or 'templates' (a mapping)")
     templates = section["templates"] if "templates" in section else {DEFAULT_TEMPLATE: section["template"]}

@@ -15,7 +15,7 @@ from sptbench.errors import SptbenchError
 from sptbench.records import read_records, record_key, validate_record
 from sptbench.registry import build_config, get_method
 from sptbench.tasks import load_spec
-from sptbench.templates import encode_prompt_rows, parse_template, prompt_setup
+from sptbench.templates import PromptSetup, encode_prompt_rows, parse_template, prompt_setup
 from tests.conftest import TINY_FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -102,7 +102,7 @@ def test_prompt_methods_read_the_template_mask_and_are_batch_invariant(name, met
         ids_p, mask_p = random_prompt_batch(100 + PROMPT_METHODS.index(method), tok, causal, lengths, left=left)
         with torch.no_grad():
             padded = model(ids_p, mask_p)
-            for i, n in enumerate(lengths):
+            for i in range(len(lengths)):
                 real = mask_p[i].bool()
                 alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real])
                 torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
@@ -149,9 +149,8 @@ def test_truncation_keeps_template_and_mask():
 
 def test_multi_token_label_word_fails_at_load():
     spec = load_spec("sst2")
-    bad = prompt_setup(spec, "prompt").__class__(
-        "sst2", parse_template("<s1> It was <mask> .", 1, "test"), ("sentence",), spec.labels, ("terrible", "zygomorphic")
-    )
+    template = parse_template("<s1> It was <mask> .", 1, "test")
+    bad = PromptSetup("sst2", template, ("sentence",), spec.labels, ("terrible", "zygomorphic"))
     with pytest.raises(SptbenchError) as err:
         load_backbone("tiny-bert", 2, prompt=bad)
     msg = str(err.value)

@@ -156,15 +156,16 @@ def cmd_params(args) -> int:
     rows, skipped = [], []
     for name in names:
         method = get_method(name)
-        model, _, _ = load_backbone(args.model, num_labels, prompt=setup)
-        model.freeze_backbone()
         try:
-            method.apply(model, build_config(method, _parse_sets(args.set)))
+            method.check_head(args.head or "linear")
         except SptbenchError as e:
             if args.method != "all":
                 raise
             skipped.append(f"{name}: {e}")
             continue
+        model, _, _ = load_backbone(args.model, num_labels, prompt=setup)
+        model.freeze_backbone()
+        method.apply(model, build_config(method, _parse_sets(args.set)))
         c = model.count_parameters()
         rows.append(
             [

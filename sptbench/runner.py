@@ -156,6 +156,7 @@ def run(spec: RunSpec) -> RunOutcome:
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _git()  # the code this process runs: read before it runs anything
     method = get_method(spec.method)
+    method.check_head(spec.head)
     cfg = build_config(method, spec.method_overrides)
     tcfg = train_config(spec, method)
     if spec.dtype not in ("fp32", "bf16"):

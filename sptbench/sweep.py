@@ -260,6 +260,11 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     if not isinstance(model, str):
         raise SptbenchError(f"{where}: 'model' must be a backbone name, hub id or folder")
     heads = _heads(raw, tasks, where)
+    for m, (head, _, _) in itertools.product(methods, heads):
+        try:
+            registry[m].check_head(head)
+        except SptbenchError as e:
+            raise SptbenchError(f"{where}: {e}") from None
 
     for task in tasks:
         spec = load_spec(task)

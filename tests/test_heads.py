@@ -217,7 +217,7 @@ def test_zero_shot_trains_nothing_and_needs_the_prompt_head(data_dir, tmp_path, 
     base = ["run", "--method", "zero_shot", "--task", "sst2", "--shots", "16", "--model", "tiny-bert",
             "--data-dir", str(data_dir), "--results-dir", str(tmp_path), "--quiet"]
     assert main(base) == 2
-    assert "needs --head prompt" in capsys.readouterr().err
+    assert "works with --head prompt" in capsys.readouterr().err
     assert main([*base, "--head", "prompt"]) == 0
     (rec,) = read_records([tmp_path / "v1"])
     assert rec["outcome"]["steps_run"] == 0 and rec["params"]["trainable"] == 0 and rec["metrics"]["dev"]

@@ -65,9 +65,11 @@ register_method(
     "finetune", FinetuneConfig, apply_finetune, "full fine-tuning of every backbone parameter", default_lr=2e-5
 )
 register_method(
-    "head", HeadConfig, apply_head, "frozen backbone, linear head on the pooled representation", default_lr=1e-2
+    "head", HeadConfig, apply_head, "frozen backbone, linear head on the pooled representation", default_lr=1e-2,
+    heads=("linear",),
 )
 register_method(
     "zero_shot", ZeroShotConfig, apply_zero_shot,
     "no training: the prompt head's label words at the template's mask (--head prompt)", fit=fit_zero_shot,
+    heads=("prompt",),
 )

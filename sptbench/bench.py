@@ -242,6 +242,9 @@ def bench(
         torch.manual_seed(0)
         model = copy.deepcopy(base)
         method.apply(model, cfg)
+        if not any(p.requires_grad for p in model.parameters()):  # zero_shot: nothing to time a training step of
+            skipped.append(f"{method.name} (trains nothing)")
+            continue
         say(f"{method.name}" + (f" (frozen layers: {frozen_layers})" if frozen_layers != "dropout" else ""))
         model.frozen_mode = frozen_layers
         model.to(dev)

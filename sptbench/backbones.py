@@ -1,6 +1,8 @@
 """Backbones: hub ids or local folders (real loading code), the offline `minilm-l6`, and tiny in-process configs.
 
 `load_backbone` returns a `Classifier` (backbone + family + pooling + fresh head), its tokenizer, and provenance.
+With a `PromptSetup` (`--head prompt`) the backbone is loaded with its pretrained LM head (masked LM for encoders,
+causal LM for GPT-2) and the Classifier reads that head, frozen, at the template's mask (docs/heads.md).
 """
 
 from __future__ import annotations
@@ -12,11 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, DebertaV2Config, GPT2Config, RobertaConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    DebertaV2Config,
+    GPT2Config,
+    RobertaConfig,
+)
 
 from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.families import family_for
-from sptbench.model import POOLINGS, Classifier
+from sptbench.model import POOLINGS, Classifier, PromptHead
+from sptbench.templates import PromptSetup, label_word_ids
 
 # Tiny randomly initialised configs: 4 layers so that layer-selective methods have layers to choose from.
 _TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
@@ -129,18 +142,38 @@ def _pooling_from_folder(folder: Path) -> str | None:
     return None
 
 
-def _tiny(name: str, seed: int = 0):
-    """A tiny random backbone, identical on every call (its own RNG), with the MiniLM tokenizer for its vocabulary."""
+def _auto_class(config, lm: bool):
+    """AutoModel, or the LM class of the config's family: causal LM (GPT-2) or masked LM (encoders)."""
+    if not lm:
+        return AutoModel
+    return AutoModelForCausalLM if family_for(config).causal else AutoModelForMaskedLM
+
+
+def _tiny(name: str, seed: int = 0, lm: bool = False):
+    """A tiny random backbone (with a random LM head if `lm`), identical on every call (its own RNG), with the MiniLM
+    tokenizer for its vocabulary."""
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     config = TINY_CONFIGS[name](len(tokenizer))
     config._attn_implementation = "eager" if config.model_type == "deberta-v2" else "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone = AutoModel.from_config(config)
+        backbone = _auto_class(config, lm).from_config(config)
     return backbone, tokenizer, None, None, None
 
 
-def _pretrained(name: str, revision: str | None, trust_remote_code: bool):
+def _missing_lm_head(name: str, lm_model, missing: set[str]) -> None:
+    """One line when the checkpoint has no LM head weights (e.g. a sentence-transformers encoder)."""
+    prefix = f"{lm_model.base_model_prefix}."
+    head = sorted(k for k in missing if not k.startswith(prefix))
+    if head:
+        more = f" and {len(head) - 1} more" if len(head) > 1 else ""
+        raise SptbenchError(
+            f"--head prompt needs a masked or causal LM checkpoint; '{name}' has no LM head weights "
+            f"(missing {head[0]}{more})"
+        )
+
+
+def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):
     local = Path(name).expanduser()
     folder = minilm_path() if name == MINILM_ALIAS else (local if local.is_dir() else None)
     source = str(folder) if folder else name
@@ -149,7 +182,23 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool):
         config = AutoConfig.from_pretrained(source, **kwargs)
         family_for(config)  # fail early, with the supported families, before downloading weights
         attn = "eager" if config.model_type == "deberta-v2" else "sdpa"  # DeBERTa has its own attention only
-        backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn, **kwargs)
+        if lm:  # the LM head must come from the checkpoint: a freshly initialised one is an error, not a warning
+            from transformers.utils import logging as hf_logging
+
+            verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+            hf_logging.set_verbosity_error()  # its load report would print the missing keys we report in one line
+            hf_logging.disable_progress_bar()
+            try:
+                backbone, loading = _auto_class(config, lm).from_pretrained(
+                    source, config=config, attn_implementation=attn, output_loading_info=True, **kwargs
+                )
+            finally:
+                hf_logging.set_verbosity(verbosity)
+                if bar:
+                    hf_logging.enable_progress_bar()
+            _missing_lm_head(name, backbone, set(loading.get("missing_keys", ())))
+        else:
+            backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except SptbenchError:
         raise
@@ -173,24 +222,35 @@ def load_backbone(
     revision: str | None = None,
     trust_remote_code: bool = False,
     head_dropout: float = 0.1,
+    prompt: PromptSetup | None = None,
 ) -> tuple[Classifier, object, BackboneInfo]:
-    """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh head, plus tokenizer and provenance."""
+    """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh linear head, or with `prompt` the frozen
+    pretrained LM head read at the template's mask (label words checked against the tokenizer), plus tokenizer and
+    provenance."""
     if pooling is not None and pooling not in POOLINGS:
         raise unknown_choice("pooling", pooling, POOLINGS)
     if name.startswith("tiny-") and name not in TINY_CONFIGS:
         raise unknown_choice("backbone", name, BACKBONES)
+    lm = prompt is not None
     if name in TINY_CONFIGS:
-        backbone, tokenizer, rev, sha, folder_pooling = _tiny(name)
+        loaded, tokenizer, rev, sha, folder_pooling = _tiny(name, lm=lm)
     else:
-        backbone, tokenizer, rev, sha, folder_pooling = _pretrained(name, revision, trust_remote_code)
-    family = family_for(backbone.config)
+        loaded, tokenizer, rev, sha, folder_pooling = _pretrained(name, revision, trust_remote_code, lm=lm)
+    family = family_for(loaded.config)
     if tokenizer.pad_token is None:  # GPT-2 has none; the mask, not the id, decides what is padding
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     chosen = pooling or folder_pooling or family.default_pooling
-    model = Classifier(backbone, family, num_labels, chosen, head_dropout=head_dropout)
+    head = None
+    backbone = loaded.base_model if lm else loaded
+    if lm:
+        if not family.causal and tokenizer.mask_token_id is None:
+            raise SptbenchError(f"--head prompt on '{name}': its tokenizer has no mask token for the template")
+        head = PromptHead(family.lm_head(loaded), family, label_word_ids(tokenizer, prompt),
+                          None if family.causal else tokenizer.mask_token_id, prompt.loss)
+    model = Classifier(backbone, family, num_labels, chosen, prompt_head=head, head_dropout=head_dropout)
     if sha is None:
-        sha = _state_sha256(backbone)
+        sha = _state_sha256(loaded)
     info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters)
     return model, tokenizer, info
 

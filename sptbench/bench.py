@@ -74,11 +74,16 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def synthetic_batch(shape: Shape, vocab: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random token ids at full length (no padding), all-ones mask, random labels."""
+def synthetic_batch(
+    shape: Shape, vocab: int, device: torch.device, seed: int = 0, mask_token_id: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Random token ids at full length (no padding), all-ones mask, random labels; with `mask_token_id` (the prompt
+    head of an encoder) one mask token per example, second to last, where a template's `<mask> .` would put it."""
     g = torch.Generator().manual_seed(seed)
     low = min(1000, vocab // 2)  # above the special tokens of BERT/RoBERTa-like vocabularies
     ids = torch.randint(low, vocab, (shape.batch, shape.seq_len), generator=g)
+    if mask_token_id is not None:
+        ids[:, max(0, shape.seq_len - 2)] = mask_token_id
     return {
         "input_ids": ids.to(device),
         "attention_mask": torch.ones_like(ids).to(device),
@@ -170,17 +175,23 @@ def bench(
     frozen_layers: str = "dropout",
     compile: bool = False,
     log: Callable[[str], None] | None = None,
+    head: str = "linear",
+    prompt_loss: str | None = None,
 ) -> list[dict]:
     """One record per method (plus the floor's numbers in each), all measured in this process on one batch.
 
     The floor is measured before and after the methods; ratios use the faster of the two. `frozen_layers` is the
     training option of that name: with `cache`, layers below a method's first trainable layer are computed once for
     the (repeated) batch, which is the steady state of few-shot training once every example has been seen.
-    `compile`: floor and methods alike run through `torch.compile` (the warm-up steps include compilation)."""
+    `compile`: floor and methods alike run through `torch.compile` (the warm-up steps include compilation).
+    `head="prompt"`: every model reads the frozen LM head at a mask token (SST-2's label words); methods that train
+    nothing with it (`head`, `zero_shot`) are skipped, as `zero_shot` is with the linear head."""
     from sptbench.backbones import load_backbone
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method
     from sptbench.runner import _git, _versions
+    from sptbench.tasks import load_spec
+    from sptbench.templates import head_section, prompt_setup
     from sptbench.train import FROZEN_MODES
 
     if dtype not in ("fp32", "bf16"):
@@ -195,8 +206,11 @@ def bench(
     chosen = [get_method(m) for m in methods]
     configs = [build_config(m, overrides) for m in chosen]  # bad --set fails before any measurement
     dev = _resolve_device(device)
+    setup = prompt_setup(load_spec("sst2"), head, prompt_loss) if head != "linear" else None
+    if setup is not None and shape.num_labels != len(setup.labels):
+        raise SptbenchError(f"the prompt head benches SST-2's {len(setup.labels)} label words, not {shape.num_labels}")
     torch.manual_seed(0)
-    base, _, info = load_backbone(model_name, shape.num_labels)  # once: every method starts from a copy
+    base, _, info = load_backbone(model_name, shape.num_labels, prompt=setup)  # once: methods start from a copy
     base.freeze_backbone()
     vocab = base.family.word_embeddings(base.backbone).weight.shape[0]
     limit = getattr(base.backbone.config, "max_position_embeddings", None) or getattr(
@@ -204,7 +218,8 @@ def bench(
     )
     if limit is not None and shape.seq_len > limit - 2:
         raise SptbenchError(f"--seq-len {shape.seq_len} is too long for {model_name} (at most {limit - 2})")
-    batch = synthetic_batch(shape, vocab, dev)
+    mask_id = base.head.mask_token_id if base.head_kind == "prompt" else None
+    batch = synthetic_batch(shape, vocab, dev, mask_token_id=mask_id)
     say = log or (lambda msg: None)
 
     floor_model = copy.deepcopy(base)
@@ -215,21 +230,32 @@ def bench(
 
     common = {
         "backbone": {"id": model_name, "family": info.family, "num_parameters": info.num_parameters},
+        "head": head_section(setup),
         "shape": {"batch_size": shape.batch, "seq_len": shape.seq_len, "steps": shape.steps, "warmup": shape.warmup},
         "versions": _versions(),
         "git": dict(_git()),
     }
-    measured = []
+    measured, skipped = [], []
     for method, cfg in zip(chosen, configs, strict=True):
-        say(f"{method.name}" + (f" (frozen layers: {frozen_layers})" if frozen_layers != "dropout" else ""))
+        if head not in method.heads:  # `head` trains the linear head, `zero_shot` reads the prompt head untrained
+            skipped.append(f"{method.name} (works with --head {' or '.join(method.heads)})")
+            continue
         torch.manual_seed(0)
         model = copy.deepcopy(base)
         method.apply(model, cfg)
+        if not any(p.requires_grad for p in model.parameters()):  # zero_shot: nothing to time a training step of
+            skipped.append(f"{method.name} (trains nothing)")
+            continue
+        say(f"{method.name}" + (f" (frozen layers: {frozen_layers})" if frozen_layers != "dropout" else ""))
         model.frozen_mode = frozen_layers
         model.to(dev)
         got = measure(model, batch, shape, lr=method.default_lr, dtype=dtype, compile=compile)
         measured.append((method, cfg, model.count_parameters(), got))
         del model
+    for line in skipped:
+        say(f"skipped {line}")
+    if not measured:
+        raise SptbenchError(f"nothing to measure: skipped {'; '.join(skipped)}")
     # The floor again, after the methods: clocks, caches and allocators warm up over a process (a GPU's first
     # measurement is often its slowest). Ratios use the faster floor of the two, so they never flatter a method.
     say(f"{FLOOR}: again")
@@ -302,9 +328,11 @@ def format_table(records: list[dict]) -> str:
         )
     head = records[0]
     shape = head["shape"]
+    kind = (head.get("head") or {}).get("kind", "linear")  # bench records before the prompt head lack it
     title = (
-        f"{head['backbone']['id']} on {head['throughput']['device']}, {head['throughput']['dtype']}, batch "
-        f"{shape['batch_size']} x {shape['seq_len']} tokens, median of {shape['steps']} steps after {shape['warmup']}"
+        f"{head['backbone']['id']} ({kind} head) on {head['throughput']['device']}, {head['throughput']['dtype']}, "
+        f"batch {shape['batch_size']} x {shape['seq_len']} tokens, median of {shape['steps']} steps after "
+        f"{shape['warmup']}"
     )
     headers = ["method", "trainable", "train samples/s", "train tokens/s", "eval samples/s", "peak MB",
                "train/floor", "eval/floor"]
@@ -334,6 +362,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         frozen_layers=args.frozen_layers,
         compile=args.compile,
         log=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
+        head=args.head,
+        prompt_loss=args.prompt_loss,
     )
     print(format_table(records))
     if args.out:
@@ -363,5 +393,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "or computed once per example and reused (cache: few-shot steady state)")
     p.add_argument("--compile", action="store_true",
                    help="run the floor and every method through torch.compile (compilation happens in the warm-up)")
+    p.add_argument("--head", choices=["linear", "prompt"], default="linear",
+                   help="prompt: the frozen LM head at a mask token over SST-2's label words (docs/heads.md)")
+    p.add_argument("--prompt-loss", dest="prompt_loss", choices=["label_words", "vocab"],
+                   help="with --head prompt: the training loss (default label_words)")
     p.add_argument("--out", type=nonempty, help="also write the records (a YAML stream, one document per method) here")
     p.set_defaults(func=cmd_bench)

@@ -141,6 +141,9 @@ def cmd_run(args) -> int:
         split_source=pick("split_source", "sample"),
         model=pick("model", "minilm-l6"),
         pooling=pick("pooling"),
+        head=pick("head", "linear"),
+        prompt_loss=pick("prompt_loss"),
+        template=pick("template"),
         data_dir=pick("data_dir"),
         results_dir=pick("results_dir", "results"),
         method_overrides=method_overrides,
@@ -193,12 +196,26 @@ def cmd_params(args) -> int:
 
     from sptbench.backbones import load_backbone
     from sptbench.registry import build_config, get_method, load_methods
+    from sptbench.tasks import load_spec
+    from sptbench.templates import prompt_setup
 
     names = sorted(load_methods()) if args.method == "all" else [args.method]
-    rows = []
+    setup, num_labels = None, args.num_labels
+    if args.head == "prompt" or args.task:  # the prompt head reads the task's label words (default: sst2's)
+        spec = load_spec(args.task or "sst2")
+        setup = prompt_setup(spec, args.head or "linear", args.prompt_loss, args.template)
+        num_labels = spec.num_labels
+    rows, skipped = [], []
     for name in names:
         method = get_method(name)
-        model, _, _ = load_backbone(args.model, args.num_labels)
+        try:
+            method.check_head(args.head or "linear")
+        except SptbenchError as e:
+            if args.method != "all":
+                raise
+            skipped.append(f"{name}: {e}")
+            continue
+        model, _, _ = load_backbone(args.model, num_labels, prompt=setup)
         model.freeze_backbone()
         method.apply(model, build_config(method, _parse_sets(args.set)))
         c = model.count_parameters()
@@ -220,6 +237,8 @@ def cmd_params(args) -> int:
             intfmt=",",
         )
     )
+    for line in skipped:
+        print(f"skipped {line}")
     return 0
 
 
@@ -233,6 +252,17 @@ def cmd_plot(args) -> int:
     plot_gates(records, args.out, by=args.by)
     print(f"wrote {args.out} ({len(records)} runs)")
     return 0
+
+
+def _head_arguments(p: argparse.ArgumentParser) -> None:
+    """--head, --prompt-loss, --template (docs/heads.md)."""
+    p.add_argument("--head", choices=["linear", "prompt"],
+                   help="linear: a fresh linear layer on the pooled tokens (default); prompt: the pretrained LM head, "
+                   "frozen, read at the task template's mask over its label words (needs an LM checkpoint)")
+    p.add_argument("--prompt-loss", dest="prompt_loss", choices=["label_words", "vocab"],
+                   help="prompt head training loss: cross-entropy over the label words (default, LM-BFF) or over the "
+                   "whole vocabulary with the label word as target (LPT)")
+    p.add_argument("--template", help="prompt head: the task's template by name (default: its first)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minilm-l6, tiny-bert, tiny-roberta, tiny-deberta, tiny-gpt2, a hub id or a folder "
                    "(default: minilm-l6)")
     p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: from the backbone")
+    _head_arguments(p)
     p.add_argument(
         "--data-dir",
         type=nonempty,
@@ -307,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a method name, or 'all'")
     p.add_argument("--model", default="minilm-l6", type=nonempty, help="backbone (as for run --model)")
     p.add_argument("--num-labels", type=positive_int, default=2, help="classes of the head")
+    p.add_argument("--task", help="the task whose labels (and, with --head prompt, label words) to use")
+    _head_arguments(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
     p.set_defaults(func=cmd_params)
 

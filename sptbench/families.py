@@ -21,6 +21,7 @@ class Family:
     causal: bool
     default_pooling: str  # cls | mean | last
     lora_targets: tuple[str, ...]  # peft target module names for the query and value projections
+    lm_head_name: str = "cls"  # the LM head's attribute on the *ForMaskedLM / *LMHeadModel (the prompt head)
 
     # -- where things are ---------------------------------------------------------------------------------------
     def embeddings(self, backbone: nn.Module) -> nn.Module:
@@ -87,6 +88,15 @@ class Family:
         """Anything the stock model applies after the last layer (GPT-2's final LayerNorm)."""
         return hidden
 
+    # -- the pretrained LM head (the prompt head reads through it) ----------------------------------------------
+    def lm_head(self, lm_model: nn.Module) -> nn.Module:
+        """The LM head module of a masked LM (encoders) or causal LM (GPT-2) built by transformers."""
+        return getattr(lm_model, self.lm_head_name)
+
+    def lm_logits(self, backbone: nn.Module, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of final hidden states (after `final`), as the stock LM model computes them."""
+        return head(hidden)
+
 
 @dataclass(frozen=True)
 class GPT2Family(Family):
@@ -115,8 +125,10 @@ class GPT2Family(Family):
         # GPT2Model embeds token_type_ids through wte, which a classifier must not do: they are ignored here.
         if inputs_embeds is None:
             inputs_embeds = backbone.wte(input_ids)
-        positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
-        return backbone.drop(inputs_embeds + backbone.wpe(positions)[None])
+        # positions count real tokens (and prompts) only: left padding gives the same positions as none, right padding
+        # the stock ones (arange) on every real token
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        return backbone.drop(inputs_embeds + backbone.wpe(positions))
 
     def final(self, backbone, hidden):
         return backbone.ln_f(hidden)
@@ -139,6 +151,13 @@ class DebertaV2Family(Family):
         # DisentangledSelfAttention takes a boolean mask, True = may attend (broadcast over heads and queries).
         return key_mask[:, None, None, :]
 
+    def lm_head(self, lm_model):
+        return lm_model.cls if lm_model.config.legacy else lm_model.lm_predictions
+
+    def lm_logits(self, backbone, head, hidden):
+        # the non-legacy head takes the word embeddings as its decoder (DebertaV2ForMaskedLM.forward)
+        return head(hidden) if backbone.config.legacy else head(hidden, backbone.embeddings.word_embeddings)
+
     def run_layer(self, backbone, layer, hidden, mask):
         encoder = backbone.encoder
         relative_pos = encoder.get_rel_pos(hidden)
@@ -148,11 +167,13 @@ class DebertaV2Family(Family):
 
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", causal=False, default_pooling="cls", lora_targets=("query", "value")),
-    "roberta": Family("roberta", causal=False, default_pooling="cls", lora_targets=("query", "value")),
+    "roberta": Family(
+        "roberta", causal=False, default_pooling="cls", lora_targets=("query", "value"), lm_head_name="lm_head"
+    ),
     "deberta-v2": DebertaV2Family(
         "deberta-v2", causal=False, default_pooling="cls", lora_targets=("query_proj", "value_proj")
     ),
-    "gpt2": GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",)),
+    "gpt2": GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",), lm_head_name="lm_head"),
 }
 
 _MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "deberta-v2": "deberta-v2", "gpt2": "gpt2"}

@@ -1,4 +1,5 @@
-"""`Classifier`: a backbone run layer by layer through its Family, the injections, pooling and a linear head."""
+"""`Classifier`: a backbone run layer by layer through its Family, the injections, and a head: pooling and a linear
+layer, or the prompt head (the frozen pretrained LM head read at the template's mask, restricted to the label words)."""
 
 from __future__ import annotations
 
@@ -25,17 +26,61 @@ def pool(tokens: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {how!r}")
 
 
+class PromptHead(nn.Module):
+    """The backbone's pretrained LM head, frozen, read at one position per example, restricted to the label words.
+
+    Encoders read the template's mask token (found by id in the token ids, so prompt positions in front of the tokens
+    never move it); causal LMs read the last real position (their input is the template cut at the mask). In training
+    with loss `vocab` one more column is returned, the log-sum-exp of every other word's logit, so that cross-entropy
+    over the returned logits is cross-entropy over the whole vocabulary with the label word as target (Late Prompt
+    Tuning); evaluation always compares the label words only (`label_words` loss: LM-BFF).
+    """
+
+    def __init__(self, lm_head: nn.Module, family: Family, label_word_ids: list[int], mask_token_id: int | None,
+                 loss: str = "label_words"):
+        super().__init__()
+        if loss not in ("label_words", "vocab"):
+            raise ValueError(f"unknown prompt loss {loss!r}")
+        self.lm_head = lm_head.requires_grad_(False)
+        self.family = family
+        self.mask_token_id = mask_token_id
+        self.loss = loss
+        self.register_buffer("label_word_ids", torch.tensor(label_word_ids, dtype=torch.long), persistent=False)
+
+    def read_positions(self, token_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch,) token positions read: the mask token (encoders) or the last real token (causal), either padding."""
+        if self.family.causal:
+            return token_mask.shape[1] - 1 - token_mask.long().flip(1).argmax(1)
+        hits = input_ids == self.mask_token_id
+        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling() and not bool((hits.sum(1) == 1).all()):
+            raise ValueError("the prompt head needs exactly one mask token per example (encode with the template)")
+        return hits.long().argmax(1)
+
+    def forward(self, backbone: nn.Module, tokens: torch.Tensor, token_mask: torch.Tensor,
+                input_ids: torch.Tensor) -> torch.Tensor:
+        at = self.read_positions(token_mask, input_ids)
+        read = tokens[torch.arange(tokens.shape[0], device=tokens.device), at]
+        vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
+        words = vocab[:, self.label_word_ids]
+        if self.training and self.loss == "vocab":
+            rest = vocab.float().index_fill(1, self.label_word_ids, float("-inf")).logsumexp(-1, keepdim=True)
+            return torch.cat([words.float(), rest], 1)
+        return words
+
+
 class Classifier(nn.Module):
     """Sequence classifier on any supported backbone, with one place where prompts and prefixes enter."""
 
-    def __init__(self, backbone: nn.Module, family: Family, num_labels: int, pooling: str, head_dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, family: Family, num_labels: int, pooling: str, head_dropout: float = 0.1,
+                 prompt_head: PromptHead | None = None):
         super().__init__()
         self.backbone = backbone
         self.family = family
         self.pooling = pooling
         self.num_labels = num_labels
         self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(family.hidden_size(backbone), num_labels)
+        # the linear head on the pooled tokens, or the prompt head (the frozen LM head at the template's mask)
+        self.head = prompt_head if prompt_head is not None else nn.Linear(family.hidden_size(backbone), num_labels)
         self.injections = nn.ModuleList()
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
         self.frozen_mode = "dropout"  # how layers below the first trainable one run in training: see _frozen_part
@@ -46,6 +91,11 @@ class Classifier(nn.Module):
     def add_injection(self, injection: Injection) -> Injection:
         self.injections.append(injection)
         return injection
+
+    @property
+    def head_kind(self) -> str:
+        """`linear` or `prompt` (methods ask this, e.g. zero_shot needs the prompt head)."""
+        return "prompt" if isinstance(self.head, PromptHead) else "linear"
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -85,6 +135,8 @@ class Classifier(nn.Module):
         for i in range(upto, len(self.layers)):
             hidden, m = self._layer_step(i, hidden, m, token_mask, masks)
         hidden = self.family.final(self.backbone, hidden)
+        if self.head_kind == "prompt":  # prompt positions are cut off: the read position is the template's
+            return self.head(self.backbone, hidden[:, m:], token_mask, input_ids)
         pooled = pool(hidden[:, m:], token_mask, self.pooling)
         return self.head(self.dropout(pooled))
 
@@ -188,8 +240,10 @@ class Classifier(nn.Module):
 
     # -- parameters and saving ----------------------------------------------------------------------------------
     def count_parameters(self) -> dict[str, int]:
-        """Trainable without head, with head, stored (what save writes), stored bytes, and the backbone's size."""
-        head = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        """Trainable without head, with head, stored (what save writes), stored bytes, and the backbone's size.
+        The prompt head's decoder is the backbone's word embedding matrix (tied): counted with the backbone."""
+        in_backbone = {id(p) for p in self.backbone.parameters()}
+        head = sum(p.numel() for p in self.head.parameters() if p.requires_grad and id(p) not in in_backbone)
         trainable_all = sum(p.numel() for p in self.parameters() if p.requires_grad)
         stored = self.export_state()
         return {
@@ -201,7 +255,8 @@ class Classifier(nn.Module):
         }
 
     def export_state(self) -> dict[str, torch.Tensor]:
-        """What save writes: trained parameters plus the head (injections may export a compact form)."""
+        """What save writes: trained parameters plus the linear head (injections may export a compact form). The
+        prompt head is the frozen pretrained LM head: rebuilt from the checkpoint, not saved."""
         out: dict[str, torch.Tensor] = {}
         skip: set[int] = set()
         for i, inj in enumerate(self.injections):
@@ -210,7 +265,8 @@ class Classifier(nn.Module):
                 out.update({f"injections.{i}.{k}": v.detach().clone() for k, v in state.items()})
                 skip.update(id(p) for p in inj.parameters())
         for name, p in self.named_parameters():
-            if (p.requires_grad or name.startswith("head.")) and id(p) not in skip:
+            linear_head = name.startswith("head.") and self.head_kind == "linear"
+            if (p.requires_grad or linear_head) and id(p) not in skip:
                 out[name] = p.detach().clone()
         return out
 

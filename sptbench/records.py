@@ -88,6 +88,15 @@ _SCHEMA: dict[str, Any] = {
     },
     "git": {"commit": "str?", "dirty": "bool?"},
 }
+# The optional `head` section (records from before the prompt head lack it: they ran the linear head).
+_HEAD_SCHEMA: dict[str, Any] = {"kind": "linear|prompt"}
+_PROMPT_HEAD_SCHEMA: dict[str, Any] = {
+    "loss": "label_words|vocab",
+    "template_name": "str",
+    "template": "str",
+    "label_words": "list",
+}
+LINEAR_HEAD = {"kind": "linear"}
 # Sections a failed run may leave null, empty or incomplete: it never got far enough to fill them.
 _RESULT_SECTIONS = ("outcome", "metrics", "params", "throughput", "time")
 _PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
@@ -305,13 +314,35 @@ def _semantic_problems(rec: dict) -> list[str]:
     return problems
 
 
+def head_of(rec: dict) -> dict:
+    """A record's head section; records without one ran the linear head."""
+    head = rec.get("head")
+    return head if isinstance(head, dict) else dict(LINEAR_HEAD)
+
+
+def _head_problems(rec: dict) -> list[str]:
+    """The optional `head` section: `{kind: linear}`, or `kind: prompt` with its loss, template and label words."""
+    if "head" not in rec:
+        return []
+    head = rec["head"]
+    if not isinstance(head, dict):
+        return [f"field 'head' must be a mapping, got {type(head).__name__}"]
+    problems = _check_section(head, _HEAD_SCHEMA, "head.")
+    if head.get("kind") == "prompt":
+        problems += _check_section(head, _PROMPT_HEAD_SCHEMA, "head.")
+        words = head.get("label_words")
+        if isinstance(words, list) and not all(isinstance(w, str) for w in words):
+            problems.append("field 'head.label_words' must be a list of strings")
+    return problems
+
+
 def validate_record(rec: Any) -> list[str]:
     """Every problem of one (current-schema) record: missing fields, wrong types, inconsistent fields; [] if valid."""
     if not isinstance(rec, dict):
         return [f"a record must be a mapping, got {type(rec).__name__}"]
     partial = _RESULT_SECTIONS if rec.get("status") == "failed" else ()
     problems = _check_section(rec, _SCHEMA, "", partial)
-    return problems + _semantic_problems(rec) + list(_non_plain(rec, ""))
+    return problems + _head_problems(rec) + _semantic_problems(rec) + list(_non_plain(rec, ""))
 
 
 def require_valid(records: Iterable[dict]) -> list[dict]:
@@ -505,6 +536,7 @@ KEY_FIELDS = (
     "split_source",
     "seed",
     "backbone",
+    "head",
     "data_fingerprint",
     "training",
 )
@@ -523,6 +555,7 @@ def record_key(rec: dict) -> tuple:
         protocol["split_source"],
         protocol["seed"],
         rec["backbone"]["id"],
+        canonical_json(head_of(rec)),
         rec["data"]["fingerprint"],
         canonical_json(rec["training"]),
     )
@@ -543,10 +576,12 @@ def seed_group(key: tuple) -> tuple:
 
 
 def key_label(key: tuple) -> str:
-    """A short human label of a record key: method/task@version setting seed backbone."""
+    """A short human label of a record key: method/task@version setting seed backbone (+ `prompt head`)."""
     k = dict(zip(KEY_FIELDS, key, strict=True))
     setting = setting_name(k["shots"], k["train_size"])
-    return f"{k['method']}/{k['task']}@v{k['task_version']} {setting} seed={k['seed']} {k['backbone']}"
+    head = json.loads(k["head"]).get("kind", "linear")
+    label = f"{k['method']}/{k['task']}@v{k['task_version']} {setting} seed={k['seed']} {k['backbone']}"
+    return label if head == "linear" else f"{label} {head} head"
 
 
 def key_hash(key: tuple) -> str:

@@ -25,6 +25,12 @@ class Method:
     description: str
     fit: Callable[..., Any] | None = None  # fit(ctx: FitContext) -> FitResult, for multi-stage methods
     default_lr: float = 1e-3  # the learning rate a run uses unless --lr says otherwise
+    heads: tuple[str, ...] = ("linear", "prompt")  # the heads (--head) the method works with
+
+    def check_head(self, head: str) -> None:
+        """A one-line error when the method does not work with this head (e.g. `head` trains the linear one)."""
+        if head not in self.heads:
+            raise SptbenchError(f"method '{self.name}' works with --head {' or '.join(self.heads)}, not '{head}'")
 
 
 METHODS: dict[str, Method] = {}
@@ -47,13 +53,14 @@ def register_method(
     description: str,
     fit: Callable[..., Any] | None = None,
     default_lr: float = 1e-3,
+    heads: tuple[str, ...] = ("linear", "prompt"),
 ) -> None:
     """Register a method under `name` (once; a second registration of the same name is a bug)."""
     if name in METHODS and METHODS[name].apply is not apply:
         raise RuntimeError(f"method '{name}' is registered twice")
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config for '{name}' must be a dataclass")
-    METHODS[name] = Method(name, config_cls, apply, description, fit, default_lr)
+    METHODS[name] = Method(name, config_cls, apply, description, fit, default_lr, tuple(heads))
 
 
 def load_methods() -> dict[str, Method]:

@@ -41,6 +41,7 @@ from sptbench.records import (
 )
 from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
 from sptbench.tasks import TaskData, load_task
+from sptbench.templates import encode_prompt_rows, head_section, prompt_setup, setup_from_record
 from sptbench.train import (
     FitContext,
     FitResult,
@@ -66,6 +67,9 @@ class RunSpec:
     split_source: str = "sample"  # sample | lm-bff (published LM-BFF splits)
     model: str = "minilm-l6"
     pooling: str | None = None
+    head: str = "linear"  # linear | prompt (the pretrained LM head at the template's mask; docs/heads.md)
+    prompt_loss: str | None = None  # prompt head: label_words (default, LM-BFF) | vocab (LPT)
+    template: str | None = None  # prompt head: the task's template name (default: its first)
     data_dir: str | None = None
     results_dir: str = "results"
     method_overrides: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +152,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
             raise SptbenchError(f"{name} must be a non-empty name, got {value!r}")
     check_seed(spec.seed)
     method = get_method(spec.method)
+    method.check_head(spec.head)
     cfg = build_config(method, spec.method_overrides)
     tcfg = train_config(spec, method)
     if spec.dtype not in ("fp32", "bf16"):
@@ -283,6 +288,7 @@ def run(spec: RunSpec) -> RunOutcome:
         split_source=spec.split_source,
         train_size=spec.train_size,
     )
+    setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template)
     accelerator = _device(spec.device)
     device = accelerator.device
     if device.type == "cuda":
@@ -294,9 +300,9 @@ def run(spec: RunSpec) -> RunOutcome:
         seed_everything(spec.seed)
         with _hf_progress(spec.progress):  # transformers' own weight-loading bar, off when ours is
             model, tokenizer, info = load_backbone(
-                spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout
+                spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup
             )
-        info_box.update(tokenizer=tokenizer, info=info)
+        info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         model.freeze_backbone()
         return model.to(device)
 
@@ -305,6 +311,8 @@ def run(spec: RunSpec) -> RunOutcome:
     pad_id = tokenizer.pad_token_id or 0
 
     def encode(rows):
+        if setup is not None:
+            return encode_prompt_rows(rows, tokenizer, setup, task.spec.max_length, causal=info_box["causal"])
         return encode_rows(rows, tokenizer, task.spec)
 
     def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
@@ -339,6 +347,10 @@ def run(spec: RunSpec) -> RunOutcome:
         status, error, fit = "failed", str(e) if isinstance(e, SptbenchError) else _one_line(e), None
 
     record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
+    # the head section sits after the backbone; optional in the schema: records from before it lack it (linear)
+    items = list(record.items())
+    at = [k for k, _ in items].index("backbone") + 1
+    record = dict(items[:at] + [("head", head_section(setup))] + items[at:])
     if spec.sweep is not None:
         record["sweep"] = dict(spec.sweep)
     rank, world_size = world()
@@ -495,9 +507,10 @@ def load_trained(folder: str | Path):
         method = get_method(record["method"]["name"])
         # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
         cfg = build_config(method, final or record["method"]["config"])
+        task_spec = load_spec(record["task"]["name"])
         model, tokenizer, _ = load_backbone(
-            record["backbone"]["id"], load_spec(record["task"]["name"]).num_labels,
-            pooling=record["backbone"]["pooling"],
+            record["backbone"]["id"], task_spec.num_labels, pooling=record["backbone"]["pooling"],
+            prompt=setup_from_record(record, task_spec),
         )
         model.freeze_backbone()
         method.apply(model, cfg)

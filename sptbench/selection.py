@@ -18,13 +18,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sptbench.errors import SptbenchError
-from sptbench.records import append_record, new_run_id, now_iso, record_key, record_table_path, require_valid
+from sptbench.records import (
+    append_record,
+    canonical_json,
+    head_of,
+    new_run_id,
+    now_iso,
+    record_key,
+    record_table_path,
+    require_valid,
+)
 
 PENDING_DIR = "pending"  # under the results root: saved states of untested grid points
 
 
 def group_of(rec: dict) -> tuple:
-    """The comparison group of a run: method, task (and version), seed, backbone and data regime."""
+    """The comparison group of a run: method, task (and version), seed, backbone, head and data regime."""
     p = rec["protocol"]
     return (
         rec["method"]["name"],
@@ -35,6 +44,7 @@ def group_of(rec: dict) -> tuple:
         p["shots"],
         p["train_size"],
         p["split_source"],
+        canonical_json(head_of(rec)),
     )
 
 
@@ -48,7 +58,7 @@ def is_untested(rec: dict) -> bool:
 
 
 def select_by_dev(records: Iterable[dict]) -> list[dict]:
-    """Per method, task, seed and setting (backbone, shots/train size, split source), keep the ok run of the
+    """Per method, task, seed and setting (backbone, head, shots/train size, split source), keep the ok run of the
     configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
     (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
     record, as in tables; a tested record of the test-once protocol is later than its untested one). Failed records
@@ -109,6 +119,7 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
 
     from sptbench.runner import load_trained
     from sptbench.tasks import load_task
+    from sptbench.templates import encode_prompt_rows, setup_from_record
     from sptbench.train import encode_rows, evaluate
 
     [winner] = [r for r in select_by_dev(candidates) if r.get("status") == "ok"]
@@ -123,9 +134,14 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
         raise SptbenchError(f"the data of run {winner['run_id']} changed since it trained (fingerprint); re-run it")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     model.to("cuda" if use_cuda else "cpu")
+    setup = setup_from_record(winner, task.spec)
     t0 = time.perf_counter()
-    test = evaluate(model, encode_rows(task.test, tokenizer, task.spec), task.spec,
-                    winner["training"].get("eval_batch_size", 64), tokenizer.pad_token_id or 0)
+    if setup is not None:  # the prompt head: the record's template and label words (docs/heads.md)
+        encoded = encode_prompt_rows(task.test, tokenizer, setup, task.spec.max_length, causal=model.family.causal)
+    else:
+        encoded = encode_rows(task.test, tokenizer, task.spec)
+    test = evaluate(model, encoded, task.spec, winner["training"].get("eval_batch_size", 64),
+                    tokenizer.pad_token_id or 0)
     eval_s = time.perf_counter() - t0
     ranked = sorted(candidates, key=lambda r: (grid_position(r), r["run_id"]))
     record = {**winner, "run_id": new_run_id(), "created": now_iso()}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sptbench import safe_yaml
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.errors import SptbenchError, unknown_choice
-from sptbench.records import TABLE_DIR, canonical_json, read_records, setting_name
+from sptbench.records import TABLE_DIR, canonical_json, head_of, read_records, setting_name
 
 if TYPE_CHECKING:  # the runner imports torch; the CLI imports this module before it needs torch
     from sptbench.runner import RunSpec
@@ -32,6 +32,9 @@ SWEEP_KEYS = (
     "description",
     "model",
     "pooling",
+    "head",
+    "prompt_loss",
+    "template",
     "data_dir",
     "results_dir",
     "device",
@@ -73,6 +76,7 @@ class Sweep:
     configs: dict[str, list[tuple[dict, dict]]]  # method -> [(method overrides, train overrides)], grid order
     split_source: str = "sample"
     pooling: str | None = None
+    heads: list[tuple[str, str | None, str | None]] = field(default_factory=lambda: [("linear", None, None)])
     data_dir: str | None = None
     results_dir: str = "results"
     device: str = "auto"
@@ -83,11 +87,14 @@ class Sweep:
     test: str = "all"
 
     def specs(self, progress: bool = False) -> list:
-        """The runs, in order: regime, task, method, configuration (grid order), seed."""
+        """The runs, in order: regime, task, method, head (head, prompt loss, template), configuration (grid order),
+        seed."""
         from sptbench.runner import RunSpec
 
         out = []
-        for (shots, train_size), task, method in itertools.product(self.regimes, self.tasks, self.methods):
+        for (shots, train_size), task, method, (head, prompt_loss, template) in itertools.product(
+            self.regimes, self.tasks, self.methods, self.heads
+        ):
             configs = self.configs[method]
             for index, (method_overrides, train_overrides) in enumerate(configs):
                 for seed in self.seeds:
@@ -101,6 +108,9 @@ class Sweep:
                             split_source=self.split_source,
                             model=self.model,
                             pooling=self.pooling,
+                            head=head,
+                            prompt_loss=prompt_loss,
+                            template=template,
                             data_dir=self.data_dir,
                             results_dir=self.results_dir,
                             method_overrides=dict(method_overrides),
@@ -185,6 +195,28 @@ def require_launcher(launcher: str) -> None:
             raise SptbenchError(f"launcher '{launcher}' needs the package '{package}': {how}") from None
 
 
+def _heads(raw: dict, tasks: list[str], where: str) -> list[tuple[str, str | None, str | None]]:
+    """The head axis: `head` x (for the prompt head) `prompt_loss` x `template`, each a value or a list; every
+    combination is checked against every task (a template name must exist in each)."""
+    from sptbench.tasks import load_spec
+    from sptbench.templates import prompt_setup
+
+    kinds = _values(raw.get("head") or "linear", f"{where}: head")
+    losses = _values(raw.get("prompt_loss"), f"{where}: prompt_loss")
+    templates = _values(raw.get("template"), f"{where}: template")
+    combos: list[tuple[str, str | None, str | None]] = []
+    for kind in kinds:
+        for combo in [(kind, None, None)] if kind == "linear" else [(kind, x, t) for x in losses for t in templates]:
+            if combo not in combos:
+                combos.append(combo)
+    for task, combo in itertools.product(tasks, combos):
+        try:
+            prompt_setup(load_spec(task), *combo)
+        except SptbenchError as e:
+            raise SptbenchError(f"{where}: {task}: {e}") from None
+    return combos
+
+
 def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | None = None) -> Sweep:
     """Check a sweep mapping field by field and every grid point (method configs, training options, protocols)."""
     from sptbench.registry import build_config, get_method, load_methods
@@ -240,6 +272,12 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     model = raw.get("model") or "minilm-l6"
     if not isinstance(model, str):
         raise SptbenchError(f"{where}: 'model' must be a backbone name, hub id or folder")
+    heads = _heads(raw, tasks, where)
+    for m, (head, _, _) in itertools.product(methods, heads):
+        try:
+            registry[m].check_head(head)
+        except SptbenchError as e:
+            raise SptbenchError(f"{where}: {e}") from None
 
     for task in tasks:
         spec = load_spec(task)
@@ -306,6 +344,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         configs=configs,
         split_source=split_source,
         pooling=pooling,
+        heads=heads,
         # absolute, so that jobs started elsewhere (Slurm) read and write the same folders
         data_dir=str(Path(str(data_dir)).expanduser().resolve()) if data_dir else None,
         results_dir=str(Path(str(raw.get("results_dir") or "results")).expanduser().resolve()),
@@ -340,10 +379,18 @@ def _training_key(training: dict) -> str:
 
 
 @functools.cache
-def _task_version(task: str) -> int:
+def _task_spec(task: str):
     from sptbench.tasks import load_spec
 
-    return load_spec(task).version
+    return load_spec(task)
+
+
+def _head_key(spec) -> str:
+    """The record's head section a planned run will have, as canonical JSON (as `records.record_key` has it)."""
+    from sptbench.templates import head_section, prompt_setup
+
+    return canonical_json(head_section(prompt_setup(_task_spec(spec.task), spec.head, spec.prompt_loss,
+                                                    spec.template)))
 
 
 def spec_key(spec) -> tuple:
@@ -358,12 +405,13 @@ def spec_key(spec) -> tuple:
         spec.method,
         canonical_json(cfg),
         spec.task,
-        _task_version(spec.task),
+        _task_spec(spec.task).version,
         spec.shots,
         spec.train_size,
         spec.split_source,
         spec.seed,
         spec.model,
+        _head_key(spec),
         _training_key(training),
     )
 
@@ -390,6 +438,7 @@ def record_plan_key(rec: dict) -> tuple:
         p["split_source"],
         p["seed"],
         rec["backbone"]["id"],
+        canonical_json(head_of(rec)),
         _training_key(rec["training"]),
     )
 
@@ -514,13 +563,16 @@ def format_plan(sweep: Sweep, p: Plan, parallel: int = 1) -> str:
     rows.append(["total", "", len(p.runs), len(p.done), len(p.failed), len(p.todo)])
     table = tabulate(rows, headers=["method", "configs", "runs", "done", "failed", "to run"], tablefmt="github")
     regimes = ", ".join(setting_name(k, n) for k, n in sweep.regimes)
+    heads = "" if sweep.heads == [("linear", None, None)] else (
+        f"{len(sweep.heads)} head(s) ({', '.join('/'.join(x for x in h if x) for h in sweep.heads)}) x "
+    )
     rules = ", ".join(f"{n} by {rule}" for rule, n in p.eta_rules.most_common())
     eta = f"ETA {format_duration(p.eta_s)} sequential"
     if parallel > 1:
         eta += f", ~{format_duration(p.eta_s / parallel)} with {parallel} jobs at once"
     lines = [
         f"sweep {sweep.name}: {sweep.model}, {regimes}, {len(sweep.tasks)} tasks x {len(sweep.methods)} methods x "
-        f"{len(sweep.seeds)} seeds (split {sweep.split_source}) -> {sweep.results_dir}",
+        f"{heads}{len(sweep.seeds)} seeds (split {sweep.split_source}) -> {sweep.results_dir}",
         table,
         f"{len(p.runs)} runs: {len(p.done)} done, {len(p.failed)} failed before (skipped; --retry-failed reruns them), "
         f"{len(p.todo)} to run",

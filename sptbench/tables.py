@@ -21,6 +21,7 @@ from tabulate import tabulate
 from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.records import (
     canonical_json,
+    head_of,
     key_hash,
     record_key,
     require_valid,
@@ -151,14 +152,21 @@ def _dedupe(records: list[dict]) -> tuple[list[dict], list[str]]:
     return kept, replaced
 
 
+def _method_label(rec: dict) -> str:
+    """The method's name, marked `[prompt]` when the run used the prompt head (a different experiment)."""
+    kind = head_of(rec).get("kind", "linear")
+    return rec["method"]["name"] if kind == "linear" else f"{rec['method']['name']} [{kind}]"
+
+
 def _row_labels(records: list[dict]) -> tuple[dict[int, str], list[str]]:
-    """Row label per record: the method name, plus a config hash when one method appears with several configs."""
+    """Row label per record: the method name (`name [prompt]` with the prompt head), plus a config hash when one
+    method appears with several configs."""
     configs: dict[str, set[str]] = defaultdict(set)
     for rec in records:
-        configs[rec["method"]["name"]].add(canonical_json(rec["method"]["config"]))
+        configs[_method_label(rec)].add(canonical_json(rec["method"]["config"]))
     labels, notes = {}, []
     for rec in records:
-        name, cfg = rec["method"]["name"], canonical_json(rec["method"]["config"])
+        name, cfg = _method_label(rec), canonical_json(rec["method"]["config"])
         labels[id(rec)] = name if len(configs[name]) == 1 else f"{name} [{key_hash((cfg,))}]"
     for name, cfgs in sorted(configs.items()):
         if len(cfgs) > 1:

@@ -13,6 +13,7 @@ The test set is always the task's test split, untouched.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import importlib.resources
 import io
@@ -26,6 +27,7 @@ from typing import Any
 
 from sptbench import safe_yaml
 from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.templates import DEFAULT_TEMPLATE, parse_template
 
 DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
 SPLIT_SOURCES = ("sample", "lm-bff")
@@ -56,6 +58,7 @@ class TaskSpec:
     hub: dict
     mirror: dict
     lm_bff: dict | None = None
+    prompt: dict | None = None  # {templates: {name: text}, label_words: (word per label)}; see docs/heads.md
 
     @property
     def num_labels(self) -> int:
@@ -141,6 +144,7 @@ def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
         mirror=_field(raw, "mirror", dict, where),
         lm_bff=_lm_bff_section(raw.get("lm_bff"), where),
     )
+    spec = dataclasses.replace(spec, prompt=_prompt_section(raw.get("prompt"), spec, where))
     _check_spec(spec, where)
     return spec
 
@@ -206,6 +210,41 @@ def _hub_section(hub: dict, where: str) -> None:
     if not isinstance(splits, dict) or not all(isinstance(splits.get(k), str) for k in ("train", "test")):
         raise SptbenchError(f"{where}: field 'hub.splits' must map train and test to split names")
     _section_types(hub, "hub", where)
+
+
+def _prompt_section(section: Any, spec: TaskSpec, where: str) -> dict | None:
+    """The optional `prompt` mapping: `template` (one, named `default`) or `templates` (name -> text, the first is
+    the default), and `label_words`, one per label in label order; every template is parsed here."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise SptbenchError(f"{where}: field 'prompt' must be a mapping")
+    unknown = sorted(set(section) - {"template", "templates", "label_words", "note"})
+    if unknown:
+        raise SptbenchError(
+            f"{where}: unknown key 'prompt.{unknown[0]}'; known: template, templates, label_words, note"
+        )
+    if ("template" in section) == ("templates" in section):
+        raise SptbenchError(f"{where}: 'prompt' needs exactly one of 'template' (a string) or 'templates' (a mapping)")
+    templates = section["templates"] if "templates" in section else {DEFAULT_TEMPLATE: section["template"]}
+    if not isinstance(templates, dict) or not templates:
+        raise SptbenchError(f"{where}: field 'prompt.templates' must be a non-empty mapping of name -> template")
+    for name, text in templates.items():
+        if not isinstance(name, str) or not name:
+            raise SptbenchError(f"{where}: template names must be strings, got {name!r}")
+        parse_template(text, len(spec.text_columns), where, name)
+    words = section.get("label_words")
+    if (
+        not isinstance(words, list)
+        or len(words) != spec.num_labels
+        or not all(isinstance(w, str) and w.strip() == w and w and " " not in w for w in words)
+        or len(set(words)) != len(words)
+    ):
+        raise SptbenchError(
+            f"{where}: field 'prompt.label_words' must list {spec.num_labels} distinct single words, one per label "
+            f"in the order of 'labels' {list(spec.labels)} (quote Yes/No: YAML reads them as booleans)"
+        )
+    return {"templates": dict(templates), "label_words": tuple(words)}
 
 
 def _check_spec(spec: TaskSpec, where: str) -> None:

@@ -26,7 +26,7 @@ def test_bench_all_methods_writes_records_with_run_throughput_keys_and_floor_rat
     assert main(["bench", "--method", "all", *TINY, "--device", "cpu", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     records = list(yaml.safe_load_all(out.read_text()))
-    assert [r["method"]["name"] for r in records] == list(load_methods())
+    assert [r["method"]["name"] for r in records] == [n for n, m in load_methods().items() if "linear" in m.heads]
     for rec in records:
         # the run records' throughput section, with the optional `hardware` (older run records lack it)
         assert set(rec["throughput"]) == set(_SCHEMA["throughput"]) | {"hardware"}
@@ -126,3 +126,11 @@ def test_roberta_large_random_has_roberta_large_sizes():
     with torch.device("meta"):  # no memory, no init time
         backbone = AutoModel.from_config(config)
     assert sum(p.numel() for p in backbone.parameters()) == 355_359_744  # roberta-large's count
+
+
+def test_bench_prompt_head_skips_what_trains_nothing(capsys):
+    assert main(["bench", "--method", "all", *TINY, "--device", "cpu", "--head", "prompt"]) == 0
+    out = capsys.readouterr()
+    rows = [line.split("|")[1].strip() for line in out.out.splitlines() if line.startswith("| ")][1:]
+    assert "head" not in rows and "zero_shot" not in rows and {"lora", "prompt_tuning", "spt"} <= set(rows)
+    assert "(prompt head)" in out.out and "skipped head" in out.err

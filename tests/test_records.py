@@ -337,3 +337,19 @@ def test_legacy_method_config_is_what_the_configs_default_to():
         old = make_record(method__name=name, method__config={"num_tokens": 10})
         (read,) = [migrate(old)]
         assert read["method"]["config"] == {"num_tokens": 10, **fields}
+
+
+def test_head_section_defaults_to_linear_and_is_part_of_the_key():
+    from sptbench.records import head_of, key_label
+
+    old = example_record()  # records from before the prompt head have no `head`
+    assert "head" not in old and validate_record(old) == [] and head_of(old) == {"kind": "linear"}
+    linear = {**example_record(), "head": {"kind": "linear"}}
+    prompt = {**example_record(), "head": {"kind": "prompt", "loss": "vocab", "template_name": "default",
+                                           "template": "<s1> It was <mask> .", "label_words": ["terrible", "great"]}}
+    assert validate_record(linear) == [] and validate_record(prompt) == []
+    assert record_key(old) == record_key(linear) != record_key(prompt)
+    assert key_label(record_key(prompt)).endswith("prompt head")
+    bad = {**prompt, "head": {"kind": "prompt", "loss": "mse"}}
+    problems = validate_record(bad)
+    assert any("head.loss" in p for p in problems) and any("head.template" in p for p in problems)

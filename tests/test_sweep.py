@@ -129,6 +129,9 @@ def test_regimes_grid_over_shots_and_train_size(tmp_path, data_dir):
         ({"method_train": {"head": {"lr": "fast"}}}, "training options for head: 'lr' expects float, got 'fast'"),
         ({"method_train": {"head": 0.1}}, "method_train.head must be a mapping"),
         ({"seeds": [13, 13]}, "seeds must be distinct"),
+        ({"head": "prompt"}, "method 'head' works with --head linear"),
+        ({"head": "lm"}, "unknown head 'lm'"),
+        ({"methods": ["lora"], "head": "prompt", "template": "nope"}, "unknown template of task 'rte' 'nope'"),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line_before_any_run(tmp_path, data_dir, capsys, monkeypatch, change, message):
@@ -406,3 +409,23 @@ def test_accelerate_launch_two_processes_writes_one_matching_record(tmp_path, da
     losses = lambda rec: [h["train_loss"] for h in rec["outcome"]["history"]]  # noqa: E731
     assert losses(two) == pytest.approx(losses(one), abs=0.02)  # dropout masks differ per shard: not bit-equal
     assert two["throughput"]["train_samples_per_s"] > 0
+
+
+
+def test_head_axis_expands_and_matches_records_on_it(tmp_path, data_dir):
+    from sptbench.records import record_key
+    from sptbench.sweep import record_plan_key
+
+    raw = tiny_sweep(tmp_path, data_dir, methods=["lora"], head=["linear", "prompt"],
+                     prompt_loss=["label_words", "vocab"])
+    sweep = parse_sweep(raw)
+    assert sweep.heads == [("linear", None, None), ("prompt", "label_words", None), ("prompt", "vocab", None)]
+    specs = sweep.specs()
+    assert len(specs) == 6 and [s.head for s in specs[:3:2]] == ["linear", "prompt"]
+    prompt_spec = next(s for s in specs if s.prompt_loss == "vocab")
+    rec = example_record()
+    rec["head"] = {"kind": "prompt", "loss": "vocab", "template_name": "default",
+                   "template": "<s1> ? <mask> , <s2>", "label_words": ["Yes", "No"]}
+    key = spec_key(prompt_spec)
+    assert key[-2] == record_plan_key(rec)[-2]  # the head, as the record will hold it
+    assert len(record_key(rec)) == len(key) + 1  # + the data fingerprint

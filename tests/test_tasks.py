@@ -102,6 +102,38 @@ def test_spec_with_bad_selection_metric_is_rejected(tmp_path: Path, monkeypatch:
         tasks.load_spec("rte")
 
 
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('template: "<s1> It was <mask> ."', 'template: "<s1> It was ."', "must hold <s1> once each and <mask> once"),
+        ('template: "<s1> It was <mask> ."', 'template: "<s1> <s2> <mask>"', "uses <s2>, but the task has 1"),
+        ("label_words: [terrible, great]", "label_words: [terrible]", "must list 2 distinct single words"),
+        ("label_words: [terrible, great]", "label_words: [No, Yes]", "quote Yes/No"),
+        ("label_words: [terrible, great]", "label_words: [great, great]", "distinct"),
+        ('  template: "<s1> It was <mask> ."', '  template: "<s1> It was <mask> ."\n  templates: {a: "<mask> <s1>"}',
+         "exactly one of 'template'"),
+    ],
+)
+def test_bad_prompt_sections_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old, new, message):
+    good = (REPO / "tasks" / "sst2.yaml").read_text()
+    assert old in good
+    (tmp_path / "sst2.yaml").write_text(good.replace(old, new))
+    monkeypatch.setattr(tasks, "_specs_root", lambda: tmp_path)
+    with pytest.raises(SptbenchError, match=message) as err:
+        tasks.load_spec("sst2")
+    assert "\n" not in str(err.value)
+
+
+def test_every_task_has_a_prompt_with_one_word_per_label() -> None:
+    from sptbench.templates import prompt_setup
+
+    for name in tasks.list_tasks():
+        spec = tasks.load_spec(name)
+        setup = prompt_setup(spec, "prompt")
+        assert len(setup.label_words) == spec.num_labels and spec.version >= 2
+        assert setup.template.text == next(iter(spec.prompt["templates"].values()))
+
+
 # ---------------------------------------------------------------- full data from the mirror
 
 

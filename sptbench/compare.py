@@ -109,7 +109,8 @@ class Comparison:
 def _cells(records: list[dict], side: Side, select: bool) -> dict[tuple, dict]:
     """(task, setting, backbone, seed) -> the side's record there (latest of a configuration; dev-best of several
     configurations when `select`)."""
-    ok = [r for r in records if r.get("status") == "ok" and side.matches(r)]
+    ok = [r for r in records if r.get("status") == "ok" and side.matches(r)
+          and (r.get("selection") or {}).get("tested") is not False]  # grid points that lost on dev: no test
     if select:
         from sptbench.selection import select_by_dev
 

@@ -89,14 +89,15 @@ def pending_dir(results_dir: str | Path, run_id: str) -> Path:
 
 
 def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]) -> dict[tuple, list[dict]]:
-    """Groups of `sweep_name`'s runs that have every configuration recorded (`configs`: method -> count) and no
-    tested record yet: what `test_selected` has to finish."""
+    """Groups of `sweep_name`'s runs that have every configuration recorded (`configs`: method -> count, or the
+    record's own `sweep.group_configs` where the sweep splits a method's selection by `select_within`) and no tested
+    record yet: what `test_selected` has to finish."""
     groups: dict[tuple, dict[tuple, dict]] = {}
     for rec in records:
         sweep = rec.get("sweep") or {}
         if sweep.get("name") != sweep_name or rec.get("status") not in ("ok", "failed"):
             continue
-        latest = groups.setdefault(group_of(rec), {})
+        latest = groups.setdefault((group_of(rec), sweep.get("group")), {})
         key = record_key(rec) if rec.get("status") == "ok" else ("failed", sweep.get("config_index"))
         if key not in latest or str(rec.get("created", "")) >= str(latest[key].get("created", "")):
             latest[key] = rec
@@ -105,7 +106,8 @@ def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]
         recs = list(by_key.values())
         ok = [r for r in recs if r["status"] == "ok"]
         indices = {(r.get("sweep") or {}).get("config_index") for r in recs}
-        if not ok or any(not is_untested(r) for r in ok) or len(indices) < configs.get(group[0], 0):
+        expected = (recs[0].get("sweep") or {}).get("group_configs") or configs.get(group[0][0], 0)
+        if not ok or any(not is_untested(r) for r in ok) or len(indices) < expected:
             continue
         out[group] = ok
     return out

@@ -51,6 +51,7 @@ SWEEP_KEYS = (
     "launcher",
     "slurm",
     "test",
+    "select_within",
 )
 TEST_MODES = ("all", "selected")  # every grid point tested, or only each group's dev-selected one (selection.py)
 SLURM_KEYS = ("partition", "gpus", "time", "mem", "cpus", "array_parallelism")
@@ -85,6 +86,16 @@ class Sweep:
     slurm: dict[str, Any] = field(default_factory=dict)
     description: str | None = None
     test: str = "all"
+    # method -> config keys whose values split its selection groups (`test: selected` picks one winner per value:
+    # e.g. lpt: [layer] tests each layer's dev-best learning rate, for the layer analysis)
+    select_within: dict[str, list[str]] = field(default_factory=dict)
+
+    def selection_groups(self, method: str) -> list[tuple[str, int]]:
+        """Per configuration of `method`: its selection group's label and how many configurations that group has."""
+        keys = self.select_within.get(method, [])
+        labels = [canonical_json({k: {**t, **m}.get(k) for k in keys}) for m, t in self.configs[method]]
+        counts = Counter(labels)
+        return [(label, counts[label]) for label in labels]
 
     def specs(self, progress: bool = False) -> list:
         """The runs, in order: regime, task, method, head (head, prompt loss, template), configuration (grid order),
@@ -96,7 +107,9 @@ class Sweep:
             self.regimes, self.tasks, self.methods, self.heads
         ):
             configs = self.configs[method]
+            groups = self.selection_groups(method)
             for index, (method_overrides, train_overrides) in enumerate(configs):
+                group, group_configs = groups[index]
                 for seed in self.seeds:
                     out.append(
                         RunSpec(
@@ -118,7 +131,9 @@ class Sweep:
                             device=self.device,
                             dtype=self.dtype,
                             progress=progress,
-                            sweep={"name": self.name, "config_index": index, "configs": len(configs)},
+                            sweep={"name": self.name, "config_index": index, "configs": len(configs),
+                                   **({"group": group, "group_configs": group_configs}
+                                      if method in self.select_within else {})},
                             defer_test=self.test == "selected",
                         )
                     )
@@ -168,7 +183,8 @@ def _names(raw: Any, where: str) -> list[str]:
     return values
 
 
-def _per_method(raw: Any, key: str, methods: list[str], where: str) -> dict[str, Any]:
+def _per_method(raw: Any, key: str, methods: list[str], where: str, kind: str = "mapping") -> dict[str, Any]:
+    """A `{method: options}` mapping over the sweep's methods; `kind` says what each method's options are."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -178,8 +194,10 @@ def _per_method(raw: Any, key: str, methods: list[str], where: str) -> dict[str,
         names = ", ".join(methods)
         raise SptbenchError(f"{where}: {key} names method '{extra[0]}', which is not in 'methods' ({names})")
     for m, options in raw.items():
-        if options is not None and not isinstance(options, dict):
+        if kind == "mapping" and options is not None and not isinstance(options, dict):
             raise SptbenchError(f"{where}: {key}.{m} must be a mapping of option -> value or [values]")
+        if kind == "list" and not isinstance(options, list):
+            raise SptbenchError(f"{where}: {key}.{m} must be a list of grid keys")
     return raw
 
 
@@ -333,6 +351,11 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     test = raw.get("test") or "all"
     if test not in TEST_MODES:
         raise unknown_choice(f"test mode in {where}", str(test), TEST_MODES)
+    select_within = _per_method(raw.get("select_within"), "select_within", methods, where, kind="list")
+    for m, keys in select_within.items():
+        known = {k for mo, t in configs[m] for k in (*mo, *t)}
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k in known for k in keys):
+            raise SptbenchError(f"{where}: select_within.{m} must list grid keys of {m} ({', '.join(sorted(known))})")
     sweep = Sweep(
         name=name,
         path=where,
@@ -354,6 +377,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         slurm=dict(slurm),
         description=raw.get("description"),
         test=test,
+        select_within={m: list(k) for m, k in select_within.items()},
     )
     for spec in sweep.specs():  # every grid point as `sptbench run` checks it (the same function)
         try:
@@ -479,7 +503,10 @@ def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
             continue
         eval_s = time.get("eval_s") if isinstance(time.get("eval_s"), int | float) else 0.0
         wall = float(time["wall_s"])
-        entry = (wall, min(float(eval_s), wall), _train_samples(rec.get("training") or {}))
+        rate = (rec.get("throughput") or {}).get("eval_samples_per_s")
+        n_test = (rec.get("protocol") or {}).get("n_test")
+        test_s = n_test / rate if isinstance(rate, int | float) and rate > 0 and isinstance(n_test, int) else 0.0
+        entry = (wall, min(float(eval_s), wall), _train_samples(rec.get("training") or {}), min(test_s, eval_s))
         m, t, b = rec["method"]["name"], rec["task"]["name"], rec["backbone"]["id"]
         for (_, index), key in zip(levels, ((m, t, b, _setting(rec)), (m, t, b), (m, b)), strict=True):
             index[key].append(entry)
@@ -489,14 +516,19 @@ def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
 def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = None) -> tuple[float, str]:
     """A run's expected wall time: the mean over recorded runs at the most specific level that has one, else the
     default. Each recorded run's time outside evaluation is scaled by train_samples / its own (a 300-step budget
-    takes about 3x a 100-step one; the SPT search scales with it), its evaluation time is taken as recorded."""
+    takes about 3x a 100-step one; the SPT search scales with it), its evaluation time is taken as recorded, less
+    its test evaluation for a run that defers its test (`test: selected`)."""
     keys = (
         (spec.method, spec.task, spec.model, setting_name(spec.shots, spec.train_size)),
         (spec.method, spec.task, spec.model),
         (spec.method, spec.model),
     )
 
-    def scaled(wall: float, eval_s: float, samples: int | None) -> float:
+    skip_test = getattr(spec, "defer_test", False)
+
+    def scaled(wall: float, eval_s: float, samples: int | None, test_s: float) -> float:
+        if skip_test:
+            wall, eval_s = wall - test_s, eval_s - test_s
         if train_samples is None or samples is None:
             return wall
         return eval_s + (wall - eval_s) * train_samples / samples

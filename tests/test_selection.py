@@ -90,3 +90,32 @@ def test_selection_does_not_change_when_test_labels_are_shuffled(tmp_path, data_
         return tested["sweep"]["config_index"], tested["training"]["lr"], tested["metrics"]["dev"]
 
     assert winner(plain) == winner(shuffled)
+
+
+def test_select_within_tests_one_winner_per_value(tmp_path, data_dir, monkeypatch):
+    """`select_within: {lpt: [layer]}`: each layer's dev-best learning rate is tested (the layer analysis); the
+    dev-best layer among those is what `compare --select-by-dev` reads."""
+    from sptbench.compare import compare, parse_side
+
+    raw = {
+        "name": "layers", "model": "tiny-bert", "data_dir": str(data_dir), "results_dir": str(tmp_path / "r"),
+        "tasks": ["sst2"], "methods": ["lpt", "head"], "shots": 4, "seeds": [13], "test": "selected",
+        "train": {"max_steps": 2, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128},
+        "method_train": {"lpt": {"lr": [1e-3, 3e-2]}, "head": {"lr": [1e-2]}},
+        "method_set": {"lpt": {"layer": [1, 2]}},
+        "select_within": {"lpt": ["layer"]},
+    }
+    path = tmp_path / "layers.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["sweep", str(path), "--quiet"]) == 0
+    records = read_records([tmp_path / "r"])
+    tested = [r for r in records if r["selection"]["tested"] and r["method"]["name"] == "lpt"]
+    assert sorted(r["method"]["config"]["layer"] for r in tested) == [1, 2]
+    assert all(r["selection"]["over"] == 2 for r in tested)
+    best = max(tested, key=lambda r: (r["metrics"]["dev"]["score"], -r["sweep"]["config_index"]))
+    comp = compare(records, parse_side("lpt"), parse_side("head"), select=True)
+    [diff] = comp.overall.diffs
+    head = [r for r in records if r["method"]["name"] == "head" and r["selection"]["tested"]][0]
+    assert diff == pytest.approx(100 * (best["metrics"]["test"]["score"] - head["metrics"]["test"]["score"]))
+    with pytest.raises(Exception, match="configurations"):
+        compare(records, parse_side("lpt"), parse_side("head"))  # two tested layers: say which, or select by dev

@@ -461,12 +461,24 @@ def read_table(path: str | Path) -> list[dict]:
     return _migrated(path, _load_documents(path, _read_text(path)))
 
 
+_OTHER_KINDS = re.compile(rb"^(bench_version|script):", re.M)  # `sptbench bench` records, scripts/stock_loop.py output
+
+
+def is_run_table(path: Path) -> bool:
+    """Whether a YAML file found in a folder holds run records: files whose head names another kind of document
+    (`sptbench bench` records carry `bench_version`, the stock loop's output `script`) are left to their readers."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return _OTHER_KINDS.search(head) is None
+
+
 def table_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The table files named by `paths`: files as given, directories searched recursively for *.yaml (sorted)."""
+    """The table files named by `paths`: files as given, directories searched recursively for *.yaml (sorted),
+    leaving out other kinds of YAML kept beside the tables (`is_run_table`)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*.yaml") if f.is_file())
+            files += sorted(f for f in p.rglob("*.yaml") if f.is_file() and is_run_table(f))
         elif p.is_file():
             files.append(p)
         else:
@@ -536,6 +548,7 @@ KEY_FIELDS = (
     "split_source",
     "seed",
     "backbone",
+    "pooling",
     "head",
     "data_fingerprint",
     "training",
@@ -555,6 +568,7 @@ def record_key(rec: dict) -> tuple:
         protocol["split_source"],
         protocol["seed"],
         rec["backbone"]["id"],
+        rec["backbone"]["pooling"],
         canonical_json(head_of(rec)),
         rec["data"]["fingerprint"],
         canonical_json(rec["training"]),

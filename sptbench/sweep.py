@@ -539,6 +539,11 @@ def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = 
     return DEFAULT_RUN_S, "default"
 
 
+def _pooling_matches(spec, rec: dict) -> bool:
+    """An explicit pooling must be the recorded one; the backbone's default (None) is whatever it resolved to."""
+    return spec.pooling is None or rec["backbone"]["pooling"] == spec.pooling
+
+
 def _device_matches(spec, rec: dict) -> bool:
     """`auto` accepts a run on any device; an explicit device must be the recorded one."""
     return spec.device == "auto" or rec["training"].get("device") == spec.device
@@ -556,7 +561,7 @@ def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool 
     runs = sweep.specs()
     done, failed, todo = [], [], []
     for spec in runs:
-        matches = [r for r in by_key.get(spec_key(spec), []) if _device_matches(spec, r)]
+        matches = [r for r in by_key.get(spec_key(spec), []) if _device_matches(spec, r) and _pooling_matches(spec, r)]
         if any(r["status"] == "ok" for r in matches):
             done.append(spec)
         elif matches and not retry_failed:

@@ -162,12 +162,16 @@ def _row_labels(records: list[dict]) -> tuple[dict[int, str], list[str]]:
     """Row label per record: the method name (`name [prompt]` with the prompt head), plus a config hash when one
     method appears with several configs."""
     configs: dict[str, set[str]] = defaultdict(set)
+    poolings: dict[str, set[str]] = defaultdict(set)
     for rec in records:
         configs[_method_label(rec)].add(canonical_json(rec["method"]["config"]))
+        poolings[_method_label(rec)].add(rec["backbone"]["pooling"])
     labels, notes = {}, []
     for rec in records:
         name, cfg = _method_label(rec), canonical_json(rec["method"]["config"])
-        labels[id(rec)] = name if len(configs[name]) == 1 else f"{name} [{key_hash((cfg,))}]"
+        label = name if len(configs[name]) == 1 else f"{name} [{key_hash((cfg,))}]"
+        # runs of one method with several poolings (`--pooling`) are different experiments: one row each
+        labels[id(rec)] = label if len(poolings[name]) == 1 else f"{label} ({rec['backbone']['pooling']} pooling)"
     for name, cfgs in sorted(configs.items()):
         if len(cfgs) > 1:
             tags = ", ".join(f"[{key_hash((c,))}] {c}" for c in sorted(cfgs))
@@ -247,7 +251,7 @@ def _aggregate(
     for where, keys in groups.items():
         cells[where].mixed = len(keys) > 1
     method_order = {m: i for i, m in enumerate(methods or [])}
-    rows = sorted(set(labels.values()), key=lambda r: (method_order.get(r.split(" [")[0], -1), r))
+    rows = sorted(set(labels.values()), key=lambda r: (method_order.get(re.split(r" [[(]", r)[0], -1), r))
     return TableData(
         backbone=backbone,
         setting=setting,

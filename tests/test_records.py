@@ -290,6 +290,16 @@ def test_record_key():
     assert record_key(a) != record_key(make_record(task__version=2))
     assert record_key(a) != record_key(make_record(training__lr=0.1))
     assert record_key(a) != record_key(make_record(data__fingerprint="other"))
+    assert record_key(a) != record_key(make_record(backbone__pooling="mean"))  # `--pooling` moves numbers
+
+
+def test_runs_differing_only_in_pooling_are_two_rows():
+    from sptbench.tables import build_table
+
+    records = [make_record(backbone__pooling=pooling, protocol__seed=seed) for pooling in ("cls", "mean")
+               for seed in (13, 21)]
+    table = build_table(records)
+    assert len(table.rows) == 2 and all(cell.n == 2 for cell in table.cells.values())
 
 
 def test_failed_record_as_the_runner_writes_it_is_valid():
@@ -353,3 +363,17 @@ def test_head_section_defaults_to_linear_and_is_part_of_the_key():
     bad = {**prompt, "head": {"kind": "prompt", "loss": "mse"}}
     problems = validate_record(bad)
     assert any("head.loss" in p for p in problems) and any("head.template" in p for p in problems)
+
+
+def test_folders_hold_other_kinds_of_yaml_beside_tables(tmp_path):
+    """`sptbench bench` records and the stock loop's output live under results/ too: folder scans leave them to their
+    own readers; the repository's own results/ validates."""
+    table = tmp_path / "v1" / "m" / "16shot.yaml"
+    append_record(table, make_record())
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "cpu.yaml").write_text("---\nbench_version: 1\nmethod: {name: head}\n")
+    (tmp_path / "stock_loop.yaml").write_text("---\nscript: scripts/stock_loop.py\ntest_accuracy: 0.5\n")
+    assert validate_paths([tmp_path]) == [] and len(read_records([tmp_path])) == 1
+    assert validate_paths([tmp_path / "bench" / "cpu.yaml"])  # named explicitly, a file is read as a table
+    repo_results = Path(__file__).resolve().parents[1] / "results"
+    assert validate_paths([repo_results]) == []

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The real-data conformance runs of docs/conformance.md: the plain transformers + peft loop (scripts/stock_loop.py)
 # and `sptbench run --stock` with the same budget, sst2 16-shot on the published LM-BFF splits, minilm-l6.
-#   scripts/conformance.sh [SEEDS...]        (default: 13 21 42; methods: $METHODS or "head lora prompt_tuning")
+#   scripts/conformance.sh [SEEDS...]        (default: 13 21 42; methods: $METHODS or "head lora prompt_tuning";
+#                                            output folder: $OUT or results/conformance)
 # Appends sptbench's records to results/conformance/v1/minilm-l6/16shot.yaml and the stock loop's output to
 # results/conformance/stock_loop.yaml (one YAML document per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${SPTBENCH_DATA_DIR:-../shared/data}"
-OUT=results/conformance
+OUT="${OUT:-results/conformance}"
 METHODS="${METHODS:-head lora prompt_tuning}"
 mkdir -p "$OUT"
 declare -A LR=([head]=1e-2 [lora]=5e-4 [prompt_tuning]=3e-2)  # each method's sptbench default

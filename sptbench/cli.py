@@ -243,9 +243,13 @@ def cmd_params(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from sptbench.plots import plot_gates
+    from sptbench.plots import plot_gates, plot_layers
     from sptbench.records import read_records
 
+    if args.what == "layers":
+        plot_layers(read_records(args.paths), args.out)
+        print(f"wrote {args.out}")
+        return 0
     records = [r for r in read_records(args.paths) if r.get("extra", {}).get("alpha")]
     if not records:
         raise SptbenchError("no records with learned gates (spt / spt_darts) in the given paths")
@@ -344,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("plot", help="plots from recorded runs")
-    p.add_argument("what", choices=["gates"], help="gates: SPT's learned gate values per layer")
+    p.add_argument("what", choices=["gates", "layers"],
+                   help="gates: SPT's learned gate values per layer; layers: LPT's test score against its prompt "
+                        "layer (a layer grid), SPT's and SPT-DARTS's chosen layers marked")
     p.add_argument("paths", nargs="+", type=nonempty, help="result tables or folders")
     p.add_argument("--out", default="gates.png", type=nonempty,
                    help="image file; its suffix picks the format (png, pdf, svg, ...)")

@@ -3,6 +3,7 @@
 `plot_gates`: SPT's learned gate values α per layer as a heatmap, one row per run (task / method / seed) or per task and
 method (α averaged over seeds, each cell saying in how many seeds the layer was chosen), with the chosen layers
 outlined. Reads only the records' `extra` (`alpha`, `candidate_layers`, `chosen_layers`).
+`plot_layers`: LPT's test score against its prompt layer over a layer grid, SPT's chosen layers marked (analysis).
 """
 
 from __future__ import annotations
@@ -110,4 +111,84 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
         raise SptbenchError(f"cannot write {out}: {err.strerror or err}") from None
     finally:
         plt.close(fig)
+    return out
+
+
+def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict[int, list[float]]]:
+    """task -> prompt layer -> test scores (%) of the tested `method` runs with that layer (one per seed: the latest
+    tested record of each configuration; untested grid points of the test-once protocol are left out)."""
+    from sptbench.records import record_key
+    from sptbench.tables import cell_metric
+
+    latest: dict[tuple, dict] = {}
+    for rec in records:
+        if (rec.get("status") != "ok" or rec["method"]["name"] != method
+                or (rec.get("selection") or {}).get("tested") is False):
+            continue
+        key = record_key(rec)
+        if key not in latest or str(rec.get("created", "")) >= str(latest[key].get("created", "")):
+            latest[key] = rec
+    curves: dict[str, dict[int, dict[int, float]]] = {}
+    for rec in latest.values():
+        layer, score = (rec["method"]["config"] or {}).get("layer"), cell_metric(rec)
+        if isinstance(layer, int) and score is not None:  # one score per seed and layer: the dev-selected lr
+            by_seed = curves.setdefault(rec["task"]["name"], {}).setdefault(layer, {})
+            by_seed[rec["protocol"]["seed"]] = 100 * score
+    return {t: {layer: list(s.values()) for layer, s in sorted(c.items())} for t, c in sorted(curves.items())}
+
+
+def chosen_layer_counts(records: Iterable[dict]) -> dict[str, dict[str, dict[int, int]]]:
+    """task -> method (spt, spt_darts) -> layer -> in how many runs the search chose it."""
+    out: dict[str, dict[str, dict[int, int]]] = {}
+    for rec in records:
+        chosen = (rec.get("extra") or {}).get("chosen_layers")
+        if rec.get("status") != "ok" or not chosen or "alpha" not in (rec.get("extra") or {}):
+            continue
+        counts = out.setdefault(rec["task"]["name"], {}).setdefault(rec["method"]["name"], {})
+        for layer in chosen:
+            counts[layer] = counts.get(layer, 0) + 1
+    return out
+
+
+def plot_layers(records: Iterable[dict], out_png: str | Path) -> Path:
+    """One panel per task: LPT's test score against its prompt layer (mean ± std over seeds, each layer's learning
+    rate chosen on dev), with the layers SPT / SPT-DARTS chose marked (how many runs chose each). Analysis only: a
+    layer picked by looking at this plot is picked on test."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out_png)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise SptbenchError(f"{out}: unknown image format '{out.suffix}'; use a suffix from: {', '.join(formats)}")
+    records = list(records)
+    curves, chosen = layer_curves(records), chosen_layer_counts(records)
+    if not curves:
+        raise SptbenchError("no tested lpt records with an explicit `layer` (a layer grid) in the given paths")
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.0), squeeze=False)
+    for ax, (task, by_layer) in zip(axes[0], curves.items(), strict=True):
+        layers = list(by_layer)
+        means = [float(np.mean(v)) for v in by_layer.values()]
+        stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in by_layer.values()]
+        ax.errorbar(layers, means, yerr=stds, marker="o", capsize=3, label="lpt at layer (mean ± std)")
+        bottom = min(m - s for m, s in zip(means, stds, strict=True))
+        for offset, (method, marker) in enumerate((("spt", "v"), ("spt_darts", "^"))):
+            for layer, n in sorted(chosen.get(task, {}).get(method, {}).items()):
+                y = bottom - 1.0 - 1.2 * offset
+                ax.scatter([layer], [y], marker=marker, color=f"C{1 + offset}", s=30 + 20 * n,
+                           label=f"{method} chose (size: runs)" if layer == min(chosen[task][method]) else None)
+                ax.annotate(str(n), (layer, y), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        ax.set_title(task)
+        ax.set_xlabel("prompt layer (0 = input)")
+        ax.set_xticks(layers)
+    axes[0][0].set_ylabel("test score (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
     return out

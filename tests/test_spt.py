@@ -606,3 +606,29 @@ def test_naive_generator_reads_the_summary_token(backbones, family):
     batched = model(ids, amask, types)
     for i, text in enumerate(TEXTS):
         torch.testing.assert_close(batched[i:i + 1], model(*encode(tok, [text])), atol=1e-5, rtol=0)
+
+
+def test_plot_layers_curves_and_chosen_layers(tmp_path):
+    from sptbench.plots import layer_curves, plot_layers
+    from tests.helpers import make_record
+
+    rng = __import__("random").Random(5)
+    records, expected = [], {}
+    for layer in (0, 2, 4):
+        for seed in (13, 21):
+            score = round(rng.uniform(0.5, 0.9), 4)
+            rec = make_record(method__name="lpt", method__config={"layer": layer}, task__name="sst2",
+                              protocol__seed=seed)
+            rec["metrics"]["test"] = {"accuracy": score, "score": score}
+            records.append(rec)
+            expected.setdefault(layer, []).append(100 * score)
+    untested = make_record(method__name="lpt", method__config={"layer": 5}, task__name="sst2",
+                           selection={"tested": False})
+    untested["metrics"]["test"] = {}
+    spt_run = make_record(method__name="spt", task__name="sst2", extra={"alpha": [0.5] * 6, "chosen_layers": [2]})
+    curves = layer_curves([*records, untested, spt_run])
+    assert curves == {"sst2": {k: pytest.approx(v) for k, v in expected.items()}}
+    out = plot_layers([*records, untested, spt_run], tmp_path / "layers.png")
+    assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SptbenchError, match="layer grid"):
+        plot_layers([spt_run], tmp_path / "none.png")

@@ -15,7 +15,8 @@ from sptbench.bench import Shape, bench
 from sptbench.registry import load_methods
 from tests import helpers
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+# torch.compile traces every method (~2 min on 2 cores): in CI's slow run, not the default `pytest -q`
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def padded_batch(seed: int) -> dict[str, torch.Tensor]:

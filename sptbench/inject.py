@@ -124,6 +124,8 @@ def _deberta_attention_forward(
 
 def enable_prefixes(backbone: nn.Module, family) -> None:
     """Route every layer's attention through the prefix-aware path (idempotent). Without prefixes it is stock."""
+    if family.install_prefix_path(backbone):  # a family whose attention bypasses AttentionInterface owns its path
+        return
     if family.name == "deberta-v2":
         for layer in family.layers(backbone):
             attn = family.self_attention(layer)

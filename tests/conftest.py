@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
-TINY_FAMILIES = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2"]
+TINY_FAMILIES = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2", "tiny-mpnet"]
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,10 @@ from sptbench.backbones import load_backbone
 from sptbench.errors import SptbenchError
 from sptbench.registry import build_config, get_method
 from tests import helpers
+from tests.conftest import TINY_FAMILIES
 from tests.helpers import build
 
-FAMILIES = ("tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2")
+FAMILIES = tuple(TINY_FAMILIES)
 METHODS = ("prompt_tuning", "p_tuning_v2", "adapter", "lora")
 LAYERS = 4  # the tiny backbones' depth
 HEAD = 32 * 2 + 2  # hidden 32, two labels

@@ -39,7 +39,7 @@ def test_training_forward_is_one_graph(method):
     assert explained.graph_count == 1
 
 
-@pytest.mark.parametrize("backbone", ["tiny-roberta", "tiny-deberta", "tiny-gpt2"])
+@pytest.mark.parametrize("backbone", ["tiny-roberta", "tiny-deberta", "tiny-gpt2", "tiny-mpnet"])
 def test_prefix_injection_is_one_graph_on_every_family(backbone):
     model = helpers.build(backbone, "p_tuning_v2").train()
     explained = torch._dynamo.explain(model)(**padded_batch(seed=torch.seed() % 1000))

@@ -18,8 +18,9 @@ from transformers import DynamicCache
 import sptbench.inject as inject
 from sptbench.model import pool
 from tests import helpers
+from tests.conftest import TINY_FAMILIES
 
-FAMILIES = ("tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2")
+FAMILIES = tuple(TINY_FAMILIES)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -19,8 +19,9 @@ from sptbench.methods.gated_prompts import GatedPrompts
 from sptbench.methods.prompt_generator import PromptGenerator, masked_adaptive_pool
 from sptbench.model import pool
 from sptbench.registry import build_config, get_method
+from tests.conftest import TINY_FAMILIES
 
-FAMILIES = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2"]
+FAMILIES = TINY_FAMILIES
 TEXTS = ["a", "the film was long and rather dull , sadly", "good fun", "an utterly charming , witty comedy ."]
 
 

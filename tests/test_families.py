@@ -1,0 +1,135 @@
+"""Families: every registered method on every tiny family (generated), and MPNet's relative position bias through
+prompt positions and key/value prefixes (sptbench/families.py)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sptbench.registry import load_methods
+from tests import helpers
+from tests.conftest import TINY_FAMILIES
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+random_batch = functools.partial(helpers.random_batch, bsz=4, max_len=10)
+
+
+def perturb_trainable(model, scale: float = 0.2, seed: int = 1) -> None:
+    """Move every trainable parameter off its init (zero-init adapters, LoRA, gates make checks trivial)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.mark.parametrize("method", sorted(name for name, m in load_methods().items() if "linear" in m.heads))
+@pytest.mark.parametrize("backbone", TINY_FAMILIES)
+def test_every_method_on_every_family(backbone, method):
+    """Forward and backward (the head and the method's parameters get gradients), batch invariance under right
+    padding, and a save -> load round trip onto a freshly built model; every method that works with the linear head
+    (tests/test_heads.py covers the prompt head, and `zero_shot`, which trains nothing)."""
+    model = helpers.build(backbone, method, seed=0)
+    model.train()
+    ids, mask = random_batch(0)
+    F.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0, 1])).backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "head.weight" in with_grad
+    if method != "head":
+        assert with_grad - {"head.weight", "head.bias"}, "the method's parameters got no gradient"
+
+    perturb_trainable(model)
+    model.eval()
+    ids, mask = random_batch(1, bsz=5)
+    with torch.no_grad():
+        together = model(ids, mask)
+        for i in range(ids.shape[0]):
+            n = int(mask[i].sum())
+            torch.testing.assert_close(together[i : i + 1], model(ids[i : i + 1, :n], mask[i : i + 1, :n]),
+                                       atol=1e-5, rtol=0)
+
+    fresh = helpers.build(backbone, method, seed=1).eval()
+    with torch.no_grad():
+        fresh.import_state(model.export_state())
+        torch.testing.assert_close(fresh(ids, mask), together, atol=1e-6, rtol=0)
+
+
+# -- MPNet's relative position bias -------------------------------------------------------------------------------
+def _spy_position_bias(model) -> tuple[dict[int, torch.Tensor], list]:
+    """The position bias each layer is called with (MPNetLayer(hidden, mask, position_bias))."""
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[2]))
+             for i, layer in enumerate(model.layers)]
+    return seen, hooks
+
+
+def test_mpnet_prompt_positions_are_biased_as_front_positions():
+    """Hidden-state prompts entering at layer l: from l on, every layer gets the stock bias for m + n positions
+    (prompts as if they were tokens at the front); between tokens it equals the bias without prompts."""
+    m, layer = 3, 2
+    model = helpers.build("tiny-mpnet", "lpt", {"layer": layer, "num_tokens": m}).eval()
+    ids, mask = random_batch(2)
+    n = ids.shape[1]
+    seen, hooks = _spy_position_bias(model)
+    with torch.no_grad():
+        model(ids, mask)
+    for h in hooks:
+        h.remove()
+    encoder, heads = model.backbone.encoder, 4
+    for i, bias in seen.items():
+        length = n + (m if i >= layer else 0)
+        assert bias.shape == (1, heads, length, length)
+        torch.testing.assert_close(bias, encoder.compute_position_bias(torch.zeros(1, length, 1)), atol=0, rtol=0)
+    torch.testing.assert_close(seen[layer][..., m:, m:], seen[0], atol=0, rtol=0)  # token pairs: as stock
+    assert (seen[layer][..., :m, m:] != 0).any() and (seen[layer][..., m:, :m] != 0).any()  # prompts: by distance
+
+
+def test_mpnet_prefix_keys_get_no_position_bias():
+    """P-tuning v2 on MPNet: token-token scores keep the relative position bias; prefix keys score q.k / sqrt(d) only
+    and are visible to every query; the token part of the attention, renormalised, is the stock attention."""
+    p = 3
+    model = helpers.build("tiny-mpnet", "p_tuning_v2", {"prefix_len": p}).eval()
+    attn = model.family.self_attention(model.layers[1])
+    bsz, n, heads, d = 2, 6, 4, 8
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(bsz, n, 32, generator=g)
+    key_mask = torch.tensor([[1] * n, [1] * 4 + [0] * 2], dtype=torch.bool)
+    mask = model.family.layer_mask(key_mask, hidden.dtype)
+    bias = model.family.position_bias(model.backbone, hidden)
+    pk, pv = (t.detach() for t in model.injections[0].kv_prefix(1, bsz))
+    with torch.no_grad():
+        stock_out, stock_probs = attn._sptbench_original_forward(hidden, mask, bias, True)
+        torch.testing.assert_close(attn(hidden, mask, bias)[0], stock_out, atol=0, rtol=0)  # no prefix: stock
+        attn._sptbench_prefix = (pk, pv)
+        try:
+            out, probs = attn(hidden, mask, bias, output_attentions=True)
+        finally:
+            attn._sptbench_prefix = None
+        tokens = probs[..., p:]
+        torch.testing.assert_close(tokens / tokens.sum(-1, keepdim=True), stock_probs, atol=1e-6, rtol=0)
+        split = lambda x: x.view(bsz, n, heads, d).transpose(1, 2)
+        q, k, v = split(attn.q(hidden)), split(attn.k(hidden)), split(attn.v(hidden))
+        prefix_scores = q @ pk.transpose(-1, -2) / math.sqrt(d)
+        token_scores = q @ k.transpose(-1, -2) / math.sqrt(d) + bias
+        visible = F.pad(key_mask, (p, 0), value=True)[:, None, None, :]
+        expected_probs = torch.cat([prefix_scores, token_scores], -1).masked_fill(~visible, float("-inf")).softmax(-1)
+        torch.testing.assert_close(probs, expected_probs, atol=1e-6, rtol=0)
+        context = (expected_probs @ torch.cat([pv, v], 2)).transpose(1, 2).reshape(bsz, n, heads * d)
+        expected = attn.o(context)
+    assert out.shape == (bsz, n, 32)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_mpnet_lora_and_adapters_sit_on_its_projections():
+    lora = helpers.build("tiny-mpnet", "lora")
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n, p in lora.named_parameters() if p.requires_grad
+            and "lora_" in n} == {"q", "v"}
+    adapter = helpers.build("tiny-mpnet", "adapter")
+    names = {n.rsplit(".adapter.", 1)[0] for n, p in adapter.named_parameters() if ".adapter." in n}
+    assert names == {f"backbone.encoder.layer.{i}.{where}" for i in range(4)
+                     for where in ("attention.attn.o", "output.dense")}

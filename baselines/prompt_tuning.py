@@ -17,7 +17,7 @@ from sptbench.inject import Injection
 from sptbench.model import Classifier
 from sptbench.registry import register_method
 
-INITS = ("vocab", "random")
+INITS = ("vocab", "peft_vocab", "random")
 
 
 @dataclass
@@ -27,6 +27,9 @@ class PromptTuningConfig:
     num_tokens: prompt length m (Lester et al.: 20 is near the plateau for most model sizes).
     init: `vocab` = each prompt vector is the embedding of a token drawn uniformly from the vocabulary (global RNG;
         Lester et al.'s best init, who drew from the 5,000 most frequent tokens, peft's SAMPLE_VOCAB draws from all);
+        `peft_vocab` = the same, drawn exactly as peft's SAMPLE_VOCAB draws it (its nn.Embedding's normal init of the
+        prompt's shape first, then the token ids), so a peft loop with the same seed starts from the same prompt
+        (docs/conformance.md);
         `random` = N(0, s^2) with s the std of the word-embedding table, i.e. on the scale of real tokens.
     """
 
@@ -54,6 +57,10 @@ class InputPrompt(Injection):
 def initial_prompt(words: nn.Embedding, num_tokens: int, init: str) -> torch.Tensor:
     """The (num_tokens, hidden) starting prompt: sampled vocabulary embeddings or scale-matched Gaussian noise."""
     table = words.weight.detach()
+    if init == "peft_vocab":  # peft's PromptEmbedding: nn.Embedding(m, d) (a normal draw), then randint(vocab)
+        torch.empty(num_tokens, table.shape[1]).normal_()
+        ids = torch.randint(0, table.shape[0], (num_tokens,), dtype=torch.long).to(table.device)
+        return table[ids].clone()
     if init == "vocab":
         ids = torch.randint(0, table.shape[0], (num_tokens,), device=table.device)
         return table[ids].clone()

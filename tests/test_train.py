@@ -191,3 +191,24 @@ def test_cli_training_choices_match_the_trainer():
     assert cli.DECAY_SCOPES == train.DECAY_SCOPES
     assert cli.SAMPLERS == train.SAMPLERS
     assert set(train.STOCK_SETTINGS) <= set(cli.TRAIN_FLAGS)
+
+
+def test_peft_vocab_init_draws_what_peft_draws():
+    """`init: peft_vocab`: with the same seed, the starting prompt is peft's SAMPLE_VOCAB prompt (the same random
+    stream, so a stock peft loop and sptbench start alike); `vocab` draws another."""
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+    from peft.tuners.prompt_tuning.model import PromptEmbedding
+    from sptbench.baselines.prompt_tuning import initial_prompt
+
+    seed = random.randrange(10**6)
+    words = nn.Embedding(300, 16)
+    config = PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=7, token_dim=16,
+                                num_transformer_submodules=1, prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+    torch.manual_seed(seed)
+    theirs = PromptEmbedding(config, words).embedding.weight.detach()
+    after_theirs = torch.rand(3)
+    torch.manual_seed(seed)
+    ours = initial_prompt(words, 7, "peft_vocab")
+    assert torch.equal(ours, theirs) and torch.equal(torch.rand(3), after_theirs)  # the stream goes on alike
+    torch.manual_seed(seed)
+    assert not torch.equal(initial_prompt(words, 7, "vocab"), theirs)

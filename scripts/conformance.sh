@@ -21,6 +21,7 @@ for seed in "${seeds[@]}"; do
         --epochs 30 --eval-epochs 3; } >> "$OUT/stock_loop.yaml"
     sets=()
     [ "$method" = lora ] && sets=(--set dropout=0)  # peft's LoraConfig default, as the stock loop uses
+    [ "$method" = prompt_tuning ] && sets=(--set init=peft_vocab)  # peft's SAMPLE_VOCAB random stream
     sptbench run --method "$method" --task sst2 --shots 16 --split-source lm-bff --seed "$seed" --model minilm-l6 \
       --data-dir "$DATA" --results-dir "$OUT" "${budget[@]}" --max-steps 120 --eval-every 12 --weight-decay 0.01 \
       --stock "${sets[@]}" --quiet

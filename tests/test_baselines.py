@@ -36,14 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 random_batch = functools.partial(helpers.random_batch, bsz=4, max_len=11)
 
 
-def perturb_trainable(model, scale: float = 0.2, seed: int = 1) -> None:
-    """Move every trainable parameter away from its init (zero-init adapters/LoRA would make some checks trivial)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
-
 
 def method_names(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")}
@@ -102,7 +94,7 @@ def test_backbone_bit_identical_after_adamw_steps(backbone, method):
 def test_batch_invariance(backbone, method):
     """A sample's logits inside a right-padded batch of mixed lengths equal its logits alone."""
     model = build(backbone, method)
-    perturb_trainable(model)
+    helpers.perturb_trainable(model)
     model.eval()
     ids, mask = random_batch(100 + FAMILIES.index(backbone) * 10 + METHODS.index(method), bsz=5)
     assert len(set(mask.sum(1).tolist())) > 1
@@ -130,7 +122,7 @@ def test_module_methods_are_identity_at_init(backbone, method):
         model.eval()
         adapted = model(ids, mask)
         torch.testing.assert_close(adapted, plain, atol=1e-6, rtol=0)
-        perturb_trainable(model)  # and the check can fail: a non-zero update changes the logits
+        helpers.perturb_trainable(model)  # and the check can fail: a non-zero update changes the logits
         assert not torch.allclose(model(ids, mask), plain, atol=1e-4)
 
 
@@ -142,7 +134,7 @@ ROUND_TRIPS = [(b, m, None) for b in FAMILIES for m in METHODS] + [
 @pytest.mark.parametrize("backbone,method,overrides", ROUND_TRIPS)
 def test_save_load_round_trip(backbone, method, overrides):
     model = build(backbone, method, overrides, seed=0)
-    perturb_trainable(model)
+    helpers.perturb_trainable(model)
     model.eval()
     ids, mask = random_batch(3)
     with torch.no_grad():
@@ -172,7 +164,7 @@ def test_lora_export_holds_lora_weights_and_head_only():
 def test_p_tuning_v2_reparam_saves_prefixes_not_the_mlp(fresh_reparam):
     overrides = {"reparam": True, "reparam_hidden": 16}
     model = build("tiny-bert", "p_tuning_v2", overrides)
-    perturb_trainable(model)
+    helpers.perturb_trainable(model)
     model.eval()
     ids, mask = random_batch(5)
     with torch.no_grad():

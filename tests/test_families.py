@@ -19,14 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 random_batch = functools.partial(helpers.random_batch, bsz=4, max_len=10)
 
 
-def perturb_trainable(model, scale: float = 0.2, seed: int = 1) -> None:
-    """Move every trainable parameter off its init (zero-init adapters, LoRA, gates make checks trivial)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
-
 
 @pytest.mark.parametrize("method", sorted(name for name, m in load_methods().items() if "linear" in m.heads))
 @pytest.mark.parametrize("backbone", TINY_FAMILIES)
@@ -43,7 +35,7 @@ def test_every_method_on_every_family(backbone, method):
     if method != "head":
         assert with_grad - {"head.weight", "head.bias"}, "the method's parameters got no gradient"
 
-    perturb_trainable(model)
+    helpers.perturb_trainable(model)
     model.eval()
     ids, mask = random_batch(1, bsz=5)
     with torch.no_grad():

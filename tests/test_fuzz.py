@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import sptbench.runner as runner_mod
-from sptbench.cli import main
 from sptbench.errors import SptbenchError
 from sptbench.records import append_record, dump_record, read_table, validate_paths
 from sptbench.runner import load_trained
 from tests.helpers import make_record
+from tests.helpers import run_cli as cli
 
 _COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=False, database=None)
 settings.register_profile("ci", max_examples=40, **_COMMON)
@@ -48,14 +48,6 @@ def _report():
 class Accepted(BaseException):
     """Raised where a run would start reading data: the input passed every check up to there."""
 
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_clean(code, err: str, ok: tuple = (0,)) -> None:

@@ -13,23 +13,15 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import sptbench.runner as runner_mod
-from sptbench.cli import build_parser, main
+from sptbench.cli import build_parser
 from sptbench.errors import SptbenchError
 from sptbench.records import append_record, dump_record, read_records, read_table, validate_paths
 from sptbench.runner import load_trained
 from tests.helpers import make_record
+from tests.helpers import run_cli as cli
 
 FAST = {"max_steps": 2, "eval_every": 2, "batch_size": 4}
 
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr); argparse's exits count as exit codes."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:

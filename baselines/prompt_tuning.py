@@ -34,7 +34,7 @@ class PromptTuningConfig:
     """
 
     num_tokens: int = 20
-    init: Literal["vocab", "random"] = "vocab"
+    init: Literal["vocab", "peft_vocab", "random"] = "vocab"
 
     def validate(self) -> None:
         if self.num_tokens < 1:

@@ -212,3 +212,9 @@ def test_peft_vocab_init_draws_what_peft_draws():
     assert torch.equal(ours, theirs) and torch.equal(torch.rand(3), after_theirs)  # the stream goes on alike
     torch.manual_seed(seed)
     assert not torch.equal(initial_prompt(words, 7, "vocab"), theirs)
+
+
+def test_peft_vocab_is_a_config_choice():
+    from sptbench.registry import build_config, get_method
+
+    assert build_config(get_method("prompt_tuning"), {"init": "peft_vocab"}).init == "peft_vocab"

@@ -67,6 +67,8 @@ def noise(path: Path) -> str:
     """The stock loop on one split with several init seeds: test accuracy mean, std, range."""
     runs = stock_runs(path)
     tests = [100 * r["test_accuracy"] for r in runs]
+    if len(tests) < 2:
+        return f"{len(tests)} run(s) so far"
     seeds = sorted({r["settings"].get("init_seed") for r in runs})
     return (f"{len(tests)} init seeds {seeds}: test {statistics.mean(tests):.1f} ± {statistics.stdev(tests):.1f} "
             f"(min {min(tests):.1f}, max {max(tests):.1f})")

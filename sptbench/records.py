@@ -462,6 +462,7 @@ def read_table(path: str | Path) -> list[dict]:
 
 
 _OTHER_KINDS = re.compile(rb"^(bench_version|script):", re.M)  # `sptbench bench` records, scripts/stock_loop.py output
+PENDING_DIR = "pending"  # under a results root: saved states of untested grid points (sptbench/selection.py)
 
 
 def is_run_table(path: Path) -> bool:
@@ -474,11 +475,13 @@ def is_run_table(path: Path) -> bool:
 
 def table_files(paths: Iterable[str | Path]) -> list[Path]:
     """The table files named by `paths`: files as given, directories searched recursively for *.yaml (sorted),
-    leaving out other kinds of YAML kept beside the tables (`is_run_table`)."""
+    leaving out other kinds of YAML kept beside the tables (`is_run_table`) and the saved states of untested grid
+    points (`pending/`: their record.yaml repeats a record the table holds)."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*.yaml") if f.is_file() and is_run_table(f))
+            files += sorted(f for f in p.rglob("*.yaml")
+                            if f.is_file() and PENDING_DIR not in f.relative_to(p).parts[:-1] and is_run_table(f))
         elif p.is_file():
             files.append(p)
         else:

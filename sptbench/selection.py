@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sptbench.errors import SptbenchError
 from sptbench.records import (
+    PENDING_DIR,
     append_record,
     canonical_json,
     head_of,
@@ -28,8 +29,6 @@ from sptbench.records import (
     record_table_path,
     require_valid,
 )
-
-PENDING_DIR = "pending"  # under the results root: saved states of untested grid points
 
 
 def group_of(rec: dict) -> tuple:

@@ -92,6 +92,20 @@ def test_selection_does_not_change_when_test_labels_are_shuffled(tmp_path, data_
     assert winner(plain) == winner(shuffled)
 
 
+def test_pending_states_are_not_tables(tmp_path):
+    """A saved state's record.yaml under results/pending/ repeats a table's record: folder scans skip it."""
+    from sptbench.records import append_record, validate_paths
+    from tests.helpers import make_record
+
+    rec = make_record(selection={"tested": False})
+    rec["metrics"]["test"] = {}
+    append_record(tmp_path / "v1" / "m" / "16shot.yaml", rec)
+    pending = tmp_path / "pending" / rec["run_id"]
+    pending.mkdir(parents=True)
+    (pending / "record.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
+    assert validate_paths([tmp_path]) == [] and len(read_records([tmp_path])) == 1
+
+
 def test_select_within_tests_one_winner_per_value(tmp_path, data_dir, monkeypatch):
     """`select_within: {lpt: [layer]}`: each layer's dev-best learning rate is tested (the layer analysis); the
     dev-best layer among those is what `compare --select-by-dev` reads."""

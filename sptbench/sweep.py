@@ -645,9 +645,10 @@ def preflight(sweep: Sweep, specs: list) -> None:
             raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None
 
 
-def run_local(specs: list, *, progress: bool = True) -> list[tuple[Any, str]]:
+def run_local(specs: list, *, progress: bool = True, after_each=None) -> list[tuple[Any, str]]:
     """Run one after another in this process; a failed run is reported (and, when it failed while training,
-    recorded as failed) and the sweep goes on. Returns the failures."""
+    recorded as failed) and the sweep goes on. `after_each()` runs after every run (the test-once protocol tests the
+    groups that run completed). Returns the failures."""
     from tqdm.auto import tqdm
 
     from sptbench.runner import run
@@ -662,11 +663,13 @@ def run_local(specs: list, *, progress: bool = True) -> list[tuple[Any, str]]:
             why = str(e) if isinstance(e, SptbenchError) else f"{type(e).__name__}: {e}"
             failures.append((spec, why))
             tqdm.write(f"[{i}/{len(specs)}] failed: {_label(spec)}: {why}", file=sys.stderr)
-            continue
-        # one line per run, also with --quiet: a long sweep's log says what finished, when, and how it scored
-        test = rec["metrics"]["test"]
-        score = f"test {test['score']:.4f}" if "score" in test else ""
-        tqdm.write(f"[{i}/{len(specs)}] {_label(spec)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
+        else:
+            # one line per run, also with --quiet: a long sweep's log says what finished, when, and how it scored
+            test, dev = rec["metrics"]["test"], rec["metrics"]["dev"]
+            score = f"test {test['score']:.4f}" if "score" in test else f"dev {dev.get('score', float('nan')):.4f}"
+            tqdm.write(f"[{i}/{len(specs)}] {_label(spec)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
+        if after_each is not None:
+            after_each()
     bar.close()
     return failures
 
@@ -729,14 +732,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     if sweep.launcher == "local":
-        failures = run_local(p.todo, progress=not args.quiet) if p.todo else []
+        tested = [run_pending_tests(sweep)]  # groups an earlier sitting completed, then each as soon as it is
+        after_each = (lambda: tested.append(run_pending_tests(sweep))) if sweep.test == "selected" else None
+        failures = run_local(p.todo, progress=not args.quiet, after_each=after_each) if p.todo else []
         for spec, why in failures:
             print(f"failed: {_label(spec)}: {why}")
         if p.todo:
             print(f"ran {len(p.todo)}: {len(p.todo) - len(failures)} ok, {len(failures)} failed")
-        tested = run_pending_tests(sweep)
-        if tested:
-            print(f"tested {tested} dev-selected configuration(s) once each")
+        if sum(tested):
+            print(f"tested {sum(tested)} dev-selected configuration(s) once each")
         return 1 if failures else 0
     if not p.todo:
         return 0

@@ -133,3 +133,18 @@ def test_select_within_tests_one_winner_per_value(tmp_path, data_dir, monkeypatc
     assert diff == pytest.approx(100 * (best["metrics"]["test"]["score"] - head["metrics"]["test"]["score"]))
     with pytest.raises(Exception, match="configurations"):
         compare(records, parse_side("lpt"), parse_side("head"))  # two tested layers: say which, or select by dev
+
+
+def test_each_group_is_tested_as_soon_as_it_is_complete(tmp_path, data_dir):
+    """Seeds vary fastest: seed 13's group completes with the last configuration's seed-13 run, and is tested before
+    seed 21's last run, so an interrupted sweep loses no finished group's test."""
+    raw = {
+        "name": "early", "model": "tiny-bert", "data_dir": str(data_dir), "results_dir": str(tmp_path / "r"),
+        "tasks": ["sst2"], "methods": ["head"], "shots": 4, "seeds": [13, 21], "test": "selected",
+        "train": {"max_steps": 2, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128, "lr": [1e-3, 3e-2]},
+    }
+    path = tmp_path / "early.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["sweep", str(path), "--quiet"]) == 0
+    order = [(r["protocol"]["seed"], r["selection"]["tested"]) for r in read_records([tmp_path / "r"])]
+    assert order == [(13, False), (21, False), (13, False), (13, True), (21, False), (21, True)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sptbench.errors import SptbenchError
 from sptbench.records import canonical_json, record_key, require_valid, setting_name, without
-from sptbench.tables import cell_metric
+from sptbench.tables import cell_metric, latest_per_key
 
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -115,13 +115,8 @@ def _cells(records: list[dict], side: Side, select: bool) -> dict[tuple, dict]:
         from sptbench.selection import select_by_dev
 
         ok = [r for r in select_by_dev(ok) if r.get("status") == "ok"]
-    latest: dict[tuple, dict] = {}
-    for rec in ok:
-        key = record_key(rec)
-        if key not in latest or str(rec.get("created", "")) >= str(latest[key].get("created", "")):
-            latest[key] = rec
     cells: dict[tuple, list[dict]] = {}
-    for rec in latest.values():
+    for rec in latest_per_key(ok)[0]:
         p = rec["protocol"]
         cell = (rec["task"]["name"], setting_name(p["shots"], p["train_size"]), rec["backbone"]["id"], p["seed"])
         cells.setdefault(cell, []).append(rec)

@@ -117,19 +117,12 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
 def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict[int, list[float]]]:
     """task -> prompt layer -> test scores (%) of the tested `method` runs with that layer (one per seed: the latest
     tested record of each configuration; untested grid points of the test-once protocol are left out)."""
-    from sptbench.records import record_key
-    from sptbench.tables import cell_metric
+    from sptbench.tables import cell_metric, latest_per_key
 
-    latest: dict[tuple, dict] = {}
-    for rec in records:
-        if (rec.get("status") != "ok" or rec["method"]["name"] != method
-                or (rec.get("selection") or {}).get("tested") is False):
-            continue
-        key = record_key(rec)
-        if key not in latest or str(rec.get("created", "")) >= str(latest[key].get("created", "")):
-            latest[key] = rec
+    tested = [rec for rec in records if rec.get("status") == "ok" and rec["method"]["name"] == method
+              and (rec.get("selection") or {}).get("tested") is not False]
     curves: dict[str, dict[int, dict[int, float]]] = {}
-    for rec in latest.values():
+    for rec in latest_per_key(tested)[0]:
         layer, score = (rec["method"]["config"] or {}).get("layer"), cell_metric(rec)
         if isinstance(layer, int) and score is not None:  # one score per seed and layer: the dev-selected lr
             by_seed = curves.setdefault(rec["task"]["name"], {}).setdefault(layer, {})

@@ -136,7 +136,7 @@ def _restrict(records: list[dict], names: Sequence[str] | None, kind: str, name_
     return [r for r in records if name_of(r) in names]
 
 
-def _dedupe(records: list[dict]) -> tuple[list[dict], list[str]]:
+def latest_per_key(records: list[dict]) -> tuple[list[dict], list[str]]:
     """One record per key, the latest by `created` (later in input order on a tie), and the run ids replaced."""
     latest: dict[tuple, tuple[str, int, dict]] = {}
     replaced = []
@@ -204,7 +204,7 @@ def build_table(
     chosen = _restrict(chosen, tasks, "task", lambda r: r["task"]["name"])
     chosen = _restrict(chosen, methods, "method", lambda r: r["method"]["name"])
     failed = [r for r in chosen if r["status"] != "ok"]
-    ok, replaced = _dedupe([r for r in chosen if r["status"] == "ok"])
+    ok, replaced = latest_per_key([r for r in chosen if r["status"] == "ok"])
     # grid points of the test-once protocol that lost on dev were never tested (sptbench/selection.py)
     untested = [r for r in ok if (r.get("selection") or {}).get("tested") is False]
     ok = [r for r in ok if (r.get("selection") or {}).get("tested") is not False]

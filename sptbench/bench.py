@@ -344,11 +344,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from sptbench.cli import _parse_sets
+    from sptbench.cli import parse_sets
     from sptbench.registry import load_methods
 
     methods = list(load_methods()) if args.method == "all" else [args.method]
-    overrides = _parse_sets(args.set)
+    overrides = parse_sets(args.set)
     if overrides and len(methods) > 1:
         raise SptbenchError("--set applies to one method; use it with --method NAME, not 'all'")
     shape = Shape(batch=args.batch, seq_len=args.seq_len, steps=args.steps, warmup=args.warmup)

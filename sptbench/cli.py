@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
+import textwrap
 
 from sptbench import safe_yaml
 from sptbench.argtypes import Parser, nonempty, positive_int
 from sptbench.errors import SptbenchError, unknown_choice
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, str]:
+def parse_sets(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -34,43 +36,46 @@ def _load_config_file(path: str | None) -> dict:
     return data
 
 
-TRAIN_FLAGS = (
-    "max_steps",
-    "lr",
-    "batch_size",
-    "eval_every",
-    "patience",
-    "weight_decay",
-    "warmup_ratio",
-    "lr_schedule",
-    "max_grad_norm",
-    "head_dropout",
-    "weight_decay_scope",
-    "group_by_length",
-    "sampler",
-)
-# Choices of training options, kept here so that `--help` imports no torch (tests/test_cli.py checks them
-# against sptbench.train).
-LR_SCHEDULES = ("linear", "constant", "cosine")
-DECAY_SCOPES = ("matrices", "all")
-SAMPLERS = ("python", "torch")
-_NOT_IN_CONFIG = {"help", "config", "quiet", "set"} | set(TRAIN_FLAGS)
-CONFIG_HELP = """config file (--config FILE): a YAML mapping of run options by their long name, '_' for '-'
-  (method, task, shots, train_size, split_source, seed, model, pooling, data_dir, results_dir, device,
-  dtype, save_dir, overwrite), plus two mappings:
-    set:   method options, as --set KEY=VALUE
-    train: training options: max_steps, lr, batch_size, eval_every, patience, weight_decay,
-           warmup_ratio, lr_schedule, max_grad_norm, head_dropout, weight_decay_scope, group_by_length,
-           sampler and the other fields of sptbench.train.TrainConfig (e.g. frozen_layers)
-  Training options go under train: only. Options given on the command line win over the file.
-  Example:
-    method: lora
-    task: sst2
-    shots: 16
-    seed: 13
-    set: {r: 8}
-    train: {max_steps: 200, lr: 5.0e-4}
-"""
+def _config_help() -> str:
+    """The `--config FILE` format, from the run schema."""
+    from sptbench.schema import RunSpec, TrainConfig, flag_fields
+
+    run_keys = ", ".join(f.name for f in flag_fields(RunSpec))
+    train_keys = ", ".join(f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed")
+    return textwrap.dedent(f"""\
+        config file (--config FILE): a YAML mapping of run options by their long name, '_' for '-'
+          ({run_keys}),
+          plus two mappings:
+            set:   method options, as --set KEY=VALUE
+            train: training options ({train_keys})
+          Training options go under train: only. Options given on the command line win over the file.
+          Example:
+            method: lora
+            task: sst2
+            shots: 16
+            seed: 13
+            set: {{r: 8}}
+            train: {{max_steps: 200, lr: 5.0e-4}}
+        """)
+
+
+def _add_schema_arguments(p: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per schema field that has one (sptbench/schema.py): type, choices, help and default from there.
+    The parser's own default stays None, so that a --config file can fill in what the command line does not say."""
+    from sptbench.schema import default_of, flag_fields
+
+    for f in flag_fields(cls):
+        meta, default = f.metadata, default_of(f)
+        text = meta["help"]
+        if default not in (None, False, {}) and "default" not in text:
+            text += f" (default: {default})"
+        flag = f"--{f.name.replace('_', '-')}"
+        if meta["boolean"] and default:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=text)
+        elif meta["boolean"]:
+            p.add_argument(flag, dest=f.name, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, dest=f.name, type=meta["type"], choices=meta["choices"], help=text)
 
 
 def _config_value(where: str, key: str, value, action: argparse.Action):
@@ -105,55 +110,43 @@ def _config_mapping(where: str, key: str, value) -> dict:
 
 
 def cmd_run(args) -> int:
-    from sptbench.runner import RunSpec, run
+    from sptbench.runner import run
+    from sptbench.schema import RunSpec, TrainConfig, default_of, flag_fields
 
-    actions = {a.dest: a for a in args.run_actions if a.dest not in _NOT_IN_CONFIG}
+    run_fields = flag_fields(RunSpec)
+    actions = {a.dest: a for a in args.run_actions}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     file_cfg = _load_config_file(args.config)
     where = args.config
     for key in file_cfg:
-        if key in TRAIN_FLAGS:
+        if key in train_keys:
             raise SptbenchError(f"{where}: training option '{key}' goes under 'train:' (train: {{{key}: ...}})")
-        if key not in actions and key not in ("set", "train"):
-            raise unknown_choice(f"key in {where}", str(key), [*actions, "set", "train"])
-    checked = {k: _config_value(where, k, v, actions[k]) for k, v in file_cfg.items() if k in actions}
+        if key not in {f.name for f in run_fields} | {"set", "train"}:
+            raise unknown_choice(f"key in {where}", str(key), [*(f.name for f in run_fields), "set", "train"])
+    checked = {k: _config_value(where, k, v, actions[k]) for k, v in file_cfg.items() if k not in ("set", "train")}
 
-    def pick(name, default=None):
-        value = getattr(args, name, None)
-        if value is not None and value is not False:
+    def pick(f: dataclasses.Field):
+        """The command line, else the config file, else the schema's default."""
+        value = getattr(args, f.name, None)
+        if value is not None:
             return value
-        return checked[name] if checked.get(name) is not None else default
+        return checked[f.name] if checked.get(f.name) is not None else default_of(f)
 
+    values = {f.name: pick(f) for f in run_fields}
+    if values["data_dir"] is None:
+        values["data_dir"] = os.environ.get("SPTBENCH_DATA_DIR") or None
     from sptbench.train import STOCK_SETTINGS
 
-    train_overrides = dict(STOCK_SETTINGS) if pick("stock", False) else {}
+    train_overrides = dict(STOCK_SETTINGS) if args.stock else {}
     train_overrides.update(_config_mapping(where, "train", file_cfg.get("train")))
-    train_overrides.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
+    train_overrides.update({f.name: getattr(args, f.name) for f in flag_fields(TrainConfig)
+                            if getattr(args, f.name) is not None})
     method_overrides = _config_mapping(where, "set", file_cfg.get("set"))
-    method_overrides.update(_parse_sets(args.set))
-    if pick("method") is None or pick("task") is None:
+    method_overrides.update(parse_sets(args.set))
+    if values["method"] is None or values["task"] is None:
         raise SptbenchError("run needs --method and --task (or a --config file that sets them)")
-    spec = RunSpec(
-        method=pick("method"),
-        task=pick("task"),
-        seed=pick("seed", 13),
-        shots=pick("shots"),
-        train_size=pick("train_size"),
-        split_source=pick("split_source", "sample"),
-        model=pick("model", "minilm-l6"),
-        pooling=pick("pooling"),
-        head=pick("head", "linear"),
-        prompt_loss=pick("prompt_loss"),
-        template=pick("template"),
-        data_dir=pick("data_dir"),
-        results_dir=pick("results_dir", "results"),
-        method_overrides=method_overrides,
-        train_overrides=train_overrides,
-        device=pick("device", "auto"),
-        dtype=pick("dtype", "fp32"),
-        save_dir=pick("save_dir"),
-        overwrite=bool(pick("overwrite", False)),
-        progress=not args.quiet,
-    )
+    spec = RunSpec(**values, method_overrides=method_overrides, train_overrides=train_overrides,
+                   progress=not args.quiet)
     outcome = run(spec)
     from sptbench.train import world
 
@@ -217,7 +210,7 @@ def cmd_params(args) -> int:
             continue
         model, _, _ = load_backbone(args.model, num_labels, prompt=setup)
         model.freeze_backbone()
-        method.apply(model, build_config(method, _parse_sets(args.set)))
+        method.apply(model, build_config(method, parse_sets(args.set)))
         c = model.count_parameters()
         rows.append(
             [
@@ -278,59 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and evaluate one method on one task; append a record",
         description="Train and evaluate one method on one task and append its record to\n"
         "<results-dir>/v1/<backbone>/<setting>.yaml. Everything is checked before training starts.",
-        epilog=CONFIG_HELP,
+        epilog=_config_help(),
     )
-    p.add_argument("--method", help="method name (sptbench list methods)")
-    p.add_argument("--task", help="task name (sptbench list tasks)")
-    p.add_argument("--shots", type=positive_int,
-                   help="K examples per class for train and another K for dev (LM-BFF); default: full data")
-    p.add_argument("--train-size", type=positive_int,
-                   help="N training examples sampled from the pool (dev from the rest); default: full data")
-    p.add_argument("--split-source", choices=["sample", "lm-bff"],
-                   help="lm-bff: the published 16-shot splits (default: sample)")
-    p.add_argument("--seed", type=int, help="run seed, an integer in [0, 2^32) (default: 13)")
-    p.add_argument("--model", type=nonempty,
-                   help="minilm-l6, tiny-bert, tiny-roberta, tiny-deberta, tiny-gpt2, a hub id or a folder "
-                   "(default: minilm-l6)")
-    p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: from the backbone")
-    _head_arguments(p)
-    p.add_argument(
-        "--data-dir",
-        type=nonempty,
-        default=os.environ.get("SPTBENCH_DATA_DIR") or None,
-        help="local mirror folder (default: $SPTBENCH_DATA_DIR, else the Hugging Face hub)",
-    )
-    p.add_argument("--results-dir", type=nonempty, help="root of the result tables (default: results)")
+    from sptbench.schema import RunSpec, TrainConfig
+
+    _add_schema_arguments(p, RunSpec)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (repeatable)")
     p.add_argument("--config", type=nonempty, help="YAML file of run options (format below)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimizer steps (default: 200)")
-    p.add_argument("--lr", type=float, help="learning rate, > 0 (default: the method's)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="training batch size (default: 16)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, help="steps between dev evaluations (default: 50)")
-    p.add_argument("--patience", type=int,
-                   help="early stopping after this many evaluations (>= 1) without improvement (default: never)")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay, >= 0 (default: 0.01)")
-    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float,
-                   help="share of the steps with linear warmup, in [0, 1) (default: 0.06)")
-    p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
-                   help="after warmup: linear decay to zero (default), constant, or cosine decay to zero")
-    p.add_argument("--max-grad-norm", dest="max_grad_norm", type=float,
-                   help="clip the gradient norm to this (default 1.0; 0: no clipping)")
-    p.add_argument("--head-dropout", dest="head_dropout", type=float,
-                   help="dropout in front of the linear head (default 0.1)")
-    p.add_argument("--weight-decay-scope", dest="weight_decay_scope", choices=DECAY_SCOPES,
-                   help="matrices: no decay on biases and norms (default); all: every parameter")
-    p.add_argument("--group-by-length", dest="group_by_length", action=argparse.BooleanOptionalAction,
-                   help="batches of similar length (default on); --no-group-by-length: plain random batches")
-    p.add_argument("--sampler", choices=SAMPLERS,
-                   help="the shuffle: python (default) or torch (DataLoader(shuffle=True) seeded with --seed)")
+    _add_schema_arguments(p, TrainConfig)
     p.add_argument("--stock", action="store_true",
                    help="the settings of a plain PyTorch loop (scripts/stock_loop.py): constant lr, no warmup, no "
                         "clipping, no head dropout, decay on all parameters, torch's shuffle; flags still override")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA when there is one)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], help="bf16: autocast (default: fp32)")
-    p.add_argument("--save-dir", type=nonempty, help="also write the trained parameters + head (safetensors) here")
-    p.add_argument("--overwrite", action="store_true", help="let --save-dir replace a saved run already there")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run, run_actions=p._actions)
 

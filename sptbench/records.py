@@ -26,6 +26,7 @@ import yaml
 
 from sptbench import safe_yaml
 from sptbench.errors import SptbenchError
+from sptbench.schema import KEY_FIELDS, LINEAR_HEAD, head_of, record_key  # noqa: F401 (declared with the run schema)
 
 SCHEMA_VERSION = 1
 TABLE_DIR = f"v{SCHEMA_VERSION}"
@@ -96,7 +97,6 @@ _PROMPT_HEAD_SCHEMA: dict[str, Any] = {
     "template": "str",
     "label_words": "list",
 }
-LINEAR_HEAD = {"kind": "linear"}
 # Sections a failed run may leave null, empty or incomplete: it never got far enough to fill them.
 _RESULT_SECTIONS = ("outcome", "metrics", "params", "throughput", "time")
 _PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
@@ -312,12 +312,6 @@ def _semantic_problems(rec: dict) -> list[str]:
     if selection is not None and (not isinstance(selection, dict) or not isinstance(selection.get("tested"), bool)):
         problems.append("field 'selection' must be a mapping with a boolean 'tested'")
     return problems
-
-
-def head_of(rec: dict) -> dict:
-    """A record's head section; records without one ran the linear head."""
-    head = rec.get("head")
-    return head if isinstance(head, dict) else dict(LINEAR_HEAD)
 
 
 def _head_problems(rec: dict) -> list[str]:
@@ -539,43 +533,6 @@ def find_record(paths: Iterable[str | Path], run_id: str) -> dict:
 def canonical_json(value: Any) -> str:
     """A stable text form of a config (sorted keys, no whitespace) for keys and hashes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-KEY_FIELDS = (
-    "method",
-    "method_config",
-    "task",
-    "task_version",
-    "shots",
-    "train_size",
-    "split_source",
-    "seed",
-    "backbone",
-    "pooling",
-    "head",
-    "data_fingerprint",
-    "training",
-)
-
-
-def record_key(rec: dict) -> tuple:
-    """What makes two runs 'the same experiment': the fields named in KEY_FIELDS, configs as canonical JSON."""
-    protocol = rec["protocol"]
-    return (
-        rec["method"]["name"],
-        canonical_json(rec["method"]["config"]),
-        rec["task"]["name"],
-        rec["task"]["version"],
-        protocol["shots"],
-        protocol["train_size"],
-        protocol["split_source"],
-        protocol["seed"],
-        rec["backbone"]["id"],
-        rec["backbone"]["pooling"],
-        canonical_json(head_of(rec)),
-        rec["data"]["fingerprint"],
-        canonical_json(rec["training"]),
-    )
 
 
 def without(key: tuple, *fields: str) -> tuple:

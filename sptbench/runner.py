@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import functools
 import importlib.metadata
-import math
 import os
 import platform
 import random
@@ -14,7 +13,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ import torch
 
 from sptbench import __version__, safe_yaml
 from sptbench.backbones import backbone_layers, load_backbone
-from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.errors import SptbenchError
 from sptbench.hardware import device_label, hardware_id
-from sptbench.model import POOLINGS
 from sptbench.records import (
     SCHEMA_VERSION,
     append_record,
@@ -40,6 +38,7 @@ from sptbench.records import (
     write_text_atomic,
 )
 from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
+from sptbench.schema import RunSpec, check_choices, check_train_config
 from sptbench.tasks import TaskData, load_task
 from sptbench.templates import encode_prompt_rows, head_section, prompt_setup, setup_from_record
 from sptbench.train import (
@@ -47,42 +46,11 @@ from sptbench.train import (
     FitResult,
     NonFiniteLoss,
     TrainConfig,
-    check_config,
     encode_rows,
     evaluate,
     train,
     world,
 )
-
-
-@dataclass
-class RunSpec:
-    """Everything that defines a run; all of it goes into the record."""
-
-    method: str
-    task: str
-    seed: int = 13
-    shots: int | None = None
-    train_size: int | None = None
-    split_source: str = "sample"  # sample | lm-bff (published LM-BFF splits)
-    model: str = "minilm-l6"
-    pooling: str | None = None
-    head: str = "linear"  # linear | prompt (the pretrained LM head at the template's mask; docs/heads.md)
-    prompt_loss: str | None = None  # prompt head: label_words (default, LM-BFF) | vocab (LPT)
-    template: str | None = None  # prompt head: the task's template name (default: its first)
-    data_dir: str | None = None
-    results_dir: str = "results"
-    method_overrides: dict[str, Any] = field(default_factory=dict)
-    train_overrides: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "fp32"  # fp32 | bf16 (autocast)
-    save_dir: str | None = None
-    overwrite: bool = False  # replace a saved run already in save_dir
-    progress: bool = True
-    sweep: dict[str, Any] | None = None  # set by `sptbench sweep` (name, grid index): recorded as-is, not in the key
-    # the test-once protocol of a dev-selected grid (sweep `test: selected`): no test here; the best-on-dev state is
-    # saved under <results>/pending/<run id>/ and sptbench.selection tests the group's winner once
-    defer_test: bool = False
 
 
 @dataclass
@@ -105,25 +73,6 @@ def train_config(spec: RunSpec, method: Method) -> TrainConfig:
     tcfg = TrainConfig(**values)
     check_train_config(tcfg)
     return tcfg
-
-
-def check_train_config(tcfg: TrainConfig) -> None:
-    """Value ranges of the training options (one line each); nonsense is refused, not silently used."""
-    if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1 or tcfg.eval_batch_size < 1:
-        raise SptbenchError("max_steps, eval_every, batch_size and eval_batch_size must be positive")
-    for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "head_dropout"):
-        value = getattr(tcfg, name)
-        if value is not None and not math.isfinite(value):
-            raise SptbenchError(f"training option '{name}' must be a finite number, got {value}")
-    if tcfg.lr <= 0:
-        raise SptbenchError(f"training option 'lr' must be > 0, got {tcfg.lr}")
-    if tcfg.weight_decay < 0:
-        raise SptbenchError(f"training option 'weight_decay' must be >= 0, got {tcfg.weight_decay}")
-    if not 0 <= tcfg.warmup_ratio < 1:
-        raise SptbenchError(f"training option 'warmup_ratio' must be in [0, 1), got {tcfg.warmup_ratio}")
-    if tcfg.patience is not None and tcfg.patience < 1:
-        raise SptbenchError(f"training option 'patience' must be >= 1 (or null: never stop early), got {tcfg.patience}")
-    check_config(tcfg)  # choices, head_dropout and max_grad_norm (None or 0: no clipping) ranges
 
 
 MAX_SEED = 2**32  # numpy's seeds are 32-bit
@@ -155,12 +104,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     method.check_head(spec.head)
     cfg = build_config(method, spec.method_overrides)
     tcfg = train_config(spec, method)
-    if spec.dtype not in ("fp32", "bf16"):
-        raise unknown_choice("dtype", str(spec.dtype), ("bf16", "fp32"))
-    if spec.device not in ("auto", "cpu", "cuda"):
-        raise unknown_choice("device", str(spec.device), ("auto", "cpu", "cuda"))
-    if spec.pooling is not None and spec.pooling not in POOLINGS:
-        raise unknown_choice("pooling", str(spec.pooling), POOLINGS)
+    check_choices(spec)  # every option with declared choices (dtype, device, pooling, head, ...)
     _check_path(spec.results_dir, "results_dir")
     for name in ("data_dir", "save_dir"):
         if getattr(spec, name) is not None:

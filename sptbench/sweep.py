@@ -9,6 +9,7 @@ import argparse
 import functools
 import importlib
 import itertools
+import json
 import os
 import re
 import statistics
@@ -19,35 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sptbench import safe_yaml
+from sptbench import safe_yaml, schema
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.errors import SptbenchError, unknown_choice
-from sptbench.records import TABLE_DIR, canonical_json, head_of, read_records, setting_name
+from sptbench.records import TABLE_DIR, canonical_json, read_records, record_key, setting_name
 
 if TYPE_CHECKING:  # the runner imports torch; the CLI imports this module before it needs torch
     from sptbench.runner import RunSpec
 
+# The keys of a sweep file: its own, then those that give a run's fields (declared in sptbench/schema.py, as a
+# value, a list of values for an axis, or a per-method mapping), then how it runs.
 SWEEP_KEYS = (
     "name",
     "description",
-    "model",
-    "pooling",
-    "head",
-    "prompt_loss",
-    "template",
-    "data_dir",
-    "results_dir",
-    "device",
-    "dtype",
-    "tasks",
-    "methods",
-    "shots",
-    "train_size",
-    "split_source",
-    "seeds",
-    "train",
-    "method_train",
-    "method_set",
+    *schema.sweep_keys(),
     "launcher",
     "slurm",
     "test",
@@ -60,7 +46,10 @@ LAUNCHERS = ("local", "slurm")
 LAUNCHER_PACKAGES = {"slurm": ("submitit", "pip install 'sptbench[slurm]' (or: pip install submitit)")}
 DEFAULT_RUN_S = 120.0  # ETA of a run with no recorded run of the same method on the same backbone
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_STRING_KEYS = ("name", "model", "pooling", "data_dir", "results_dir", "device", "dtype", "split_source", "launcher")
+# keys whose value is one non-empty string: the sweep's name, launcher, and the run fields given as one value
+# (head, prompt_loss and template may be lists: the head axis, checked by _heads)
+_STRING_KEYS = ("name", "launcher", *(k for k, f in schema.sweep_keys().items() if k == f.name and f.type in (
+    "str", "str | None") and k not in ("head", "prompt_loss", "template")))
 
 
 @dataclass
@@ -281,12 +270,11 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     regimes = [(k, None) for k in shots] + [(None, n) for n in sizes] or [(None, None)]
 
     split_source = raw.get("split_source") or "sample"
-    for key, choices in (("device", ("auto", "cpu", "cuda")), ("dtype", ("fp32", "bf16"))):
-        if raw.get(key) is not None and raw[key] not in choices:
+    for key in _STRING_KEYS:  # one value with declared choices (device, dtype, pooling, split_source)
+        choices = schema.sweep_keys()[key].metadata["choices"] if key in schema.sweep_keys() else None
+        if raw.get(key) is not None and choices is not None and raw[key] not in choices:
             raise unknown_choice(f"{key} in {where}", str(raw[key]), choices)
     pooling = raw.get("pooling")
-    if pooling is not None and pooling not in ("cls", "mean", "last"):
-        raise unknown_choice(f"pooling in {where}", str(pooling), ("cls", "mean", "last"))
     model = raw.get("model") or "minilm-l6"
     if not isinstance(model, str):
         raise SptbenchError(f"{where}: 'model' must be a backbone name, hub id or folder")
@@ -397,9 +385,12 @@ def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> 
 # ---------------------------------------------------------------------------------------------------- resume, ETA
 
 
-def _training_key(training: dict) -> str:
-    """A record's training section as canonical JSON, without the device (matched separately)."""
-    return canonical_json({k: v for k, v in training.items() if k != "device"})
+def _plan_key(key: tuple) -> tuple:
+    """A record key as sweep resume matches it: without the data fingerprint (known only once the data is loaded),
+    the pooling (a spec's None is the backbone's default: `_pooling_matches`) and the device (`_device_matches`)."""
+    parts = dict(zip(schema.KEY_FIELDS, key, strict=True))
+    parts["training"] = canonical_json({k: v for k, v in json.loads(parts["training"]).items() if k != "device"})
+    return tuple(v for name, v in parts.items() if name not in ("data_fingerprint", "pooling"))
 
 
 @functools.cache
@@ -409,35 +400,29 @@ def _task_spec(task: str):
     return load_spec(task)
 
 
-def _head_key(spec) -> str:
-    """The record's head section a planned run will have, as canonical JSON (as `records.record_key` has it)."""
+def spec_record(spec) -> dict:
+    """The sections of the record a planned run will write, as far as they are known before it runs."""
+    from sptbench.registry import build_config, config_dict, get_method
+    from sptbench.runner import train_config, training_section
     from sptbench.templates import head_section, prompt_setup
 
-    return canonical_json(head_section(prompt_setup(_task_spec(spec.task), spec.head, spec.prompt_loss,
-                                                    spec.template)))
+    method = get_method(spec.method)
+    task = _task_spec(spec.task)
+    return {
+        "method": {"name": spec.method, "config": config_dict(build_config(method, spec.method_overrides))},
+        "task": {"name": spec.task, "version": task.version},
+        "protocol": {"shots": spec.shots, "train_size": spec.train_size, "split_source": spec.split_source,
+                     "seed": spec.seed},
+        "backbone": {"id": spec.model, "pooling": spec.pooling},
+        "head": head_section(prompt_setup(task, spec.head, spec.prompt_loss, spec.template)),
+        "data": {"fingerprint": None},
+        "training": training_section(train_config(spec, method), "", spec.dtype),
+    }
 
 
 def spec_key(spec) -> tuple:
-    """The record key a run will have, minus the data fingerprint and the device (unknown before it runs)."""
-    from sptbench.registry import build_config, config_dict, get_method
-    from sptbench.runner import train_config, training_section
-
-    method = get_method(spec.method)
-    cfg = config_dict(build_config(method, spec.method_overrides))
-    training = training_section(train_config(spec, method), "", spec.dtype)
-    return (
-        spec.method,
-        canonical_json(cfg),
-        spec.task,
-        _task_spec(spec.task).version,
-        spec.shots,
-        spec.train_size,
-        spec.split_source,
-        spec.seed,
-        spec.model,
-        _head_key(spec),
-        _training_key(training),
-    )
+    """The plan key of a planned run: `record_plan_key` of the record it will write."""
+    return _plan_key(record_key(spec_record(spec)))
 
 
 def _spec_train_samples(spec: RunSpec) -> int:
@@ -450,21 +435,8 @@ def _spec_train_samples(spec: RunSpec) -> int:
 
 
 def record_plan_key(rec: dict) -> tuple:
-    """`spec_key` of a record: its key without the data fingerprint and the device."""
-    p = rec["protocol"]
-    return (
-        rec["method"]["name"],
-        canonical_json(rec["method"]["config"]),
-        rec["task"]["name"],
-        rec["task"]["version"],
-        p["shots"],
-        p["train_size"],
-        p["split_source"],
-        p["seed"],
-        rec["backbone"]["id"],
-        canonical_json(head_of(rec)),
-        _training_key(rec["training"]),
-    )
+    """A record's key as sweep resume matches it (`_plan_key`)."""
+    return _plan_key(record_key(rec))
 
 
 @dataclass

@@ -20,41 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.errors import SptbenchError
 from sptbench.metrics import compute_metrics
+from sptbench.schema import (  # declared there
+    TrainConfig,
+    check_train_config,
+)
 
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters, the same for every method unless a sweep says otherwise."""
-
-    max_steps: int = 200  # optimizer steps
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    lr: float = 1e-3  # the runner fills in the method's default unless --lr is given
-    weight_decay: float = 0.01
-    # "matrices": no decay on biases and norms (as transformers' Trainer); "all": every parameter (plain AdamW)
-    weight_decay_scope: str = "matrices"
-    warmup_ratio: float = 0.06
-    lr_schedule: str = "linear"  # after warmup: linear decay to zero, constant, or cosine decay to zero
-    max_grad_norm: float | None = 1.0  # None or 0: no clipping
-    head_dropout: float = 0.1  # dropout on the pooled representation, in front of the linear head
-    eval_every: int = 50  # steps between dev evaluations (and at the end)
-    patience: int | None = None  # stop after this many evaluations without dev improvement; None: never
-    group_by_length: bool = True  # batches of similar length (less padding); off: random batches
-    # the shuffle: "python" = random.Random(seed * 1000 + epoch); "torch" = the order of torch's
-    # DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed)), what a plain loop draws
-    sampler: str = "python"
-    # layers below the first trainable one: "dropout" (as the stock model trains), "eval" (no dropout there),
-    # "cache" (no dropout, and their outputs computed once per sample and reused across epochs: few-shot speed)
-    frozen_layers: str = "dropout"
-    seed: int = 13
-
-
-FROZEN_MODES = ("dropout", "eval", "cache")
-LR_SCHEDULES = ("linear", "constant", "cosine")
-DECAY_SCOPES = ("matrices", "all")
-SAMPLERS = ("python", "torch")
 # What a plain PyTorch loop does (scripts/stock_loop.py): constant learning rate, no clipping, no head dropout,
 # weight decay on every parameter, DataLoader's shuffle. `sptbench run --stock` applies them.
 STOCK_SETTINGS = {
@@ -66,22 +38,6 @@ STOCK_SETTINGS = {
     "group_by_length": False,
     "sampler": "torch",
 }
-
-
-def check_config(tcfg: TrainConfig) -> None:
-    """One clear line for a training option out of its range or choices (before anything runs)."""
-    for name, value, choices in (
-        ("frozen_layers", tcfg.frozen_layers, FROZEN_MODES),
-        ("lr_schedule", tcfg.lr_schedule, LR_SCHEDULES),
-        ("weight_decay_scope", tcfg.weight_decay_scope, DECAY_SCOPES),
-        ("sampler", tcfg.sampler, SAMPLERS),
-    ):
-        if value not in choices:
-            raise unknown_choice(f"value for '{name}'", str(value), choices)
-    if not 0.0 <= tcfg.head_dropout < 1.0:
-        raise SptbenchError(f"head_dropout must be in [0, 1), got {tcfg.head_dropout}")
-    if tcfg.max_grad_norm is not None and tcfg.max_grad_norm < 0:
-        raise SptbenchError(f"max_grad_norm must be >= 0 (0 or none: no clipping), got {tcfg.max_grad_norm}")
 
 
 @dataclass
@@ -375,7 +331,7 @@ def train(
     result). Samples and tokens count the global batch."""
     if not train_enc or not dev_enc:
         raise SptbenchError("training needs a non-empty train and dev split")
-    check_config(tcfg)
+    check_train_config(tcfg)
     if hasattr(model, "frozen_mode"):
         model.frozen_mode = tcfg.frozen_layers
         model.frozen_cache.clear()

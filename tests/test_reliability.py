@@ -466,8 +466,7 @@ def test_why8_run_help_states_the_training_defaults_of_train_config():
     import dataclasses
     import re
 
-    from sptbench.cli import TRAIN_FLAGS
-    from sptbench.train import TrainConfig
+    from sptbench.schema import TRAIN_FLAGS, TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     run_parser = _subparsers(build_parser())["run"]

@@ -6,12 +6,14 @@ import random
 
 from sptbench.records import example_record, new_run_id
 
+_RNG = random.Random(20261202)  # seeded: a failing test fails the same way on a rerun
+
 
 def make_record(**overrides) -> dict:
     """A schema-valid record with a fresh run id and random metrics; `a__b=v` sets rec["a"]["b"] = v."""
     rec = example_record()
-    rec["run_id"] = new_run_id() + f"{random.randrange(16**6):06x}"
-    acc = round(random.uniform(0.5, 0.95), 4)
+    rec["run_id"] = new_run_id() + f"{_RNG.randrange(16**6):06x}"
+    acc = round(_RNG.uniform(0.5, 0.95), 4)
     rec["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": acc, "score": acc}, "test": {"accuracy": acc}}
     for name, value in overrides.items():
         *parents, leaf = name.split("__")

@@ -34,7 +34,7 @@ def fresh_dynamo():
 @pytest.mark.parametrize("method", list(load_methods()))
 def test_training_forward_is_one_graph(method):
     model = helpers.build("tiny-bert", method).train()
-    explained = torch._dynamo.explain(model)(**padded_batch(seed=torch.seed() % 1000))
+    explained = torch._dynamo.explain(model)(**padded_batch(seed=11))
     assert explained.graph_break_count == 0, [r.reason.splitlines()[0] for r in explained.break_reasons]
     assert explained.graph_count == 1
 
@@ -42,15 +42,15 @@ def test_training_forward_is_one_graph(method):
 @pytest.mark.parametrize("backbone", ["tiny-roberta", "tiny-deberta", "tiny-gpt2", "tiny-mpnet"])
 def test_prefix_injection_is_one_graph_on_every_family(backbone):
     model = helpers.build(backbone, "p_tuning_v2").train()
-    explained = torch._dynamo.explain(model)(**padded_batch(seed=torch.seed() % 1000))
+    explained = torch._dynamo.explain(model)(**padded_batch(seed=12))
     assert explained.graph_break_count == 0, [r.reason.splitlines()[0] for r in explained.break_reasons]
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning_v2", "lora", "spt"])
 def test_compiled_logits_and_gradients_equal_eager(method):
     model = helpers.build("tiny-bert", method).eval()  # eval: no dropout, so both passes are deterministic
-    batch = padded_batch(seed=torch.seed() % 1000)
-    labels = torch.randint(0, 2, (3,))
+    batch = padded_batch(seed=13)
+    labels = torch.randint(0, 2, (3,), generator=torch.Generator().manual_seed(13))
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     grads = []
     for forward in (model, compiled):

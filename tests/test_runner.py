@@ -120,4 +120,7 @@ def test_git_dirty_means_the_code_differs_not_the_results(tmp_path):
     assert read(tmp_path) == {"commit": head, "dirty": False}
     (tmp_path / "sptbench" / "m.py").write_text("x = 2\n")
     assert read(tmp_path) == {"commit": head, "dirty": True}
-    assert _git() is _git()  # the process's own checkout: read once
+    # read once per process: a long sweep's later records claim the code it imported, not a later commit
+    first = _git(tmp_path)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "later")
+    assert _git(tmp_path) == first != read(tmp_path)

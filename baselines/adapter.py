@@ -7,7 +7,7 @@ projections are; the projection module is wrapped, never edited (GPT-2's `Conv1D
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -23,22 +23,21 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "swish": nn.Si
 
 @dataclass
 class AdapterConfig:
-    """Bottleneck adapters.
+    """Bottleneck adapters."""
 
-    bottleneck: the adapter's inner size (Houlsby et al. report 64 as a good default on BERT).
-    placement: `houlsby` = after the attention output projection and after the FFN output projection (two per layer);
-        `pfeiffer` = after the FFN output projection only (one per layer).
-    activation: the bottleneck nonlinearity: gelu (the original adapter-bert code), relu, tanh or swish.
-    layers: restrict adapters to these layer indices (None: all). Layers below the lowest run without autograd.
-    train_layer_norms: also train the LayerNorms inside the adapted layers, as Houlsby et al. did (off by default,
-        so the count is adapters only, as peft and most reproductions report).
-    """
-
-    bottleneck: int = 64
-    placement: Literal["houlsby", "pfeiffer"] = "houlsby"
-    activation: Literal["gelu", "relu", "tanh", "swish"] = "gelu"
-    layers: list[int] | None = None
-    train_layer_norms: bool = False
+    bottleneck: int = field(
+        default=64, metadata={"help": "the adapter's inner size (Houlsby et al. report 64 as a good default on BERT)"}
+    )
+    placement: Literal["houlsby", "pfeiffer"] = field(default="houlsby", metadata={
+        "help": "houlsby = after the attention output projection and after the FFN output projection (two per layer); "
+                "pfeiffer = after the FFN output projection only (one per layer)"})
+    activation: Literal["gelu", "relu", "tanh", "swish"] = field(default="gelu", metadata={
+        "help": "the bottleneck nonlinearity: gelu (the original adapter-bert code), relu, tanh or swish"})
+    layers: list[int] | None = field(default=None, metadata={
+        "help": "restrict adapters to these layer indices (none: all); layers below the lowest run without autograd"})
+    train_layer_norms: bool = field(default=False, metadata={
+        "help": "also train the LayerNorms inside the adapted layers, as Houlsby et al. did (off: the count is "
+                "adapters only, as peft and most reproductions report)"})
 
     def validate(self) -> None:
         if self.bottleneck < 1:

@@ -6,7 +6,7 @@ forward stays the one path: W x + (alpha / r) B A dropout(x), with A Kaiming-uni
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from peft import LoraConfig, inject_adapter_in_model
 from transformers.pytorch_utils import Conv1D
@@ -18,21 +18,16 @@ from sptbench.registry import register_method
 
 @dataclass
 class LoraMethodConfig:
-    """LoRA.
+    """LoRA."""
 
-    rank: r, the rank of the update B A.
-    alpha: the update is scaled by alpha / r (peft's default scaling).
-    dropout: dropout on the input of the LoRA branch.
-    targets: module names inside each layer to adapt (None: the family's query and value projections; GPT-2's
-        fused `c_attn`, whose Conv1D weight is stored transposed, handled with peft's fan_in_fan_out).
-    layers: restrict LoRA to these layer indices (None: all). Layers below the lowest run without autograd.
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-    targets: list[str] | None = None
-    layers: list[int] | None = None
+    rank: int = field(default=8, metadata={"help": "r, the rank of the update B A"})
+    alpha: float = field(default=16.0, metadata={"help": "the update is scaled by alpha / r (peft's default scaling)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the input of the LoRA branch"})
+    targets: list[str] | None = field(default=None, metadata={
+        "help": "module names inside each layer to adapt (none: the family's query and value projections; GPT-2's "
+                "fused c_attn, whose Conv1D weight is stored transposed, handled with peft's fan_in_fan_out)"})
+    layers: list[int] | None = field(default=None, metadata={
+        "help": "restrict LoRA to these layer indices (none: all); layers below the lowest run without autograd"})
 
     def validate(self) -> None:
         if self.rank < 1:

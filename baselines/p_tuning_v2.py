@@ -7,7 +7,7 @@ reparameterization of the official code); saving stores the computed prefixes, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,23 +21,19 @@ from sptbench.registry import register_method
 
 @dataclass
 class PTuningV2Config:
-    """P-tuning v2.
+    """P-tuning v2."""
 
-    prefix_len: p, the number of prefix keys/values per layer.
-    reparam: compute the prefixes with an MLP (embedding(p, hidden) -> Linear -> tanh -> Linear to
-        layers*2*hidden), as the official code's `prefix_projection`; off by default, as in its GLUE/SuperGLUE runs.
-    reparam_hidden: the MLP's hidden size (official default 512).
-    dropout: dropout on the prefixes, a fresh mask per example (the official code uses the backbone's
-        hidden_dropout_prob, 0.1 for BERT/RoBERTa).
-    init_std: std of the initial prefixes (or of the MLP input embeddings with `reparam`). The official code
-        uses torch.nn.Embedding's default, N(0, 1).
-    """
-
-    prefix_len: int = 20
-    reparam: bool = False
-    reparam_hidden: int = 512
-    dropout: float = 0.1
-    init_std: float = 1.0
+    prefix_len: int = field(default=20, metadata={"help": "p, the number of prefix keys/values per layer"})
+    reparam: bool = field(default=False, metadata={
+        "help": "compute the prefixes with an MLP (embedding(p, hidden) -> Linear -> tanh -> Linear to "
+                "layers*2*hidden), as the official code's prefix_projection; off, as in its GLUE/SuperGLUE runs"})
+    reparam_hidden: int = field(default=512, metadata={"help": "the reparam MLP's hidden size (official default 512)"})
+    dropout: float = field(default=0.1, metadata={
+        "help": "dropout on the prefixes, a fresh mask per example (the official code uses the backbone's "
+                "hidden_dropout_prob, 0.1 for BERT/RoBERTa)"})
+    init_std: float = field(default=1.0, metadata={
+        "help": "std of the initial prefixes (or of the MLP input embeddings with reparam); the official code uses "
+                "torch.nn.Embedding's default, N(0, 1)"})
 
     def validate(self) -> None:
         if self.prefix_len < 1:

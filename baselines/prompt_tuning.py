@@ -6,7 +6,7 @@ the embedding LayerNorm and dropout apply to the prompt positions as to the toke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -22,19 +22,16 @@ INITS = ("vocab", "peft_vocab", "random")
 
 @dataclass
 class PromptTuningConfig:
-    """Prompt tuning.
+    """Prompt tuning."""
 
-    num_tokens: prompt length m (Lester et al.: 20 is near the plateau for most model sizes).
-    init: `vocab` = each prompt vector is the embedding of a token drawn uniformly from the vocabulary (global RNG;
-        Lester et al.'s best init, who drew from the 5,000 most frequent tokens, peft's SAMPLE_VOCAB draws from all);
-        `peft_vocab` = the same, drawn exactly as peft's SAMPLE_VOCAB draws it (its nn.Embedding's normal init of the
-        prompt's shape first, then the token ids), so a peft loop with the same seed starts from the same prompt
-        (docs/conformance.md);
-        `random` = N(0, s^2) with s the std of the word-embedding table, i.e. on the scale of real tokens.
-    """
-
-    num_tokens: int = 20
-    init: Literal["vocab", "peft_vocab", "random"] = "vocab"
+    num_tokens: int = field(default=20, metadata={
+        "help": "prompt length m (Lester et al.: 20 is near the plateau for most model sizes)"})
+    init: Literal["vocab", "peft_vocab", "random"] = field(default="vocab", metadata={
+        "help": "vocab = each prompt vector is the embedding of a token drawn uniformly from the vocabulary (global "
+                "RNG; Lester et al.'s best init, who drew from the 5,000 most frequent tokens; peft's SAMPLE_VOCAB "
+                "draws from all); peft_vocab = the same, drawn exactly as peft's SAMPLE_VOCAB draws it (a normal draw "
+                "of the prompt's shape first, then the token ids), so a peft loop with the same seed starts from the "
+                "same prompt (docs/conformance.md); random = N(0, s^2), s the std of the word-embedding table"})
 
     def validate(self) -> None:
         if self.num_tokens < 1:

@@ -1,20 +1,70 @@
-"""The method registry: one `register_method` call per PETuning method, as in peft's `register_peft_method`.
+"""The method registry and the method protocol: one `register_method` call per PETuning method, as in peft's
+`register_peft_method`; methods are discovered, never listed by hand (docs/methods.md).
 
-A method is a config dataclass (documented defaults, overridable with `--set key=value`) and an `apply`
-function that adds and marks the trainable parameters on a `Classifier`. Methods with stages of their own
-(SPT: search -> select -> re-train) also give a `fit` function; the runner calls it instead of one training run.
+A method is a config dataclass (every field with a default and `metadata={"help": ...}`, overridable with
+`--set key=value`) and an `apply` function that adds and marks the trainable parameters on a `Classifier`. Methods
+with stages of their own (SPT: search -> select -> re-train) also give a `fit(ctx: FitContext) -> FitResult`; the
+runner calls it instead of one training run.
+
+Discovery: every module of the packages in `METHOD_PACKAGES` is imported, then every entry point of the group
+`sptbench.methods` is loaded (a third-party package adds a method that way). A module that fails to import is a
+loud `SptbenchError` naming it, never a method that silently disappears.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Literal
 
 from sptbench.errors import SptbenchError, unknown_choice
+
+if TYPE_CHECKING:  # the protocol's types, without importing torch with the registry
+    from sptbench.tasks import TaskData
+    from sptbench.train import TrainConfig, TrainResult
+
+METHOD_PACKAGES = ("sptbench.methods", "sptbench.baselines")  # every module in these is imported
+ENTRY_POINT_GROUP = "sptbench.methods"  # entry points of installed packages, each loaded
+TRAINS = ("added", "backbone", "nothing")
+
+
+@dataclass
+class FitContext:
+    """What a multi-stage method's `fit` gets from the runner. It never contains the test split's labels in use:
+    `task.test` is there for the runner alone; `fit` must select on `task.dev` only."""
+
+    task: TaskData
+    method_cfg: Any  # the method's config dataclass, overrides applied and validated
+    tcfg: TrainConfig
+    tokenizer: Any
+    build_model: Callable[[], Any]  # a fresh seeded backbone + head, backbone frozen, method not applied
+    encode: Callable[[list[dict]], list[dict]]  # rows -> token ids (the run's head and template)
+    train: Callable[..., TrainResult]  # train(model, train_enc, dev_enc, tcfg=None, **kw): sptbench.train.train
+    log: Callable[[str], None]
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the selected model (the runner evaluates it once on test) and what goes into the record."""
+
+    model: Any  # the selected (best-on-dev) Classifier
+    result: TrainResult  # its final training run (the record's outcome, dev metrics and throughput)
+    extra: dict = field(default_factory=dict)  # method-specific record fields (e.g. SPT's chosen layers)
+    stages: dict = field(default_factory=dict)  # cost of stages before the final training (e.g. SPT's search)
+    # the config that rebuilds the final model when it differs from the run's (SPT: `layers` = the chosen ones);
+    # recorded as extra.final_config, read by sptbench.runner.load_trained
+    final_config: dict | None = None
+
+    def record_extra(self) -> dict:
+        """The record's `extra` section: `extra`, then `final_config` when there is one."""
+        if self.final_config is None:
+            return dict(self.extra)
+        return {**self.extra, "final_config": dict(self.final_config)}
 
 
 @dataclass(frozen=True)
@@ -23,9 +73,12 @@ class Method:
     config_cls: type
     apply: Callable[..., None]  # apply(model: Classifier, cfg) -> None
     description: str
-    fit: Callable[..., Any] | None = None  # fit(ctx: FitContext) -> FitResult, for multi-stage methods
+    fit: Callable[[FitContext], FitResult] | None = None  # for multi-stage methods; else apply + one training run
     default_lr: float = 1e-3  # the learning rate a run uses unless --lr says otherwise
     heads: tuple[str, ...] = ("linear", "prompt")  # the heads (--head) the method works with
+    # what trains besides the linear head: "added" = the parameters `apply` adds (the backbone stays frozen),
+    # "backbone" = the backbone's own parameters (finetune), "nothing" (head, zero_shot). The generated tests check it.
+    trains: Literal["added", "backbone", "nothing"] = "added"
 
     def check_head(self, head: str) -> None:
         """A one-line error when the method does not work with this head (e.g. `head` trains the linear one)."""
@@ -34,16 +87,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
-
-# Modules whose import registers methods. A new method is one file plus one line here.
-_METHOD_MODULES = (
-    "sptbench.methods.reference",
-    "sptbench.baselines.prompt_tuning",
-    "sptbench.baselines.p_tuning_v2",
-    "sptbench.baselines.adapter",
-    "sptbench.baselines.lora",
-    "sptbench.methods.spt",
-)
+_discovered = False
 
 
 def register_method(
@@ -51,26 +95,64 @@ def register_method(
     config_cls: type,
     apply: Callable[..., None],
     description: str,
-    fit: Callable[..., Any] | None = None,
+    fit: Callable[[FitContext], FitResult] | None = None,
     default_lr: float = 1e-3,
     heads: tuple[str, ...] = ("linear", "prompt"),
+    trains: str = "added",
 ) -> None:
     """Register a method under `name` (once; a second registration of the same name is a bug)."""
     if name in METHODS and METHODS[name].apply is not apply:
         raise RuntimeError(f"method '{name}' is registered twice")
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config for '{name}' must be a dataclass")
-    METHODS[name] = Method(name, config_cls, apply, description, fit, default_lr, tuple(heads))
+    if trains not in TRAINS:
+        raise ValueError(f"method '{name}': trains must be one of {TRAINS}, got {trains!r}")
+    METHODS[name] = Method(name, config_cls, apply, description, fit, default_lr, tuple(heads), trains)
 
 
-def load_methods() -> dict[str, Method]:
-    """Import every method module (idempotent) and return the registry."""
-    for module in _METHOD_MODULES:
+def method_modules() -> list[str]:
+    """Every module of the method packages, by full name (helper modules that register nothing included)."""
+    out = []
+    for package in METHOD_PACKAGES:
+        pkg = import_method_module(package)
+        out += [f"{package}.{info.name}" for info in pkgutil.iter_modules(pkg.__path__)]
+    return out
+
+
+def import_method_module(module: str):
+    """Import a method module; any exception it raises is one SptbenchError naming the module and the error."""
+    try:
+        return importlib.import_module(module)
+    except Exception as e:
+        raise SptbenchError(f"method module '{module}' failed to import: {_describe(e)}") from e
+
+
+def _describe(e: BaseException) -> str:
+    """`Type: the first line of its message` (a traceback's worth of text would not be one line)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def load_entry_points() -> None:
+    """Load every entry point of the group `sptbench.methods` (its import registers the package's methods)."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:  # a module not written yet must not break the others
-            if e.name != module:
-                raise
+            ep.load()
+        except Exception as e:
+            raise SptbenchError(
+                f"method entry point '{ep.name}' ({ep.value}) failed to load: {_describe(e)}"
+            ) from e
+
+
+def load_methods(refresh: bool = False) -> dict[str, Method]:
+    """Discover every method (the method packages' modules, then the entry points) once; return the registry.
+    `refresh`: discover again (after installing a package, or in tests)."""
+    global _discovered
+    if refresh or not _discovered:
+        for module in method_modules():
+            import_method_module(module)
+        load_entry_points()
+        _discovered = True
     return METHODS
 
 
@@ -145,4 +227,38 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for k, v in dataclasses.asdict(cfg).items():
         out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One config field as users see it (`sptbench list methods -v`): name, type, default and help."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+
+
+def _type_name(annotation: Any) -> str:
+    """`int`, `float | None`, `{avg, max}` (a Literal's choices)."""
+    if typing.get_origin(annotation) is Literal:
+        return "{" + ", ".join(str(a) for a in typing.get_args(annotation)) + "}"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def config_fields(config_cls: type) -> list[FieldDoc]:
+    """The fields of a method's config dataclass with their declared type, default and help."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        out.append(FieldDoc(f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
     return out

@@ -37,13 +37,11 @@ from sptbench.records import (
     validate_record,
     write_text_atomic,
 )
-from sptbench.registry import Method, build_config, coerce_overrides, config_dict, get_method
+from sptbench.registry import FitContext, FitResult, Method, build_config, coerce_overrides, config_dict, get_method
 from sptbench.schema import RunSpec, check_choices, check_train_config
 from sptbench.tasks import TaskData, load_task
 from sptbench.templates import encode_prompt_rows, head_section, prompt_setup, setup_from_record
 from sptbench.train import (
-    FitContext,
-    FitResult,
     NonFiniteLoss,
     TrainConfig,
     encode_rows,
@@ -403,7 +401,7 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
             "eval_s": round((res.eval_time_s if res else 0.0) + eval_s, 2),
         },
         "stages": fit.stages if fit else {},
-        "extra": fit.extra if fit else {},
+        "extra": fit.record_extra() if fit else {},
         "versions": _versions(),
         "git": dict(_git()),
     }

@@ -51,7 +51,6 @@ class TrainResult:
     eval_time_s: float = 0.0
     samples_seen: int = 0
     tokens_seen: int = 0  # real (unpadded) tokens
-    eval_samples: int = 0
 
 
 class NonFiniteLoss(SptbenchError):
@@ -390,7 +389,6 @@ def train(
         t0 = time.perf_counter()
         dev = evaluate(model, dev_enc, spec, tcfg.eval_batch_size, pad_id)
         res.eval_time_s += time.perf_counter() - t0
-        res.eval_samples += len(dev_enc)
         res.history.append({"step": step, "train_loss": round(mean_loss, 6), **{f"dev_{k}": v for k, v in dev.items()}})
         bar.set_postfix(loss=f"{mean_loss:.4f}", dev=f"{dev['score']:.4f}")
         if on_eval is not None:
@@ -411,25 +409,3 @@ def train(
     model.eval()
     return res
 
-
-@dataclass
-class FitContext:
-    """What a multi-stage method's `fit` gets from the runner. It never contains the test split's labels in use:
-    `task.test` is there for the runner alone; `fit` must select on `task.dev` only."""
-
-    task: Any  # TaskData
-    method_cfg: Any
-    tcfg: TrainConfig
-    tokenizer: Any
-    build_model: Callable[[], Any]  # a fresh seeded backbone + head, backbone frozen, method not applied
-    encode: Callable[[list[dict]], list[dict]]
-    train: Callable[..., TrainResult]
-    log: Callable[[str], None]
-
-
-@dataclass
-class FitResult:
-    model: Any  # the selected (best-on-dev) model the runner evaluates once on test
-    result: TrainResult
-    extra: dict = field(default_factory=dict)  # method-specific record fields (e.g. SPT's chosen layers)
-    stages: dict = field(default_factory=dict)  # cost of stages before the final training (e.g. SPT's search)

@@ -137,7 +137,6 @@ class JointStep:
         self.opt_w, self.sched_w, self.opt_a, self.sched_a = opt_w, sched_w, opt_a, sched_a
         self.max_grad_norm, self.loss_fn, self.after = max_grad_norm, loss_fn, after
         self.samples_seen = 0
-        self.steps = 0
 
     def __call__(self, model, batch, step) -> float:
         loss = self.loss_fn(model, batch)
@@ -146,7 +145,6 @@ class JointStep:
         _apply(self.weights, self.opt_w, self.sched_w, self.max_grad_norm)
         _apply(self.gates, self.opt_a, self.sched_a, self.max_grad_norm)
         self.samples_seen += _batch_size(batch)
-        self.steps += 1
         if self.after is not None:
             self.after(step)
         return float(loss.detach())
@@ -177,7 +175,6 @@ class DartsStep:
         self.second_order, self.unroll_lr, self.after = second_order, unroll_lr, after
         self.samples_seen = 0  # D1 + D2 examples that went through a training forward pass
         self.d2_samples_seen = 0
-        self.steps = 0
 
     def __call__(self, model, batch, step) -> float:
         val_batch = next(self.d2_batches)
@@ -189,7 +186,6 @@ class DartsStep:
         loss = weight_step(model, batch, self.weights, self.opt_w, self.sched_w, self.max_grad_norm, self.loss_fn)
         self.samples_seen += _batch_size(batch) + _batch_size(val_batch)
         self.d2_samples_seen += _batch_size(val_batch)
-        self.steps += 1
         if self.after is not None:
             self.after(step)
         return loss

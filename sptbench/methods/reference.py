@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sptbench.errors import SptbenchError
 from sptbench.model import Classifier
-from sptbench.registry import register_method
+from sptbench.registry import FitContext, FitResult, register_method
 
 
 @dataclass
@@ -43,11 +43,11 @@ def apply_zero_shot(model: Classifier, cfg: ZeroShotConfig) -> None:
     """Nothing to add (with the linear head the head would still train: `fit` refuses that)."""
 
 
-def fit_zero_shot(ctx):
+def fit_zero_shot(ctx: FitContext) -> FitResult:
     """No training: evaluate the frozen model with its prompt head on dev (recorded), the runner then on test."""
     import time
 
-    from sptbench.train import FitResult, TrainResult, evaluate
+    from sptbench.train import TrainResult, evaluate
 
     model = ctx.build_model()
     if model.head_kind != "prompt":
@@ -57,19 +57,20 @@ def fit_zero_shot(ctx):
     dev = evaluate(model, ctx.encode(ctx.task.dev), ctx.task.spec, ctx.tcfg.eval_batch_size,
                    ctx.tokenizer.pad_token_id or 0)
     result = TrainResult(best_step=None, best_dev=dev, steps_run=0, stopped_early=False,
-                         eval_time_s=time.perf_counter() - t0, eval_samples=len(ctx.task.dev))
+                         eval_time_s=time.perf_counter() - t0)
     return FitResult(model=model, result=result)
 
 
 register_method(
-    "finetune", FinetuneConfig, apply_finetune, "full fine-tuning of every backbone parameter", default_lr=2e-5
+    "finetune", FinetuneConfig, apply_finetune, "full fine-tuning of every backbone parameter", default_lr=2e-5,
+    trains="backbone",
 )
 register_method(
     "head", HeadConfig, apply_head, "frozen backbone, linear head on the pooled representation", default_lr=1e-2,
-    heads=("linear",),
+    heads=("linear",), trains="nothing",
 )
 register_method(
     "zero_shot", ZeroShotConfig, apply_zero_shot,
     "no training: the prompt head's label words at the template's mask (--head prompt)", fit=fit_zero_shot,
-    heads=("prompt",),
+    heads=("prompt",), trains="nothing",
 )

@@ -13,7 +13,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from sptbench.errors import SptbenchError
@@ -21,7 +21,7 @@ from sptbench.methods.darts import DartsStep, JointStep
 from sptbench.methods.gated_prompts import GATES, GatedPrompts
 from sptbench.methods.prompt_generator import ACTIVATIONS, GENERATORS, POOLINGS
 from sptbench.model import Classifier
-from sptbench.registry import config_dict, register_method
+from sptbench.registry import FitContext, FitResult, config_dict, register_method
 
 DEFAULT_LR = 3e-3  # prompt generators (and the head); the gates have their own `gate_lr`
 
@@ -31,21 +31,18 @@ DEFAULT_LR = 3e-3  # prompt generators (and the head); the gates have their own 
 
 @dataclass
 class PromptGeneratorConfig:
-    """The prompt generator at each prompt layer.
+    """The prompt generator at each prompt layer."""
 
-    num_tokens: m, prompt positions per example.
-    bottleneck: r, the generator's inner width (paper-scale runs used 256; 32 suits small backbones).
-    pooling: adaptive `avg` or `max` pooling of the down-projected real tokens to m positions (`pooled` generator).
-    activation: relu, tanh or gelu, between pooling and the up-projection.
-    generator: `pooled` (down-project every real token, pool to m positions, up-project) or `naive` (Late Prompt
-        Tuning's public code: the first token's state, GPT-2 the last real token's, down, act, up to m x d).
-    """
-
-    num_tokens: int = 10
-    bottleneck: int = 32
-    pooling: Literal["avg", "max"] = "avg"
-    activation: Literal["relu", "tanh", "gelu"] = "relu"
-    generator: Literal["pooled", "naive"] = "pooled"
+    num_tokens: int = field(default=10, metadata={"help": "m, prompt positions per example"})
+    bottleneck: int = field(default=32, metadata={
+        "help": "r, the generator's inner width (paper-scale runs used 256; 32 suits small backbones)"})
+    pooling: Literal["avg", "max"] = field(default="avg", metadata={
+        "help": "adaptive avg or max pooling of the down-projected real tokens to m positions (pooled generator)"})
+    activation: Literal["relu", "tanh", "gelu"] = field(default="relu", metadata={
+        "help": "relu, tanh or gelu, between pooling and the up-projection"})
+    generator: Literal["pooled", "naive"] = field(default="pooled", metadata={
+        "help": "pooled (down-project every real token, pool to m positions, up-project) or naive (Late Prompt "
+                "Tuning's public code: the first token's state, GPT-2 the last real token's, down, act, up to m x d)"})
 
     def validate(self) -> None:
         if self.num_tokens < 1:
@@ -62,39 +59,33 @@ class PromptGeneratorConfig:
 
 @dataclass
 class SptConfig(PromptGeneratorConfig):
-    """SPT: gated generators at every layer, joint search on train, top-K selection, re-training.
+    """SPT: gated generators at every layer, joint search on train, top-K selection, re-training."""
 
-    temperature: τ in α = sigmoid(a / τ).
-    gate_init: initial gate logit a (0: α = 0.5 everywhere).
-    gate_lr: the gates' learning rate (AdamW, linear warmup/decay like the generators').
-    gate_weight_decay: weight decay on the gate logits (0: no pull towards α = 0.5).
-    select: `topk` (the K largest α) or `threshold` (every α >= threshold; the largest if none is).
-    top_k: K; None = a quarter of the layers, at least 1.
-    threshold: the α cut for `select=threshold`.
-    search_steps: optimisation steps of the search; None = the run's max_steps.
-    layers: skip the search and re-train prompts at these layers (also how a saved model is rebuilt:
-        set it to the record's extra.chosen_layers).
-    gate: `deterministic` (mix with α = sigmoid(a / τ)) or `stochastic` (a relaxed-Bernoulli sample per example
-        with a straight-through hard decision in training, α in evaluation; docs/spt.md).
-    gate_temperature_start, gate_temperature_end: the stochastic gate's relaxation temperature λ, annealed
-        geometrically from start to end over the search.
-    candidates: `all` layers, or `no_input` (every layer but 0: the input layer's gate can only scale the prompt,
-        a possible bias towards it, docs/spt.md).
-    """
-
-    temperature: float = 1.0
-    gate_init: float = 0.0
-    gate_lr: float = 1e-2
-    gate_weight_decay: float = 0.0
-    select: Literal["topk", "threshold"] = "topk"
-    top_k: int | None = None
-    threshold: float = 0.5
-    search_steps: int | None = None
-    layers: tuple[int, ...] | None = None
-    gate: Literal["deterministic", "stochastic"] = "deterministic"
-    gate_temperature_start: float = 1.0
-    gate_temperature_end: float = 0.1
-    candidates: Literal["all", "no_input"] = "all"
+    temperature: float = field(default=1.0, metadata={"help": "τ in α = sigmoid(a / τ)"})
+    gate_init: float = field(default=0.0, metadata={"help": "initial gate logit a (0: α = 0.5 everywhere)"})
+    gate_lr: float = field(default=1e-2, metadata={
+        "help": "the gates' learning rate (AdamW, linear warmup/decay like the generators')"})
+    gate_weight_decay: float = field(default=0.0, metadata={
+        "help": "weight decay on the gate logits (0: no pull towards α = 0.5)"})
+    select: Literal["topk", "threshold"] = field(default="topk", metadata={
+        "help": "topk (the K largest α) or threshold (every α >= threshold; the largest if none is)"})
+    top_k: int | None = field(default=None, metadata={"help": "K; none = a quarter of the layers, at least 1"})
+    threshold: float = field(default=0.5, metadata={"help": "the α cut for select=threshold"})
+    search_steps: int | None = field(default=None, metadata={
+        "help": "optimisation steps of the search; none = the run's max_steps"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "skip the search and re-train prompts at these layers (also how a saved model is rebuilt: the "
+                "record's extra.final_config sets it to the chosen layers)"})
+    gate: Literal["deterministic", "stochastic"] = field(default="deterministic", metadata={
+        "help": "deterministic (mix with α = sigmoid(a / τ)) or stochastic (a relaxed-Bernoulli sample per example "
+                "with a straight-through hard decision in training, α in evaluation; docs/spt.md)"})
+    gate_temperature_start: float = field(default=1.0, metadata={
+        "help": "the stochastic gate's relaxation temperature λ at the start of the search (annealed geometrically)"})
+    gate_temperature_end: float = field(default=0.1, metadata={
+        "help": "the stochastic gate's relaxation temperature λ at the end of the search"})
+    candidates: Literal["all", "no_input"] = field(default="all", metadata={
+        "help": "all layers, or no_input (every layer but 0: the input layer's gate can only scale the prompt, a "
+                "possible bias towards it, docs/spt.md)"})
 
     def validate(self) -> None:
         super().validate()
@@ -130,16 +121,15 @@ class SptConfig(PromptGeneratorConfig):
 
 @dataclass
 class SptDartsConfig(SptConfig):
-    """SPT-DARTS: the search alternates gate steps on D2 and generator steps on D1 (bi-level, DARTS-style).
+    """SPT-DARTS: the search alternates gate steps on D2 and generator steps on D1 (bi-level, DARTS-style)."""
 
-    d1_fraction: share of the training set in D1 (generators); D2 (gates) is the rest. Split per label, seeded.
-    second_order: unrolled second-order gate gradient (finite-difference Hessian-vector product) instead of first order.
-    unroll_lr: ξ of the virtual generator step; None = the generators' current learning rate.
-    """
-
-    d1_fraction: float = 0.5
-    second_order: bool = False
-    unroll_lr: float | None = None
+    d1_fraction: float = field(default=0.5, metadata={
+        "help": "share of the training set in D1 (generators); D2 (gates) is the rest; split per label, seeded"})
+    second_order: bool = field(default=False, metadata={
+        "help": "unrolled second-order gate gradient (finite-difference Hessian-vector product) instead of first "
+                "order"})
+    unroll_lr: float | None = field(default=None, metadata={
+        "help": "ξ of the virtual generator step; none = the generators' current learning rate"})
 
     def validate(self) -> None:
         super().validate()
@@ -149,12 +139,10 @@ class SptDartsConfig(SptConfig):
 
 @dataclass
 class LptConfig(PromptGeneratorConfig):
-    """Late Prompt Tuning: one instance-aware prompt generator at one layer, no search.
+    """Late Prompt Tuning: one instance-aware prompt generator at one layer, no search."""
 
-    layer: the prompt layer; None = the middle layer (layers // 2).
-    """
-
-    layer: int | None = None
+    layer: int | None = field(default=None, metadata={
+        "help": "the prompt layer; none = the middle layer (layers // 2)"})
 
     def validate(self) -> None:
         super().validate()
@@ -367,9 +355,7 @@ def retrain(ctx, cfg: PromptGeneratorConfig, layers: Sequence[int]):
     return model, result, cost
 
 
-def _fit(ctx, *, darts: bool):
-    from sptbench.train import FitResult
-
+def _fit(ctx: FitContext, *, darts: bool) -> FitResult:
     cfg: SptConfig = ctx.method_cfg
     extra: dict = {}
     stages: dict = {}
@@ -396,18 +382,18 @@ def _fit(ctx, *, darts: bool):
         stages["search"] = found["cost"]
     model, result, cost = retrain(ctx, cfg, chosen)
     extra["retrain_wall_s"] = cost["wall_s"]
-    # the config that rebuilds the final model (sptbench.runner.load_trained reads it)
-    extra["final_config"] = {**config_dict(cfg), "layers": list(chosen)}
     stages["retrain"] = cost
-    return FitResult(model=model, result=result, extra=extra, stages=stages)
+    # the config that rebuilds the final model: hard prompts at the chosen layers
+    return FitResult(model=model, result=result, extra=extra, stages=stages,
+                     final_config={**config_dict(cfg), "layers": list(chosen)})
 
 
-def fit_spt(ctx):
+def fit_spt(ctx: FitContext) -> FitResult:
     """search (joint) -> select -> re-train."""
     return _fit(ctx, darts=False)
 
 
-def fit_spt_darts(ctx):
+def fit_spt_darts(ctx: FitContext) -> FitResult:
     """search (DARTS alternation on D1/D2) -> select -> re-train."""
     return _fit(ctx, darts=True)
 

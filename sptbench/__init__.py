@@ -1,3 +1,17 @@
-"""sptbench: a reproducibility benchmark suite for parameter-efficient tuning (SPT, SPT-DARTS and baselines)."""
+"""sptbench: a reproducibility benchmark suite for parameter-efficient tuning (SPT, SPT-DARTS and baselines).
+
+The Python API (`build_model`, `save`, `load`; sptbench/api.py) is imported on first use, so that `import sptbench`
+stays light (no torch)."""
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "build_model", "load", "save"]
+
+_API = ("build_model", "save", "load")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from sptbench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sptbench' has no attribute {name!r}")

@@ -186,7 +186,7 @@ def bench(
     `compile`: floor and methods alike run through `torch.compile` (the warm-up steps include compilation).
     `head="prompt"`: every model reads the frozen LM head at a mask token (SST-2's label words); methods that train
     nothing with it (`head`, `zero_shot`) are skipped, as `zero_shot` is with the linear head."""
-    from sptbench.backbones import load_backbone
+    from sptbench.api import frozen_backbone
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method
     from sptbench.runner import _git, _versions
@@ -210,8 +210,7 @@ def bench(
     if setup is not None and shape.num_labels != len(setup.labels):
         raise SptbenchError(f"the prompt head benches SST-2's {len(setup.labels)} label words, not {shape.num_labels}")
     torch.manual_seed(0)
-    base, _, info = load_backbone(model_name, shape.num_labels, prompt=setup)  # once: methods start from a copy
-    base.freeze_backbone()
+    base, _, info = frozen_backbone(model_name, shape.num_labels, prompt=setup)  # once: methods start from a copy
     vocab = base.family.word_embeddings(base.backbone).weight.shape[0]
     limit = getattr(base.backbone.config, "max_position_embeddings", None) or getattr(
         base.backbone.config, "n_positions", None

@@ -169,6 +169,8 @@ def cmd_list(args) -> int:
 
         for name, m in sorted(load_methods().items()):
             print(f"{name:16} {m.description}")
+            if args.verbose:
+                _print_method_fields(m)
     elif args.what == "tasks":
         from sptbench.tasks import list_tasks, load_spec
 
@@ -184,10 +186,23 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _print_method_fields(method) -> None:
+    """`list methods -v`: default lr, heads, and each config field (the --set keys) with type, default and help."""
+    from sptbench.registry import config_fields
+
+    print(f"{'':16} default lr {method.default_lr:g}; heads: {', '.join(method.heads)}; trains: {method.trains}")
+    fields = config_fields(method.config_cls)
+    if not fields:
+        print(f"{'':16} (no options)")
+    for f in fields:
+        default = "none" if f.default is None else f.default
+        print(f"{'':16} --set {f.name}  ({f.type}, default {default}): {f.help}")
+
+
 def cmd_params(args) -> int:
     from tabulate import tabulate
 
-    from sptbench.backbones import load_backbone
+    from sptbench.api import build_classifier
     from sptbench.registry import build_config, get_method, load_methods
     from sptbench.tasks import load_spec
     from sptbench.templates import prompt_setup
@@ -208,9 +223,8 @@ def cmd_params(args) -> int:
                 raise
             skipped.append(f"{name}: {e}")
             continue
-        model, _, _ = load_backbone(args.model, num_labels, prompt=setup)
-        model.freeze_backbone()
-        method.apply(model, build_config(method, parse_sets(args.set)))
+        model, _, _ = build_classifier(method, build_config(method, parse_sets(args.set)), args.model, num_labels,
+                                       prompt=setup)
         c = model.count_parameters()
         rows.append(
             [
@@ -287,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods, tasks or backbones")
     p.add_argument("what", choices=["methods", "tasks", "backbones"], help="what to list")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="methods: also each method's options (--set keys) with type, default and help")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("params", help="parameter counts of a method (or 'all') on a backbone")
@@ -295,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=positive_int, default=2, help="classes of the head")
     p.add_argument("--task", help="the task whose labels (and, with --head prompt, label words) to use")
     _head_arguments(p)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="method config override (one method); the keys: sptbench list methods -v")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("plot", help="plots from recorded runs")

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from sptbench import __version__, safe_yaml
-from sptbench.backbones import backbone_layers, load_backbone
+from sptbench.api import build_classifier, frozen_backbone, import_weights, read_weights, write_weights
+from sptbench.backbones import backbone_layers
 from sptbench.errors import SptbenchError
 from sptbench.hardware import device_label, hardware_id
 from sptbench.records import (
@@ -241,11 +242,10 @@ def run(spec: RunSpec) -> RunOutcome:
     def build_model():
         seed_everything(spec.seed)
         with _hf_progress(spec.progress):  # transformers' own weight-loading bar, off when ours is
-            model, tokenizer, info = load_backbone(
+            model, tokenizer, info = frozen_backbone(
                 spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup
             )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
-        model.freeze_backbone()
         return model.to(device)
 
     build_model()  # loads the tokenizer and provenance once, fails early on a bad --model
@@ -409,13 +409,7 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
 
 def save_trained(model, record: dict, out: Path) -> None:
     """Write the trained parameters + head as safetensors, with the record that says how to rebuild the model."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / "trained.safetensors"
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in model.export_state().items()}, str(tmp))
-    os.replace(tmp, weights)
+    write_weights(model, out)
     write_text_atomic(out / "record.yaml", dump_record(record))
 
 
@@ -424,8 +418,6 @@ def load_trained(folder: str | Path):
     the record is read with the bounded safe loader and the weights from safetensors. Strict: a record that is not
     a valid record, weights that are not safetensors, or tensors missing, extra, or of another shape or dtype than
     the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped."""
-    from safetensors.torch import load_file
-
     from sptbench.tasks import load_spec
 
     folder = Path(folder)
@@ -439,27 +431,17 @@ def load_trained(folder: str | Path):
     final = (record.get("extra") or {}).get("final_config")
     if final is not None and not isinstance(final, dict):
         raise SptbenchError(f"{record_path}: extra.final_config must be a mapping, got {type(final).__name__}")
-    if not weights_path.is_file():
-        raise SptbenchError(f"{weights_path}: no such file")
-    try:
-        state = load_file(str(weights_path))
-    except Exception as e:  # SafetensorError, OSError, ...: all mean "not a readable safetensors file"
-        raise SptbenchError(f"{weights_path}: not a readable safetensors file ({_one_line(e)})") from None
+    state = read_weights(weights_path)
     try:
         method = get_method(record["method"]["name"])
         # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
         cfg = build_config(method, final or record["method"]["config"])
         task_spec = load_spec(record["task"]["name"])
-        model, tokenizer, _ = load_backbone(
-            record["backbone"]["id"], task_spec.num_labels, pooling=record["backbone"]["pooling"],
+        model, tokenizer, _ = build_classifier(
+            method, cfg, record["backbone"]["id"], task_spec.num_labels, pooling=record["backbone"]["pooling"],
             prompt=setup_from_record(record, task_spec),
         )
-        model.freeze_backbone()
-        method.apply(model, cfg)
     except SptbenchError as e:
         raise SptbenchError(f"{record_path}: cannot rebuild the saved model: {e}") from None
-    try:
-        model.import_state(state)
-    except SptbenchError as e:
-        raise SptbenchError(f"{weights_path}: {e}") from None
+    import_weights(model, state, weights_path)
     return model.eval(), tokenizer

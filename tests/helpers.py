@@ -28,15 +28,12 @@ def build(backbone: str, method: str, overrides: dict | None = None, seed: int =
     """Load a tiny backbone, freeze it and apply `method`, as the runner does (global RNG seeded for the head/init)."""
     import torch
 
-    from sptbench.backbones import load_backbone
+    from sptbench.api import build_classifier
     from sptbench.registry import build_config, get_method
 
     torch.manual_seed(seed)
-    model, _, _ = load_backbone(backbone, 2)
-    model.freeze_backbone()
     m = get_method(method)
-    m.apply(model, build_config(m, overrides))
-    return model
+    return build_classifier(m, build_config(m, overrides), backbone, 2)[0]
 
 
 def random_batch(seed: int, bsz: int, max_len: int):

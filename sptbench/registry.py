@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
-_discovered = False
+_discovered: tuple | None = None  # (packages, sys.path) of the last discovery
 
 
 def register_method(
@@ -145,14 +146,15 @@ def load_entry_points() -> None:
 
 
 def load_methods(refresh: bool = False) -> dict[str, Method]:
-    """Discover every method (the method packages' modules, then the entry points) once; return the registry.
-    `refresh`: discover again (after installing a package, or in tests)."""
+    """Discover every method (the method packages' modules, then the entry points) and return the registry.
+    Discovery runs once per method packages and import path (`refresh`: again, e.g. after installing a package)."""
     global _discovered
-    if refresh or not _discovered:
+    key = (METHOD_PACKAGES, tuple(sys.path))
+    if refresh or _discovered != key:
         for module in method_modules():
             import_method_module(module)
         load_entry_points()
-        _discovered = True
+        _discovered = key
     return METHODS
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
 import pytest
@@ -382,8 +381,9 @@ def _accuracy(spec, predictions, references):
 
 @pytest.fixture(scope="module")
 def fit_context():
+    from sptbench.registry import FitContext
     from sptbench.tasks import TaskData, load_spec
-    from sptbench.train import FitContext, TrainConfig, encode_rows, train
+    from sptbench.train import TrainConfig, encode_rows, train
 
     patch = pytest.MonkeyPatch()
     patch.setattr("sptbench.train.compute_metrics", _accuracy)
@@ -442,10 +442,12 @@ def test_fit_end_to_end_on_tiny_bert(fit_context, method_name, overrides):
     assert list(inj.prompt_layers) == ex["chosen_layers"] and inj.gate_logits is None
     assert out.model.count_parameters()["trainable"] == 2 * (32 * 32 + 32 + 32 * 32 + 32)
     assert out.result.steps_run == 6 and out.stages["retrain"]["steps"] == 6
-    # a saved model rebuilds with `layers` = the chosen layers
+    # a saved model rebuilds from the declared final config (`layers` = the chosen layers), which the record keeps
+    assert out.final_config["layers"] == ex["chosen_layers"]
+    assert out.record_extra()["final_config"] == out.final_config and "final_config" not in ex
     state = out.model.export_state()
     rebuilt = ctx.build_model()
-    method.apply(rebuilt, build_config(method, {"layers": ",".join(map(str, ex["chosen_layers"]))}))
+    method.apply(rebuilt, build_config(method, out.final_config))
     rebuilt.import_state(state)
     rebuilt.eval(), out.model.eval()
     batch = make_batch(ctx.tokenizer, TEXTS, [0, 1, 1, 0])
@@ -515,7 +517,6 @@ def test_search_stage_config_is_what_apply_builds_without_layers(backbones):
     assert model.first_trainable_layer() == 0
     counts = model.count_parameters()
     assert counts["trainable"] == 4 * (32 * 8 + 8 + 8 * 32 + 32) + 4
-    assert dataclasses.replace(cfg_spt(), layers=(1,)).layers == (1,)
 
 
 # ---------------------------------------------------------------------------------------------------- variants

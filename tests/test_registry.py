@@ -180,3 +180,42 @@ def test_list_methods_verbose_shows_every_option_with_type_default_and_help(caps
             assert f"--set {f.name}  (" in out and f.help in out
     code, short, _ = run_cli(["list", "methods"], capsys)
     assert code == 0 and "--set" not in short and len(short.splitlines()) == len(load_methods())
+
+
+# -- a new method is one file, tested by the generated tests ------------------------------------------------------
+def docs_example() -> str:
+    """The method file in docs/methods.md (the fenced python block after its marker)."""
+    import re
+
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "methods.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- method-example[^\n]*\n```python\n(.*?)\n```", text, re.S)
+    assert found, "docs/methods.md has no python block after the method-example marker"
+    return found.group(1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_docs_example_method_is_discovered_and_passes_the_generated_tests(tmp_path, monkeypatch):
+    """docs/methods.md's example, dropped into a method package as one file, with no list edited anywhere."""
+    import sys
+
+    from tests import test_baselines, test_families
+
+    _package(tmp_path, "sptb_new_methods", {"deep_prompt": docs_example()})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "METHOD_PACKAGES", (*registry.METHOD_PACKAGES, "sptb_new_methods"))
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+    try:
+        assert "deep_prompt" in load_methods(refresh=True)
+        assert build_config(get_method("deep_prompt"), {"layers": "1,3"}).layers == [1, 3]
+        test_every_config_field_has_a_default_and_help("deep_prompt")
+        test_baselines.test_parameter_counts_follow_what_the_method_declares("deep_prompt")
+        test_baselines.test_backbone_bit_identical_after_adamw_steps("deep_prompt")
+        test_baselines.test_save_load_round_trip_through_files("tiny-bert", "deep_prompt", tmp_path)
+        for backbone in ("tiny-bert", "tiny-gpt2"):
+            test_baselines.test_only_intended_parameters_get_gradients(backbone, "deep_prompt")
+            test_families.test_every_method_on_every_family(backbone, "deep_prompt")
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "sptb_new_methods"]:
+            del sys.modules[name]

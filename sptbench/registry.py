@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from sptbench.errors import SptbenchError, unknown_choice
 
 if TYPE_CHECKING:  # the protocol's types, without importing torch with the registry
+    from sptbench.schema import TrainConfig
     from sptbench.tasks import TaskData
-    from sptbench.train import TrainConfig, TrainResult
+    from sptbench.train import TrainResult
 
 METHOD_PACKAGES = ("sptbench.methods", "sptbench.baselines")  # every module in these is imported
 ENTRY_POINT_GROUP = "sptbench.methods"  # entry points of installed packages, each loaded

@@ -190,9 +190,9 @@ def bench(
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method
     from sptbench.runner import _git, _versions
+    from sptbench.schema import FROZEN_MODES
     from sptbench.tasks import load_spec
     from sptbench.templates import head_section, prompt_setup
-    from sptbench.train import FROZEN_MODES
 
     if dtype not in ("fp32", "bf16"):
         raise SptbenchError(f"unknown dtype '{dtype}'. Choices: bf16, fp32")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The reference suite: every registered method on minilm-l6 (real weights) and the real rte + trec data, 16-shot,
-# seed 13, a short training budget; then `sptbench check` against the stored records in results/reference/.
+# The reference suite (sweeps/reference.yaml): every registered linear-head method on minilm-l6 (real weights) and
+# the real rte + trec data, 16-shot, seed 13, a short training budget, in one process; then `sptbench check`
+# against the stored records in results/reference/.
 #   scripts/reference_check.sh            run and check (CI)
 #   scripts/reference_check.sh --update   run and replace the reference records (say why in the commit; a new
 #                                         processor is a reason: the check is exact only on the reference's own)
@@ -11,14 +12,8 @@ DATA_DIR="${SPTBENCH_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-# the linear head (minilm-l6 has no LM head): every method but zero_shot, which needs the prompt head
-methods=$(sptbench list methods | awk '$1 != "zero_shot" {print $1}')
-for method in $methods; do
-  for task in rte trec; do
-    sptbench run --method "$method" --task "$task" --shots 16 --seed 13 --model minilm-l6 --data-dir "$DATA_DIR" \
-      --max-steps 12 --eval-every 6 --results-dir "$out" --quiet
-  done
-done
+# one sweep file, one process (sweeps/reference.yaml: every linear-head method x rte, trec)
+sptbench sweep sweeps/reference.yaml --data-dir "$DATA_DIR" --results-dir "$out" --quiet
 
 if [ "${1:-}" = "--update" ]; then
   cp "$out/v1/minilm-l6/16shot.yaml" "$REFERENCE"

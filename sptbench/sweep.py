@@ -251,8 +251,10 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     for t in tasks:
         if t not in known_tasks:
             raise unknown_choice(f"task in {where}", t, known_tasks)
-    methods = _names(raw["methods"], f"{where}: methods")
     registry = load_methods()
+    # `methods: all`: every registered method that works with the sweep's head(s) (e.g. the reference suite)
+    every = raw["methods"] == "all"
+    methods = sorted(registry) if every else _names(raw["methods"], f"{where}: methods")
     for m in methods:
         if m not in registry:
             raise unknown_choice(f"method in {where}", m, registry)
@@ -279,6 +281,8 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     if not isinstance(model, str):
         raise SptbenchError(f"{where}: 'model' must be a backbone name, hub id or folder")
     heads = _heads(raw, tasks, where)
+    if every:
+        methods = [m for m in methods if all(head in registry[m].heads for head, _, _ in heads)]
     for m, (head, _, _) in itertools.product(methods, heads):
         try:
             registry[m].check_head(head)

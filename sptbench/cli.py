@@ -10,6 +10,7 @@ import sys
 from sptbench import safe_yaml
 from sptbench.argtypes import Parser, nonempty, positive_int
 from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.tasks import add_tasks_dir_argument, apply_tasks_dirs
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -177,11 +178,15 @@ def cmd_list(args) -> int:
         for name, m in sorted(load_methods().items()):
             print(f"{name:16} {m.description}")
     elif args.what == "tasks":
-        from sptbench.tasks import list_tasks, load_spec
+        from sptbench.tasks import load_spec, packaged_tasks, spec_files
 
-        for name in list_tasks():
+        packaged = set(packaged_tasks())  # source: packaged, user (a --tasks-dir / $SPTBENCH_TASKS_PATH spec), or
+        for name, (path, user) in sorted(spec_files().items()):  # override (a user spec shadowing a packaged one)
             spec = load_spec(name)
-            print(f"{name:8} v{spec.version}  {'+'.join(spec.text_columns):22} {', '.join(spec.labels)}")
+            source = ("override" if name in packaged else "user") if user else "packaged"
+            where = f"  [{path}]" if user else ""
+            columns, labels = "+".join(spec.text_columns), ", ".join(spec.labels)
+            print(f"{name:8} v{spec.version}  {source:8}  {columns:22} {labels}{where}")
     else:
         from sptbench.backbones import BACKBONES
 
@@ -294,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: minilm-l6)")
     p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: from the backbone")
     _head_arguments(p)
+    add_tasks_dir_argument(p)
     p.add_argument(
         "--data-dir",
         type=nonempty,
@@ -336,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list methods, tasks or backbones")
     p.add_argument("what", choices=["methods", "tasks", "backbones"], help="what to list")
+    add_tasks_dir_argument(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("params", help="parameter counts of a method (or 'all') on a backbone")
@@ -344,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=positive_int, default=2, help="classes of the head")
     p.add_argument("--task", help="the task whose labels (and, with --head prompt, label words) to use")
     _head_arguments(p)
+    add_tasks_dir_argument(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
     p.set_defaults(func=cmd_params)
 
@@ -373,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
         return e.code if isinstance(e.code, int) else 2
     try:
+        apply_tasks_dirs(getattr(args, "tasks_dir", None))
         return args.func(args)
     except SptbenchError as e:
         print(f"sptbench: error: {e}", file=sys.stderr)

@@ -422,7 +422,8 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
         "status": status,
         "error": error,
         "method": {"name": method.name, "config": config_dict(cfg)},
-        "task": {"name": task.spec.name, "version": task.spec.version},
+        "task": {"name": task.spec.name, "version": task.spec.version,  # + the spec file (not in the key)
+                 "spec_path": task.spec.path, "spec_sha256": task.spec.sha256},
         "protocol": dict(task.protocol),
         "backbone": info.as_record(),
         "data": {

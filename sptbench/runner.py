@@ -300,7 +300,8 @@ def run(spec: RunSpec) -> RunOutcome:
         seed_everything(spec.seed)
         with _hf_progress(spec.progress):  # transformers' own weight-loading bar, off when ours is
             model, tokenizer, info = load_backbone(
-                spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup
+                spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup,
+                quiet=not spec.progress,
             )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         model.freeze_backbone()
@@ -478,11 +479,12 @@ def save_trained(model, record: dict, out: Path) -> None:
     write_text_atomic(out / "record.yaml", dump_record(record))
 
 
-def load_trained(folder: str | Path):
+def load_trained(folder: str | Path, quiet: bool = False):
     """Rebuild a saved run: fresh backbone + the method (its final config) + the saved parameters. Data only:
     the record is read with the bounded safe loader and the weights from safetensors. Strict: a record that is not
     a valid record, weights that are not safetensors, or tensors missing, extra, or of another shape or dtype than
-    the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped."""
+    the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped.
+    `quiet`: no transformers load report or progress bar."""
     from safetensors.torch import load_file
 
     from sptbench.tasks import load_spec
@@ -511,7 +513,7 @@ def load_trained(folder: str | Path):
         task_spec = load_spec(record["task"]["name"])
         model, tokenizer, _ = load_backbone(
             record["backbone"]["id"], task_spec.num_labels, pooling=record["backbone"]["pooling"],
-            prompt=setup_from_record(record, task_spec),
+            prompt=setup_from_record(record, task_spec), quiet=quiet,
         )
         model.freeze_backbone()
         method.apply(model, cfg)

@@ -597,6 +597,8 @@ def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Pat
     (rec,) = read_records([tmp_path / "r"])
     assert rec["task"]["spec_path"] == str(folder / "topics.yaml")
     assert rec["task"]["spec_sha256"] == hashlib.sha256((folder / "topics.yaml").read_bytes()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", rec["backbone"]["tokenizer_sha256"])
+    assert rec["params"]["backbone"] == rec["backbone"]["num_parameters"] == 1_027_392  # tiny-bert, no pooler
     assert validate_record(rec) == []
     assert "spec" not in json.dumps(record_key(rec))  # provenance, not part of what makes two runs the same
     old = {**rec, "task": {"name": "topics", "version": 1}}  # records from before these fields still validate

@@ -39,11 +39,13 @@ def frozen_backbone(
     pooling: str | None = None,
     head_dropout: float = 0.1,
     prompt: PromptSetup | None = None,
+    quiet: bool = False,
 ) -> tuple[Classifier, Any, BackboneInfo]:
     """A backbone (alias, hub id or folder) as a `Classifier` with a fresh head and every backbone parameter
-    frozen: the starting point of every method. Returns the model, its tokenizer and provenance."""
+    frozen: the starting point of every method. Returns the model, its tokenizer and provenance. `quiet`: no
+    transformers load report or progress bar."""
     classifier, tokenizer, info = load_backbone(
-        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt
+        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt, quiet=quiet
     )
     classifier.freeze_backbone()
     return classifier, tokenizer, info
@@ -58,10 +60,11 @@ def build_classifier(
     pooling: str | None = None,
     head_dropout: float = 0.1,
     prompt: PromptSetup | None = None,
+    quiet: bool = False,
 ) -> tuple[Classifier, Any, BackboneInfo]:
     """`frozen_backbone` with `method` applied with its config `cfg` (see `registry.build_config`)."""
     classifier, tokenizer, info = frozen_backbone(
-        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt
+        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt, quiet=quiet
     )
     method.apply(classifier, cfg)
     return classifier, tokenizer, info

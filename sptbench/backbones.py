@@ -8,9 +8,12 @@ causal LM for GPT-2) and the Classifier reads that head, frozen, at the template
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import inspect
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +93,80 @@ class BackboneInfo:
     revision: str | None
     weights_sha256: str | None
     pooling: str
-    num_parameters: int
+    num_parameters: int  # without the unused pooler (dropped at load)
+    tokenizer_sha256: str | None = None  # the tokenizer's vocabulary and settings (tokenizer_sha256)
 
     def as_record(self) -> dict:
         return dict(self.__dict__)
+
+
+# Files a model folder's tokenizer is read from (tokenizers' JSON, WordPiece, BPE, SentencePiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "tokenizer.model",
+                   "sentencepiece.bpe.model")
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """A model folder without tokenizer files would load a tokenizer that knows only its special tokens (every
+    word [UNK]): refuse it before loading anything."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise SptbenchError(
+            f"model folder {folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}): without them every "
+            "word becomes [UNK]; copy the tokenizer's files into the folder (tokenizer.save_pretrained)"
+        )
+
+
+def _check_vocabulary(name: str, tokenizer) -> None:
+    """The same failure for hub ids, seen on the loaded tokenizer: no vocabulary beyond its special tokens."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise SptbenchError(
+            f"the tokenizer of '{name}' knows only its {len(tokenizer)} special tokens (every word would be [UNK]): "
+            "its tokenizer files are missing"
+        )
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of the tokenizer as loaded: the full serialisation of a fast tokenizer (vocabulary, normaliser, pre-
+    tokenizer, post-processor), else its class, vocabulary and special tokens as canonical JSON."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(
+            {"class": type(tokenizer).__name__, "vocab": tokenizer.get_vocab(),
+             "special": tokenizer.all_special_tokens, "lower": getattr(tokenizer, "do_lower_case", None)},
+            sort_keys=True, ensure_ascii=False,
+        )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def drop_pooler(backbone: torch.nn.Module) -> None:
+    """Remove the base model's pooler (BERT, RoBERTa, MPNet): the Classifier pools the tokens itself, so the pooler
+    is never used, and left in place it would be counted in the backbone's and finetune's parameters. Only where the
+    model class takes `add_pooling_layer` (its forward then accepts `pooler = None`)."""
+    model_class = type(backbone)
+    if getattr(backbone, "pooler", None) is None:
+        return
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        backbone.pooler = None
+
+
+@contextlib.contextmanager
+def quiet_loading(quiet: bool) -> Iterator[None]:
+    """With `quiet`, transformers' load report, warnings and progress bars are off while loading; restored after."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def minilm_path() -> Path:
@@ -184,6 +257,8 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
     else:
         folder = local if local.is_dir() else None
     source = str(folder) if folder else name
+    if folder is not None and (folder / "config.json").is_file():
+        _check_tokenizer_files(folder)
     try:
         kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(source, **kwargs)
@@ -229,19 +304,25 @@ def load_backbone(
     trust_remote_code: bool = False,
     head_dropout: float = 0.1,
     prompt: PromptSetup | None = None,
+    quiet: bool = False,
 ) -> tuple[Classifier, object, BackboneInfo]:
     """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh linear head, or with `prompt` the frozen
     pretrained LM head read at the template's mask (label words checked against the tokenizer), plus tokenizer and
-    provenance."""
+    provenance. `quiet`: no transformers load report or progress bar."""
     if pooling is not None and pooling not in POOLINGS:
         raise unknown_choice("pooling", pooling, POOLINGS)
     if name.startswith("tiny-") and name not in TINY_CONFIGS:
         raise unknown_choice("backbone", name, BACKBONES)
     lm = prompt is not None
-    if name in TINY_CONFIGS:
-        loaded, tokenizer, rev, sha, folder_pooling = _tiny(name, lm=lm)
-    else:
-        loaded, tokenizer, rev, sha, folder_pooling = _pretrained(name, revision, trust_remote_code, lm=lm)
+    with quiet_loading(quiet):
+        if name in TINY_CONFIGS:
+            loaded, tokenizer, rev, sha, folder_pooling = _tiny(name, lm=lm)
+        else:
+            loaded, tokenizer, rev, sha, folder_pooling = _pretrained(name, revision, trust_remote_code, lm=lm)
+    _check_vocabulary(name, tokenizer)
+    tokenizer_hash = tokenizer_sha256(tokenizer)  # as loaded, before the pad token and side are set below
+    if sha is None:
+        sha = _state_sha256(loaded)  # the checkpoint as initialised, pooler included (as recorded before)
     family = family_for(loaded.config)
     if tokenizer.pad_token is None:  # GPT-2 has none; the mask, not the id, decides what is padding
         tokenizer.pad_token = tokenizer.eos_token
@@ -249,15 +330,14 @@ def load_backbone(
     chosen = pooling or folder_pooling or family.default_pooling
     head = None
     backbone = loaded.base_model if lm else loaded
+    drop_pooler(backbone)
     if lm:
         if not family.causal and tokenizer.mask_token_id is None:
             raise SptbenchError(f"--head prompt on '{name}': its tokenizer has no mask token for the template")
         head = PromptHead(family.lm_head(loaded), family, label_word_ids(tokenizer, prompt),
                           None if family.causal else tokenizer.mask_token_id, prompt.loss)
     model = Classifier(backbone, family, num_labels, chosen, prompt_head=head, head_dropout=head_dropout)
-    if sha is None:
-        sha = _state_sha256(loaded)
-    info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters)
+    info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters, tokenizer_hash)
     return model, tokenizer, info
 
 

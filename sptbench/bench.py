@@ -376,6 +376,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sptbench bench` to the main parser."""
+    from sptbench.tasks import add_tasks_dir_argument
+
     p = subparsers.add_parser("bench", help="train/eval throughput of a method vs the frozen-backbone floor")
     p.add_argument("--method", required=True, help="a method name, or 'all'")
     p.add_argument("--model", default="minilm-l6", type=nonempty,
@@ -397,4 +399,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-loss", dest="prompt_loss", choices=["label_words", "vocab"],
                    help="with --head prompt: the training loss (default label_words)")
     p.add_argument("--out", type=nonempty, help="also write the records (a YAML stream, one document per method) here")
+    add_tasks_dir_argument(p)
     p.set_defaults(func=cmd_bench)

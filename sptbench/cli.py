@@ -12,6 +12,7 @@ import textwrap
 from sptbench import safe_yaml
 from sptbench.argtypes import Parser, nonempty, positive_int
 from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.tasks import add_tasks_dir_argument, apply_tasks_dirs
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -172,11 +173,15 @@ def cmd_list(args) -> int:
             if args.verbose:
                 _print_method_fields(m)
     elif args.what == "tasks":
-        from sptbench.tasks import list_tasks, load_spec
+        from sptbench.tasks import load_spec, packaged_tasks, spec_files
 
-        for name in list_tasks():
+        packaged = set(packaged_tasks())  # source: packaged, user (a --tasks-dir / $SPTBENCH_TASKS_PATH spec), or
+        for name, (path, user) in sorted(spec_files().items()):  # override (a user spec shadowing a packaged one)
             spec = load_spec(name)
-            print(f"{name:8} v{spec.version}  {'+'.join(spec.text_columns):22} {', '.join(spec.labels)}")
+            source = ("override" if name in packaged else "user") if user else "packaged"
+            where = f"  [{path}]" if user else ""
+            columns, labels = "+".join(spec.text_columns), ", ".join(spec.labels)
+            print(f"{name:8} v{spec.version}  {source:8}  {columns:22} {labels}{where}")
     else:
         from sptbench.backbones import BACKBONES
 
@@ -290,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sptbench.schema import RunSpec, TrainConfig
 
     _add_schema_arguments(p, RunSpec)
+    add_tasks_dir_argument(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (repeatable)")
     p.add_argument("--config", type=nonempty, help="YAML file of run options (format below)")
     _add_schema_arguments(p, TrainConfig)
@@ -303,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["methods", "tasks", "backbones"], help="what to list")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="methods: also each method's options (--set keys) with type, default and help")
+    add_tasks_dir_argument(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("params", help="parameter counts of a method (or 'all') on a backbone")
@@ -311,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=positive_int, default=2, help="classes of the head")
     p.add_argument("--task", help="the task whose labels (and, with --head prompt, label words) to use")
     _head_arguments(p)
+    add_tasks_dir_argument(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="method config override (one method); the keys: sptbench list methods -v")
     p.set_defaults(func=cmd_params)
@@ -341,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
         return e.code if isinstance(e.code, int) else 2
     try:
+        apply_tasks_dirs(getattr(args, "tasks_dir", None))
         return args.func(args)
     except SptbenchError as e:
         print(f"sptbench: error: {e}", file=sys.stderr)

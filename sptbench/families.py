@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sptbench.errors import unknown_choice
+from sptbench.errors import SptbenchError
 
 
 @dataclass(frozen=True)
@@ -253,9 +253,9 @@ def family_for(config) -> Family:
     """The Family of a transformers config, by `model_type`."""
     model_type = getattr(config, "model_type", "?")
     if model_type not in _MODEL_TYPES:
-        raise unknown_choice("backbone family (config.model_type)", model_type, _MODEL_TYPES)
+        # the checkpoint's architecture, not a typo: list what is supported, suggest nothing
+        raise SptbenchError(f"unsupported backbone family '{model_type}' (config.model_type); supported model types: "
+                            f"{', '.join(sorted(_MODEL_TYPES))}")
     if model_type == "deberta-v2" and getattr(config, "conv_kernel_size", 0) > 0:
-        from sptbench.errors import SptbenchError
-
         raise SptbenchError("DeBERTa-v2 configs with a convolution layer (conv_kernel_size > 0) are not supported")
     return FAMILIES[_MODEL_TYPES[model_type]]

@@ -97,6 +97,12 @@ _PROMPT_HEAD_SCHEMA: dict[str, Any] = {
     "template": "str",
     "label_words": "list",
 }
+# Provenance fields added after records were written: checked where present, never required, not in the key.
+_OPTIONAL_FIELDS: dict[tuple[str, str], str] = {
+    ("task", "spec_path"): "str?",  # the task spec file the run read
+    ("task", "spec_sha256"): "str?",  # sha256 of its bytes
+    ("backbone", "tokenizer_sha256"): "str?",  # the tokenizer's vocabulary and settings (backbones.tokenizer_sha256)
+}
 # Sections a failed run may leave null, empty or incomplete: it never got far enough to fill them.
 _RESULT_SECTIONS = ("outcome", "metrics", "params", "throughput", "time")
 _PLAIN_TYPES = (dict, list, str, int, float, bool, type(None))
@@ -330,12 +336,23 @@ def _head_problems(rec: dict) -> list[str]:
     return problems
 
 
+def _optional_problems(rec: dict) -> list[str]:
+    """Type problems of the optional provenance fields that are present."""
+    problems = []
+    for (section, name), spec in _OPTIONAL_FIELDS.items():
+        part = rec.get(section)
+        if isinstance(part, dict) and name in part and (why := _type_problem(part[name], spec)) is not None:
+            problems.append(f"field '{section}.{name}' {why}")
+    return problems
+
+
 def validate_record(rec: Any) -> list[str]:
     """Every problem of one (current-schema) record: missing fields, wrong types, inconsistent fields; [] if valid."""
     if not isinstance(rec, dict):
         return [f"a record must be a mapping, got {type(rec).__name__}"]
     partial = _RESULT_SECTIONS if rec.get("status") == "failed" else ()
     problems = _check_section(rec, _SCHEMA, "", partial)
+    problems += _optional_problems(rec)
     return problems + _head_problems(rec) + _semantic_problems(rec) + list(_non_plain(rec, ""))
 
 

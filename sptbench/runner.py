@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -198,20 +197,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
-@contextlib.contextmanager
-def _hf_progress(enabled: bool):
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was and not enabled:
-            hf_logging.enable_progress_bar()
-
-
 def run(spec: RunSpec) -> RunOutcome:
     """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
     start = time.perf_counter()
@@ -241,10 +226,10 @@ def run(spec: RunSpec) -> RunOutcome:
 
     def build_model():
         seed_everything(spec.seed)
-        with _hf_progress(spec.progress):  # transformers' own weight-loading bar, off when ours is
-            model, tokenizer, info = frozen_backbone(
-                spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup
-            )
+        model, tokenizer, info = frozen_backbone(  # quiet: transformers' load report and bar off, as ours is
+            spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup,
+            quiet=not spec.progress,
+        )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         return model.to(device)
 
@@ -364,7 +349,8 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
         "status": status,
         "error": error,
         "method": {"name": method.name, "config": config_dict(cfg)},
-        "task": {"name": task.spec.name, "version": task.spec.version},
+        "task": {"name": task.spec.name, "version": task.spec.version,  # + the spec file (not in the key)
+                 "spec_path": task.spec.path, "spec_sha256": task.spec.sha256},
         "protocol": dict(task.protocol),
         "backbone": info.as_record(),
         "data": {
@@ -413,11 +399,12 @@ def save_trained(model, record: dict, out: Path) -> None:
     write_text_atomic(out / "record.yaml", dump_record(record))
 
 
-def load_trained(folder: str | Path):
+def load_trained(folder: str | Path, quiet: bool = False):
     """Rebuild a saved run: fresh backbone + the method (its final config) + the saved parameters. Data only:
     the record is read with the bounded safe loader and the weights from safetensors. Strict: a record that is not
     a valid record, weights that are not safetensors, or tensors missing, extra, or of another shape or dtype than
-    the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped."""
+    the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped.
+    `quiet`: no transformers load report or progress bar."""
     from sptbench.tasks import load_spec
 
     folder = Path(folder)
@@ -439,7 +426,7 @@ def load_trained(folder: str | Path):
         task_spec = load_spec(record["task"]["name"])
         model, tokenizer, _ = build_classifier(
             method, cfg, record["backbone"]["id"], task_spec.num_labels, pooling=record["backbone"]["pooling"],
-            prompt=setup_from_record(record, task_spec),
+            prompt=setup_from_record(record, task_spec), quiet=quiet,
         )
     except SptbenchError as e:
         raise SptbenchError(f"{record_path}: cannot rebuild the saved model: {e}") from None

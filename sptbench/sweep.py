@@ -34,6 +34,7 @@ SWEEP_KEYS = (
     "name",
     "description",
     *schema.sweep_keys(),
+    "tasks_dir",
     "launcher",
     "slurm",
     "test",
@@ -228,7 +229,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     """Check a sweep mapping field by field and every grid point (method configs, training options, protocols)."""
     from sptbench.registry import build_config, get_method, load_methods
     from sptbench.runner import RunSpec, check_seed, check_spec, train_config
-    from sptbench.tasks import _check_protocol, list_tasks, load_spec
+    from sptbench.tasks import _check_protocol, apply_tasks_dirs, list_tasks, load_spec
 
     if not isinstance(raw, dict):
         raise SptbenchError(f"{where}: a sweep file must be a mapping")
@@ -246,6 +247,8 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     name = raw.get("name") or Path(where).stem
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise SptbenchError(f"{where}: 'name' must be letters, digits, '.', '_' or '-', got {name!r}")
+    if raw.get("tasks_dir") is not None:  # user task folders: searched first, here and in every worker (env var)
+        apply_tasks_dirs(_names(raw["tasks_dir"], f"{where}: tasks_dir"), f"{where}: tasks_dir")
     tasks = _names(raw["tasks"], f"{where}: tasks")
     known_tasks = list_tasks()
     for t in tasks:
@@ -768,6 +771,8 @@ def run_pending_tests(sweep: Sweep) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sptbench sweep` to the main parser."""
+    from sptbench.tasks import add_tasks_dir_argument
+
     p = subparsers.add_parser("sweep", help="run a grid of runs from a sweep file (resumable; local or Slurm)")
     p.add_argument("sweep", type=nonempty, help="sweep YAML file (see docs/sweeps.md and sweeps/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (counts, ETA) and run nothing")
@@ -778,6 +783,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tasks_dir_argument(p)
     g = p.add_argument_group("slurm (submitit) options; also settable in the file's `slurm:` mapping")
     g.add_argument("--partition", type=nonempty, help="Slurm partition (default: the cluster's)")
     g.add_argument("--gpus", type=nonneg_int, help="GPUs per job")

@@ -8,10 +8,14 @@ from a local mirror (`--data-dir` / SPTBENCH_DATA_DIR) or the Hugging Face hub, 
 - fixed train size (`train_size=N`, the "1k regime"): N sampled from the pool, seeded; dev as in full data;
 - full data: dev carved from the pool with a fixed seed (never the run seed), train = the rest.
 The test set is always the task's test split, untouched.
+
+Specs are found by name in the user folders of $SPTBENCH_TASKS_PATH (os.pathsep-separated; `--tasks-dir DIR` prepends
+to it), in order, then in the packaged `tasks/`: the first folder holding `<name>.yaml` wins (docs/tasks.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import hashlib
@@ -30,6 +34,14 @@ from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.templates import DEFAULT_TEMPLATE, parse_template
 
 DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
+TASKS_PATH_ENV = "SPTBENCH_TASKS_PATH"
+MAX_TEXT_COLUMNS = 2  # a text or a text pair: the tokenizer takes (text, text_pair), a third would be text_target
+# The keys a spec may have (docs/tasks.md documents each); anything else is a typo and an error.
+SPEC_KEYS = ("name", "version", "text_columns", "labels", "metrics", "selection_metric", "max_length", "hub", "mirror",
+             "lm_bff", "prompt")
+HUB_KEYS = ("path", "name", "revision", "splits", "columns", "label_column", "labels", "note")
+MIRROR_KEYS = ("train", "test", "note")
+LM_BFF_KEYS = ("dir", "format", "header", "dev", "columns", "label_column", "labels", "note")
 SPLIT_SOURCES = ("sample", "lm-bff")
 LM_BFF_FOLDER = "lm-bff-16-shot"
 LM_BFF_SHOTS = 16
@@ -59,6 +71,8 @@ class TaskSpec:
     mirror: dict
     lm_bff: dict | None = None
     prompt: dict | None = None  # {templates: {name: text}, label_words: (word per label)}; see docs/heads.md
+    path: str | None = None  # the spec file it was read from (recorded as task.spec_path)
+    sha256: str | None = None  # of that file's bytes (recorded as task.spec_sha256)
 
     @property
     def num_labels(self) -> int:
@@ -100,42 +114,105 @@ class _Source:
 
 
 def _specs_root() -> Any:
-    """The folder of task YAMLs: the installed `sptbench.task_specs` package, else `<repo>/tasks`."""
+    """The folder of packaged task YAMLs: the installed `sptbench.task_specs` package, else `<repo>/tasks`."""
     try:
         return importlib.resources.files("sptbench.task_specs")
     except ModuleNotFoundError:
         return Path(__file__).resolve().parent.parent / "tasks"
 
 
+def task_search_path() -> list[Path]:
+    """The user task folders, in search order: $SPTBENCH_TASKS_PATH's entries (empty entries skipped)."""
+    folders = []
+    for entry in os.environ.get(TASKS_PATH_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = Path(entry).expanduser()
+        if not folder.is_dir():
+            raise SptbenchError(f"task folder '{folder}' (from ${TASKS_PATH_ENV} or --tasks-dir) is not a folder")
+        folders.append(folder)
+    return folders
+
+
+def spec_files() -> dict[str, tuple[Any, bool]]:
+    """Every findable task: name -> (its spec file, whether it comes from a user folder). The first folder of the
+    search path that holds `<name>.yaml` wins; the packaged specs come last."""
+    found: dict[str, tuple[Any, bool]] = {}
+    for folder, user in [*((f, True) for f in task_search_path()), (_specs_root(), False)]:
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            name = entry.name[: -len(".yaml")]
+            if entry.name.endswith(".yaml") and name and name not in found and entry.is_file():
+                found[name] = (entry, user)
+    return found
+
+
+def packaged_tasks() -> list[str]:
+    """Names of the task specs shipped with sptbench, sorted."""
+    return sorted(e.name[: -len(".yaml")] for e in _specs_root().iterdir() if e.name.endswith(".yaml"))
+
+
 def list_tasks() -> list[str]:
-    """Names of all task specs, sorted."""
-    return sorted(entry.name[: -len(".yaml")] for entry in _specs_root().iterdir() if entry.name.endswith(".yaml"))
+    """Names of all findable task specs (user folders and packaged), sorted."""
+    return sorted(spec_files())
 
 
 def load_spec(name: str) -> TaskSpec:
-    """Read and check `tasks/<name>.yaml`; unknown names and malformed files raise SptbenchError."""
-    tasks = list_tasks()
-    if name not in tasks:
-        raise unknown_choice("task", name, tasks)
-    entry = _specs_root() / f"{name}.yaml"
+    """Read and check `<name>.yaml` from the search path; unknown names and malformed files raise SptbenchError."""
+    files = spec_files()
+    if name not in files:
+        raise unknown_choice("task", name, files)
+    entry = files[name][0]
     where = str(entry)
-    raw = safe_yaml.load_one(safe_yaml.read_text(entry, "task spec"), where)
-    return _spec_from_raw(raw, name, where)
+    text = safe_yaml.read_text(entry, "task spec")
+    raw = safe_yaml.load_one(text, where)
+    spec = _spec_from_raw(raw, name, where)
+    return dataclasses.replace(spec, path=where, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def apply_tasks_dirs(dirs: Sequence[str] | None, what: str = "--tasks-dir") -> None:
+    """Put folders (from `--tasks-dir` or a sweep file's `tasks_dir`) in front of $SPTBENCH_TASKS_PATH, as absolute
+    paths: later spec look-ups, and the sweep's worker processes and Slurm jobs, all search them first."""
+    if not dirs:
+        return
+    folders = []
+    for d in dirs:
+        folder = Path(d).expanduser()
+        if not folder.is_dir():
+            raise SptbenchError(f"{what} '{d}' is not a folder")
+        folders.append(str(folder.resolve()))
+    rest = [e for e in os.environ.get(TASKS_PATH_ENV, "").split(os.pathsep) if e.strip() and e not in folders]
+    os.environ[TASKS_PATH_ENV] = os.pathsep.join(dict.fromkeys([*folders, *rest]))
+
+
+def add_tasks_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """`--tasks-dir DIR` (repeatable) on a subcommand that resolves task names."""
+    parser.add_argument(
+        "--tasks-dir", dest="tasks_dir", action="append", metavar="DIR",
+        help=f"a folder of task YAMLs searched before ${TASKS_PATH_ENV} and the packaged specs (repeatable; "
+        "docs/tasks.md)",
+    )
 
 
 def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
     """Check the parsed YAML field by field and build a TaskSpec."""
     if not isinstance(raw, dict):
         raise SptbenchError(f"{where}: a task spec must be a YAML mapping")
+    _known_keys(raw, SPEC_KEYS, "", where)
     if raw.get("name") != name:
         raise SptbenchError(f"{where}: field 'name' is {raw.get('name')!r}, expected '{name}' (the file name)")
     version = _field(raw, "version", int, where)
     if isinstance(version, bool) or version < 1:
         raise SptbenchError(f"{where}: field 'version' must be an integer >= 1")
+    text_columns = _str_tuple(raw, "text_columns", where)
+    if len(text_columns) > MAX_TEXT_COLUMNS:
+        raise SptbenchError(
+            f"{where}: field 'text_columns' lists {len(text_columns)} columns {list(text_columns)}; a task has one "
+            f"text or a pair (at most {MAX_TEXT_COLUMNS})"
+        )
     spec = TaskSpec(
         name=name,
         version=version,
-        text_columns=_str_tuple(raw, "text_columns", where),
+        text_columns=text_columns,
         labels=_str_tuple(raw, "labels", where),
         metrics=_str_tuple(raw, "metrics", where),
         selection_metric=_field(raw, "selection_metric", str, where),
@@ -147,6 +224,13 @@ def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
     spec = dataclasses.replace(spec, prompt=_prompt_section(raw.get("prompt"), spec, where))
     _check_spec(spec, where)
     return spec
+
+
+def _known_keys(section: dict, known: tuple[str, ...], label: str, where: str) -> None:
+    """Refuse keys the loader does not read (a misspelt optional key would otherwise be silently ignored)."""
+    unknown = sorted(str(k) for k in section if k not in known)
+    if unknown:
+        raise SptbenchError(f"{where}: unknown key '{label}{unknown[0]}'; known: {', '.join(known)}")
 
 
 def _field(raw: dict, key: str, kind: type, where: str) -> Any:
@@ -173,6 +257,7 @@ def _lm_bff_section(section: Any, where: str) -> dict | None:
         return None
     if not isinstance(section, dict):
         raise SptbenchError(f"{where}: field 'lm_bff' must be a mapping")
+    _known_keys(section, LM_BFF_KEYS, "lm_bff.", where)
     for key in ("dir", "format", "columns", "label_column", "labels"):
         if key not in section:
             raise SptbenchError(f"{where}: missing field 'lm_bff.{key}'")
@@ -206,6 +291,9 @@ def _hub_section(hub: dict, where: str) -> None:
     """The hub source: a dataset path (and config name), train/test split names, and the column/label mappings."""
     if not isinstance(hub.get("path"), str) or not hub["path"] or not isinstance(hub.get("name"), (str, type(None))):
         raise SptbenchError(f"{where}: field 'hub.path' must be a dataset id (and 'hub.name' a config name or null)")
+    _known_keys(hub, HUB_KEYS, "hub.", where)
+    if not isinstance(hub.get("revision"), (str, type(None))) or hub.get("revision") == "":
+        raise SptbenchError(f"{where}: field 'hub.revision' must be a branch, tag or commit of the dataset repo")
     splits = hub.get("splits")
     if not isinstance(splits, dict) or not all(isinstance(splits.get(k), str) for k in ("train", "test")):
         raise SptbenchError(f"{where}: field 'hub.splits' must map train and test to split names")
@@ -219,11 +307,7 @@ def _prompt_section(section: Any, spec: TaskSpec, where: str) -> dict | None:
         return None
     if not isinstance(section, dict):
         raise SptbenchError(f"{where}: field 'prompt' must be a mapping")
-    unknown = sorted(set(section) - {"template", "templates", "label_words", "note"})
-    if unknown:
-        raise SptbenchError(
-            f"{where}: unknown key 'prompt.{unknown[0]}'; known: template, templates, label_words, note"
-        )
+    _known_keys(section, ("template", "templates", "label_words", "note"), "prompt.", where)
     if ("template" in section) == ("templates" in section):
         raise SptbenchError(f"{where}: 'prompt' needs exactly one of 'template' (a string) or 'templates' (a mapping)")
     templates = section["templates"] if "templates" in section else {DEFAULT_TEMPLATE: section["template"]}
@@ -269,6 +353,7 @@ def _check_spec(spec: TaskSpec, where: str) -> None:
         mapping = getattr(spec, section)
         if mapping is not None:
             _check_mapping(spec, mapping, section, where)
+    _known_keys(spec.mirror, MIRROR_KEYS, "mirror.", where)
     for split in ("train", "test"):
         _check_plain_name(spec.mirror.get(split), f"mirror.{split}", where)
     if not isinstance(spec.mirror.get("note"), (str, type(None))):
@@ -441,11 +526,12 @@ def _read_hub(spec: TaskSpec) -> _Source:
     """Read the pool and test set from the Hugging Face hub, mapping hub columns and labels to ours."""
     hub = spec.hub
     hub_id = hub["path"] + (f"/{hub['name']}" if hub.get("name") else "")
+    revision = hub.get("revision")
     try:
         import datasets
 
         loaded = {
-            role: datasets.load_dataset(hub["path"], hub.get("name"), split=hub["splits"][role])
+            role: datasets.load_dataset(hub["path"], hub.get("name"), split=hub["splits"][role], revision=revision)
             for role in ("train", "test")
         }
     except Exception as exc:  # network, auth, missing dataset: all mean "this source is unavailable"
@@ -458,7 +544,7 @@ def _read_hub(spec: TaskSpec) -> _Source:
         pool=hub_rows(spec, loaded["train"], f"{hub_id}[{hub['splits']['train']}]"),
         test=hub_rows(spec, loaded["test"], f"{hub_id}[{hub['splits']['test']}]"),
         kind="hub",
-        location=f"hf:{hub_id}",
+        location=f"hf:{hub_id}" + (f"@{revision}" if revision else ""),
         notes=[note] if note else [],
     )
 

@@ -136,3 +136,149 @@ def test_cached_frozen_layers_train_like_uncached(data_dir):
         layer0_training_calls = len(calls) - 2
         assert layer0_training_calls == (8 if mode == "eval" else 2)  # cache: only until all 8 samples are stored
     assert losses["eval"] == pytest.approx(losses["cache"], abs=1e-5)
+
+
+# ---------------------------------------------------------------- model folders, tokenizer, pooler, load output
+
+
+def tiny_bert_config(vocab_size: int):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=128)
+
+
+def save_folder(folder, model_class, tokenizer=None):
+    """A model folder as a user brings it: a tiny random checkpoint (+ a tokenizer's files, if given)."""
+    torch.manual_seed(3)
+    model_class(tiny_bert_config(30522 if tokenizer is None else len(tokenizer))).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from sptbench.backbones import minilm_path
+
+    return AutoTokenizer.from_pretrained(str(minilm_path()))
+
+
+def test_a_folder_without_tokenizer_files_is_one_line_error(tmp_path):
+    from transformers import BertModel
+
+    folder = save_folder(tmp_path / "no-tokenizer", BertModel)
+    with pytest.raises(SptbenchError, match=r"model folder .*no-tokenizer has no tokenizer files .*tokenizer\.json.*"
+                       r"every word becomes \[UNK\]") as err:
+        load_backbone(folder, 2)
+    assert "\n" not in str(err.value)
+
+
+def test_a_tokenizer_with_only_special_tokens_is_refused(tmp_path):
+    from transformers import BertModel, BertTokenizer
+
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    folder = save_folder(tmp_path / "special-only", BertModel, BertTokenizer(str(tmp_path / "vocab.txt")))
+    with pytest.raises(SptbenchError, match="knows only its 5 special tokens"):
+        load_backbone(folder, 2)
+
+
+def test_the_tokenizer_hash_is_recorded_and_tells_tokenizers_apart(tmp_path, minilm_tokenizer):
+    from transformers import BertModel, BertTokenizer
+
+    from sptbench.backbones import tokenizer_sha256
+
+    _, _, minilm = load_backbone("minilm-l6", 2)
+    _, _, tiny = load_backbone("tiny-bert", 2)  # the tiny backbones use the MiniLM tokenizer
+    _, _, copied = load_backbone(save_folder(tmp_path / "same", BertModel, minilm_tokenizer), 2)
+    assert len(minilm.tokenizer_sha256) == 64 and minilm.tokenizer_sha256 == tiny.tokenizer_sha256
+    assert copied.tokenizer_sha256 == minilm.tokenizer_sha256 == tokenizer_sha256(minilm_tokenizer)
+    assert copied.as_record()["tokenizer_sha256"] == minilm.tokenizer_sha256
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    other = BertTokenizer(str(tmp_path / "vocab.txt"))
+    _, tok, info = load_backbone(save_folder(tmp_path / "other", BertModel, other), 2)
+    assert tok.tokenize("good film") == ["good", "film"] and info.tokenizer_sha256 != minilm.tokenizer_sha256
+    (tmp_path / "vocab.txt").write_text("\n".join([*words, "plot"]) + "\n")  # one word more: another hash
+    assert tokenizer_sha256(BertTokenizer(str(tmp_path / "vocab.txt"))) != tokenizer_sha256(other)
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_the_unused_pooler_is_neither_kept_nor_counted(name):
+    from sptbench.registry import build_config, get_method
+
+    model, _, info = load_backbone(name, 2)
+    assert getattr(model.backbone, "pooler", None) is None
+    assert not any("pooler" in n for n, _ in model.named_parameters())
+    stock = type(model.backbone)(model.backbone.config)  # the stock base model, pooler and all
+    pooler = sum(p.numel() for n, p in stock.named_parameters() if n.startswith("pooler."))
+    assert pooler == (0 if name in ("tiny-deberta", "tiny-gpt2") else 32 * 32 + 32)
+    assert info.num_parameters == sum(p.numel() for p in stock.parameters()) - pooler
+    model.freeze_backbone()
+    method = get_method("finetune")
+    method.apply(model, build_config(method, {}))
+    counts = model.count_parameters()
+    assert counts["trainable"] == counts["backbone"] == info.num_parameters
+
+
+def test_minilm_drops_its_checkpoint_pooler_and_keeps_every_other_weight():
+    from transformers import AutoModel
+
+    from sptbench.backbones import minilm_path
+
+    model, _, info = load_backbone("minilm-l6", 2)
+    stock = AutoModel.from_pretrained(str(minilm_path()))
+    assert info.num_parameters == 22_713_216 - (384 * 384 + 384)
+    ours = model.backbone.state_dict()
+    for key, value in stock.state_dict().items():
+        if key.startswith("pooler."):
+            assert key not in ours
+        else:
+            torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
+
+
+def test_load_reports_follow_quiet(tmp_path, capfd, minilm_tokenizer):
+    """An MLM checkpoint loaded as a base model has unused LM-head weights: transformers reports them, and its
+    progress bar runs, unless quiet."""
+    import logging
+
+    from transformers import BertForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    folder = save_folder(tmp_path / "mlm", BertForMaskedLM, minilm_tokenizer)
+    seen: list[str] = []
+    handler = Collect()
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        capfd.readouterr()
+        load_backbone(folder, 2, quiet=True)
+        assert not any("LOAD REPORT" in m for m in seen) and "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()  # restored
+        load_backbone(folder, 2)
+        assert any("LOAD REPORT" in m and "cls.predictions" in m for m in seen)
+        assert "Loading weights" in capfd.readouterr().err
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+
+
+def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path, minilm_tokenizer):
+    from transformers import XLMRobertaConfig
+
+    from sptbench.families import family_for
+
+    with pytest.raises(SptbenchError) as err:
+        family_for(XLMRobertaConfig())
+    assert str(err.value) == ("unsupported backbone family 'xlm-roberta' (config.model_type); supported model types: "
+                              "bert, deberta-v2, gpt2, mpnet, roberta")
+    folder = tmp_path / "xlmr"
+    XLMRobertaConfig(vocab_size=len(minilm_tokenizer)).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    with pytest.raises(SptbenchError, match="^unsupported backbone family 'xlm-roberta'") as err:
+        load_backbone(str(folder), 2)
+    assert "Did you mean" not in str(err.value)

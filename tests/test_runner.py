@@ -29,7 +29,7 @@ def test_run_appends_a_complete_record_and_is_deterministic(tmp_path, data_dir):
     rec = records[0]
     assert validate_record(rec) == []
     assert rec["status"] == "ok" and rec["method"]["name"] == "head"
-    assert rec["task"] == {"name": "rte", "version": 2} and rec["head"] == {"kind": "linear"}
+    assert (rec["task"]["name"], rec["task"]["version"]) == ("rte", 2) and rec["head"] == {"kind": "linear"}
     assert rec["protocol"]["n_train"] == 8 and rec["protocol"]["n_dev"] == 8 and rec["protocol"]["n_test"] == 277
     assert rec["data"]["source"] == "mirror" and len(rec["data"]["fingerprint"]) == 64
     assert rec["params"]["trainable"] == 0 and rec["params"]["trainable_with_head"] == 32 * 2 + 2

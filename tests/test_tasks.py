@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -12,19 +13,43 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sptbench import tasks
 from sptbench.errors import SptbenchError
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
-ALL_TASKS = ["sst2", "mpqa", "mr", "subj", "trec", "mnli", "mrpc", "qnli", "qqp", "rte", "boolq", "cb"]
-LM_BFF_TASKS = [t for t in ALL_TASKS if t not in ("boolq", "cb")]
+# The task lists come from the packaged specs: a new tasks/<name>.yaml is tested without editing this file.
+ALL_TASKS = sorted(p.stem for p in (REPO / "tasks").glob("*.yaml"))
+LM_BFF_TASKS = [t for t in ALL_TASKS if yaml.safe_load((REPO / "tasks" / f"{t}.yaml").read_text()).get("lm_bff")]
 
 needs_data = pytest.mark.skipif(
     not (DATA_DIR / "INDEX.json").is_file(),
     reason=f"benchmark data mirror not found at {DATA_DIR} (set SPTBENCH_DATA_DIR)",
 )
+
+
+@pytest.fixture(autouse=True)
+def packaged_specs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests see the packaged specs only, whatever $SPTBENCH_TASKS_PATH the caller has set."""
+    monkeypatch.delenv(tasks.TASKS_PATH_ENV, raising=False)
+
+
+def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *files: tuple[str, str]) -> Path:
+    """A user task folder holding `files` (name, text), named by $SPTBENCH_TASKS_PATH."""
+    folder = tmp_path / "user-tasks"
+    folder.mkdir(exist_ok=True)
+    for name, text in files:
+        (folder / name).write_text(text, encoding="utf-8")
+    monkeypatch.setenv(tasks.TASKS_PATH_ENV, str(folder))
+    return folder
+
+
+def mirrored(name: str, index: dict) -> None:
+    """Skip a packaged task the local mirror does not hold."""
+    if name not in index:
+        pytest.skip(f"task '{name}' is not in the mirror's INDEX.json")
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +78,33 @@ def loose_key(spec: tasks.TaskSpec, row: dict) -> tuple[str, ...]:
 # ---------------------------------------------------------------- specs
 
 
-def test_list_tasks_has_all_twelve() -> None:
-    assert tasks.list_tasks() == sorted(ALL_TASKS)
+def test_list_tasks_lists_every_packaged_spec() -> None:
+    assert len(ALL_TASKS) >= 12 and tasks.list_tasks() == ALL_TASKS == tasks.packaged_tasks()
+    assert {"sst2", "rte", "trec", "mnli"} <= set(ALL_TASKS)
 
 
 @needs_data
 @pytest.mark.parametrize("name", ALL_TASKS)
 def test_spec_matches_index(name: str, index: dict) -> None:
+    mirrored(name, index)
     spec = tasks.load_spec(name)
     assert spec.name == name and spec.version >= 1
     assert list(spec.labels) == index[name]["labels"]
     assert list(spec.text_columns) == index[name]["columns"]
     assert spec.num_labels == len(index[name]["labels"])
-    paired = name in ("mrpc", "qqp")
-    assert spec.metrics == (("accuracy", "f1") if paired else ("accuracy",))
-    assert spec.selection_metric == ("acc_f1" if paired else "accuracy")
-    assert (spec.lm_bff is None) == (name in ("boolq", "cb"))
+    assert spec.metrics[0] == "accuracy" and ("f1" in spec.metrics) == (spec.selection_metric == "acc_f1")
+    if spec.lm_bff is not None:
+        assert (DATA_DIR / tasks.LM_BFF_FOLDER / spec.lm_bff["dir"]).is_dir()
     assert spec.max_length == (128 if len(spec.text_columns) == 1 else 256)
+    assert spec.path == str(REPO / "tasks" / f"{name}.yaml")
+    assert spec.sha256 == hashlib.sha256((REPO / "tasks" / f"{name}.yaml").read_bytes()).hexdigest()
+
+
+def test_paraphrase_tasks_report_f1_and_select_on_its_mean_with_accuracy() -> None:
+    for name in ("mrpc", "qqp"):
+        spec = tasks.load_spec(name)
+        assert spec.metrics == ("accuracy", "f1") and spec.selection_metric == "acc_f1"
+    assert tasks.load_spec("rte").metrics == ("accuracy",)
 
 
 def test_specs_fall_back_to_the_repo_folder_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +113,7 @@ def test_specs_fall_back_to_the_repo_folder_when_not_installed(monkeypatch: pyte
 
     monkeypatch.setattr(tasks.importlib.resources, "files", not_installed)
     assert tasks._specs_root() == REPO / "tasks"
-    assert tasks.list_tasks() == sorted(ALL_TASKS)
+    assert tasks.list_tasks() == ALL_TASKS
 
 
 def test_unknown_task_lists_choices() -> None:
@@ -88,16 +123,17 @@ def test_unknown_task_lists_choices() -> None:
 
 def test_malformed_yaml_names_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = (REPO / "tasks" / "rte.yaml").read_text()
-    (tmp_path / "rte.yaml").write_text(good.replace("labels: [entailment, not_entailment]", "labels: [entailment,"))
-    monkeypatch.setattr(tasks, "_specs_root", lambda: tmp_path)
-    with pytest.raises(SptbenchError, match=r"rte\.yaml:\d+: malformed YAML"):
+    bad = good.replace("labels: [entailment, not_entailment]", "labels: [entailment,")
+    folder = user_folder(tmp_path, monkeypatch, ("rte.yaml", bad))
+    with pytest.raises(SptbenchError, match=rf"^{re.escape(str(folder / 'rte.yaml'))}:\d+: malformed YAML") as err:
         tasks.load_spec("rte")
+    assert "\n" not in str(err.value)
 
 
 def test_spec_with_bad_selection_metric_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = (REPO / "tasks" / "rte.yaml").read_text()
-    (tmp_path / "rte.yaml").write_text(good.replace("selection_metric: accuracy", "selection_metric: acc_f1"))
-    monkeypatch.setattr(tasks, "_specs_root", lambda: tmp_path)
+    bad = good.replace("selection_metric: accuracy", "selection_metric: acc_f1")
+    user_folder(tmp_path, monkeypatch, ("rte.yaml", bad))
     with pytest.raises(SptbenchError, match="rte.yaml: selection_metric 'acc_f1'"):
         tasks.load_spec("rte")
 
@@ -117,8 +153,7 @@ def test_spec_with_bad_selection_metric_is_rejected(tmp_path: Path, monkeypatch:
 def test_bad_prompt_sections_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old, new, message):
     good = (REPO / "tasks" / "sst2.yaml").read_text()
     assert old in good
-    (tmp_path / "sst2.yaml").write_text(good.replace(old, new))
-    monkeypatch.setattr(tasks, "_specs_root", lambda: tmp_path)
+    user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace(old, new)))
     with pytest.raises(SptbenchError, match=message) as err:
         tasks.load_spec("sst2")
     assert "\n" not in str(err.value)
@@ -140,6 +175,7 @@ def test_every_task_has_a_prompt_with_one_word_per_label() -> None:
 @needs_data
 @pytest.mark.parametrize("name", ALL_TASKS)
 def test_full_data_loads_with_index_sizes(name: str, index: dict) -> None:
+    mirrored(name, index)
     data = tasks.load_task(name, data_dir=DATA_DIR)
     pool = index[name]["train"]
     expected_dev = min(1000, round(pool * 0.1))
@@ -159,7 +195,8 @@ def test_full_data_loads_with_index_sizes(name: str, index: dict) -> None:
 
 @needs_data
 @pytest.mark.parametrize("name", ALL_TASKS)
-def test_test_set_is_the_test_file_with_labels_mapped(name: str) -> None:
+def test_test_set_is_the_test_file_with_labels_mapped(name: str, index: dict) -> None:
+    mirrored(name, index)
     data = tasks.load_task(name, data_dir=DATA_DIR, shots=2, seed=21)
     raw = raw_rows(name, "test")
     assert [text_key(data.spec, r) for r in data.test] == [text_key(data.spec, r) for r in raw]
@@ -394,15 +431,17 @@ def test_hub_columns_and_label_ids_are_mapped_to_ours(monkeypatch: pytest.Monkey
     }
     calls = []
 
-    def load_dataset(path, name=None, split=None):
-        calls.append((path, name, split))
+    def load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split, kwargs))
         return hub[split]
 
     monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
     data = tasks.load_task("trec", shots=2, seed=13)
-    assert calls == [("CogComp/trec", None, "train"), ("CogComp/trec", None, "test")]
-    assert data.source == "hub" and data.location == "hf:CogComp/trec"
+    # CogComp/trec's main branch is a loading script (datasets >= 4 refuses it): the spec reads the parquet export
+    parquet = {"revision": "refs/convert/parquet"}
+    assert calls == [("CogComp/trec", None, "train", parquet), ("CogComp/trec", None, "test", parquet)]
+    assert data.source == "hub" and data.location == "hf:CogComp/trec@refs/convert/parquet"
     assert data.test == [{"sentence": "What is AIDS ?", "label": data.spec.labels.index("abbreviation")}]
     for row in data.train:
         hub_id = int(row["sentence"][1:-1]) % 6
@@ -411,3 +450,201 @@ def test_hub_columns_and_label_ids_are_mapped_to_ours(monkeypatch: pytest.Monkey
     hub["test"] = FakeSplit([{"text": "x", "coarse_label": 9, "fine_label": 0}])
     with pytest.raises(SptbenchError, match=r"CogComp/trec\[test\] row 0: hub label 9"):
         tasks.load_task("trec", shots=2)
+
+
+def test_hub_revision_is_passed_only_when_the_spec_names_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def load_dataset(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
+        return FakeSplit({"sentence": f"s{i}", "label": i % 2} for i in range(40))
+
+    monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
+    assert tasks.load_task("sst2", shots=2).location == "hf:nyu-mll/glue/sst2"
+    assert calls == [("nyu-mll/glue", "sst2", "train", None), ("nyu-mll/glue", "sst2", "validation", None)]
+
+
+@pytest.mark.slow
+def test_the_parquet_export_layout_loads_with_the_pinned_datasets(tmp_path: Path, monkeypatch) -> None:
+    """The hub's parquet export (`<config>/<split>/0000.parquet`, no script) resolves to trec's train and test splits
+    under the installed `datasets`: the hub call is redirected to a local copy of that layout."""
+    datasets = pytest.importorskip("datasets")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    export = tmp_path / "export"
+    for split, n in (("train", 60), ("test", 6)):
+        (export / "default" / split).mkdir(parents=True)
+        table = pa.table({"text": [f"{split} {i}?" for i in range(n)], "coarse_label": [i % 6 for i in range(n)],
+                          "fine_label": [0] * n})
+        pq.write_table(table, export / "default" / split / "0000.parquet")
+    real, seen = datasets.load_dataset, []
+
+    def redirect(path, name=None, split=None, revision=None):
+        seen.append((path, revision))
+        return real(str(export), name, split=split, cache_dir=str(tmp_path / "cache"))
+
+    monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", redirect)
+    data = tasks.load_task("trec", shots=2, seed=13)
+    assert seen == [("CogComp/trec", "refs/convert/parquet")] * 2
+    assert len(data.test) == 6
+    assert data.test[0] == {"sentence": "test 0?", "label": data.spec.labels.index("abbreviation")}
+
+
+def test_hub_section_rejects_unknown_keys_and_an_empty_revision(tmp_path: Path, monkeypatch) -> None:
+    good = (REPO / "tasks" / "sst2.yaml").read_text()
+    user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace("  name: sst2\n", "  name: sst2\n  revison: x\n")))
+    with pytest.raises(SptbenchError, match=r"sst2\.yaml: unknown key 'hub.revison'; known: path, name, revision"):
+        tasks.load_spec("sst2")
+    user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace("  name: sst2\n", "  name: sst2\n  revision: ''\n")))
+    with pytest.raises(SptbenchError, match="hub.revision"):
+        tasks.load_spec("sst2")
+
+
+def test_more_than_two_text_columns_is_one_line_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    good = (REPO / "tasks" / "rte.yaml").read_text()
+    assert "text_columns: [sentence1, sentence2]" in good
+    bad = good.replace("text_columns: [sentence1, sentence2]", "text_columns: [sentence1, sentence2, extra]")
+    folder = user_folder(tmp_path, monkeypatch, ("rte.yaml", bad))
+    with pytest.raises(SptbenchError, match=rf"^{re.escape(str(folder / 'rte.yaml'))}: field 'text_columns' lists 3 "
+                       r"columns \['sentence1', 'sentence2', 'extra'\]; a task has one text or a pair") as err:
+        tasks.load_spec("rte")
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- user task folders
+
+NEW_TASK = """\
+# A task the package does not ship: binary topic of a sentence
+name: topics
+version: 1
+text_columns: [sentence]
+labels: [sports, science]
+metrics: [accuracy]
+selection_metric: accuracy
+max_length: 64
+hub:
+  path: someone/topics
+  name: null
+  splits: {train: train, test: test}
+  columns: {sentence: text}
+  label_column: label
+  labels: {0: sports, 1: science}
+mirror: {train: train.jsonl, test: test.jsonl}
+prompt:
+  template: "<s1> Topic: <mask> ."
+  label_words: [sports, science]
+"""
+
+
+def topic_mirror(root: Path, n: int = 12) -> Path:
+    rows = [json.dumps({"sentence": f"{'goal' if i % 2 == 0 else 'atom'} number {i}",
+                        "label": "sports" if i % 2 == 0 else "science"}) for i in range(n)]  # fmt: skip
+    return write_mirror(root, "topics", rows, rows[:4])
+
+
+def test_a_yaml_dropped_into_a_user_folder_is_a_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from sptbench.cli import main
+
+    folder = user_folder(tmp_path, monkeypatch, ("topics.yaml", NEW_TASK))
+    assert tasks.list_tasks() == sorted([*ALL_TASKS, "topics"])
+    spec = tasks.load_spec("topics")
+    assert spec.labels == ("sports", "science") and spec.path == str(folder / "topics.yaml")
+    assert spec.sha256 == hashlib.sha256(NEW_TASK.encode()).hexdigest()
+    data = tasks.load_task("topics", data_dir=topic_mirror(tmp_path / "data"), shots=2, seed=13)
+    assert len(data.train) == len(data.dev) == 4 and len(data.test) == 4
+    assert main(["list", "tasks"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(lines) == {*ALL_TASKS, "topics"}
+    assert " user " in lines["topics"] and str(folder / "topics.yaml") in lines["topics"]
+    assert " packaged " in lines["sst2"] and str(folder) not in lines["sst2"]
+
+
+def test_a_user_spec_overrides_the_packaged_one_and_the_first_folder_wins(tmp_path: Path, monkeypatch) -> None:
+    packaged = (REPO / "tasks" / "rte.yaml").read_text()
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, version in ((first, 7), (second, 8)):
+        folder.mkdir()
+        (folder / "rte.yaml").write_text(packaged.replace("version: 2", f"version: {version}"))
+    monkeypatch.setenv(tasks.TASKS_PATH_ENV, os.pathsep.join([str(first), "", str(second)]))
+    assert tasks.load_spec("rte").version == 7 and tasks.load_spec("rte").path == str(first / "rte.yaml")
+    assert tasks.spec_files()["rte"] == (first / "rte.yaml", True)
+    assert tasks.spec_files()["sst2"][1] is False and tasks.list_tasks() == ALL_TASKS
+    tasks.apply_tasks_dirs([str(second)])  # --tasks-dir goes in front of the variable, once
+    assert os.environ[tasks.TASKS_PATH_ENV].split(os.pathsep) == [str(second.resolve()), str(first)]
+    assert tasks.load_spec("rte").version == 8
+    with pytest.raises(SptbenchError, match="--tasks-dir 'nowhere' is not a folder"):
+        tasks.apply_tasks_dirs(["nowhere"])
+    monkeypatch.setenv(tasks.TASKS_PATH_ENV, str(tmp_path / "missing"))
+    with pytest.raises(SptbenchError, match=rf"task folder '.*missing' \(from \${tasks.TASKS_PATH_ENV}"):
+        tasks.list_tasks()
+
+
+def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Path, monkeypatch, capsys) -> None:
+    from sptbench.cli import main
+    from sptbench.records import read_records, record_key, validate_record
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "topics.yaml").write_text(NEW_TASK)
+    data = topic_mirror(tmp_path / "data")
+    args = ["run", "--method", "head", "--task", "topics", "--shots", "2", "--model", "tiny-bert", "--data-dir",
+            str(data), "--results-dir", str(tmp_path / "r"), "--max-steps", "2", "--eval-every", "1", "--quiet"]
+    assert main(args) == 2 and "unknown task 'topics'" in capsys.readouterr().err  # not findable without the folder
+    assert main([*args, "--tasks-dir", str(folder)]) == 0, capsys.readouterr().err
+    (rec,) = read_records([tmp_path / "r"])
+    assert rec["task"]["spec_path"] == str(folder / "topics.yaml")
+    assert rec["task"]["spec_sha256"] == hashlib.sha256((folder / "topics.yaml").read_bytes()).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", rec["backbone"]["tokenizer_sha256"])
+    assert rec["params"]["backbone"] == rec["backbone"]["num_parameters"] == 1_027_392  # tiny-bert, no pooler
+    assert validate_record(rec) == []
+    assert "spec" not in json.dumps(record_key(rec))  # provenance, not part of what makes two runs the same
+    old = {**rec, "task": {"name": "topics", "version": 1}}  # records from before these fields still validate
+    assert validate_record(old) == [] and record_key(old) == record_key(rec)
+    assert validate_record({**rec, "task": {**rec["task"], "spec_sha256": 5}}) == [
+        "field 'task.spec_sha256' must be str, got int 5"
+    ]
+
+
+def test_a_sweep_file_names_a_tasks_dir(tmp_path: Path, monkeypatch) -> None:
+    from sptbench.sweep import parse_sweep
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "topics.yaml").write_text(NEW_TASK)
+    raw = {"tasks": "topics", "methods": "head", "seeds": [13], "shots": 2, "model": "tiny-bert"}
+    with pytest.raises(SptbenchError, match="unknown task in sweep 'topics'"):
+        parse_sweep(dict(raw))
+    sweep = parse_sweep({**raw, "tasks_dir": str(folder)})
+    assert [s.task for s in sweep.specs()] == ["topics"]
+    assert os.environ[tasks.TASKS_PATH_ENV].split(os.pathsep)[0] == str(folder)  # worker processes search it too
+
+
+def test_docs_describe_every_key_the_loader_accepts() -> None:
+    text = (REPO / "docs" / "tasks.md").read_text()
+    sections = {"": tasks.SPEC_KEYS, "hub": tasks.HUB_KEYS, "mirror": tasks.MIRROR_KEYS, "lm_bff": tasks.LM_BFF_KEYS}
+    for section, keys in sections.items():
+        table = text if not section else text.split(f"`{section}` (", 1)[1].split("\n\n", 2)[1]
+        for key in keys:
+            assert f"| `{key}` |" in table, f"docs/tasks.md does not describe {section or 'top-level'} key '{key}'"
+    for key in ("template", "templates", "label_words", "note"):
+        assert f"| `{key}` |" in text.split("`prompt` (", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("prompt:\n", "promt:\n", "unknown key 'promt'; known: name, version"),
+        ("  test: test.jsonl\n", "  test: test.jsonl\n  dev: d.jsonl\n", "unknown key 'mirror.dev'; known: train"),
+        ("  dir: SST-2\n", "  dir: SST-2\n  shots: 16\n", "unknown key 'lm_bff.shots'; known: dir, format"),
+        ("  label_words:", "  1: x\n  label_words:", "unknown key 'prompt.1'; known: template"),
+    ],
+)
+def test_a_misspelt_key_is_an_error_not_ignored(tmp_path: Path, monkeypatch, old: str, new: str, message: str) -> None:
+    good = (REPO / "tasks" / "sst2.yaml").read_text()
+    assert old in good
+    user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace(old, new, 1)))
+    with pytest.raises(SptbenchError, match=re.escape(message)):
+        tasks.load_spec("sst2")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from sptbench.backbones import TINY_CONFIGS, load_backbone
+from sptbench.backbones import TINY_CONFIGS, drop_pooler, load_backbone
 from sptbench.registry import build_config, get_method
 from sptbench.tasks import load_spec
 from sptbench.train import STOCK_SETTINGS, TrainConfig, lr_multiplier, torch_epochs, train
@@ -47,6 +47,7 @@ def stock_model(ours, backbone: str, method: str, cfg):
     config = TINY_CONFIGS[backbone](tokenizer_len)
     config._attn_implementation = "eager" if config.model_type == "deberta-v2" else "sdpa"
     encoder = AutoModel.from_config(config)
+    drop_pooler(encoder)  # as load_backbone does: the pooler is unused
     base = {k.replace(".base_layer", ""): v for k, v in ours.backbone.state_dict().items() if "lora_" not in k}
     encoder.load_state_dict(base, strict=True)
     encoder.requires_grad_(False)

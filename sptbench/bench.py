@@ -19,7 +19,15 @@ from torch import nn
 
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.errors import SptbenchError
-from sptbench.hardware import device_label, hardware_id
+from sptbench.hardware import (
+    DEVICES,
+    DTYPES,
+    check_device_dtype,
+    device_label,
+    hardware_id,
+    peak_memory_mb,
+    resolve_device,
+)
 
 BENCH_VERSION = 1
 FLOOR = "floor"  # the row name of the frozen-backbone floor
@@ -62,9 +70,7 @@ class _Timer:
 
 def _peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated since the last reset; CPU: the process's peak RSS so far (as run records)."""
-    from sptbench.runner import _peak_memory_mb as peak
-
-    return round(peak(device), 1)
+    return round(peak_memory_mb(device), 1)
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -156,14 +162,6 @@ def measure(
     }
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise SptbenchError(f"unknown device '{name}'. Choices: auto, cpu, cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def bench(
     methods: list[str],
     model_name: str,
@@ -189,13 +187,12 @@ def bench(
     from sptbench.backbones import load_backbone
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method
-    from sptbench.runner import _git, _versions
+    from sptbench.runner import git_state, package_versions
     from sptbench.tasks import load_spec
     from sptbench.templates import head_section, prompt_setup
     from sptbench.train import FROZEN_MODES
 
-    if dtype not in ("fp32", "bf16"):
-        raise SptbenchError(f"unknown dtype '{dtype}'. Choices: bf16, fp32")
+    check_device_dtype(device, dtype)
     for name, value in (("batch", shape.batch), ("seq-len", shape.seq_len), ("steps", shape.steps)):
         if value < 1:
             raise SptbenchError(f"--{name} must be positive, got {value}")
@@ -205,7 +202,7 @@ def bench(
         raise SptbenchError(f"unknown frozen layers mode '{frozen_layers}'. Choices: {', '.join(FROZEN_MODES)}")
     chosen = [get_method(m) for m in methods]
     configs = [build_config(m, overrides) for m in chosen]  # bad --set fails before any measurement
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     setup = prompt_setup(load_spec("sst2"), head, prompt_loss) if head != "linear" else None
     if setup is not None and shape.num_labels != len(setup.labels):
         raise SptbenchError(f"the prompt head benches SST-2's {len(setup.labels)} label words, not {shape.num_labels}")
@@ -232,8 +229,8 @@ def bench(
         "backbone": {"id": model_name, "family": info.family, "num_parameters": info.num_parameters},
         "head": head_section(setup),
         "shape": {"batch_size": shape.batch, "seq_len": shape.seq_len, "steps": shape.steps, "warmup": shape.warmup},
-        "versions": _versions(),
-        "git": dict(_git()),
+        "versions": package_versions(),
+        "git": dict(git_state()),
     }
     measured, skipped = [], []
     for method, cfg in zip(chosen, configs, strict=True):
@@ -385,8 +382,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=128, help="tokens per example (all real)")
     p.add_argument("--steps", type=positive_int, default=10, help="measured steps (the median is reported)")
     p.add_argument("--warmup", type=nonneg_int, default=3, help="steps run first and not measured")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when there is one")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when there is one")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16: autocast")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
     p.add_argument("--frozen-layers", dest="frozen_layers", choices=["dropout", "eval", "cache"], default="dropout",
                    help="layers below the first trainable one: as in training (dropout), without dropout (eval), "

@@ -9,12 +9,10 @@ import importlib.metadata
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import torch
 from sptbench import __version__, safe_yaml
 from sptbench.backbones import backbone_layers, load_backbone
 from sptbench.errors import SptbenchError
-from sptbench.hardware import device_label, hardware_id
+from sptbench.hardware import device_label, hardware_id, peak_memory_mb, resolve_device
 from sptbench.records import (
     SCHEMA_VERSION,
     append_record,
@@ -32,6 +30,7 @@ from sptbench.records import (
     check_writable_dir,
     dump_record,
     new_run_id,
+    now_iso,
     setting_name,
     table_path,
     validate_record,
@@ -94,7 +93,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     """Everything about a run that can be checked without data or a model (what `sptbench sweep` checks at every
     grid point before any run): names, types and ranges of every option. Returns the method, its config, the
     training config and the table the record will go to."""
-    from sptbench.tasks import _check_protocol, load_spec
+    from sptbench.tasks import check_protocol, load_spec
 
     for name, value in (("method", spec.method), ("task", spec.task), ("model", spec.model)):
         if not isinstance(value, str) or not value:
@@ -110,7 +109,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
         if getattr(spec, name) is not None:
             _check_path(getattr(spec, name), name)
     setting = setting_name(spec.shots, spec.train_size)
-    _check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
+    check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
     layers = backbone_layers(spec.model)
     check_layers = getattr(cfg, "check_layers", None)
     if layers is not None and check_layers is not None:
@@ -144,7 +143,7 @@ def _recover(record: dict) -> str:
         return "the YAML printed above"
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "sptbench": __version__}
     for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "evaluate"):
         try:
@@ -159,7 +158,7 @@ CODE_PATHS = ("sptbench", "baselines", "tasks", "pyproject.toml")
 
 
 @functools.cache
-def _git(root: Path | None = None) -> dict[str, Any]:
+def git_state(root: Path | None = None) -> dict[str, Any]:
     """The checkout's commit, and whether the code differs from it. Read once per process, at its first run: a
     long sweep keeps executing the code it imported, so later commits must not be claimed by its records."""
     root = root or Path(__file__).resolve().parent.parent
@@ -178,10 +177,8 @@ def _device(name: str):
     """accelerate picks the device (and, for bf16, autocast); `auto` means CUDA when there is one."""
     from accelerate import Accelerator
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
     # cpu=True also without CUDA: then a data-parallel launch (torchrun / accelerate launch) is MULTI_CPU (gloo)
-    return Accelerator(cpu=(name == "cpu" or not torch.cuda.is_available()))
+    return Accelerator(cpu=resolve_device(name).type == "cpu")
 
 
 def default_fit(method: Method, ctx: FitContext) -> FitResult:
@@ -190,13 +187,6 @@ def default_fit(method: Method, ctx: FitContext) -> FitResult:
     method.apply(model, ctx.method_cfg)
     result = ctx.train(model, ctx.encode(ctx.task.train), ctx.encode(ctx.task.dev))
     return FitResult(model=model, result=result)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the process's peak RSS
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
 @contextlib.contextmanager
@@ -216,8 +206,8 @@ def _hf_progress(enabled: bool):
 def run(spec: RunSpec) -> RunOutcome:
     """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
     start = time.perf_counter()
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _git()  # the code this process runs: read before it runs anything
+    created = now_iso()
+    git_state()  # the code this process runs: read before it runs anything
     # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
     # unwritable results folder or table, or a save folder that is a file or holds another run
     method, cfg, tcfg, path = check_spec(spec)
@@ -392,7 +382,7 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
             "train_samples_per_s": round(res.samples_seen / res.train_time_s, 3) if res and res.train_time_s else None,
             "train_tokens_per_s": round(res.tokens_seen / res.train_time_s, 1) if res and res.train_time_s else None,
             "eval_samples_per_s": round(n_test / eval_s, 3) if eval_s else None,
-            "peak_memory_mb": round(_peak_memory_mb(device), 1),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
             "device": device_label(device),
             "hardware": hardware_id(device),  # optional in the schema: records before 2026-12-01 lack it
             "dtype": spec.dtype,
@@ -404,8 +394,8 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
         },
         "stages": fit.stages if fit else {},
         "extra": fit.extra if fit else {},
-        "versions": _versions(),
-        "git": dict(_git()),
+        "versions": package_versions(),
+        "git": dict(git_state()),
     }
 
 

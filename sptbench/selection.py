@@ -117,6 +117,7 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
     """Pick the dev-best of one group's untested runs, evaluate it on test once, append its tested record; remove
     the group's saved states. Returns the tested record."""
     from sptbench.hardware import resolve_device
+    from sptbench.metrics import warm_up
     from sptbench.runner import load_trained
     from sptbench.tasks import load_task
     from sptbench.templates import encode_prompt_rows, setup_from_record
@@ -134,6 +135,7 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
         raise SptbenchError(f"the data of run {winner['run_id']} changed since it trained (fingerprint); re-run it")
     model.to(resolve_device(device))
     setup = setup_from_record(winner, task.spec)
+    warm_up()  # evaluate's one-time import stays out of the recorded eval time
     t0 = time.perf_counter()
     if setup is not None:  # the prompt head: the record's template and label words (docs/heads.md)
         encoded = encode_prompt_rows(task.test, tokenizer, setup, task.spec.max_length, causal=model.family.causal)

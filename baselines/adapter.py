@@ -8,17 +8,15 @@ projections are; the projection module is wrapped, never edited (GPT-2's `Conv1D
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from sptbench.errors import SptbenchError, unknown_choice
-from sptbench.model import Classifier
 from sptbench.registry import register_method
 
+if TYPE_CHECKING:  # torch loads when a model is built, not when methods are listed (the modules: nn/)
+    from sptbench.model import Classifier
+
 PLACEMENTS = ("houlsby", "pfeiffer")
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
 
 @dataclass
@@ -44,46 +42,10 @@ class AdapterConfig:
             raise SptbenchError(f"bottleneck must be >= 1, got {self.bottleneck}")
         if self.placement not in PLACEMENTS:
             raise unknown_choice("adapter placement", self.placement, PLACEMENTS)
+        from sptbench.baselines.nn.adapter import ACTIVATIONS
+
         if self.activation not in ACTIVATIONS:
             raise unknown_choice("adapter activation", self.activation, ACTIVATIONS)
-
-
-class Adapter(nn.Module):
-    """h -> h + up(f(down(h))), with `up` zero-initialised so that the adapter starts as the identity."""
-
-    def __init__(self, hidden: int, bottleneck: int, activation: str):
-        super().__init__()
-        self.down = nn.Linear(hidden, bottleneck)  # torch's default (Kaiming-uniform) init, as LoRA's A
-        self.act = ACTIVATIONS[activation]()
-        self.up = nn.Linear(bottleneck, hidden)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(self.act(self.down(h)))
-
-
-class WithAdapter(nn.Module):
-    """A frozen projection followed by an adapter; the projection itself is left untouched."""
-
-    def __init__(self, base: nn.Module, adapter: Adapter):
-        super().__init__()
-        self.base = base
-        self.adapter = adapter
-
-    def forward(self, *args, **kwargs):
-        return self.adapter(self.base(*args, **kwargs))
-
-
-def wrap_module(root: nn.Module, target: nn.Module, adapter: Adapter) -> None:
-    """Replace `target` (a submodule of `root`, found by identity) with `WithAdapter(target, adapter)`."""
-    for name, module in root.named_modules():
-        if module is target and name:
-            parent_name, _, attr = name.rpartition(".")
-            parent = root.get_submodule(parent_name) if parent_name else root
-            setattr(parent, attr, WithAdapter(target, adapter))
-            return
-    raise RuntimeError(f"module {type(target).__name__} not found inside the layer")
 
 
 def adapted_layers(num_layers: int, layers: list[int] | None) -> list[int]:
@@ -96,6 +58,9 @@ def adapted_layers(num_layers: int, layers: list[int] | None) -> list[int]:
 
 
 def apply(model: Classifier, cfg: AdapterConfig) -> None:
+    from sptbench.baselines.nn.adapter import Adapter, wrap_module
+    from torch import nn
+
     family, backbone = model.family, model.backbone
     hidden = family.hidden_size(backbone)
     for i in adapted_layers(len(model.layers), cfg.layers):

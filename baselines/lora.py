@@ -7,13 +7,13 @@ forward stays the one path: W x + (alpha / r) B A dropout(x), with A Kaiming-uni
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from peft import LoraConfig, inject_adapter_in_model
-from transformers.pytorch_utils import Conv1D
+from typing import TYPE_CHECKING
 
 from sptbench.errors import SptbenchError
-from sptbench.model import Classifier
 from sptbench.registry import register_method
+
+if TYPE_CHECKING:  # peft, transformers and torch load when a model is built, not when methods are listed
+    from sptbench.model import Classifier
 
 
 @dataclass
@@ -54,6 +54,9 @@ def target_names(model: Classifier, targets: list[str] | tuple[str, ...], layers
 
 
 def apply(model: Classifier, cfg: LoraMethodConfig) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+    from transformers.pytorch_utils import Conv1D
+
     targets = tuple(cfg.targets) if cfg.targets else model.family.lora_targets
     names = target_names(model, targets, cfg.layers)
     transposed = {isinstance(model.backbone.get_submodule(n), Conv1D) for n in names}

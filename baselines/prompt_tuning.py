@@ -7,15 +7,16 @@ the embedding LayerNorm and dropout apply to the prompt positions as to the toke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
 from sptbench.errors import SptbenchError, unknown_choice
-from sptbench.inject import Injection
-from sptbench.model import Classifier
 from sptbench.registry import register_method
+
+if TYPE_CHECKING:  # torch loads when a model is built, not when methods are listed (the injection: nn/)
+    import torch
+    from torch import nn
+
+    from sptbench.model import Classifier
 
 INITS = ("vocab", "peft_vocab", "random")
 
@@ -40,19 +41,10 @@ class PromptTuningConfig:
             raise unknown_choice("prompt init", self.init, INITS)
 
 
-class InputPrompt(Injection):
-    """m trainable (hidden,) vectors, the same for every example, prepended to the word embeddings."""
-
-    def __init__(self, init: torch.Tensor):
-        super().__init__()
-        self.prompt = nn.Parameter(init.clone())
-
-    def input_prompt(self, batch_size: int) -> torch.Tensor:
-        return self.prompt.unsqueeze(0).expand(batch_size, -1, -1)
-
-
 def initial_prompt(words: nn.Embedding, num_tokens: int, init: str) -> torch.Tensor:
     """The (num_tokens, hidden) starting prompt: sampled vocabulary embeddings or scale-matched Gaussian noise."""
+    import torch
+
     table = words.weight.detach()
     if init == "peft_vocab":  # peft's PromptEmbedding: nn.Embedding(m, d) (a normal draw), then randint(vocab)
         torch.empty(num_tokens, table.shape[1]).normal_()
@@ -67,6 +59,8 @@ def initial_prompt(words: nn.Embedding, num_tokens: int, init: str) -> torch.Ten
 
 
 def apply(model: Classifier, cfg: PromptTuningConfig) -> None:
+    from sptbench.baselines.nn.prompt_tuning import InputPrompt
+
     words = model.family.word_embeddings(model.backbone)
     model.add_injection(InputPrompt(initial_prompt(words, cfg.num_tokens, cfg.init)))
 

@@ -16,33 +16,31 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoTokenizer,
-    BertConfig,
-    DebertaV2Config,
-    GPT2Config,
-    MPNetConfig,
-    RobertaConfig,
-)
+from typing import TYPE_CHECKING
 
 from sptbench.errors import SptbenchError, unknown_choice
-from sptbench.families import family_for
-from sptbench.model import POOLINGS, Classifier, PromptHead
 from sptbench.mpnet_parts import sha256_file
 from sptbench.templates import PromptSetup, label_word_ids
+
+if TYPE_CHECKING:  # torch and transformers load with the first backbone: `sptbench list backbones` needs neither
+    import torch
+
+    from sptbench.model import Classifier
+
+
+def _hf(name: str):
+    """A class of `transformers` by name, imported on first use."""
+    import transformers
+
+    return getattr(transformers, name)
+
 
 # Tiny randomly initialised configs: 4 layers so that layer-selective methods have layers to choose from.
 _TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
 TINY_CONFIGS = {
-    "tiny-bert": lambda v: BertConfig(vocab_size=v, max_position_embeddings=512, **_TINY),
-    "tiny-roberta": lambda v: RobertaConfig(vocab_size=v, max_position_embeddings=514, pad_token_id=0, **_TINY),
-    "tiny-deberta": lambda v: DebertaV2Config(
+    "tiny-bert": lambda v: _hf("BertConfig")(vocab_size=v, max_position_embeddings=512, **_TINY),
+    "tiny-roberta": lambda v: _hf("RobertaConfig")(vocab_size=v, max_position_embeddings=514, pad_token_id=0, **_TINY),
+    "tiny-deberta": lambda v: _hf("DebertaV2Config")(
         vocab_size=v,
         max_position_embeddings=512,
         relative_attention=True,
@@ -53,8 +51,8 @@ TINY_CONFIGS = {
         pad_token_id=0,
         **_TINY,
     ),
-    "tiny-mpnet": lambda v: MPNetConfig(vocab_size=v, max_position_embeddings=514, **_TINY),
-    "tiny-gpt2": lambda v: GPT2Config(
+    "tiny-mpnet": lambda v: _hf("MPNetConfig")(vocab_size=v, max_position_embeddings=514, **_TINY),
+    "tiny-gpt2": lambda v: _hf("GPT2Config")(
         vocab_size=v,
         n_positions=512,
         n_embd=32,
@@ -68,7 +66,7 @@ TINY_CONFIGS = {
 # Full-size random configs (no download): speed and memory checks at the paper's model size (scripts/gpu_check.sh).
 # RoBERTa-large's sizes and vocabulary; the MiniLM tokenizer's ids all fall inside that vocabulary.
 RANDOM_CONFIGS = {
-    "roberta-large-random": lambda v: RobertaConfig(
+    "roberta-large-random": lambda v: _hf("RobertaConfig")(
         vocab_size=max(v, 50265),
         hidden_size=1024,
         num_hidden_layers=24,
@@ -216,15 +214,21 @@ def _pooling_from_folder(folder: Path) -> str | None:
 
 def _auto_class(config, lm: bool):
     """AutoModel, or the LM class of the config's family: causal LM (GPT-2) or masked LM (encoders)."""
+    from sptbench.families import family_for
+
     if not lm:
-        return AutoModel
-    return AutoModelForCausalLM if family_for(config).causal else AutoModelForMaskedLM
+        return _hf("AutoModel")
+    return _hf("AutoModelForCausalLM" if family_for(config).causal else "AutoModelForMaskedLM")
 
 
 def _tiny(name: str, seed: int = 0, lm: bool = False):
     """A tiny random backbone (with a random LM head if `lm`), identical on every call (its own RNG), with the MiniLM
     tokenizer for its vocabulary."""
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    import torch
+
+    from sptbench.families import family_for
+
+    tokenizer = _hf("AutoTokenizer").from_pretrained(str(minilm_path()))
     config = TINY_CONFIGS[name](len(tokenizer))
     config._attn_implementation = family_for(config).attn_implementation
     with torch.random.fork_rng(devices=[]):
@@ -246,6 +250,10 @@ def _missing_lm_head(name: str, lm_model, missing: set[str]) -> None:
 
 
 def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from sptbench.families import family_for
+
     local = Path(name).expanduser()
     sha = None
     if name == MINILM_ALIAS:
@@ -309,6 +317,9 @@ def load_backbone(
     """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh linear head, or with `prompt` the frozen
     pretrained LM head read at the template's mask (label words checked against the tokenizer), plus tokenizer and
     provenance. `quiet`: no transformers load report or progress bar."""
+    from sptbench.families import family_for
+    from sptbench.model import POOLINGS, Classifier, PromptHead
+
     if pooling is not None and pooling not in POOLINGS:
         raise unknown_choice("pooling", pooling, POOLINGS)
     if name.startswith("tiny-") and name not in TINY_CONFIGS:
@@ -351,6 +362,6 @@ def backbone_layers(name: str) -> int | None:
     if not (folder / "config.json").is_file():
         return None
     try:
-        return int(AutoConfig.from_pretrained(str(folder)).num_hidden_layers)
+        return int(_hf("AutoConfig").from_pretrained(str(folder)).num_hidden_layers)
     except (OSError, ValueError, TypeError, AttributeError):
         return None  # the run's own loading reports what is wrong with the folder

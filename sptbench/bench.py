@@ -11,15 +11,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.errors import SptbenchError
-from sptbench.hardware import device_label, hardware_id
+from sptbench.hardware import (
+    DEVICES,
+    DTYPES,
+    check_device_dtype,
+    device_label,
+    hardware_id,
+    peak_memory_mb,
+    resolve_device,
+)
+
+if TYPE_CHECKING:  # torch is imported where it is used: `sptbench --help` must not wait for it
+    import torch
+    from torch import nn
 
 BENCH_VERSION = 1
 FLOOR = "floor"  # the row name of the frozen-backbone floor
@@ -43,6 +51,8 @@ class _Timer:
 
     def time(self, fn: Callable[[], Any]) -> None:
         if self.cuda:
+            import torch
+
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -55,6 +65,8 @@ class _Timer:
 
     def median_s(self) -> float:
         if self.cuda:
+            import torch
+
             torch.cuda.synchronize()
             return statistics.median(s.elapsed_time(e) / 1000.0 for s, e in self.marks)
         return statistics.median(self.marks)
@@ -62,12 +74,12 @@ class _Timer:
 
 def _peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated since the last reset; CPU: the process's peak RSS so far (as run records)."""
-    from sptbench.runner import _peak_memory_mb as peak
-
-    return round(peak(device), 1)
+    return round(peak_memory_mb(device), 1)
 
 
 def _reset_peak(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -79,6 +91,8 @@ def synthetic_batch(
 ) -> dict[str, torch.Tensor]:
     """Random token ids at full length (no padding), all-ones mask, random labels; with `mask_token_id` (the prompt
     head of an encoder) one mask token per example, second to last, where a template's `<mask> .` would put it."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     low = min(1000, vocab // 2)  # above the special tokens of BERT/RoBERTa-like vocabularies
     ids = torch.randint(low, vocab, (shape.batch, shape.seq_len), generator=g)
@@ -94,6 +108,9 @@ def synthetic_batch(
 def add_input_gradient(model) -> nn.Parameter:
     """Make the floor model differentiate through every layer: a zero shift on the word embeddings' output that
     trains. Nothing else in the backbone trains, so backward computes activation gradients only."""
+    import torch
+    from torch import nn
+
     emb = model.family.word_embeddings(model.backbone)
     shift = nn.Parameter(torch.zeros(emb.weight.shape[1], device=emb.weight.device))
     emb.register_parameter("bench_shift", shift)
@@ -106,6 +123,9 @@ def measure(
 ) -> dict[str, Any]:
     """Median train step (forward + loss + backward + clip + AdamW + schedule) and eval step (inference_mode).
     `compile`: the model's forward through `torch.compile` (compiled during the warm-up steps)."""
+    import torch
+    import torch.nn.functional as F
+
     from sptbench.train import build_optimizer
 
     forward = torch.compile(model) if compile else model
@@ -156,14 +176,6 @@ def measure(
     }
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise SptbenchError(f"unknown device '{name}'. Choices: auto, cpu, cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def bench(
     methods: list[str],
     model_name: str,
@@ -186,16 +198,17 @@ def bench(
     `compile`: floor and methods alike run through `torch.compile` (the warm-up steps include compilation).
     `head="prompt"`: every model reads the frozen LM head at a mask token (SST-2's label words); methods that train
     nothing with it (`head`, `zero_shot`) are skipped, as `zero_shot` is with the linear head."""
+    import torch
+
     from sptbench.api import frozen_backbone
     from sptbench.records import now_iso
     from sptbench.registry import build_config, config_dict, get_method
-    from sptbench.runner import _git, _versions
+    from sptbench.runner import git_state, package_versions
     from sptbench.schema import FROZEN_MODES
     from sptbench.tasks import load_spec
     from sptbench.templates import head_section, prompt_setup
 
-    if dtype not in ("fp32", "bf16"):
-        raise SptbenchError(f"unknown dtype '{dtype}'. Choices: bf16, fp32")
+    check_device_dtype(device, dtype)
     for name, value in (("batch", shape.batch), ("seq-len", shape.seq_len), ("steps", shape.steps)):
         if value < 1:
             raise SptbenchError(f"--{name} must be positive, got {value}")
@@ -205,7 +218,7 @@ def bench(
         raise SptbenchError(f"unknown frozen layers mode '{frozen_layers}'. Choices: {', '.join(FROZEN_MODES)}")
     chosen = [get_method(m) for m in methods]
     configs = [build_config(m, overrides) for m in chosen]  # bad --set fails before any measurement
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     setup = prompt_setup(load_spec("sst2"), head, prompt_loss) if head != "linear" else None
     if setup is not None and shape.num_labels != len(setup.labels):
         raise SptbenchError(f"the prompt head benches SST-2's {len(setup.labels)} label words, not {shape.num_labels}")
@@ -231,8 +244,8 @@ def bench(
         "backbone": {"id": model_name, "family": info.family, "num_parameters": info.num_parameters},
         "head": head_section(setup),
         "shape": {"batch_size": shape.batch, "seq_len": shape.seq_len, "steps": shape.steps, "warmup": shape.warmup},
-        "versions": _versions(),
-        "git": dict(_git()),
+        "versions": package_versions(),
+        "git": dict(git_state()),
     }
     measured, skipped = [], []
     for method, cfg in zip(chosen, configs, strict=True):
@@ -386,8 +399,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=128, help="tokens per example (all real)")
     p.add_argument("--steps", type=positive_int, default=10, help="measured steps (the median is reported)")
     p.add_argument("--warmup", type=nonneg_int, default=3, help="steps run first and not measured")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when there is one")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when there is one")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="bf16: autocast")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (one method)")
     p.add_argument("--frozen-layers", dest="frozen_layers", choices=["dropout", "eval", "cache"], default="dropout",
                    help="layers below the first trainable one: as in training (dropout), without dropout (eval), "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.deberta_v2.modeling_deberta_v2 import scaled_size_sqrt
 
 from sptbench.errors import SptbenchError
 
@@ -107,6 +108,16 @@ class Family:
         return False
 
 
+def _patch_attention(family: Family, backbone: nn.Module, forward) -> None:
+    """Replace every layer's attention forward by `forward` (a prefix-aware version of it), once; the stock forward
+    stays reachable as `_sptbench_original_forward` (what `forward` calls when there is no prefix)."""
+    for layer in family.layers(backbone):
+        attn = family.self_attention(layer)
+        if not hasattr(attn, "_sptbench_original_forward"):
+            attn._sptbench_original_forward = attn.forward
+            attn.forward = types.MethodType(forward, attn)
+
+
 @dataclass(frozen=True)
 class GPT2Family(Family):
     def embeddings(self, backbone: nn.Module) -> nn.Module:
@@ -143,11 +154,51 @@ class GPT2Family(Family):
         return backbone.ln_f(hidden)
 
 
+def _deberta_attention_forward(
+    self,
+    hidden_states,
+    attention_mask,
+    output_attentions=False,
+    query_states=None,
+    relative_pos=None,
+    rel_embeddings=None,
+):
+    """DisentangledSelfAttention.forward with a key/value prefix.
+
+    DeBERTa's attention does not go through `AttentionInterface`. Prefix keys have no position, so they get the
+    content-to-content score only: their content-to-position and position-to-content terms are zero.
+    """
+    prefix = getattr(self, "_sptbench_prefix", None)
+    if prefix is None:
+        return self._sptbench_original_forward(
+            hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings
+        )
+    if query_states is None:
+        query_states = hidden_states
+    heads = self.num_attention_heads
+    q = self.transpose_for_scores(self.query_proj(query_states), heads)  # (batch*heads, n, d)
+    k = self.transpose_for_scores(self.key_proj(hidden_states), heads)
+    v = self.transpose_for_scores(self.value_proj(hidden_states), heads)
+    pk, pv = (t.reshape(-1, t.shape[2], t.shape[3]).to(q.dtype) for t in prefix)  # (batch*heads, p, d)
+    p = pk.shape[1]
+    scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
+    scale = scaled_size_sqrt(q, scale_factor).to(q.dtype)
+    scores = torch.bmm(q, torch.cat([pk, k], 1).transpose(-1, -2) / scale)
+    if self.relative_attention:
+        rel = self.disentangled_attention_bias(q, k, relative_pos, self.pos_dropout(rel_embeddings), scale_factor)
+        scores = scores + F.pad(rel, (p, 0))
+    scores = scores.view(-1, heads, scores.size(-2), scores.size(-1))
+    mask = F.pad(attention_mask.bool(), (p, 0), value=True)
+    scores = scores.masked_fill(~mask, torch.finfo(q.dtype).min)
+    probs = self.dropout(F.softmax(scores, dim=-1))
+    context = torch.bmm(probs.view(-1, probs.size(-2), probs.size(-1)), torch.cat([pv, v], 1))
+    context = context.view(-1, heads, context.size(-2), context.size(-1)).permute(0, 2, 1, 3).contiguous()
+    context = context.view(*context.shape[:-2], -1)
+    return (context, probs if output_attentions else None)
+
+
 @dataclass(frozen=True)
 class DebertaV2Family(Family):
-    def self_attention(self, layer: nn.Module) -> nn.Module:
-        return layer.attention.self
-
     def embed(self, backbone, input_ids, inputs_embeds, token_type_ids, mask):
         if token_type_ids is None:
             shape = (input_ids if input_ids is not None else inputs_embeds[..., 0]).shape
@@ -172,6 +223,10 @@ class DebertaV2Family(Family):
         relative_pos = encoder.get_rel_pos(hidden)
         out, _ = layer(hidden, mask, relative_pos=relative_pos, rel_embeddings=encoder.get_rel_embedding())
         return out
+
+    def install_prefix_path(self, backbone):
+        _patch_attention(self, backbone, _deberta_attention_forward)
+        return True
 
 
 def _mpnet_attention_forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False,
@@ -224,11 +279,7 @@ class MPNetFamily(Family):
         return layer(hidden, mask, self.position_bias(backbone, hidden))[0]
 
     def install_prefix_path(self, backbone):
-        for layer in self.layers(backbone):
-            attn = self.self_attention(layer)
-            if not hasattr(attn, "_sptbench_original_forward"):
-                attn._sptbench_original_forward = attn.forward
-                attn.forward = types.MethodType(_mpnet_attention_forward, attn)
+        _patch_attention(self, backbone, _mpnet_attention_forward)
         return True
 
 
@@ -246,16 +297,13 @@ FAMILIES: dict[str, Family] = {
     "gpt2": GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",), lm_head_name="lm_head"),
 }
 
-_MODEL_TYPES = {"bert": "bert", "roberta": "roberta", "deberta-v2": "deberta-v2", "gpt2": "gpt2", "mpnet": "mpnet"}
-
-
 def family_for(config) -> Family:
     """The Family of a transformers config, by `model_type`."""
     model_type = getattr(config, "model_type", "?")
-    if model_type not in _MODEL_TYPES:
+    if model_type not in FAMILIES:
         # the checkpoint's architecture, not a typo: list what is supported, suggest nothing
         raise SptbenchError(f"unsupported backbone family '{model_type}' (config.model_type); supported model types: "
-                            f"{', '.join(sorted(_MODEL_TYPES))}")
+                            f"{', '.join(sorted(FAMILIES))}")
     if model_type == "deberta-v2" and getattr(config, "conv_kernel_size", 0) > 0:
         raise SptbenchError("DeBERTa-v2 configs with a convolution layer (conv_kernel_size > 0) are not supported")
-    return FAMILIES[_MODEL_TYPES[model_type]]
+    return FAMILIES[model_type]

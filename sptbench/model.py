@@ -77,7 +77,6 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.family = family
         self.pooling = pooling
-        self.num_labels = num_labels
         self.dropout = nn.Dropout(head_dropout)
         # the linear head on the pooled tokens, or the prompt head (the frozen LM head at the template's mask)
         self.head = prompt_head if prompt_head is not None else nn.Linear(family.hidden_size(backbone), num_labels)
@@ -85,10 +84,13 @@ class Classifier(nn.Module):
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
         self.frozen_mode = "dropout"  # how layers below the first trainable one run in training: see _frozen_part
         self.frozen_cache: dict[tuple, torch.Tensor] = {}
-        enable_prefixes(backbone, family)
 
     # -- set-up used by methods ---------------------------------------------------------------------------------
     def add_injection(self, injection: Injection) -> Injection:
+        """Add a method's injection; one that gives key/value prefixes routes the attention through the
+        prefix-aware path first (other methods keep the stock attention)."""
+        if type(injection).kv_prefix is not Injection.kv_prefix:
+            enable_prefixes(self.backbone, self.family)
         self.injections.append(injection)
         return injection
 

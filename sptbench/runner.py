@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import importlib.metadata
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ from sptbench import __version__, safe_yaml
 from sptbench.api import build_classifier, frozen_backbone, import_weights, read_weights, write_weights
 from sptbench.backbones import backbone_layers
 from sptbench.errors import SptbenchError
-from sptbench.hardware import device_label, hardware_id
+from sptbench.hardware import device_label, hardware_id, peak_memory_mb, resolve_device
+from sptbench.metrics import warm_up as warm_up_metrics
 from sptbench.records import (
     SCHEMA_VERSION,
     append_record,
@@ -32,6 +32,7 @@ from sptbench.records import (
     check_writable_dir,
     dump_record,
     new_run_id,
+    now_iso,
     setting_name,
     table_path,
     validate_record,
@@ -92,7 +93,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     """Everything about a run that can be checked without data or a model (what `sptbench sweep` checks at every
     grid point before any run): names, types and ranges of every option. Returns the method, its config, the
     training config and the table the record will go to."""
-    from sptbench.tasks import _check_protocol, load_spec
+    from sptbench.tasks import check_protocol, load_spec
 
     for name, value in (("method", spec.method), ("task", spec.task), ("model", spec.model)):
         if not isinstance(value, str) or not value:
@@ -108,7 +109,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
         if getattr(spec, name) is not None:
             _check_path(getattr(spec, name), name)
     setting = setting_name(spec.shots, spec.train_size)
-    _check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
+    check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
     layers = backbone_layers(spec.model)
     check_layers = getattr(cfg, "check_layers", None)
     if layers is not None and check_layers is not None:
@@ -142,7 +143,7 @@ def _recover(record: dict) -> str:
         return "the YAML printed above"
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "sptbench": __version__}
     for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "evaluate"):
         try:
@@ -157,7 +158,7 @@ CODE_PATHS = ("sptbench", "baselines", "tasks", "pyproject.toml")
 
 
 @functools.cache
-def _git(root: Path | None = None) -> dict[str, Any]:
+def git_state(root: Path | None = None) -> dict[str, Any]:
     """The checkout's commit, and whether the code differs from it. Read once per process, at its first run: a
     long sweep keeps executing the code it imported, so later commits must not be claimed by its records."""
     root = root or Path(__file__).resolve().parent.parent
@@ -176,10 +177,22 @@ def _device(name: str):
     """accelerate picks the device (and, for bf16, autocast); `auto` means CUDA when there is one."""
     from accelerate import Accelerator
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SptbenchError("--device cuda was asked for, but no CUDA device is available")
     # cpu=True also without CUDA: then a data-parallel launch (torchrun / accelerate launch) is MULTI_CPU (gloo)
-    return Accelerator(cpu=(name == "cpu" or not torch.cuda.is_available()))
+    return Accelerator(cpu=resolve_device(name).type == "cpu")
+
+
+# Libraries that load on first use (seconds each on a small machine): methods import them when they build a model.
+LAZY_LIBRARIES = ("peft",)
+
+
+def warm_up() -> float:
+    """The process's one-time start-up, done before a run's clock starts: evaluate (the metrics) and the libraries
+    methods import lazily. Returns the seconds it took (0 after the first run of a process)."""
+    t0 = time.perf_counter()
+    warm_up_metrics()
+    for name in LAZY_LIBRARIES:
+        importlib.import_module(name)
+    return time.perf_counter() - t0
 
 
 def default_fit(method: Method, ctx: FitContext) -> FitResult:
@@ -190,24 +203,20 @@ def default_fit(method: Method, ctx: FitContext) -> FitResult:
     return FitResult(model=model, result=result)
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the process's peak RSS
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
 def run(spec: RunSpec) -> RunOutcome:
     """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
     start = time.perf_counter()
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _git()  # the code this process runs: read before it runs anything
+    created = now_iso()
+    git_state()  # the code this process runs: read before it runs anything
     # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
     # unwritable results folder or table, or a save folder that is a file or holds another run
     method, cfg, tcfg, path = check_spec(spec)
     check_appendable(path)
     if spec.save_dir:
         check_save_dir(spec.save_dir, spec.overwrite)
+    start += warm_up()  # one-time imports are no part of this run's wall_s or eval_s
     task: TaskData = load_task(
         spec.task,
         data_dir=spec.data_dir,
@@ -376,7 +385,7 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
             "train_samples_per_s": round(res.samples_seen / res.train_time_s, 3) if res and res.train_time_s else None,
             "train_tokens_per_s": round(res.tokens_seen / res.train_time_s, 1) if res and res.train_time_s else None,
             "eval_samples_per_s": round(n_test / eval_s, 3) if eval_s else None,
-            "peak_memory_mb": round(_peak_memory_mb(device), 1),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
             "device": device_label(device),
             "hardware": hardware_id(device),  # optional in the schema: records before 2026-12-01 lack it
             "dtype": spec.dtype,
@@ -388,8 +397,8 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
         },
         "stages": fit.stages if fit else {},
         "extra": fit.record_extra() if fit else {},
-        "versions": _versions(),
-        "git": dict(_git()),
+        "versions": package_versions(),
+        "git": dict(git_state()),
     }
 
 

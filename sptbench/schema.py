@@ -103,7 +103,7 @@ class TrainConfig:
     """Training hyper-parameters, the same for every method unless a sweep says otherwise. All of them (but the
     seed, which is the run's) form the record's `training` section, which is one component of the record key."""
 
-    max_steps: int = option(200, help="optimizer steps", type=int, key="training")
+    max_steps: int = option(100, help="optimizer steps", type=int, key="training")
     batch_size: int = option(16, help="training batch size", type=int, key="training")
     eval_batch_size: int = option(64, help="evaluation batch size", flag=False, key="training")
     lr: float = option(1e-3, help="learning rate, > 0 (default: the method's)", type=float, key="training")
@@ -119,7 +119,7 @@ class TrainConfig:
                                          type=float, key="training")
     head_dropout: float = option(0.1, help="dropout in front of the linear head, in [0, 1)", type=float,
                                  key="training")
-    eval_every: int = option(50, help="steps between dev evaluations (and at the end)", type=int, key="training")
+    eval_every: int = option(20, help="steps between dev evaluations (and at the end)", type=int, key="training")
     patience: int | None = option(
         None, help="early stopping after this many evaluations (>= 1) without improvement (default: never)",
         type=int, key="training")

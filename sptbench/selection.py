@@ -116,8 +116,8 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
                   log=print) -> dict:
     """Pick the dev-best of one group's untested runs, evaluate it on test once, append its tested record; remove
     the group's saved states. Returns the tested record."""
-    import torch
-
+    from sptbench.hardware import resolve_device
+    from sptbench.metrics import warm_up
     from sptbench.runner import load_trained
     from sptbench.tasks import load_task
     from sptbench.templates import encode_prompt_rows, setup_from_record
@@ -133,9 +133,9 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
                      split_source=p["split_source"], train_size=p["train_size"])
     if task.fingerprint != winner["data"]["fingerprint"]:
         raise SptbenchError(f"the data of run {winner['run_id']} changed since it trained (fingerprint); re-run it")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    model.to("cuda" if use_cuda else "cpu")
+    model.to(resolve_device(device))
     setup = setup_from_record(winner, task.spec)
+    warm_up()  # evaluate's one-time import stays out of the recorded eval time
     t0 = time.perf_counter()
     if setup is not None:  # the prompt head: the record's template and label words (docs/heads.md)
         encoded = encode_prompt_rows(task.test, tokenizer, setup, task.spec.max_length, causal=model.family.causal)

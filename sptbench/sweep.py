@@ -229,7 +229,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     """Check a sweep mapping field by field and every grid point (method configs, training options, protocols)."""
     from sptbench.registry import build_config, get_method, load_methods
     from sptbench.runner import RunSpec, check_seed, check_spec, train_config
-    from sptbench.tasks import _check_protocol, apply_tasks_dirs, list_tasks, load_spec
+    from sptbench.tasks import apply_tasks_dirs, check_protocol, list_tasks, load_spec
 
     if not isinstance(raw, dict):
         raise SptbenchError(f"{where}: a sweep file must be a mapping")
@@ -296,7 +296,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         spec = load_spec(task)
         for (k, n), seed in itertools.product(regimes, seeds):
             try:
-                _check_protocol(spec, k, seed, split_source, n)
+                check_protocol(spec, k, seed, split_source, n)
             except SptbenchError as e:
                 raise SptbenchError(f"{where}: {task} ({setting_name(k, n)}, seed {seed}): {e}") from None
 

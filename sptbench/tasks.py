@@ -391,7 +391,7 @@ def load_task(
 ) -> TaskData:
     """Load a task's train/dev/test for one protocol and seed; deterministic for (task, protocol, seed, source)."""
     spec = load_spec(name)
-    _check_protocol(spec, shots, seed, split_source, train_size)
+    check_protocol(spec, shots, seed, split_source, train_size)
     root = _resolve_data_dir(data_dir)
     if split_source == "lm-bff" and root is None:
         raise SptbenchError(
@@ -431,7 +431,7 @@ def load_task(
     )
 
 
-def _check_protocol(spec: TaskSpec, shots: int | None, seed: int, split_source: str, train_size: int | None) -> None:
+def check_protocol(spec: TaskSpec, shots: int | None, seed: int, split_source: str, train_size: int | None) -> None:
     """Reject protocol combinations that cannot be honoured, before reading any data."""
     if split_source not in SPLIT_SOURCES:
         raise unknown_choice("split source", split_source, SPLIT_SOURCES)

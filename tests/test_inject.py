@@ -205,3 +205,40 @@ def test_kv_prefix_reaches_every_layer(backbone):
             prefix[layer, 1] += 1.0  # values only
             assert not torch.allclose(model(ids, mask), base, atol=1e-5), f"layer {layer} prefix had no effect"
             prefix[layer] = saved
+
+
+# -- layering ------------------------------------------------------------------------------------------------------
+def _prefix_path_installed(model) -> bool:
+    patched = any(hasattr(m, "_sptbench_original_forward") for m in model.backbone.modules())
+    return patched or model.backbone.config._attn_implementation == inject.ATTN_IMPLEMENTATION
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_only_methods_with_prefixes_change_the_attention(backbone):
+    """The stock attention stays for methods without key/value prefixes; P-tuning v2 gets the prefix path, and a
+    prompt-tuning model gives the same logits on either path."""
+    model = build(backbone, "prompt_tuning", {"num_tokens": 3})
+    assert not _prefix_path_installed(model)
+    ids, mask = random_batch(7)
+    with torch.no_grad():
+        stock = model(ids, mask)
+        inject.enable_prefixes(model.backbone, model.family)
+        assert _prefix_path_installed(model)
+        torch.testing.assert_close(model(ids, mask), stock, atol=0, rtol=0)
+    assert _prefix_path_installed(build(backbone, "p_tuning_v2", {"prefix_len": 2}))
+
+
+def test_inject_knows_no_family():
+    """The shared mechanism imports no family-specific module and names no family (the Family owns its quirks)."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(inject)
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    ]
+    assert not [m for m in imported if m and m.startswith("transformers.models")]
+    for name in ("bert", "roberta", "deberta", "gpt2", "mpnet"):
+        assert name not in source.lower(), name

@@ -101,7 +101,7 @@ def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
 def test_git_dirty_means_the_code_differs_not_the_results(tmp_path):
     import subprocess
 
-    from sptbench.runner import _git
+    from sptbench.runner import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -114,13 +114,13 @@ def test_git_dirty_means_the_code_differs_not_the_results(tmp_path):
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
-    read = _git.__wrapped__  # uncached: the cached one is read once per process
+    read = git_state.__wrapped__  # uncached: the cached one is read once per process
     (tmp_path / "results" / "t.yaml").write_text("---\nmore: 1\n")  # runs appending records
     (tmp_path / "notes.txt").write_text("scratch\n")
     assert read(tmp_path) == {"commit": head, "dirty": False}
     (tmp_path / "sptbench" / "m.py").write_text("x = 2\n")
     assert read(tmp_path) == {"commit": head, "dirty": True}
     # read once per process: a long sweep's later records claim the code it imported, not a later commit
-    first = _git(tmp_path)
+    first = git_state(tmp_path)
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "later")
-    assert _git(tmp_path) == first != read(tmp_path)
+    assert git_state(tmp_path) == first != read(tmp_path)

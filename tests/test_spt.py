@@ -1,4 +1,4 @@
-"""Tests for SPT, SPT-DARTS, LPT (sptbench/methods/{prompt_generator,gated_prompts,darts,spt}.py) and plots.py."""
+"""Tests for SPT, SPT-DARTS, LPT (sptbench/methods/spt.py, sptbench/methods/nn/) and plots.py."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sptbench.backbones import load_backbone
 from sptbench.errors import SptbenchError
 from sptbench.methods import spt
-from sptbench.methods.darts import DartsStep, JointStep, gate_step, unrolled_gate_grads, weight_step
-from sptbench.methods.gated_prompts import GatedPrompts
-from sptbench.methods.prompt_generator import PromptGenerator, masked_adaptive_pool
+from sptbench.methods.nn.darts import DartsStep, JointStep, gate_step, unrolled_gate_grads, weight_step
+from sptbench.methods.nn.gated_prompts import GatedPrompts
+from sptbench.methods.nn.prompt_generator import PromptGenerator, masked_adaptive_pool
 from sptbench.model import pool
 from sptbench.registry import build_config, get_method
 from tests.conftest import TINY_FAMILIES
@@ -586,7 +586,7 @@ def test_candidates_without_the_input_layer(fit_context, backbones):
 def test_naive_generator_reads_the_summary_token(backbones, family):
     """LPT's naive generator: the prompt depends on the first token (GPT-2: the last real one) and nothing else;
     batch invariant under padding."""
-    from sptbench.methods.prompt_generator import NaivePromptGenerator
+    from sptbench.methods.nn.prompt_generator import NaivePromptGenerator
 
     model, tok = backbones(family)
     get_method("lpt").apply(model, build_config(get_method("lpt"), {"generator": "naive", "num_tokens": 5}))

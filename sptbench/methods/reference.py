@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sptbench.errors import SptbenchError
-from sptbench.model import Classifier
 from sptbench.registry import FitContext, FitResult, register_method
+
+if TYPE_CHECKING:  # torch loads when a model is built, not when methods are listed
+    from sptbench.model import Classifier
 
 
 @dataclass

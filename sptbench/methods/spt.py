@@ -14,14 +14,14 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sptbench.errors import SptbenchError
-from sptbench.methods.darts import DartsStep, JointStep
-from sptbench.methods.gated_prompts import GATES, GatedPrompts
-from sptbench.methods.prompt_generator import ACTIVATIONS, GENERATORS, POOLINGS
-from sptbench.model import Classifier
 from sptbench.registry import FitContext, FitResult, config_dict, register_method
+
+if TYPE_CHECKING:  # the torch side (sptbench/methods/nn/) loads when a model is built, not when methods are listed
+    from sptbench.methods.nn.gated_prompts import GatedPrompts
+    from sptbench.model import Classifier
 
 DEFAULT_LR = 3e-3  # prompt generators (and the head); the gates have their own `gate_lr`
 
@@ -45,6 +45,8 @@ class PromptGeneratorConfig:
                 "Tuning's public code: the first token's state, GPT-2 the last real token's, down, act, up to m x d)"})
 
     def validate(self) -> None:
+        from sptbench.methods.nn.prompt_generator import ACTIVATIONS, GENERATORS, POOLINGS
+
         if self.num_tokens < 1:
             raise SptbenchError(f"num_tokens must be >= 1, got {self.num_tokens}")
         if self.bottleneck < 1:
@@ -88,6 +90,8 @@ class SptConfig(PromptGeneratorConfig):
                 "possible bias towards it, docs/spt.md)"})
 
     def validate(self) -> None:
+        from sptbench.methods.nn.gated_prompts import GATES
+
         super().validate()
         if self.gate not in GATES:
             raise SptbenchError(f"gate must be one of {', '.join(GATES)}, got '{self.gate}'")
@@ -160,6 +164,8 @@ class LptConfig(PromptGeneratorConfig):
 
 def add_prompts(model: Classifier, cfg: PromptGeneratorConfig, layers: Sequence[int], *, gated: bool) -> GatedPrompts:
     """Add generators at `layers` (learnable gates if `gated`, else hard gates) to a model; returns the injection."""
+    from sptbench.methods.nn.gated_prompts import GatedPrompts
+
     n = len(model.layers)
     bad = [x for x in layers if not 0 <= x < n]
     if bad:
@@ -209,6 +215,8 @@ def apply_lpt(model: Classifier, cfg: LptConfig) -> None:
 
 
 def gates_of(model: Classifier) -> GatedPrompts:
+    from sptbench.methods.nn.gated_prompts import GatedPrompts
+
     found = [inj for inj in model.injections if isinstance(inj, GatedPrompts)]
     if len(found) != 1:
         raise ValueError(f"expected one GatedPrompts injection, found {len(found)}")
@@ -273,6 +281,7 @@ def _alpha_list(inj: GatedPrompts) -> list[float]:
 
 def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     """Learn the gates; returns final α per layer, the α trajectory and the stage's cost. Dev monitors only."""
+    from sptbench.methods.nn.darts import DartsStep, JointStep
     from sptbench.train import forever, loss_on, optimizer_for
 
     t_start = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sptbench.inject import Injection
-from sptbench.methods.prompt_generator import make_generator
+from sptbench.methods.nn.prompt_generator import make_generator
 
 GATES = ("deterministic", "stochastic")
 

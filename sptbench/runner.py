@@ -203,8 +203,6 @@ def default_fit(method: Method, ctx: FitContext) -> FitResult:
     return FitResult(model=model, result=result)
 
 
-
-
 def run(spec: RunSpec) -> RunOutcome:
     """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
     start = time.perf_counter()

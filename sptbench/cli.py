@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sptbench: interrupted (no record written)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sptbench list tasks | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -62,3 +62,13 @@ def test_malformed_config_names_file_and_line(tmp_path, capsys):
 def test_console_script_help(args):
     out = subprocess.run([sys.executable, "-m", "sptbench.cli", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage: sptbench" in out.stdout
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`sptbench list tasks | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m sptbench.cli list tasks | head -c 1", shell=True, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -20,6 +20,12 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def describe(e: BaseException) -> str:
+    """An exception as `Type: the first line of its message` (a traceback's worth of text would not be one line)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> SptbenchError:
     """An error for an unknown name that lists the valid choices and suggests the closest one."""
     choices = sorted(choices)

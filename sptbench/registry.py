@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
-from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.errors import SptbenchError, describe, unknown_choice
 
 if TYPE_CHECKING:  # the protocol's types, without importing torch with the registry
     from sptbench.schema import TrainConfig
@@ -126,13 +126,7 @@ def import_method_module(module: str):
     try:
         return importlib.import_module(module)
     except Exception as e:
-        raise SptbenchError(f"method module '{module}' failed to import: {_describe(e)}") from e
-
-
-def _describe(e: BaseException) -> str:
-    """`Type: the first line of its message` (a traceback's worth of text would not be one line)."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        raise SptbenchError(f"method module '{module}' failed to import: {describe(e)}") from e
 
 
 def load_entry_points() -> None:
@@ -142,7 +136,7 @@ def load_entry_points() -> None:
             ep.load()
         except Exception as e:
             raise SptbenchError(
-                f"method entry point '{ep.name}' ({ep.value}) failed to load: {_describe(e)}"
+                f"method entry point '{ep.name}' ({ep.value}) failed to load: {describe(e)}"
             ) from e
 
 

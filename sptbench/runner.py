@@ -22,7 +22,7 @@ import torch
 from sptbench import __version__, safe_yaml
 from sptbench.api import build_classifier, frozen_backbone, import_weights, read_weights, write_weights
 from sptbench.backbones import backbone_layers
-from sptbench.errors import SptbenchError
+from sptbench.errors import SptbenchError, describe
 from sptbench.hardware import device_label, hardware_id, peak_memory_mb, resolve_device
 from sptbench.metrics import warm_up as warm_up_metrics
 from sptbench.records import (
@@ -278,7 +278,7 @@ def run(spec: RunSpec) -> RunOutcome:
         # a sweep records any run-time failure and goes on (docs/sweeps.md); a lone run records a non-finite loss
         if not (isinstance(e, NonFiniteLoss) or spec.sweep is not None):
             raise
-        status, error, fit = "failed", str(e) if isinstance(e, SptbenchError) else _one_line(e), None
+        status, error, fit = "failed", str(e) if isinstance(e, SptbenchError) else describe(e), None
 
     record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
     # the head section sits after the backbone; optional in the schema: records from before it lack it (linear)
@@ -302,12 +302,6 @@ def run(spec: RunSpec) -> RunOutcome:
     if status != "ok":
         raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
     return RunOutcome(record=record, table=path, model=fit.model)
-
-
-def _one_line(e: BaseException) -> str:
-    """An exception as `Type: first line of its message`."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:

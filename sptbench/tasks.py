@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sptbench import safe_yaml
-from sptbench.errors import SptbenchError, unknown_choice
+from sptbench.errors import SptbenchError, describe, unknown_choice
 from sptbench.templates import DEFAULT_TEMPLATE, parse_template
 
 DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
@@ -536,7 +536,7 @@ def _read_hub(spec: TaskSpec) -> _Source:
         }
     except Exception as exc:  # network, auth, missing dataset: all mean "this source is unavailable"
         raise SptbenchError(
-            f"hub source failed for task '{spec.name}' ({hub_id}): {_one_line(exc)}. "
+            f"hub source failed for task '{spec.name}' ({hub_id}): {describe(exc)}. "
             f"Pass --data-dir or set {DATA_DIR_ENV} to a local mirror."
         ) from exc
     note = hub.get("note")
@@ -567,12 +567,6 @@ def hub_rows(spec: TaskSpec, dataset: Any, where: str) -> list[Row]:
     if not rows:
         raise SptbenchError(f"{where}: no rows (an empty split)")
     return rows
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as `Type: first line of message`."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- protocols

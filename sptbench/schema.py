@@ -193,10 +193,6 @@ class RunSpec:
         not_in_key="when test is evaluated, not what it gives: the saved best-on-dev state is tested unchanged")
 
 
-def fields_of(cls: type) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(cls))
-
-
 def flag_fields(cls: type) -> list[dataclasses.Field]:
     """The fields that have a command-line flag (and a `--config` key)."""
     return [f for f in dataclasses.fields(cls) if f.metadata.get("flag")]

@@ -275,8 +275,9 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     regimes = [(k, None) for k in shots] + [(None, n) for n in sizes] or [(None, None)]
 
     split_source = raw.get("split_source") or "sample"
+    run_fields = schema.sweep_keys()
     for key in _STRING_KEYS:  # one value with declared choices (device, dtype, pooling, split_source)
-        choices = schema.sweep_keys()[key].metadata["choices"] if key in schema.sweep_keys() else None
+        choices = run_fields[key].metadata["choices"] if key in run_fields else None
         if raw.get(key) is not None and choices is not None and raw[key] not in choices:
             raise unknown_choice(f"{key} in {where}", str(raw[key]), choices)
     pooling = raw.get("pooling")

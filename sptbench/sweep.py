@@ -383,6 +383,21 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     return sweep
 
 
+def restrict(sweep: Sweep, tasks: list[str] | None = None, methods: list[str] | None = None) -> Sweep:
+    """The part of `sweep` over these of its tasks and methods (None = all), in the file's order: lets processes or
+    machines share one sweep file (same name, same records, each tests only its own selection groups)."""
+    import dataclasses
+
+    def subset(kind: str, chosen: list[str] | None, available: list[str]) -> list[str]:
+        for name in chosen or []:
+            if name not in available:
+                raise unknown_choice(f"{kind} of sweep '{sweep.name}'", name, available)
+        return [name for name in available if chosen is None or name in chosen]
+
+    return dataclasses.replace(sweep, tasks=subset("task", tasks, sweep.tasks),
+                               methods=subset("method", methods, sweep.methods))
+
+
 def load_sweep(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Sweep:
     """Read and validate a sweep file. `overrides` (CLI values; None = not given) replace the file's values."""
     path = Path(path)
@@ -699,7 +714,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Expand, validate, skip what is recorded, then dry-run, run here, or submit a job array."""
     data_dir = args.data_dir or os.environ.get("SPTBENCH_DATA_DIR")
     overrides = {"data_dir": data_dir, "results_dir": args.results_dir, "launcher": args.launcher}
-    sweep = load_sweep(args.sweep, overrides=overrides)
+    sweep = restrict(load_sweep(args.sweep, overrides=overrides), args.tasks, args.methods)
     slurm = {**sweep.slurm, **{k: getattr(args, k) for k in SLURM_KEYS if getattr(args, k, None) is not None}}
     p = plan(sweep, retry_failed=args.retry_failed)
     parallel = int(slurm.get("array_parallelism") or 1) if sweep.launcher == "slurm" else 1
@@ -756,7 +771,9 @@ def awaiting_test(sweep: Sweep) -> dict:
         return {}
     root = Path(sweep.results_dir) / TABLE_DIR
     records = read_records([root]) if root.is_dir() else []
-    return groups_to_test(records, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
+    groups = groups_to_test(records, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
+    # only this (part of the) sweep's groups: another process may be running the rest of the file
+    return {g: recs for g, recs in groups.items() if g[0][0] in sweep.methods and g[0][1] in sweep.tasks}
 
 
 def run_pending_tests(sweep: Sweep) -> int:
@@ -784,6 +801,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tasks", nargs="+", type=nonempty, metavar="TASK",
+                   help="only these of the file's tasks (default: all); e.g. one process per part of a sweep")
+    p.add_argument("--methods", nargs="+", type=nonempty, metavar="METHOD",
+                   help="only these of the file's methods (default: all)")
     add_tasks_dir_argument(p)
     g = p.add_argument_group("slurm (submitit) options; also settable in the file's `slurm:` mapping")
     g.add_argument("--partition", type=nonempty, help="Slurm partition (default: the cluster's)")

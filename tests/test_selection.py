@@ -148,3 +148,34 @@ def test_each_group_is_tested_as_soon_as_it_is_complete(tmp_path, data_dir):
     assert main(["sweep", str(path), "--quiet"]) == 0
     order = [(r["protocol"]["seed"], r["selection"]["tested"]) for r in read_records([tmp_path / "r"])]
     assert order == [(13, False), (21, False), (13, False), (13, True), (21, False), (21, True)]
+
+
+def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path, data_dir, monkeypatch, capsys):
+    """`sweep --methods` / `--tasks`: one file shared by processes; a part never tests another part's groups, even
+    when they are complete (two processes would otherwise both test them)."""
+    import sptbench.selection as selection_mod
+
+    raw = {
+        "name": "parts", "model": "tiny-bert", "data_dir": str(data_dir), "results_dir": str(tmp_path / "r"),
+        "tasks": ["sst2"], "methods": ["head", "prompt_tuning"], "shots": 4, "seeds": [13], "test": "selected",
+        "train": {"max_steps": 2, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128, "lr": [1e-3, 3e-2]},
+    }
+    path = tmp_path / "parts.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def tested(method: str) -> int:
+        return sum(r["selection"]["tested"] for r in read_records([tmp_path / "r"]) if r["method"]["name"] == method)
+
+    with monkeypatch.context() as m:  # prompt_tuning's part completes its group but stops before its test
+        m.setattr(selection_mod, "test_selected", lambda *a, **k: None)
+        assert main(["sweep", str(path), "--methods", "prompt_tuning", "--quiet"]) == 0
+    assert main(["sweep", str(path), "--methods", "head", "--quiet"]) == 0
+    assert (tested("head"), tested("prompt_tuning")) == (1, 0)  # head's part left prompt_tuning's complete group alone
+    assert len([r for r in read_records([tmp_path / "r"]) if r["method"]["name"] == "prompt_tuning"]) == 2
+    assert main(["sweep", str(path), "--methods", "prompt_tuning", "--quiet"]) == 0  # its own part tests it, runs nothing
+    assert (tested("head"), tested("prompt_tuning")) == (1, 1)
+    assert len(read_records([tmp_path / "r"])) == 6
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--tasks", "sts2", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown task of sweep 'parts' 'sts2'" in err[0] and "sst2" in err[0]

@@ -170,9 +170,9 @@ def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path,
         m.setattr(selection_mod, "test_selected", lambda *a, **k: None)
         assert main(["sweep", str(path), "--methods", "prompt_tuning", "--quiet"]) == 0
     assert main(["sweep", str(path), "--methods", "head", "--quiet"]) == 0
-    assert (tested("head"), tested("prompt_tuning")) == (1, 0)  # head's part left prompt_tuning's complete group alone
+    assert (tested("head"), tested("prompt_tuning")) == (1, 0)  # not the other part's complete group
     assert len([r for r in read_records([tmp_path / "r"]) if r["method"]["name"] == "prompt_tuning"]) == 2
-    assert main(["sweep", str(path), "--methods", "prompt_tuning", "--quiet"]) == 0  # its own part tests it, runs nothing
+    assert main(["sweep", str(path), "--methods", "prompt_tuning", "--quiet"]) == 0  # tests its own group only
     assert (tested("head"), tested("prompt_tuning")) == (1, 1)
     assert len(read_records([tmp_path / "r"])) == 6
     capsys.readouterr()

@@ -44,6 +44,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         tasks=_names(args.tasks),
         methods=_names(args.methods),
         expected_seeds=args.expected_seeds,
+        selected=args.select_by_dev,
     )
     text = render(table, args.format)
     if args.format == "csv":  # CSV carries numbers only; the notes still reach the user

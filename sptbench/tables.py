@@ -11,7 +11,7 @@ import csv
 import io
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from sptbench.records import (
     setting_name,
     write_text_atomic,
 )
+from sptbench.selection import group_of
 
 FORMATS = ("md", "latex", "csv")
 MISSING = "–"
@@ -158,9 +159,12 @@ def _method_label(rec: dict) -> str:
     return rec["method"]["name"] if kind == "linear" else f"{rec['method']['name']} [{kind}]"
 
 
-def _row_labels(records: list[dict]) -> tuple[dict[int, str], list[str]]:
+def _row_labels(records: list[dict], selected: bool = False) -> tuple[dict[int, str], list[str]]:
     """Row label per record: the method name (`name [prompt]` with the prompt head), plus a config hash when one
-    method appears with several configs."""
+    method appears with several configs, unless `selected` (each cell's configs were chosen on dev: one row per
+    method, a note says which configs won)."""
+    if selected:
+        return {id(rec): _method_label(rec) for rec in records}, _selection_notes(records)
     configs: dict[str, set[str]] = defaultdict(set)
     poolings: dict[str, set[str]] = defaultdict(set)
     for rec in records:
@@ -179,6 +183,32 @@ def _row_labels(records: list[dict]) -> tuple[dict[int, str], list[str]]:
     return labels, notes
 
 
+def _test_group(rec: dict) -> tuple:
+    """The group one configuration is tested for under the test-once protocol (sptbench/selection.py)."""
+    return group_of(rec), (rec.get("sweep") or {}).get("group")
+
+
+def _selection_notes(records: list[dict]) -> list[str]:
+    """Per method whose dev-selected runs differ in method or training options: how often each value won."""
+    notes = ["--select-by-dev: each run is its (method, task, seed)'s configuration best on dev; where the winners "
+             "differ, how often each value won:"]
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for rec in records:
+        by_method[_method_label(rec)].append(rec)
+    for name, recs in sorted(by_method.items()):
+        won = []
+        for section in ("method", "training"):
+            options = [(rec[section].get("config", {}) if section == "method" else rec[section]) for rec in recs]
+            for key in sorted({k for o in options for k in o}):
+                values = Counter(canonical_json(o.get(key)) for o in options)
+                if len(values) > 1:
+                    counts = ", ".join(f"{v} x{n}" for v, n in sorted(values.items(), key=lambda kv: (-kv[1], kv[0])))
+                    won.append(f"{key} {counts}")
+        if won:
+            notes.append(f"{name} ({len(recs)} runs): {'; '.join(won)}")
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------------- build
 
 
@@ -192,8 +222,10 @@ def build_table(
     methods: Sequence[str] | None = None,
     expected_seeds: int | None = None,
     setting: str | None = None,
+    selected: bool = False,
 ) -> TableData:
-    """Aggregate records of one backbone and one data regime into a methods x tasks table (see docs/records.md)."""
+    """Aggregate records of one backbone and one data regime into a methods x tasks table (see docs/records.md).
+    `selected`: the records are `selection.select_by_dev`'s (one row per method whatever config won)."""
     if shots is not None or train_size is not None:
         setting = setting_name(shots, train_size)
     chosen = _filter(require_valid(records), backbone, setting)
@@ -210,7 +242,7 @@ def build_table(
     ok = [r for r in ok if (r.get("selection") or {}).get("tested") is not False]
     if not ok:
         raise SptbenchError(f"no successful tested runs match ({len(failed)} failed, {len(untested)} untested)")
-    labels, notes = _row_labels(ok)
+    labels, notes = _row_labels(ok, selected)
     table = _aggregate(ok, labels, the_backbone, the_setting, tasks, methods)
     table.n_failed = len(failed)
     if expected_seeds is not None and (not isinstance(expected_seeds, int) or expected_seeds < 1):
@@ -218,8 +250,13 @@ def build_table(
     table.expected_seeds = expected_seeds or max((c.n_seeds for c in table.cells.values()), default=0)
     _finish(table)
     table.notes = _notes(table, ok, failed, replaced, notes)
-    if untested:
-        table.notes.append(f"{len(untested)} grid point(s) not tested (lost on dev under the test-once protocol)")
+    tested_groups = {_test_group(r) for r in ok}
+    lost = sum(_test_group(r) in tested_groups for r in untested)
+    if lost:
+        table.notes.append(f"{lost} grid point(s) not tested (lost on dev under the test-once protocol)")
+    if len(untested) > lost:
+        table.notes.append(f"{len(untested) - lost} run(s) not counted: their selection group is not complete yet "
+                           "(awaiting the test of its dev-selected configuration)")
     return table
 
 
@@ -251,7 +288,7 @@ def _aggregate(
     for where, keys in groups.items():
         cells[where].mixed = len(keys) > 1
     method_order = {m: i for i, m in enumerate(methods or [])}
-    rows = sorted(set(labels.values()), key=lambda r: (method_order.get(re.split(r" [[(]", r)[0], -1), r))
+    rows = sorted(set(labels.values()), key=lambda r: (method_order.get(re.split(r" [\[(]", r)[0], -1), r))
     return TableData(
         backbone=backbone,
         setting=setting,

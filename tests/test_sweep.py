@@ -3,11 +3,15 @@ dev-only selection, the submitit array, concurrent writers, and data-parallel tr
 
 from __future__ import annotations
 
+import collections
 import copy
+import itertools
 import multiprocessing as mp
 import os
+import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -253,6 +257,41 @@ def test_select_by_dev_never_looks_at_test(tmp_path, capsys):
     assert main(["table", str(table), "--select-by-dev", "--format", "csv"]) == 0
     out = capsys.readouterr().out
     assert "57.5" in out.splitlines()[1]  # mean test of the dev-selected runs: (60 + 55) / 2, not (90 + 55) / 2
+
+
+def test_a_dev_selected_table_has_one_row_per_method_and_says_what_won(tmp_path, capsys):
+    """Winners with different method configs (LPT's layer chosen on dev) make one row, not one per config; a note
+    counts the winning values; an incomplete group's runs are named as awaiting, not as lost."""
+    rng = random.Random(20)
+    records = []
+    for seed in (13, 21, 42):
+        for layer, lr in itertools.product((1, 4), (0.1, 0.3)):
+            rec = fixture_record(lr, dev=rng.random(), test=rng.random(), seed=seed)
+            rec["run_id"] += f"-{layer}"
+            rec["method"]["config"] = {**rec["method"]["config"], "layer": layer}
+            records.append(rec)
+    chosen = select_by_dev(records)
+    table = tmp_path / "v1" / "roberta-large" / "16shot.yaml"
+    table.parent.mkdir(parents=True)
+    table.write_text("".join(yaml.safe_dump(r, sort_keys=False, explicit_start=True) for r in records))
+    assert main(["table", str(table), "--select-by-dev"]) == 0
+    out = capsys.readouterr().out
+    method = records[0]["method"]["name"]
+    rows = [line for line in out.splitlines() if line.startswith(f"| {method}")]
+    assert len(rows) == 1
+    mean = statistics.mean(100 * r["metrics"]["test"]["score"] for r in chosen)
+    assert f"{mean:.1f}" in rows[0]
+    layers = collections.Counter(r["method"]["config"]["layer"] for r in chosen)
+    assert len(layers) > 1  # the seeded draw makes both layers win somewhere (what splits rows without selection)
+    assert ", ".join(f"{v} x{n}" for v, n in sorted(layers.items(), key=lambda kv: (-kv[1], kv[0]))) in out
+    assert "awaiting" not in out and "not tested" not in out
+    # the same runs recorded untested by a test-once sweep whose groups are not complete: awaiting, not lost
+    table.write_text("".join(yaml.safe_dump({**r, "selection": {"tested": False}}, sort_keys=False,
+                                            explicit_start=True) for r in records[:2]) +
+                     yaml.safe_dump(records[4], sort_keys=False, explicit_start=True))
+    assert main(["table", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "2 run(s) not counted: their selection group is not complete yet" in out and "lost on dev" not in out
 
 
 def test_select_by_dev_ties_go_to_grid_order_then_creation(tmp_path):

@@ -142,7 +142,6 @@ def _add_table(subparsers: argparse._SubParsersAction) -> None:
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="paired differences of two methods: mean, 95%% bootstrap interval, W/T/L, Wilcoxon p",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("a", help="a method, optionally narrowed by config values: lpt:layer=3")
     p.add_argument("b", help="the other side, as A")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -62,6 +63,22 @@ def test_malformed_config_names_file_and_line(tmp_path, capsys):
 def test_console_script_help(args):
     out = subprocess.run([sys.executable, "-m", "sptbench.cli", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage: sptbench" in out.stdout
+
+
+def test_every_subcommand_help_says_each_default_once():
+    """`--help` of every subcommand: a real default shown once, never `(default: None)`."""
+    from sptbench.cli import build_parser
+
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(sub.choices) >= 8
+    for name, p in sub.choices.items():
+        formatter = p._get_formatter()
+        for action in p._actions:
+            text = formatter._get_help_string(action) or ""
+            assert "(default: None)" not in text and "(default: False)" not in text, (name, text)
+            said = "default" in (action.help or "")  # the help says its default itself: nothing appended
+            assert not (said and text != action.help), (name, text)
 
 
 def test_a_closed_pipe_is_not_an_error():

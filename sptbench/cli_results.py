@@ -49,6 +49,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     text = render(table, args.format)
     if args.format == "csv":  # CSV carries numbers only; the notes still reach the user
         print("\n".join(table.notes), file=sys.stderr)
+    _emit(args, text)
+    return 0
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    """Write `text` to --out, into a README block (--readme/--block), or to stdout."""
     if args.out:
         try:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +65,18 @@ def cmd_table(args: argparse.Namespace) -> int:
         update_readme_block(args.readme, args.block, text)
     if not args.out and not args.readme:
         print(text, end="")
-    return 0
+
+
+def _add_output(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--out", type=nonempty, help=f"write the {what} to this file instead of stdout")
+    p.add_argument("--readme", type=nonempty, help="README to update in place (with --block)")
+    p.add_argument("--block", type=nonempty, help="name in <!-- sptbench:table NAME --> markers")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Paired differences of two methods over the (task, seed) cells both have (sptbench/compare.py)."""
+    if (args.readme is None) != (args.block is None):
+        raise SptbenchError("--readme and --block go together")
     from sptbench.compare import compare, parse_side, render
     from sptbench.records import setting_name
 
@@ -76,11 +89,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         records = [r for r in records if r["backbone"]["id"] == args.backbone]
     result = compare(records, parse_side(args.a), parse_side(args.b), tasks=_names(args.tasks),
                      select=args.select_by_dev)
-    text = render(result)
-    if args.out:
-        write_text_atomic(args.out, text)
-    else:
-        print(text, end="")
+    _emit(args, render(result))
     return 0
 
 
@@ -133,9 +142,7 @@ def _add_table(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--select-by-dev", action="store_true",
                    help="of several configs per method/task/seed, keep the best on dev (docs/sweeps.md)")
     p.add_argument("--format", choices=FORMATS, default="md", help="md: Markdown; latex: tabular; csv: numbers only")
-    p.add_argument("--out", type=nonempty, help="write the table to this file instead of stdout")
-    p.add_argument("--readme", type=nonempty, help="README to update in place (with --block)")
-    p.add_argument("--block", type=nonempty, help="name in <!-- sptbench:table NAME --> markers")
+    _add_output(p, "table")
     p.set_defaults(func=cmd_table)
 
 
@@ -148,13 +155,13 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("--tasks", nargs="+", help="only these tasks (default: every task both sides have)")
     regime = p.add_mutually_exclusive_group()
-    regime.add_argument("--shots", type=int, help="only the K-shot records")
-    regime.add_argument("--train-size", type=int, help="only the N-example records")
+    regime.add_argument("--shots", type=positive_int, help="only the K-shot records")
+    regime.add_argument("--train-size", type=positive_int, help="only the N-example records")
     regime.add_argument("--setting", help="only this setting: 16shot, n1000, full")
     p.add_argument("--backbone", help="only this backbone id")
     p.add_argument("--select-by-dev", action="store_true",
                    help="where a side has several configurations in a cell, keep the best on dev")
-    p.add_argument("--out", help="write the Markdown to this file instead of stdout")
+    _add_output(p, "Markdown")
     p.set_defaults(func=cmd_compare)
 
 

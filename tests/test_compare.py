@@ -80,3 +80,11 @@ def test_cli_compare(tmp_path, capsys):
     assert "| sst2" in out and "| trec" not in out and f"{sum(diffs['sst2']) / 3:+.2f}" in out
     assert main(["compare", "spt", "nothing", str(table)]) == 2
     assert "no (task, seed) cell" in capsys.readouterr().err
+    readme = tmp_path / "README.md"  # a generated README block, as `table` writes them
+    readme.write_text("intro\n<!-- sptbench:table cmp -->\nold\n<!-- /sptbench:table cmp -->\nend\n")
+    block = ["--readme", str(readme), "--block", "cmp"]
+    assert main(["compare", "spt", "lpt", str(table), "--tasks", "sst2", *block]) == 0
+    text = readme.read_text()
+    assert capsys.readouterr().out == "" and "old" not in text and out.strip() in text and text.endswith("end\n")
+    assert main(["compare", "spt", "lpt", str(table), "--readme", str(readme)]) == 2
+    assert "--readme and --block go together" in capsys.readouterr().err

@@ -32,6 +32,14 @@ def _row_key(record: dict) -> tuple:
     )
 
 
+def _searches(records: Iterable[dict]) -> list[dict]:
+    """The ok runs with learned gates (`extra.alpha`), each once: the tested record of the test-once protocol
+    repeats its untested one (same key) and a rerun replaces the run (tables' keep-the-latest)."""
+    from sptbench.tables import latest_per_key
+
+    return latest_per_key([r for r in records if r.get("status") == "ok" and (r.get("extra") or {}).get("alpha")])[0]
+
+
 def gate_grid(
     records: Iterable[dict], by: str = "run"
 ) -> tuple[list[str], list[list[float]], list[list[int]], list[int]]:
@@ -42,7 +50,7 @@ def gate_grid(
 
     if by not in ("run", "task"):
         raise SptbenchError(f"unknown grouping '{by}'. Choices: run, task")
-    rows = sorted((r for r in records if (r.get("extra") or {}).get("alpha")), key=_row_key)
+    rows = sorted(_searches(records), key=_row_key)
     if not rows:
         raise SptbenchError("no records with learned gates (extra.alpha: spt / spt_darts runs) to plot")
     num_layers = 1 + max(max(r["extra"].get("candidate_layers") or range(len(r["extra"]["alpha"]))) for r in rows)
@@ -131,14 +139,14 @@ def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict
 
 
 def chosen_layer_counts(records: Iterable[dict]) -> dict[str, dict[str, dict[int, int]]]:
-    """task -> method (spt, spt_darts) -> layer -> in how many runs the search chose it."""
+    """task -> method (spt, spt_darts) -> layer -> in how many runs the search chose it. Each run counts once: the
+    tested record of the test-once protocol repeats its untested one (same key), and a rerun replaces the run."""
     out: dict[str, dict[str, dict[int, int]]] = {}
-    for rec in records:
-        chosen = (rec.get("extra") or {}).get("chosen_layers")
-        if rec.get("status") != "ok" or not chosen or "alpha" not in (rec.get("extra") or {}):
+    for rec in _searches(records):
+        if not rec["extra"].get("chosen_layers"):
             continue
         counts = out.setdefault(rec["task"]["name"], {}).setdefault(rec["method"]["name"], {})
-        for layer in chosen:
+        for layer in rec["extra"]["chosen_layers"]:
             counts[layer] = counts.get(layer, 0) + 1
     return out
 

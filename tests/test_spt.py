@@ -469,14 +469,15 @@ def test_fit_with_fixed_layers_skips_the_search(fit_context):
 
 def test_plot_gates_writes_a_png(tmp_path):
     from sptbench.plots import plot_gates
+    from tests.helpers import make_record
 
     records = [
-        {"method": {"name": m}, "task": {"name": t}, "protocol": {"seed": s},
-         "extra": {"alpha": [0.1 * (i + s % 3) for i in range(6)], "candidate_layers": list(range(6)),
-                   "chosen_layers": [5]}}
+        make_record(method__name=m, task__name=t, protocol__seed=s,
+                    extra={"alpha": [0.1 * (i + s % 3) for i in range(6)], "candidate_layers": list(range(6)),
+                           "chosen_layers": [5]})
         for m in ("spt", "spt_darts") for t in ("rte", "sst2") for s in (13, 21)
     ]
-    records.append({"method": {"name": "lpt"}, "extra": {}})  # no gates: skipped
+    records.append(make_record(method__name="lpt", extra={}))  # no gates: skipped
     out = plot_gates(records, tmp_path / "sub" / "gates.png")
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
@@ -488,14 +489,15 @@ def test_plot_gates_writes_a_png(tmp_path):
 
 def test_gate_grid_by_task_averages_over_seeds_and_counts_choices():
     from sptbench.plots import gate_grid
+    from tests.helpers import make_record
 
     g = torch.Generator().manual_seed(0)
     runs = []
     for seed in (13, 21, 42):
         alpha = torch.rand(4, generator=g).tolist()
-        runs.append({"method": {"name": "spt"}, "task": {"name": "rte"}, "protocol": {"seed": seed},
-                     "extra": {"alpha": alpha[1:], "candidate_layers": [1, 2, 3],
-                               "chosen_layers": [1 + max(range(3), key=lambda i: alpha[1 + i])]}})
+        runs.append(make_record(method__name="spt", task__name="rte", protocol__seed=seed,
+                                extra={"alpha": alpha[1:], "candidate_layers": [1, 2, 3],
+                                       "chosen_layers": [1 + max(range(3), key=lambda i: alpha[1 + i])]}))
     labels, alphas, chosen, counts = gate_grid(runs, by="task")
     assert labels == ["rte · spt (n=3)"] and counts == [3]
     expected = [sum(r["extra"]["alpha"][i] for r in runs) / 3 for i in range(3)]
@@ -504,6 +506,9 @@ def test_gate_grid_by_task_averages_over_seeds_and_counts_choices():
     assert [r["extra"]["chosen_layers"][0] for r in runs].count(2) == chosen[0][2]
     per_run = gate_grid(runs, by="run")
     assert len(per_run[0]) == 3 and per_run[1][0][1:] == pytest.approx(runs[0]["extra"]["alpha"])
+    # the tested record of the test-once protocol repeats its run: counted once
+    tested = {**runs[0], "selection": {"tested": True}, "created": "2099-01-01T00:00:00+00:00"}
+    assert gate_grid([*runs, tested], by="task")[1:] == (alphas, chosen, counts)
     with pytest.raises(SptbenchError, match="Choices: run, task"):
         gate_grid(runs, by="seed")
 
@@ -611,7 +616,7 @@ def test_naive_generator_reads_the_summary_token(backbones, family):
 
 
 def test_plot_layers_curves_and_chosen_layers(tmp_path):
-    from sptbench.plots import layer_curves, plot_layers
+    from sptbench.plots import chosen_layer_counts, layer_curves, plot_layers
     from tests.helpers import make_record
 
     rng = __import__("random").Random(5)
@@ -634,3 +639,11 @@ def test_plot_layers_curves_and_chosen_layers(tmp_path):
     assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SptbenchError, match="layer grid"):
         plot_layers([spt_run], tmp_path / "none.png")
+    # a search run counts once: its tested record (test-once protocol) repeats its untested one
+    searches = []
+    for seed, layer in ((13, 2), (21, 4), (42, 2)):
+        run = make_record(method__name="spt", task__name="sst2", protocol__seed=seed, selection={"tested": False},
+                          extra={"alpha": [0.5] * 6, "chosen_layers": [layer]})
+        searches.append(run)
+    tested = {**searches[1], "selection": {"tested": True}, "created": "2099-01-01T00:00:00+00:00"}
+    assert chosen_layer_counts([*searches, tested]) == {"sst2": {"spt": {2: 2, 4: 1}}}

@@ -190,8 +190,7 @@ def _test_group(rec: dict) -> tuple:
 
 def _selection_notes(records: list[dict]) -> list[str]:
     """Per method whose dev-selected runs differ in method or training options: how often each value won."""
-    notes = ["--select-by-dev: each run is its (method, task, seed)'s configuration best on dev; where the winners "
-             "differ, how often each value won:"]
+    notes = []
     by_method: dict[str, list[dict]] = defaultdict(list)
     for rec in records:
         by_method[_method_label(rec)].append(rec)
@@ -206,7 +205,8 @@ def _selection_notes(records: list[dict]) -> list[str]:
                     won.append(f"{key} {counts}")
         if won:
             notes.append(f"{name} ({len(recs)} runs): {'; '.join(won)}")
-    return notes
+    head = "--select-by-dev: each run is its (method, task, seed)'s configuration best on dev"
+    return [head + ("; where the winners differ, how often each value won:" if notes else ".")] + notes
 
 
 # ---------------------------------------------------------------------------------------------------- build

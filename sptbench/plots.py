@@ -187,7 +187,11 @@ def plot_layers(records: Iterable[dict], out_png: str | Path) -> Path:
         ax.set_xlabel("prompt layer (0 = input)")
         ax.set_xticks(layers)
     axes[0][0].set_ylabel("test score (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    legend: dict[str, object] = {}  # every panel's entries once (a panel may lack SPT's markers)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    axes[0][-1].legend(list(legend.values()), list(legend), fontsize=7, loc="lower right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)

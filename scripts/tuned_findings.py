@@ -17,7 +17,7 @@ import sys
 
 from tabulate import tabulate
 
-from sptbench.compare import compare, parse_side
+from sptbench.compare import STATS_HEADERS, compare, parse_side, stats_cells
 from sptbench.errors import SptbenchError
 from sptbench.records import read_records, setting_name
 from sptbench.tables import update_readme_block
@@ -42,15 +42,12 @@ def summary(records: list[dict], tasks: list[str] | None, middle: int) -> str:
         except SptbenchError as err:
             skipped.append(f"{a} - {label} ({err})")
             continue
-        s = comp.overall
         per_task = ", ".join(f"{t} {st.mean:+.1f}" for t, st in comp.per_task.items() if st.mean is not None)
-        rows.append([f"{a} - {label}", s.n, f"{s.mean:+.2f}", f"[{s.low:+.2f}, {s.high:+.2f}]",
-                     f"{s.wins}/{s.ties}/{s.losses}", "-" if s.p_wilcoxon is None else f"{s.p_wilcoxon:.3g}",
-                     per_task])
+        rows.append([f"{a} - {label}", *stats_cells(comp.overall), per_task])
     if not rows:
         raise SptbenchError("no comparison has records on both sides")
-    table = tabulate(rows, headers=["comparison", "pairs", "mean diff", "95% bootstrap CI", "W/T/L", "Wilcoxon p",
-                                    "per task (mean diff)"], tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=["comparison", *STATS_HEADERS, "per task (mean diff)"], tablefmt="github",
+                     disable_numparse=True)
     notes = [
         "- paired test-score differences in points over the (task, seed) cells both sides have (a positive mean "
         "favours the first); each side dev-selected per (task, seed) (`sptbench compare A B --select-by-dev`); "

@@ -28,8 +28,7 @@ def _paths(args: argparse.Namespace) -> list[Path]:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Render a results table to stdout, a file, or a README block."""
-    if (args.readme is None) != (args.block is None):
-        raise SptbenchError("--readme and --block go together")
+    _check_output(args)
     records = read_records(_paths(args))
     if args.select_by_dev:  # hyper-parameter grids: per method/task/seed/setting, the config best on dev only
         from sptbench.selection import select_by_dev
@@ -51,6 +50,12 @@ def cmd_table(args: argparse.Namespace) -> int:
         print("\n".join(table.notes), file=sys.stderr)
     _emit(args, text)
     return 0
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Before any work: --readme and --block come as a pair."""
+    if (args.readme is None) != (args.block is None):
+        raise SptbenchError("--readme and --block go together")
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
@@ -75,8 +80,7 @@ def _add_output(p: argparse.ArgumentParser, what: str) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Paired differences of two methods over the (task, seed) cells both have (sptbench/compare.py)."""
-    if (args.readme is None) != (args.block is None):
-        raise SptbenchError("--readme and --block go together")
+    _check_output(args)
     from sptbench.compare import compare, parse_side, render
     from sptbench.records import setting_name
 

@@ -159,18 +159,23 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:+.{digits}f}"
 
 
+STATS_HEADERS = ["pairs", "mean diff", "95% bootstrap CI", "W/T/L", "Wilcoxon p"]
+
+
+def stats_cells(s: Stats) -> list[str]:
+    """A row's cells under STATS_HEADERS."""
+    interval = "-" if s.low is None else f"[{s.low:+.2f}, {s.high:+.2f}]"
+    return [str(s.n), _fmt(s.mean), interval, f"{s.wins}/{s.ties}/{s.losses}",
+            "-" if s.p_wilcoxon is None else f"{s.p_wilcoxon:.3g}"]
+
+
 def render(comp: Comparison) -> str:
     """A Markdown table: one row per task and an overall row."""
     from tabulate import tabulate
 
-    rows = []
-    for name, s in [*comp.per_task.items(), ("**all**", comp.overall)]:
-        interval = "-" if s.low is None else f"[{s.low:+.2f}, {s.high:+.2f}]"
-        rows.append([name, s.n, _fmt(s.mean), interval, f"{s.wins}/{s.ties}/{s.losses}",
-                     "-" if s.p_wilcoxon is None else f"{s.p_wilcoxon:.3g}"])
+    rows = [[name, *stats_cells(s)] for name, s in [*comp.per_task.items(), ("**all**", comp.overall)]]
     head = f"{comp.a} - {comp.b}: paired test-score differences in points (a positive mean favours {comp.a})\n\n"
-    table = tabulate(rows, headers=["task", "pairs", "mean diff", "95% bootstrap CI", "W/T/L", "Wilcoxon p"],
-                     tablefmt="github", disable_numparse=True)
+    table = tabulate(rows, headers=["task", *STATS_HEADERS], tablefmt="github", disable_numparse=True)
     notes = "\n\n- interval: percentile bootstrap of the mean over the pairs (10,000 resamples, seeded); " \
             "Wilcoxon: two-sided signed-rank over the pairs (undefined for fewer than 2 non-zero differences)."
     if comp.missing:

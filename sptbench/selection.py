@@ -87,6 +87,12 @@ def pending_dir(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / PENDING_DIR / run_id
 
 
+def selection_group(rec: dict) -> tuple:
+    """The group a configuration is tested for under the test-once protocol: its comparison group, split further by
+    the sweep's `select_within` values (`sweep.group`)."""
+    return group_of(rec), (rec.get("sweep") or {}).get("group")
+
+
 def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]) -> dict[tuple, list[dict]]:
     """Groups of `sweep_name`'s runs that have every configuration recorded (`configs`: method -> count, or the
     record's own `sweep.group_configs` where the sweep splits a method's selection by `select_within`) and no tested
@@ -96,7 +102,7 @@ def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]
         sweep = rec.get("sweep") or {}
         if sweep.get("name") != sweep_name or rec.get("status") not in ("ok", "failed"):
             continue
-        latest = groups.setdefault((group_of(rec), sweep.get("group")), {})
+        latest = groups.setdefault(selection_group(rec), {})
         key = record_key(rec) if rec.get("status") == "ok" else ("failed", sweep.get("config_index"))
         if key not in latest or str(rec.get("created", "")) >= str(latest[key].get("created", "")):
             latest[key] = rec

@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -386,15 +386,13 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
 def restrict(sweep: Sweep, tasks: list[str] | None = None, methods: list[str] | None = None) -> Sweep:
     """The part of `sweep` over these of its tasks and methods (None = all), in the file's order: lets processes or
     machines share one sweep file (same name, same records, each tests only its own selection groups)."""
-    import dataclasses
-
     def subset(kind: str, chosen: list[str] | None, available: list[str]) -> list[str]:
         for name in chosen or []:
             if name not in available:
                 raise unknown_choice(f"{kind} of sweep '{sweep.name}'", name, available)
         return [name for name in available if chosen is None or name in chosen]
 
-    return dataclasses.replace(sweep, tasks=subset("task", tasks, sweep.tasks),
+    return replace(sweep, tasks=subset("task", tasks, sweep.tasks),
                                methods=subset("method", methods, sweep.methods))
 
 
@@ -771,9 +769,9 @@ def awaiting_test(sweep: Sweep) -> dict:
         return {}
     root = Path(sweep.results_dir) / TABLE_DIR
     records = read_records([root]) if root.is_dir() else []
-    groups = groups_to_test(records, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
-    # only this (part of the) sweep's groups: another process may be running the rest of the file
-    return {g: recs for g, recs in groups.items() if g[0][0] in sweep.methods and g[0][1] in sweep.tasks}
+    # only this (part of the) sweep's runs: another process may be running the rest of the file (--tasks/--methods)
+    ours = [r for r in records if r["method"]["name"] in sweep.methods and r["task"]["name"] in sweep.tasks]
+    return groups_to_test(ours, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
 
 
 def run_pending_tests(sweep: Sweep) -> int:

@@ -30,7 +30,7 @@ from sptbench.records import (
     setting_name,
     write_text_atomic,
 )
-from sptbench.selection import group_of
+from sptbench.selection import selection_group
 
 FORMATS = ("md", "latex", "csv")
 MISSING = "–"
@@ -183,11 +183,6 @@ def _row_labels(records: list[dict], selected: bool = False) -> tuple[dict[int, 
     return labels, notes
 
 
-def _test_group(rec: dict) -> tuple:
-    """The group one configuration is tested for under the test-once protocol (sptbench/selection.py)."""
-    return group_of(rec), (rec.get("sweep") or {}).get("group")
-
-
 def _selection_notes(records: list[dict]) -> list[str]:
     """Per method whose dev-selected runs differ in method or training options: how often each value won."""
     notes = []
@@ -196,8 +191,7 @@ def _selection_notes(records: list[dict]) -> list[str]:
         by_method[_method_label(rec)].append(rec)
     for name, recs in sorted(by_method.items()):
         won = []
-        for section in ("method", "training"):
-            options = [(rec[section].get("config", {}) if section == "method" else rec[section]) for rec in recs]
+        for options in ([rec["method"]["config"] or {} for rec in recs], [rec["training"] for rec in recs]):
             for key in sorted({k for o in options for k in o}):
                 values = Counter(canonical_json(o.get(key)) for o in options)
                 if len(values) > 1:
@@ -250,8 +244,8 @@ def build_table(
     table.expected_seeds = expected_seeds or max((c.n_seeds for c in table.cells.values()), default=0)
     _finish(table)
     table.notes = _notes(table, ok, failed, replaced, notes)
-    tested_groups = {_test_group(r) for r in ok}
-    lost = sum(_test_group(r) in tested_groups for r in untested)
+    tested_groups = {selection_group(r) for r in ok}
+    lost = sum(selection_group(r) in tested_groups for r in untested)
     if lost:
         table.notes.append(f"{lost} grid point(s) not tested (lost on dev under the test-once protocol)")
     if len(untested) > lost:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterable
+from math import nan
 from pathlib import Path
 
 from sptbench.errors import SptbenchError
@@ -169,6 +170,7 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
     for r in candidates:
         shutil.rmtree(pending_dir(results_dir, r["run_id"]), ignore_errors=True)
     log(f"tested the dev-selected configuration of {winner['method']['name']}/{winner['task']['name']} seed "
-        f"{p['seed']} (config {grid_position(winner):.0f} of {len(candidates)}): "
-        f"test {test.get('score', float('nan')):.4f}")
+        f"{p['seed']}: sweep config {grid_position(winner):.0f}, "
+        f"best dev {winner['metrics']['dev'].get('score', nan):.4f} of {len(candidates)} configurations; "
+        f"test {test.get('score', nan):.4f}")
     return record

@@ -58,8 +58,9 @@ def run_sweep(tmp_path, data_dir, results: str, monkeypatch, shuffle_test: bool 
     return read_records([tmp_path / results]), sizes
 
 
-def test_only_the_dev_selected_configuration_is_tested_once(tmp_path, data_dir, monkeypatch):
+def test_only_the_dev_selected_configuration_is_tested_once(tmp_path, data_dir, monkeypatch, capsys):
     records, sizes = run_sweep(tmp_path, data_dir, "results", monkeypatch)
+    said = capsys.readouterr()
     n_test = records[0]["protocol"]["n_test"]
     assert sizes.count(n_test) == 1  # three configurations trained, one test evaluation
     untested = [r for r in records if r["selection"]["tested"] is False]
@@ -71,6 +72,9 @@ def test_only_the_dev_selected_configuration_is_tested_once(tmp_path, data_dir, 
     assert [c["dev_score"] for c in sel["candidates"]] == [r["metrics"]["dev"]["score"] for r in untested]
     assert tested["metrics"]["dev"] == best["metrics"]["dev"] and tested["metrics"]["test"]["accuracy"] > 0
     assert tested["training"] == best["training"]
+    dev, test = best["metrics"]["dev"]["score"], tested["metrics"]["test"]["score"]
+    assert (f"sweep config {best['sweep']['config_index']}, best dev {dev:.4f} of 3 configurations; "
+            f"test {test:.4f}") in said.out + said.err
     assert not (tmp_path / "results" / "pending").exists() or not any((tmp_path / "results" / "pending").iterdir())
     assert validate_paths([tmp_path / "results"]) == []
     table = build_table(records)

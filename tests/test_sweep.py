@@ -61,7 +61,9 @@ def write(tmp_path: Path, raw: dict, name: str = "sweep.yaml") -> Path:
 
 
 @pytest.mark.parametrize(
-    "name, runs", [("cpu-16shot", 270), ("cpu-1k", 105), ("paper-16shot", 450), ("paper-full", 400)]
+    "name, runs",
+    [("cpu-16shot", 270), ("cpu-1k", 105), ("paper-16shot", 450), ("paper-full", 400), ("cpu-16shot-tuned", 585),
+     ("cpu-1k-tuned", 216), ("mpnet-16shot", 99)],
 )
 def test_ready_sweeps_expand_to_their_counts(name, runs, data_dir):
     sweep = load_sweep(REPO / "sweeps" / f"{name}.yaml", overrides={"data_dir": str(data_dir)})

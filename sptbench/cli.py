@@ -334,12 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one row per run, or per task and method (α averaged over seeds, k/n seeds chosen)")
     p.set_defaults(func=cmd_plot)
 
-    for module in ("sptbench.cli_results", "sptbench.bench", "sptbench.sweep"):
-        try:
-            importlib.import_module(module).register(sub)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+    for module in ("sptbench.cli_results", "sptbench.bench", "sptbench.sweep"):  # part of the package: no fallback
+        importlib.import_module(module).register(sub)
     return parser
 
 

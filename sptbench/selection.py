@@ -120,9 +120,9 @@ def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]
 
 
 def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: str | None, device: str = "auto",
-                  log=print) -> dict:
+                  log=print, quiet: bool = False) -> dict:
     """Pick the dev-best of one group's untested runs, evaluate it on test once, append its tested record; remove
-    the group's saved states. Returns the tested record."""
+    the group's saved states. Returns the tested record. `quiet`: no transformers load report or progress bar."""
     from sptbench.hardware import resolve_device
     from sptbench.metrics import warm_up
     from sptbench.runner import load_trained
@@ -134,7 +134,7 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
     folder = pending_dir(results_dir, winner["run_id"])
     if not (folder / "trained.safetensors").is_file():
         raise SptbenchError(f"the dev-selected run {winner['run_id']} has no saved state in {folder}; re-run it")
-    model, tokenizer = load_trained(folder)
+    model, tokenizer = load_trained(folder, quiet=quiet)
     p = winner["protocol"]
     task = load_task(winner["task"]["name"], data_dir=data_dir, shots=p["shots"], seed=p["seed"],
                      split_source=p["split_source"], train_size=p["train_size"])

@@ -725,8 +725,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     if sweep.launcher == "local":
-        tested = [run_pending_tests(sweep)]  # groups an earlier sitting completed, then each as soon as it is
-        after_each = (lambda: tested.append(run_pending_tests(sweep))) if sweep.test == "selected" else None
+        # groups an earlier sitting completed, then each as soon as it is
+        tested = [run_pending_tests(sweep, quiet=args.quiet)]
+        after_each = None
+        if sweep.test == "selected":
+            def after_each() -> None:
+                tested.append(run_pending_tests(sweep, quiet=args.quiet))
         failures = run_local(p.todo, progress=not args.quiet, after_each=after_each) if p.todo else []
         for spec, why in failures:
             print(f"failed: {_label(spec)}: {why}")
@@ -774,14 +778,15 @@ def awaiting_test(sweep: Sweep) -> dict:
     return groups_to_test(ours, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
 
 
-def run_pending_tests(sweep: Sweep) -> int:
-    """Test each complete group's dev-selected configuration once (test-once protocol); returns how many."""
+def run_pending_tests(sweep: Sweep, quiet: bool = False) -> int:
+    """Test each complete group's dev-selected configuration once (test-once protocol); returns how many. `quiet`:
+    no transformers load report or progress bar (the one-line result is always logged)."""
     from sptbench.selection import test_selected
 
     groups = awaiting_test(sweep)
     for candidates in groups.values():
         test_selected(candidates, results_dir=sweep.results_dir, data_dir=sweep.data_dir, device=sweep.device,
-                      log=lambda msg: print(msg, file=sys.stderr))
+                      log=lambda msg: print(msg, file=sys.stderr), quiet=quiet)
     return len(groups)
 
 

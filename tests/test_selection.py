@@ -59,8 +59,14 @@ def run_sweep(tmp_path, data_dir, results: str, monkeypatch, shuffle_test: bool 
 
 
 def test_only_the_dev_selected_configuration_is_tested_once(tmp_path, data_dir, monkeypatch, capsys):
+    import sptbench.runner as runner_mod
+
+    loads, real_load = [], runner_mod.load_trained
+    monkeypatch.setattr(runner_mod, "load_trained", lambda folder, quiet=False: loads.append(quiet) or
+                        real_load(folder, quiet=quiet))
     records, sizes = run_sweep(tmp_path, data_dir, "results", monkeypatch)
     said = capsys.readouterr()
+    assert loads == [True]  # the winner is loaded once for its test, and --quiet silences transformers' load bar
     n_test = records[0]["protocol"]["n_test"]
     assert sizes.count(n_test) == 1  # three configurations trained, one test evaluation
     untested = [r for r in records if r["selection"]["tested"] is False]

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sptbench import safe_yaml, schema
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
@@ -482,9 +482,19 @@ def _train_samples(training: dict) -> int | None:
     return steps * batch if isinstance(steps, int) and isinstance(batch, int) and steps * batch > 0 else None
 
 
+class _Timing(NamedTuple):
+    """One ok record's times, as the ETA uses them."""
+
+    wall: float
+    eval_s: float
+    samples: int | None  # training examples it was set to see
+    test_s: float  # of eval_s, its test evaluation
+    device: str | None  # `throughput.device`: `cpu (2 threads)` or the GPU's name
+
+
 def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
-    """Recorded (wall_s, eval_s, train samples) of ok runs by (method, task, backbone, setting), (method, task,
-    backbone), (method, backbone): the same method on another backbone says little about this one's time."""
+    """Recorded times of ok runs by (method, task, backbone, setting), (method, task, backbone), (method, backbone):
+    the same method on another backbone says little about this one's time."""
     levels: list[tuple[str, dict]] = [
         ("method/task/backbone/setting", defaultdict(list)),
         ("method/task/backbone", defaultdict(list)),
@@ -496,21 +506,26 @@ def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
             continue
         eval_s = time.get("eval_s") if isinstance(time.get("eval_s"), int | float) else 0.0
         wall = float(time["wall_s"])
-        rate = (rec.get("throughput") or {}).get("eval_samples_per_s")
+        throughput = rec.get("throughput") or {}
+        rate = throughput.get("eval_samples_per_s")
         n_test = (rec.get("protocol") or {}).get("n_test")
         test_s = n_test / rate if isinstance(rate, int | float) and rate > 0 and isinstance(n_test, int) else 0.0
-        entry = (wall, min(float(eval_s), wall), _train_samples(rec.get("training") or {}), min(test_s, eval_s))
+        entry = _Timing(wall, min(float(eval_s), wall), _train_samples(rec.get("training") or {}),
+                        min(test_s, eval_s), throughput.get("device"))
         m, t, b = rec["method"]["name"], rec["task"]["name"], rec["backbone"]["id"]
         for (_, index), key in zip(levels, ((m, t, b, _setting(rec)), (m, t, b), (m, b)), strict=True):
             index[key].append(entry)
     return levels
 
 
-def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = None) -> tuple[float, str]:
+def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = None,
+               device: str | None = None) -> tuple[float, str]:
     """A run's expected wall time: the mean over recorded runs at the most specific level that has one, else the
-    default. Each recorded run's time outside evaluation is scaled by train_samples / its own (a 300-step budget
-    takes about 3x a 100-step one; the SPT search scales with it), its evaluation time is taken as recorded, less
-    its test evaluation for a run that defers its test (`test: selected`)."""
+    default; at that level, only the runs recorded on `device` (a GPU's name, or `cpu (N threads)`: CPU runs in
+    parallel sweep parts take longer per run) where there are any. Each recorded run's time outside evaluation is
+    scaled by train_samples / its own (a 300-step budget takes about 3x a 100-step one; the SPT search scales with
+    it), its evaluation time is taken as recorded, less its test evaluation for a run that defers its test
+    (`test: selected`)."""
     keys = (
         (spec.method, spec.task, spec.model, setting_name(spec.shots, spec.train_size)),
         (spec.method, spec.task, spec.model),
@@ -519,16 +534,18 @@ def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = 
 
     skip_test = getattr(spec, "defer_test", False)
 
-    def scaled(wall: float, eval_s: float, samples: int | None, test_s: float) -> float:
-        if skip_test:
-            wall, eval_s = wall - test_s, eval_s - test_s
-        if train_samples is None or samples is None:
+    def scaled(t: _Timing) -> float:
+        wall, eval_s = (t.wall - t.test_s, t.eval_s - t.test_s) if skip_test else (t.wall, t.eval_s)
+        if train_samples is None or t.samples is None:
             return wall
-        return eval_s + (wall - eval_s) * train_samples / samples
+        return eval_s + (wall - eval_s) * train_samples / t.samples
 
     for (rule, level), key in zip(index, keys, strict=True):
         if level.get(key):
-            return statistics.mean(scaled(*entry) for entry in level[key]), rule
+            here = [t for t in level[key] if t.device == device]
+            if device is not None and not here:
+                rule += " (other devices)"
+            return statistics.mean(scaled(t) for t in here or level[key]), rule
     return DEFAULT_RUN_S, "default"
 
 
@@ -540,6 +557,19 @@ def _pooling_matches(spec, rec: dict) -> bool:
 def _device_matches(spec, rec: dict) -> bool:
     """`auto` accepts a run on any device; an explicit device must be the recorded one."""
     return spec.device == "auto" or rec["training"].get("device") == spec.device
+
+
+def _device_here(sweep: Sweep) -> str | None:
+    """The `throughput.device` the sweep's runs will record when they run in this process (local launcher); None
+    for Slurm, whose nodes are not this machine, and for a device this machine lacks (preflight says so)."""
+    if sweep.launcher != "local":
+        return None
+    from sptbench.hardware import device_label, resolve_device
+
+    try:
+        return device_label(resolve_device(sweep.device))
+    except SptbenchError:
+        return None
 
 
 def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool = False) -> Plan:
@@ -562,9 +592,10 @@ def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool 
         else:
             todo.append(spec)
     index = _wall_index(records)
+    here = _device_here(sweep)
     eta, rules = 0.0, Counter()
     for spec in todo:
-        seconds, rule = estimate_s(spec, index, _spec_train_samples(spec))
+        seconds, rule = estimate_s(spec, index, _spec_train_samples(spec), here)
         eta += seconds
         rules[rule] += 1
     return Plan(runs=runs, done=done, failed=failed, todo=todo, eta_s=eta, eta_rules=rules)

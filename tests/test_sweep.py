@@ -179,12 +179,22 @@ def test_resume_skips_recorded_runs_and_a_changed_budget_reruns(tmp_path, data_d
     assert p.eta_s == 0
     # a different budget is a different experiment; recorded times drive the ETA, the part outside evaluation
     # scaled by the training examples the new budget sees (3x the steps at the same batch size)
-    changed = plan(parse_sweep(tiny_sweep(tmp_path, data_dir, train={**FAST, "max_steps": 3 * FAST["max_steps"]})))
+    changed_sweep = parse_sweep(tiny_sweep(tmp_path, data_dir, train={**FAST, "max_steps": 3 * FAST["max_steps"]}))
+    changed = plan(changed_sweep)
     assert (len(changed.done), len(changed.todo)) == (0, 2)
     assert changed.eta_rules == {"method/task/backbone/setting": 2}
     expected = [r["time"]["eval_s"] + 3 * (r["time"]["wall_s"] - r["time"]["eval_s"]) for r in records]
     assert changed.eta_s == pytest.approx(sum(expected))
     assert changed.eta_s > sum(r["time"]["wall_s"] for r in records)
+    # runs recorded on another device (a GPU, or the CPU at another thread count, as in parallel sweep parts) are
+    # used only where none were recorded on the device these runs will use
+    elsewhere = [{**r, "throughput": {**r["throughput"], "device": "cpu (99 threads)"},
+                  "time": {**r["time"], "wall_s": 10 * r["time"]["wall_s"]}} for r in records]
+    both = plan(changed_sweep, records + elsewhere)
+    assert both.eta_s == pytest.approx(changed.eta_s) and both.eta_rules == changed.eta_rules
+    other = plan(changed_sweep, elsewhere)
+    assert other.eta_rules == {"method/task/backbone/setting (other devices)": 2}
+    assert other.eta_s > 5 * changed.eta_s
     # an explicit device must match the recorded one
     assert len(plan(parse_sweep(tiny_sweep(tmp_path, data_dir, device="cuda"))).todo) == 2
 

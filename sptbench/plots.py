@@ -191,8 +191,9 @@ def plot_layers(records: Iterable[dict], out_png: str | Path) -> Path:
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    axes[0][-1].legend(list(legend.values()), list(legend), fontsize=7, loc="lower right")
-    fig.tight_layout()
+    # below the panels: inside one, it covered that panel's markers
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="lower center", ncol=len(legend), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
     plt.close(fig)

@@ -272,19 +272,10 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
         config = AutoConfig.from_pretrained(source, **kwargs)
         attn = family_for(config).attn_implementation  # fails early, before downloading weights
         if lm:  # the LM head must come from the checkpoint: a freshly initialised one is an error, not a warning
-            from transformers.utils import logging as hf_logging
-
-            verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-            hf_logging.set_verbosity_error()  # its load report would print the missing keys we report in one line
-            hf_logging.disable_progress_bar()
-            try:
+            with quiet_loading(True):  # its load report would print the missing keys we report in one line
                 backbone, loading = _auto_class(config, lm).from_pretrained(
                     source, config=config, attn_implementation=attn, output_loading_info=True, **kwargs
                 )
-            finally:
-                hf_logging.set_verbosity(verbosity)
-                if bar:
-                    hf_logging.enable_progress_bar()
             _missing_lm_head(name, backbone, set(loading.get("missing_keys", ())))
         else:
             backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn, **kwargs)

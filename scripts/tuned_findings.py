@@ -35,7 +35,7 @@ def comparisons(middle: int) -> list[tuple[str, str, str]]:
 
 
 def summary(records: list[dict], tasks: list[str] | None, middle: int) -> str:
-    rows, skipped = [], []
+    rows, skipped, partial = [], [], []
     for a, b, label in comparisons(middle):
         try:
             comp = compare(records, parse_side(a), parse_side(b), tasks=tasks, select=True)
@@ -44,6 +44,7 @@ def summary(records: list[dict], tasks: list[str] | None, middle: int) -> str:
             continue
         per_task = ", ".join(f"{t} {st.mean:+.1f}" for t, st in comp.per_task.items() if st.mean is not None)
         rows.append([f"{a} - {label}", *stats_cells(comp.overall), per_task])
+        partial += [f"- {a} - {label}: {note}" for note in comp.partial]
     if not rows:
         raise SptbenchError("no comparison has records on both sides")
     table = tabulate(rows, headers=["comparison", *STATS_HEADERS, "per task (mean diff)"], tablefmt="github",
@@ -53,7 +54,7 @@ def summary(records: list[dict], tasks: list[str] | None, middle: int) -> str:
         "favours the first); each side dev-selected per (task, seed) (`sptbench compare A B --select-by-dev`); "
         "interval: percentile bootstrap of the mean (10,000 resamples, seeded); Wilcoxon: two-sided signed-rank.",
     ]
-    notes += [f"- left out: {s}" for s in skipped]
+    notes += [f"- left out: {s}" for s in skipped] + partial
     return table + "\n\n" + "\n".join(notes) + "\n"
 
 

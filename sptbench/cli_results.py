@@ -30,10 +30,11 @@ def cmd_table(args: argparse.Namespace) -> int:
     """Render a results table to stdout, a file, or a README block."""
     _check_output(args)
     records = read_records(_paths(args))
+    sizes = None
     if args.select_by_dev:  # hyper-parameter grids: per method/task/seed/setting, the config best on dev only
-        from sptbench.selection import select_by_dev
+        from sptbench.selection import grid_sizes, select_by_dev
 
-        records = select_by_dev(records)
+        records, sizes = select_by_dev(records), grid_sizes(records)
     table = build_table(
         records,
         backbone=args.backbone,
@@ -44,6 +45,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         methods=_names(args.methods),
         expected_seeds=args.expected_seeds,
         selected=args.select_by_dev,
+        grid_sizes=sizes,
     )
     text = render(table, args.format)
     if args.format == "csv":  # CSV carries numbers only; the notes still reach the user

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sptbench.errors import SptbenchError
 from sptbench.records import canonical_json, record_key, require_valid, setting_name, without
+from sptbench.selection import partial_grid_notes
 from sptbench.tables import cell_metric, latest_per_key
 
 BOOTSTRAP_RESAMPLES = 10_000
@@ -104,17 +105,20 @@ class Comparison:
     per_task: dict[str, Stats]
     overall: Stats
     missing: list[str]  # cells only one side has
+    partial: list[str] = field(default_factory=list)  # sides whose dev selection ran over grids not fully recorded
 
 
-def _cells(records: list[dict], side: Side, select: bool) -> dict[tuple, dict]:
+def _cells(records: list[dict], side: Side, select: bool) -> tuple[dict[tuple, dict], dict[tuple, tuple[int, int]]]:
     """(task, setting, backbone, seed) -> the side's record there (latest of a configuration; dev-best of several
-    configurations when `select`)."""
-    ok = [r for r in records if r.get("status") == "ok" and side.matches(r)
-          and (r.get("selection") or {}).get("tested") is not False]  # grid points that lost on dev: no test
+    configurations when `select`), and with `select` `selection.grid_sizes` of the side's records."""
+    mine = [r for r in records if r.get("status") == "ok" and side.matches(r)]
+    ok = [r for r in mine if (r.get("selection") or {}).get("tested") is not False]  # lost on dev: no test
+    sizes: dict[tuple, tuple[int, int]] = {}
     if select:
-        from sptbench.selection import select_by_dev
+        from sptbench.selection import grid_sizes, select_by_dev
 
         ok = [r for r in select_by_dev(ok) if r.get("status") == "ok"]
+        sizes = grid_sizes(mine, declared=not side.where)  # a config filter narrows the grid on purpose
     cells: dict[tuple, list[dict]] = {}
     for rec in latest_per_key(ok)[0]:
         p = rec["protocol"]
@@ -128,14 +132,14 @@ def _cells(records: list[dict], side: Side, select: bool) -> dict[tuple, dict]:
                 f"(e.g. {side.method}:key=value) or pick the dev-best one with --select-by-dev"
             )
         out[cell] = recs[0]
-    return out
+    return out, sizes
 
 
 def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | None = None,
             select: bool = False) -> Comparison:
     """Pair `a` and `b` over the cells both have (optionally only `tasks`)."""
     records = require_valid(records)
-    cells_a, cells_b = _cells(records, a, select), _cells(records, b, select)
+    (cells_a, sizes_a), (cells_b, sizes_b) = _cells(records, a, select), _cells(records, b, select)
     if tasks is not None:
         cells_a = {c: r for c, r in cells_a.items() if c[0] in tasks}
         cells_b = {c: r for c, r in cells_b.items() if c[0] in tasks}
@@ -152,7 +156,9 @@ def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | Non
     missing = [f"{c[0]} {c[1]} seed {c[3]}" for c in one_sided]
     per_task = {task: paired_stats(d) for task, d in sorted(diffs.items())}
     overall = paired_stats([d for task in sorted(diffs) for d in diffs[task]])
-    return Comparison(a.label, b.label, per_task, overall, missing)
+    partial = [note for side, cells, sizes in ((a, cells_a, sizes_a), (b, cells_b, sizes_b))
+               for note in partial_grid_notes([cells[c] for c in common], sizes, lambda _, s=side: s.label)]
+    return Comparison(a.label, b.label, per_task, overall, missing, partial)
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
@@ -178,6 +184,7 @@ def render(comp: Comparison) -> str:
     table = tabulate(rows, headers=["task", *STATS_HEADERS], tablefmt="github", disable_numparse=True)
     notes = "\n\n- interval: percentile bootstrap of the mean over the pairs (10,000 resamples, seeded); " \
             "Wilcoxon: two-sided signed-rank over the pairs (undefined for fewer than 2 non-zero differences)."
+    notes += "".join(f"\n- {note}" for note in comp.partial)
     if comp.missing:
         notes += f"\n- cells only one side has (left out): {', '.join(comp.missing[:8])}" + \
                  (f" and {len(comp.missing) - 8} more" if len(comp.missing) > 8 else "")

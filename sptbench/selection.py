@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from math import nan
 from pathlib import Path
 
@@ -57,13 +58,9 @@ def is_untested(rec: dict) -> bool:
     return (rec.get("selection") or {}).get("tested") is False
 
 
-def select_by_dev(records: Iterable[dict]) -> list[dict]:
-    """Per method, task, seed and setting (backbone, head, shots/train size, split source), keep the ok run of the
-    configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
-    (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
-    record, as in tables; a tested record of the test-once protocol is later than its untested one). Failed records
-    pass through unchanged (tables count them); the input order is kept."""
-    records = require_valid(records)
+def _dev_best(records: list[dict]) -> tuple[dict[tuple, int], Counter, Counter]:
+    """Per selection group (`group_of`): the index of its dev-best ok record, how many configurations it has, and
+    how many its sweep declared (`sweep.group_configs` or `sweep.configs` of its records; 0 outside sweeps)."""
     latest: dict[tuple, tuple[str, int]] = {}
     for i, rec in enumerate(records):
         if rec.get("status") != "ok":
@@ -72,16 +69,59 @@ def select_by_dev(records: Iterable[dict]) -> list[dict]:
         if key not in latest or (str(rec.get("created", "")), i) >= (latest[key][0], latest[key][1]):
             latest[key] = (str(rec.get("created", "")), i)
     best: dict[tuple, tuple[tuple, int]] = {}
+    sizes: Counter = Counter()
+    declared: Counter = Counter()
     for created, i in latest.values():
         rec = records[i]
         score = (rec.get("metrics") or {}).get("dev", {}).get("score")
         score = float(score) if isinstance(score, int | float) else float("-inf")
         rank = (-score, grid_position(rec), created, i)  # smaller is better
         group = group_of(rec)
+        sizes[group] += 1
+        grid = rec.get("sweep") or {}
+        n = grid.get("group_configs") or grid.get("configs")
+        if isinstance(n, int) and not isinstance(n, bool):
+            declared[group] = max(declared[group], n)
         if group not in best or rank < best[group][0]:
             best[group] = (rank, i)
-    keep = {i for _, i in best.values()}
+    return {group: i for group, (_, i) in best.items()}, sizes, declared
+
+
+def select_by_dev(records: Iterable[dict]) -> list[dict]:
+    """Per method, task, seed and setting (backbone, head, shots/train size, split source), keep the ok run of the
+    configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
+    (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
+    record, as in tables; a tested record of the test-once protocol is later than its untested one). Failed records
+    pass through unchanged (tables count them); the input order is kept."""
+    records = require_valid(records)
+    keep = set(_dev_best(records)[0].values())
     return [rec for i, rec in enumerate(records) if i in keep or rec.get("status") != "ok"]
+
+
+def grid_sizes(records: Iterable[dict], *, declared: bool = True) -> dict[tuple, tuple[int, int]]:
+    """Per selection group (`group_of`) of `records`: how many configurations are recorded, and how many its sweep
+    declared (0 outside sweeps, or when not `declared`: records already narrowed to part of their grid)."""
+    _, sizes, grids = _dev_best(require_valid(records))
+    return {group: (n, grids[group] if declared else 0) for group, n in sizes.items()}
+
+
+def partial_grid_notes(winners: Iterable[dict], sizes: dict[tuple, tuple[int, int]],
+                       label: Callable[[dict], str] = lambda rec: rec["method"]["name"]) -> list[str]:
+    """One line per method (`label`) some of whose dev-selected runs were chosen over a grid not fully recorded yet
+    (a sweep in progress): fewer configurations than their sweep declared, or than another group of the method
+    has. Those winners may still change."""
+    per_method: dict[str, list[tuple[int, int]]] = {}
+    for rec in winners:
+        if group_of(rec) in sizes:
+            per_method.setdefault(label(rec), []).append(sizes[group_of(rec)])
+    notes = []
+    for name, pairs in sorted(per_method.items()):
+        full = max(max(n for n, _ in pairs), max(d for _, d in pairs))
+        short = [n for n, d in pairs if n < full]
+        if short:
+            notes.append(f"{name}: {len(short)} of {len(pairs)} dev selections ran over an incomplete grid (as few "
+                         f"as {min(short)} of {full} configurations recorded): those winners may still change")
+    return notes
 
 
 def pending_dir(results_dir: str | Path, run_id: str) -> Path:

@@ -30,7 +30,7 @@ from sptbench.records import (
     setting_name,
     write_text_atomic,
 )
-from sptbench.selection import selection_group
+from sptbench.selection import partial_grid_notes, selection_group
 
 FORMATS = ("md", "latex", "csv")
 MISSING = "–"
@@ -217,9 +217,11 @@ def build_table(
     expected_seeds: int | None = None,
     setting: str | None = None,
     selected: bool = False,
+    grid_sizes: dict[tuple, tuple[int, int]] | None = None,
 ) -> TableData:
     """Aggregate records of one backbone and one data regime into a methods x tasks table (see docs/records.md).
-    `selected`: the records are `selection.select_by_dev`'s (one row per method whatever config won)."""
+    `selected`: the records are `selection.select_by_dev`'s (one row per method whatever config won);
+    `grid_sizes`: `selection.grid_sizes` of its input, for a note on grids not fully recorded yet."""
     if shots is not None or train_size is not None:
         setting = setting_name(shots, train_size)
     chosen = _filter(require_valid(records), backbone, setting)
@@ -237,6 +239,8 @@ def build_table(
     if not ok:
         raise SptbenchError(f"no successful tested runs match ({len(failed)} failed, {len(untested)} untested)")
     labels, notes = _row_labels(ok, selected)
+    if grid_sizes:
+        notes += partial_grid_notes(ok, grid_sizes, _method_label)
     table = _aggregate(ok, labels, the_backbone, the_setting, tasks, methods)
     table.n_failed = len(failed)
     if expected_seeds is not None and (not isinstance(expected_seeds, int) or expected_seeds < 1):

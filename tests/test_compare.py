@@ -88,3 +88,35 @@ def test_cli_compare(tmp_path, capsys):
     assert capsys.readouterr().out == "" and "old" not in text and out.strip() in text and text.endswith("end\n")
     assert main(["compare", "spt", "lpt", str(table), "--readme", str(readme)]) == 2
     assert "--readme and --block go together" in capsys.readouterr().err
+
+
+def test_selection_over_a_grid_not_fully_recorded_is_flagged(tmp_path, capsys):
+    """A sweep in progress: seed 13 has all three LPT layers of its sweep's grid, seed 21 only one. Table and
+    compare still select on dev, and say which selections may change; a complete grid, or a config filter that
+    narrows the grid on purpose, says nothing."""
+    rng = random.Random(random.randrange(10**6))
+    records = []
+    for seed, layers in ((13, (1, 3, 5)), (21, (1,))):
+        records.append(rec("spt", "sst2", seed, round(rng.uniform(0.5, 0.9), 4)))
+        for index, layer in enumerate(layers):
+            r = rec("lpt", "sst2", seed, round(rng.uniform(0.5, 0.9), 4), dev=round(rng.uniform(0.5, 0.9), 4),
+                    layer=layer)
+            r["sweep"] = {"name": "grid", "config_index": index, "configs": 3}
+            records.append(r)
+    table = tmp_path / "t.yaml"
+    for r in records:
+        append_record(table, r)
+    note = "lpt: 1 of 2 dev selections ran over an incomplete grid (as few as 1 of 3 configurations recorded)"
+    assert note in compare(records, parse_side("spt"), parse_side("lpt"), select=True).partial[0]
+    assert compare(records, parse_side("spt"), parse_side("lpt:layer=1"), select=True).partial == []
+    assert main(["table", str(table), "--select-by-dev"]) == 0
+    assert note in capsys.readouterr().out
+    assert main(["compare", "spt", "lpt", str(table), "--select-by-dev"]) == 0
+    assert note in capsys.readouterr().out
+    complete = [r for r in records if r["protocol"]["seed"] == 13]
+    assert compare(complete, parse_side("spt"), parse_side("lpt"), select=True).partial == []
+    complete_table = tmp_path / "complete.yaml"
+    for r in complete:
+        append_record(complete_table, r)
+    assert main(["table", str(complete_table), "--select-by-dev"]) == 0
+    assert "incomplete grid" not in capsys.readouterr().out

@@ -112,8 +112,8 @@ def partial_grid_notes(winners: Iterable[dict], sizes: dict[tuple, tuple[int, in
     has. Those winners may still change."""
     per_method: dict[str, list[tuple[int, int]]] = {}
     for rec in winners:
-        if group_of(rec) in sizes:
-            per_method.setdefault(label(rec), []).append(sizes[group_of(rec)])
+        if (size := sizes.get(group_of(rec))) is not None:
+            per_method.setdefault(label(rec), []).append(size)
     notes = []
     for name, pairs in sorted(per_method.items()):
         full = max(max(n for n, _ in pairs), max(d for _, d in pairs))

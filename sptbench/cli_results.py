@@ -32,9 +32,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     records = read_records(_paths(args))
     sizes = None
     if args.select_by_dev:  # hyper-parameter grids: per method/task/seed/setting, the config best on dev only
-        from sptbench.selection import grid_sizes, select_by_dev
+        from sptbench.selection import dev_selection
 
-        records, sizes = select_by_dev(records), grid_sizes(records)
+        records, sizes = dev_selection(records)
     table = build_table(
         records,
         backbone=args.backbone,

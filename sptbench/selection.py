@@ -87,22 +87,28 @@ def _dev_best(records: list[dict]) -> tuple[dict[tuple, int], Counter, Counter]:
     return {group: i for group, (_, i) in best.items()}, sizes, declared
 
 
+def dev_selection(records: Iterable[dict], *, declared: bool = True) -> tuple[list[dict], dict[tuple, tuple[int, int]]]:
+    """`select_by_dev` and `grid_sizes` of the same records, in one pass over them."""
+    records = require_valid(records)
+    best, sizes, grids = _dev_best(records)
+    keep = set(best.values())
+    winners = [rec for i, rec in enumerate(records) if i in keep or rec.get("status") != "ok"]
+    return winners, {group: (n, grids[group] if declared else 0) for group, n in sizes.items()}
+
+
 def select_by_dev(records: Iterable[dict]) -> list[dict]:
     """Per method, task, seed and setting (backbone, head, shots/train size, split source), keep the ok run of the
     configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
     (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
     record, as in tables; a tested record of the test-once protocol is later than its untested one). Failed records
     pass through unchanged (tables count them); the input order is kept."""
-    records = require_valid(records)
-    keep = set(_dev_best(records)[0].values())
-    return [rec for i, rec in enumerate(records) if i in keep or rec.get("status") != "ok"]
+    return dev_selection(records)[0]
 
 
 def grid_sizes(records: Iterable[dict], *, declared: bool = True) -> dict[tuple, tuple[int, int]]:
     """Per selection group (`group_of`) of `records`: how many configurations are recorded, and how many its sweep
     declared (0 outside sweeps, or when not `declared`: records already narrowed to part of their grid)."""
-    _, sizes, grids = _dev_best(require_valid(records))
-    return {group: (n, grids[group] if declared else 0) for group, n in sizes.items()}
+    return dev_selection(records, declared=declared)[1]
 
 
 def partial_grid_notes(winners: Iterable[dict], sizes: dict[tuple, tuple[int, int]],

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sptbench.errors import SptbenchError
-from sptbench.records import canonical_json, record_key, require_valid, setting_name, without
+from sptbench.records import canonical_json, latest_per_key, record_key, require_valid, setting_name, without
 from sptbench.selection import partial_grid_notes
-from sptbench.tables import cell_metric, latest_per_key
+from sptbench.tables import cell_metric
 
 BOOTSTRAP_RESAMPLES = 10_000
 

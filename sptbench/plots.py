@@ -35,7 +35,7 @@ def _row_key(record: dict) -> tuple:
 def _searches(records: Iterable[dict]) -> list[dict]:
     """The ok runs with learned gates (`extra.alpha`), each once: the tested record of the test-once protocol
     repeats its untested one (same key) and a rerun replaces the run (tables' keep-the-latest)."""
-    from sptbench.tables import latest_per_key
+    from sptbench.records import latest_per_key
 
     return latest_per_key([r for r in records if r.get("status") == "ok" and (r.get("extra") or {}).get("alpha")])[0]
 
@@ -125,7 +125,8 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
 def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict[int, list[float]]]:
     """task -> prompt layer -> test scores (%) of the tested `method` runs with that layer (one per seed: the latest
     tested record of each configuration; untested grid points of the test-once protocol are left out)."""
-    from sptbench.tables import cell_metric, latest_per_key
+    from sptbench.records import latest_per_key
+    from sptbench.tables import cell_metric
 
     tested = [rec for rec in records if rec.get("status") == "ok" and rec["method"]["name"] == method
               and (rec.get("selection") or {}).get("tested") is not False]

@@ -25,6 +25,7 @@ from sptbench.records import (
     append_record,
     canonical_json,
     head_of,
+    latest_per_key,
     new_run_id,
     now_iso,
     record_key,
@@ -58,24 +59,17 @@ def is_untested(rec: dict) -> bool:
     return (rec.get("selection") or {}).get("tested") is False
 
 
-def _dev_best(records: list[dict]) -> tuple[dict[tuple, int], Counter, Counter]:
-    """Per selection group (`group_of`): the index of its dev-best ok record, how many configurations it has, and
-    how many its sweep declared (`sweep.group_configs` or `sweep.configs` of its records; 0 outside sweeps)."""
-    latest: dict[tuple, tuple[str, int]] = {}
-    for i, rec in enumerate(records):
-        if rec.get("status") != "ok":
-            continue
-        key = record_key(rec)
-        if key not in latest or (str(rec.get("created", "")), i) >= (latest[key][0], latest[key][1]):
-            latest[key] = (str(rec.get("created", "")), i)
-    best: dict[tuple, tuple[tuple, int]] = {}
+def _dev_best(records: list[dict]) -> tuple[dict[tuple, dict], Counter, Counter]:
+    """Per selection group (`group_of`): its dev-best ok record (the latest of each configuration), how many
+    configurations it has, and how many its sweep declared (`sweep.group_configs` or `sweep.configs` of its records;
+    0 outside sweeps)."""
+    best: dict[tuple, tuple[tuple, dict]] = {}
     sizes: Counter = Counter()
     declared: Counter = Counter()
-    for created, i in latest.values():
-        rec = records[i]
+    for position, rec in enumerate(latest_per_key([r for r in records if r.get("status") == "ok"])[0]):
         score = (rec.get("metrics") or {}).get("dev", {}).get("score")
         score = float(score) if isinstance(score, int | float) else float("-inf")
-        rank = (-score, grid_position(rec), created, i)  # smaller is better
+        rank = (-score, grid_position(rec), str(rec.get("created", "")), position)  # smaller is better
         group = group_of(rec)
         sizes[group] += 1
         grid = rec.get("sweep") or {}
@@ -83,16 +77,16 @@ def _dev_best(records: list[dict]) -> tuple[dict[tuple, int], Counter, Counter]:
         if isinstance(n, int) and not isinstance(n, bool):
             declared[group] = max(declared[group], n)
         if group not in best or rank < best[group][0]:
-            best[group] = (rank, i)
-    return {group: i for group, (_, i) in best.items()}, sizes, declared
+            best[group] = (rank, rec)
+    return {group: rec for group, (_, rec) in best.items()}, sizes, declared
 
 
 def dev_selection(records: Iterable[dict], *, declared: bool = True) -> tuple[list[dict], dict[tuple, tuple[int, int]]]:
     """`select_by_dev` and `grid_sizes` of the same records, in one pass over them."""
     records = require_valid(records)
     best, sizes, grids = _dev_best(records)
-    keep = set(best.values())
-    winners = [rec for i, rec in enumerate(records) if i in keep or rec.get("status") != "ok"]
+    keep = {id(rec) for rec in best.values()}
+    winners = [rec for rec in records if id(rec) in keep or rec.get("status") != "ok"]
     return winners, {group: (n, grids[group] if declared else 0) for group, n in sizes.items()}
 
 

@@ -23,6 +23,7 @@ from sptbench.records import (
     canonical_json,
     head_of,
     key_hash,
+    latest_per_key,
     record_key,
     require_valid,
     safe_backbone_name,
@@ -135,22 +136,6 @@ def _restrict(records: list[dict], names: Sequence[str] | None, kind: str, name_
         if name not in available:
             raise unknown_choice(kind, name, available)
     return [r for r in records if name_of(r) in names]
-
-
-def latest_per_key(records: list[dict]) -> tuple[list[dict], list[str]]:
-    """One record per key, the latest by `created` (later in input order on a tie), and the run ids replaced."""
-    latest: dict[tuple, tuple[str, int, dict]] = {}
-    replaced = []
-    for i, rec in enumerate(records):
-        key = record_key(rec)
-        candidate = (str(rec.get("created", "")), i, rec)
-        if key in latest:
-            older, newer = sorted([latest[key], candidate], key=lambda c: c[:2])
-            replaced.append(older[2]["run_id"])
-            candidate = newer
-        latest[key] = candidate
-    kept = [c[2] for c in sorted(latest.values(), key=lambda c: c[1])]
-    return kept, replaced
 
 
 def _method_label(rec: dict) -> str:

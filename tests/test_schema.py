@@ -9,9 +9,8 @@ import json
 import pytest
 
 from sptbench import schema
-from sptbench.records import record_key
+from sptbench.records import latest_per_key, record_key
 from sptbench.schema import KEY_FIELDS, RunSpec, TrainConfig
-from sptbench.tables import latest_per_key
 from tests.helpers import make_record
 
 # For every RunSpec field in the key: (the base spec's other fields, value a, value b). A new key field without an

@@ -114,22 +114,6 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]
 # ---------------------------------------------------------------------------------------------------- naming
 
 
-def latest_per_key(records: list[dict]) -> tuple[list[dict], list[str]]:
-    """One record per key, the latest by `created` (later in input order on a tie), and the run ids replaced."""
-    latest: dict[tuple, tuple[str, int, dict]] = {}
-    replaced = []
-    for i, rec in enumerate(records):
-        key = record_key(rec)
-        candidate = (str(rec.get("created", "")), i, rec)
-        if key in latest:
-            older, newer = sorted([latest[key], candidate], key=lambda c: c[:2])
-            replaced.append(older[2]["run_id"])
-            candidate = newer
-        latest[key] = candidate
-    kept = [c[2] for c in sorted(latest.values(), key=lambda c: c[1])]
-    return kept, replaced
-
-
 def new_run_id() -> str:
     """A unique, sortable run id: UTC time to the second plus 6 random hex digits (e.g. 20261127T062501-ab12cd)."""
     return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
@@ -594,6 +578,22 @@ def key_label(key: tuple) -> str:
 def key_hash(key: tuple) -> str:
     """Six hex digits that tell apart keys with the same label (they differ in a config or fingerprint)."""
     return hashlib.sha256(canonical_json(list(key)).encode()).hexdigest()[:6]
+
+
+def latest_per_key(records: list[dict]) -> tuple[list[dict], list[str]]:
+    """One record per key, the latest by `created` (later in input order on a tie), and the run ids replaced."""
+    latest: dict[tuple, tuple[str, int, dict]] = {}
+    replaced = []
+    for i, rec in enumerate(records):
+        key = record_key(rec)
+        candidate = (str(rec.get("created", "")), i, rec)
+        if key in latest:
+            older, newer = sorted([latest[key], candidate], key=lambda c: c[:2])
+            replaced.append(older[2]["run_id"])
+            candidate = newer
+        latest[key] = candidate
+    kept = [c[2] for c in sorted(latest.values(), key=lambda c: c[1])]
+    return kept, replaced
 
 
 # ---------------------------------------------------------------------------------------------------- writing

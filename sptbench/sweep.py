@@ -15,13 +15,15 @@ import re
 import statistics
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sptbench import safe_yaml, schema
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
+from sptbench.claims import claim, claim_name, claims_dir
 from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.records import TABLE_DIR, canonical_json, read_records, record_key, setting_name
 
@@ -470,6 +472,7 @@ class Plan:
     todo: list
     eta_s: float
     eta_rules: Counter  # how many of `todo` were estimated by each rule
+    seen: frozenset[str] = frozenset()  # the run ids recorded when planned (what another process adds is new)
 
 
 def _setting(rec: dict) -> str:
@@ -598,7 +601,8 @@ def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool 
         seconds, rule = estimate_s(spec, index, _spec_train_samples(spec), here)
         eta += seconds
         rules[rule] += 1
-    return Plan(runs=runs, done=done, failed=failed, todo=todo, eta_s=eta, eta_rules=rules)
+    return Plan(runs=runs, done=done, failed=failed, todo=todo, eta_s=eta, eta_rules=rules,
+                seen=frozenset(r["run_id"] for r in records))
 
 
 def format_duration(seconds: float) -> str:
@@ -669,33 +673,74 @@ def preflight(sweep: Sweep, specs: list) -> None:
             raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None
 
 
-def run_local(specs: list, *, progress: bool = True, after_each=None) -> list[tuple[Any, str]]:
+def _recorded_since(spec, seen: frozenset[str]) -> bool:
+    """A record of `spec` (ok or failed) that was not there when the sweep was planned: another process ran it."""
+    from sptbench.records import read_table, table_path
+
+    path = table_path(spec.results_dir, spec.model, setting_name(spec.shots, spec.train_size))
+    if not path.is_file():
+        return False
+    key = spec_key(spec)
+    return any(r["run_id"] not in seen and record_plan_key(r) == key and _device_matches(spec, r)
+               and _pooling_matches(spec, r) for r in read_table(path))
+
+
+@contextmanager
+def _claimed(spec, seen: frozenset[str] | None) -> Iterator[str | None]:
+    """Claim `spec` for this process (sptbench/claims.py); yields why it is not ours to run, or None. `seen`: the
+    run ids at planning time (None: no claims, run everything given)."""
+    if seen is None:
+        yield None
+        return
+    with claim(claims_dir(spec.results_dir), claim_name("run", canonical_json(list(spec_key(spec))))) as mine:
+        if not mine:
+            yield "another sweep process is running it"
+        elif _recorded_since(spec, seen):
+            yield "another sweep process recorded it meanwhile"
+        else:
+            yield None
+
+
+def run_local(specs: list, *, progress: bool = True, after_each=None,
+              seen: frozenset[str] | None = None) -> tuple[list[tuple[Any, str]], list]:
     """Run one after another in this process; a failed run is reported (and, when it failed while training,
     recorded as failed) and the sweep goes on. `after_each()` runs after every run (the test-once protocol tests the
-    groups that run completed). Returns the failures."""
+    groups that run completed). With `seen` (the run ids recorded when planned), runs are claimed first, so other
+    processes given the same runs share them: a run another one holds, or has recorded since, is skipped. Returns
+    the failures (spec, why) and the skipped specs."""
     from tqdm.auto import tqdm
 
     from sptbench.runner import run
 
-    failures = []
+    failures, skipped = [], []
     bar = tqdm(specs, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
     for i, spec in enumerate(bar, 1):
         bar.set_postfix_str(_label(spec))
-        try:
-            rec = run(spec).record
-        except Exception as e:  # one run's failure (a user error or a bug) must not cost the rest of the sweep
-            why = str(e) if isinstance(e, SptbenchError) else f"{type(e).__name__}: {e}"
-            failures.append((spec, why))
-            tqdm.write(f"[{i}/{len(specs)}] failed: {_label(spec)}: {why}", file=sys.stderr)
-        else:
-            # one line per run, also with --quiet: a long sweep's log says what finished, when, and how it scored
-            test, dev = rec["metrics"]["test"], rec["metrics"]["dev"]
-            score = f"test {test['score']:.4f}" if "score" in test else f"dev {dev.get('score', float('nan')):.4f}"
-            tqdm.write(f"[{i}/{len(specs)}] {_label(spec)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
-        if after_each is not None:
+        with _claimed(spec, seen) as taken:
+            if taken is None:
+                _run_one(spec, i, len(specs), failures, run, tqdm)
+        if taken is not None:
+            skipped.append(spec)
+            tqdm.write(f"[{i}/{len(specs)}] skipped: {_label(spec)}: {taken}", file=sys.stderr)
+        elif after_each is not None:
             after_each()
     bar.close()
-    return failures
+    return failures, skipped
+
+
+def _run_one(spec, i: int, n: int, failures: list, run, tqdm) -> None:
+    """One run of `run_local`, its one-line result logged (also with --quiet), a failure appended to `failures`."""
+    try:
+        rec = run(spec).record
+    except Exception as e:  # one run's failure (a user error or a bug) must not cost the rest of the sweep
+        why = str(e) if isinstance(e, SptbenchError) else f"{type(e).__name__}: {e}"
+        failures.append((spec, why))
+        tqdm.write(f"[{i}/{n}] failed: {_label(spec)}: {why}", file=sys.stderr)
+    else:
+        # one line per run, also with --quiet: a long sweep's log says what finished, when, and how it scored
+        test, dev = rec["metrics"]["test"], rec["metrics"]["dev"]
+        score = f"test {test['score']:.4f}" if "score" in test else f"dev {dev.get('score', float('nan')):.4f}"
+        tqdm.write(f"[{i}/{n}] {_label(spec)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
 
 
 def run_job(spec) -> dict:
@@ -762,11 +807,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if sweep.test == "selected":
             def after_each() -> None:
                 tested.append(run_pending_tests(sweep, quiet=args.quiet))
-        failures = run_local(p.todo, progress=not args.quiet, after_each=after_each) if p.todo else []
+        failures, skipped = run_local(p.todo, progress=not args.quiet, after_each=after_each, seen=p.seen)
         for spec, why in failures:
             print(f"failed: {_label(spec)}: {why}")
         if p.todo:
-            print(f"ran {len(p.todo)}: {len(p.todo) - len(failures)} ok, {len(failures)} failed")
+            ran = len(p.todo) - len(skipped)
+            print(f"ran {ran}: {ran - len(failures)} ok, {len(failures)} failed"
+                  + (f"; {len(skipped)} left to other sweep processes" if skipped else ""))
         if sum(tested):
             print(f"tested {sum(tested)} dev-selected configuration(s) once each")
         return 1 if failures else 0
@@ -814,11 +861,16 @@ def run_pending_tests(sweep: Sweep, quiet: bool = False) -> int:
     no transformers load report or progress bar (the one-line result is always logged)."""
     from sptbench.selection import test_selected
 
-    groups = awaiting_test(sweep)
-    for candidates in groups.values():
-        test_selected(candidates, results_dir=sweep.results_dir, data_dir=sweep.data_dir, device=sweep.device,
-                      log=lambda msg: print(msg, file=sys.stderr), quiet=quiet)
-    return len(groups)
+    tested = 0
+    for group, candidates in awaiting_test(sweep).items():
+        # claimed like a run: another process of this sweep may have found the same group complete
+        with claim(claims_dir(sweep.results_dir), claim_name("test", canonical_json(list(group)))) as mine:
+            if not mine or group not in awaiting_test(sweep):
+                continue
+            test_selected(candidates, results_dir=sweep.results_dir, data_dir=sweep.data_dir, device=sweep.device,
+                          log=lambda msg: print(msg, file=sys.stderr), quiet=quiet)
+            tested += 1
+    return tested
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

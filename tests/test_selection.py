@@ -189,3 +189,23 @@ def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path,
     assert main(["sweep", str(path), "--tasks", "sts2", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown task of sweep 'parts' 'sts2'" in err[0] and "sst2" in err[0]
+
+
+def test_a_group_another_process_is_testing_is_left_to_it(tmp_path, data_dir, monkeypatch):
+    """Processes sharing one sweep (sptbench/claims.py) can find the same group complete: only the one holding its
+    claim tests it; the others leave it."""
+    import sptbench.selection as selection_mod
+    from sptbench.claims import claim, claim_name, claims_dir
+    from sptbench.records import canonical_json
+    from sptbench.sweep import awaiting_test, load_sweep
+
+    path = write_sweep(tmp_path, data_dir, "r")
+    with monkeypatch.context() as m:  # every configuration recorded, the test not yet run
+        m.setattr(selection_mod, "test_selected", lambda *a, **k: None)
+        assert main(["sweep", str(path), "--quiet"]) == 0
+    [group] = awaiting_test(load_sweep(path))
+    with claim(claims_dir(tmp_path / "r"), claim_name("test", canonical_json(list(group)))):
+        assert main(["sweep", str(path), "--quiet"]) == 0
+        assert not any(r["selection"]["tested"] for r in read_records([tmp_path / "r"]))
+    assert main(["sweep", str(path), "--quiet"]) == 0
+    assert sum(r["selection"]["tested"] for r in read_records([tmp_path / "r"])) == 1

@@ -21,9 +21,10 @@ import torch
 import yaml
 
 import sptbench.train as train_mod
+from sptbench.claims import claim, claim_name, claims_dir
 from sptbench.cli import main
 from sptbench.errors import SptbenchError
-from sptbench.records import example_record, read_records, read_table, validate_record
+from sptbench.records import canonical_json, example_record, read_records, read_table, validate_record
 from sptbench.selection import select_by_dev
 from sptbench.sweep import load_sweep, parse_sweep, plan, run_local, spec_key, submit
 
@@ -203,8 +204,7 @@ def test_failed_runs_are_skipped_unless_retried(tmp_path, data_dir, capsys):
     sweep = parse_sweep(tiny_sweep(tmp_path, data_dir, seeds=[13]))
     rec = copy.deepcopy(example_record())
     spec = sweep.specs()[0]
-    real = run_local([spec], progress=False)
-    assert real == []
+    assert run_local([spec], progress=False) == ([], [])
     ok = read_records([tmp_path / "results"])[0]
     line = capsys.readouterr().err.strip().splitlines()[-1]  # one line per finished run, even without a bar
     score, wall = ok["metrics"]["test"]["score"], ok["time"]["wall_s"]
@@ -365,6 +365,63 @@ def test_four_concurrent_writers_lose_no_record(tmp_path, data_dir):
     assert sorted(r["run_id"] for r in records) == sorted(run_ids) and len(records) == 4
     assert all(validate_record(r) == [] for r in records)
     assert {r["protocol"]["seed"] for r in records} == {13, 21, 42, 87}
+
+
+def test_a_claim_is_exclusive_and_ends_with_its_process(tmp_path):
+    folder = tmp_path / "claims"
+    with claim(folder, "run-a") as first, claim(folder, "run-a") as second, claim(folder, "run-b") as other:
+        assert (first, second, other) == (True, False, True)
+    assert not list(folder.iterdir())  # removed when done
+    holder = subprocess.Popen(  # another process holds the claim, then is killed without releasing it
+        [sys.executable, "-c", "import sys, time; from sptbench.claims import claim\n"
+         f"with claim({str(folder)!r}, 'run-a'):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with claim(folder, "run-a") as mine:
+            assert mine is False
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim(folder, "run-a") as mine:  # no stale claim after a crash
+        assert mine is True
+
+
+def test_sweep_processes_given_the_same_runs_share_them(tmp_path, data_dir, capsys):
+    sweep = parse_sweep(tiny_sweep(tmp_path, data_dir))
+    p = plan(sweep)
+    first, second = p.todo
+    name = claim_name("run", canonical_json(list(spec_key(first))))
+    with claim(claims_dir(sweep.results_dir), name):  # another process is running the first run
+        failures, skipped = run_local(p.todo, progress=False, seen=p.seen)
+    assert (failures, skipped) == ([], [first])
+    err = capsys.readouterr().err
+    assert "[1/2] skipped: head/rte 4shot seed 13: another sweep process is running it" in err
+    assert [r["protocol"]["seed"] for r in read_records([tmp_path / "results"])] == [21]
+    # a process planned before that run was recorded: runs the first, skips the one recorded since it planned
+    failures, skipped = run_local(p.todo, progress=False, seen=p.seen)
+    assert (failures, skipped) == ([], [second])
+    err = capsys.readouterr().err
+    assert "[2/2] skipped: head/rte 4shot seed 21: another sweep process recorded it meanwhile" in err
+    assert sorted(r["protocol"]["seed"] for r in read_records([tmp_path / "results"])) == [13, 21]
+    assert not list(claims_dir(sweep.results_dir).iterdir())
+
+
+def _sweep_main(path: str) -> int:
+    return main(["sweep", path, "--quiet"])
+
+
+def test_two_processes_on_one_sweep_run_each_run_once_and_test_each_group_once(tmp_path, data_dir):
+    raw = tiny_sweep(tmp_path, data_dir, test="selected", train={**FAST, "max_steps": 2, "lr": [1e-3, 3e-2]})
+    path = str(write(tmp_path, raw))
+    with mp.get_context("fork").Pool(2) as pool:
+        assert pool.map(_sweep_main, [path, path]) == [0, 0]
+    records = read_records([tmp_path / "results"])
+    untested = [r for r in records if not r["selection"]["tested"]]
+    tested = [r for r in records if r["selection"]["tested"]]
+    assert sorted((r["protocol"]["seed"], r["training"]["lr"]) for r in untested) == [
+        (13, 1e-3), (13, 3e-2), (21, 1e-3), (21, 3e-2)]
+    assert sorted(r["protocol"]["seed"] for r in tested) == [13, 21]
 
 
 # ---------------------------------------------------------------------------------------------------- data parallel

@@ -496,11 +496,12 @@ class _Timing(NamedTuple):
 
 
 def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
-    """Recorded times of ok runs by (method, task, backbone, setting), (method, task, backbone), (method, backbone):
-    the same method on another backbone says little about this one's time."""
+    """Recorded times of ok runs by (method, task, backbone, setting), (method, task, backbone), (method, backbone,
+    setting), (method, backbone): the same method on another backbone says little about this one's time."""
     levels: list[tuple[str, dict]] = [
         ("method/task/backbone/setting", defaultdict(list)),
         ("method/task/backbone", defaultdict(list)),
+        ("method/backbone/setting", defaultdict(list)),
         ("method/backbone", defaultdict(list)),
     ]
     for rec in records:
@@ -515,8 +516,8 @@ def _wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
         test_s = n_test / rate if isinstance(rate, int | float) and rate > 0 and isinstance(n_test, int) else 0.0
         entry = _Timing(wall, min(float(eval_s), wall), _train_samples(rec.get("training") or {}),
                         min(test_s, eval_s), throughput.get("device"))
-        m, t, b = rec["method"]["name"], rec["task"]["name"], rec["backbone"]["id"]
-        for (_, index), key in zip(levels, ((m, t, b, _setting(rec)), (m, t, b), (m, b)), strict=True):
+        m, t, b, st = rec["method"]["name"], rec["task"]["name"], rec["backbone"]["id"], _setting(rec)
+        for (_, index), key in zip(levels, ((m, t, b, st), (m, t, b), (m, b, st), (m, b)), strict=True):
             index[key].append(entry)
     return levels
 
@@ -528,10 +529,14 @@ def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = 
     parallel sweep parts take longer per run) where there are any. Each recorded run's time outside evaluation is
     scaled by train_samples / its own (a 300-step budget takes about 3x a 100-step one; the SPT search scales with
     it), its evaluation time is taken as recorded, less its test evaluation for a run that defers its test
-    (`test: selected`)."""
+    (`test: selected`). At the levels without the task (the method has no run on it), the mean is scaled by the
+    task's factor (`_task_factor`) where other methods have run on it in this setting: longer inputs, or larger dev
+    sets, take longer for every method."""
+    setting = setting_name(spec.shots, spec.train_size)
     keys = (
-        (spec.method, spec.task, spec.model, setting_name(spec.shots, spec.train_size)),
+        (spec.method, spec.task, spec.model, setting),
         (spec.method, spec.task, spec.model),
+        (spec.method, spec.model, setting),
         (spec.method, spec.model),
     )
 
@@ -546,10 +551,25 @@ def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = 
     for (rule, level), key in zip(index, keys, strict=True):
         if level.get(key):
             here = [t for t in level[key] if t.device == device]
+            factor = None if spec.task in key else _task_factor(index[0][1], spec.task, spec.model, setting, scaled)
+            if factor is not None:
+                rule += " x task factor"
             if device is not None and not here:
                 rule += " (other devices)"
-            return statistics.mean(scaled(t) for t in here or level[key]), rule
+            return statistics.mean(scaled(t) for t in here or level[key]) * (factor or 1.0), rule
     return DEFAULT_RUN_S, "default"
+
+
+def _task_factor(by_run: dict, task: str, model: str, setting: str, scaled) -> float | None:
+    """How much longer runs on `task` take than on the other tasks, on `model` in `setting`: the mean, over the
+    methods recorded on it there, of their mean time on it over their mean time on every task (each run scaled to
+    the new run's budget by `scaled`); None where no method has run on it there. `by_run`: the first index level."""
+    ratios = []
+    for (m, t, b, st), runs in by_run.items():
+        if (t, b, st) == (task, model, setting):
+            peers = [x for (m2, _, b2, st2), xs in by_run.items() if (m2, b2, st2) == (m, b, st) for x in xs]
+            ratios.append(statistics.mean(map(scaled, runs)) / statistics.mean(map(scaled, peers)))
+    return statistics.mean(ratios) if ratios else None
 
 
 def _pooling_matches(spec, rec: dict) -> bool:

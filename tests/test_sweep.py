@@ -200,6 +200,32 @@ def test_resume_skips_recorded_runs_and_a_changed_budget_reruns(tmp_path, data_d
     assert len(plan(parse_sweep(tiny_sweep(tmp_path, data_dir, device="cuda"))).todo) == 2
 
 
+def test_eta_for_a_task_the_method_has_not_run_scales_by_the_task_factor():
+    """A method with no run on a task is estimated from its runs on the others, times how much longer the other
+    methods took on that task than on all tasks (same backbone and setting)."""
+    from types import SimpleNamespace
+
+    from sptbench.sweep import _wall_index, estimate_s
+
+    rng = random.Random()
+    base = {("a", "x"): rng.uniform(20, 60), ("a", "y"): rng.uniform(5, 20), ("b", "y"): rng.uniform(5, 40)}
+    records = []
+    for (method, task), wall in base.items():
+        rec = copy.deepcopy(example_record())
+        rec["method"]["name"], rec["task"]["name"] = method, task
+        rec["time"] = {**rec["time"], "wall_s": wall, "eval_s": 0.0}
+        records.append(rec)
+    protocol = records[0]["protocol"]
+    spec = SimpleNamespace(method="b", task="x", model=records[0]["backbone"]["id"], shots=protocol["shots"],
+                           train_size=protocol["train_size"])
+    factor = base[("a", "x")] / statistics.mean([base[("a", "x")], base[("a", "y")]])
+    seconds, rule = estimate_s(spec, _wall_index(records))
+    assert (seconds, rule) == (pytest.approx(base[("b", "y")] * factor), "method/backbone/setting x task factor")
+    # no other method on the task: the method's own mean, unscaled
+    seconds, rule = estimate_s(SimpleNamespace(**{**vars(spec), "task": "z"}), _wall_index(records))
+    assert (seconds, rule) == (pytest.approx(base[("b", "y")]), "method/backbone/setting")
+
+
 def test_failed_runs_are_skipped_unless_retried(tmp_path, data_dir, capsys):
     sweep = parse_sweep(tiny_sweep(tmp_path, data_dir, seeds=[13]))
     rec = copy.deepcopy(example_record())

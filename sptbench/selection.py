@@ -85,9 +85,13 @@ def dev_selection(records: Iterable[dict], *, declared: bool = True) -> tuple[li
     """`select_by_dev` and `grid_sizes` of the same records, in one pass over them."""
     records = require_valid(records)
     best, sizes, grids = _dev_best(records)
-    keep = {id(rec) for rec in best.values()}
+    keep = {id(rec) for rec in best.values()}  # by identity: `_dev_best` returns the input's own dicts
     winners = [rec for rec in records if id(rec) in keep or rec.get("status") != "ok"]
-    return winners, {group: (n, grids[group] if declared else 0) for group, n in sizes.items()}
+    return winners, _sizes(sizes, grids, declared)
+
+
+def _sizes(sizes: Counter, grids: Counter, declared: bool) -> dict[tuple, tuple[int, int]]:
+    return {group: (n, grids[group] if declared else 0) for group, n in sizes.items()}
 
 
 def select_by_dev(records: Iterable[dict]) -> list[dict]:
@@ -102,7 +106,8 @@ def select_by_dev(records: Iterable[dict]) -> list[dict]:
 def grid_sizes(records: Iterable[dict], *, declared: bool = True) -> dict[tuple, tuple[int, int]]:
     """Per selection group (`group_of`) of `records`: how many configurations are recorded, and how many its sweep
     declared (0 outside sweeps, or when not `declared`: records already narrowed to part of their grid)."""
-    return dev_selection(records, declared=declared)[1]
+    _, sizes, grids = _dev_best(require_valid(records))
+    return _sizes(sizes, grids, declared)
 
 
 def partial_grid_notes(winners: Iterable[dict], sizes: dict[tuple, tuple[int, int]],

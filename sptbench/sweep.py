@@ -897,7 +897,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sptbench sweep` to the main parser."""
     from sptbench.tasks import add_tasks_dir_argument
 
-    p = subparsers.add_parser("sweep", help="run a grid of runs from a sweep file (resumable; local or Slurm)")
+    p = subparsers.add_parser("sweep", help="run a grid of runs from a sweep file (resumable; local or Slurm; local "
+                              "processes started on one file share its runs)")
     p.add_argument("sweep", type=nonempty, help="sweep YAML file (see docs/sweeps.md and sweeps/)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (counts, ETA) and run nothing")
     p.add_argument("--launcher", choices=LAUNCHERS, help="local: one after another here (default); slurm: submitit")
@@ -908,7 +909,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tasks", nargs="+", type=nonempty, metavar="TASK",
-                   help="only these of the file's tasks (default: all); e.g. one process per part of a sweep")
+                   help="only these of the file's tasks (default: all); e.g. one part per machine")
     p.add_argument("--methods", nargs="+", type=nonempty, metavar="METHOD",
                    help="only these of the file's methods (default: all)")
     add_tasks_dir_argument(p)

@@ -562,13 +562,16 @@ def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = 
 
 def _task_factor(by_run: dict, task: str, model: str, setting: str, scaled) -> float | None:
     """How much longer runs on `task` take than on the other tasks, on `model` in `setting`: the mean, over the
-    methods recorded on it there, of their mean time on it over their mean time on every task (each run scaled to
-    the new run's budget by `scaled`); None where no method has run on it there. `by_run`: the first index level."""
+    methods recorded there on it and on other tasks, of their mean time on it over their mean time on the others
+    (each run scaled to the new run's budget by `scaled`; the method to estimate has only the others); None where
+    no such method is recorded. `by_run`: the first index level."""
     ratios = []
     for (m, t, b, st), runs in by_run.items():
         if (t, b, st) == (task, model, setting):
-            peers = [x for (m2, _, b2, st2), xs in by_run.items() if (m2, b2, st2) == (m, b, st) for x in xs]
-            ratios.append(statistics.mean(map(scaled, runs)) / statistics.mean(map(scaled, peers)))
+            others = [x for (m2, t2, b2, st2), xs in by_run.items() if (m2, b2, st2) == (m, b, st) and t2 != t
+                      for x in xs]
+            if others:
+                ratios.append(statistics.mean(map(scaled, runs)) / statistics.mean(map(scaled, others)))
     return statistics.mean(ratios) if ratios else None
 
 

@@ -8,8 +8,10 @@ shared file system only where it supports `flock`); the record written at the en
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,10 +30,15 @@ def claim_name(kind: str, text: str) -> str:
     return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 @contextmanager
 def claim(folder: str | Path, name: str) -> Iterator[bool]:
     """Try to claim `name` without waiting: yields True when this process holds it for the block, False when
-    another one does (then nothing is held)."""
+    another one does (then nothing is held). Where the file system cannot lock, it says so once and yields True."""
     folder = Path(folder)
     path = folder / f"{name}.lock"
     try:
@@ -40,14 +47,17 @@ def claim(folder: str | Path, name: str) -> Iterator[bool]:
     except OSError as err:
         raise SptbenchError(f"cannot claim work in {folder}: {err.strerror or err}") from None
     try:
+        state = "held"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            mine = False
-        else:
-            mine = True
-        if not mine:
-            yield False
+            state = "taken"
+        except OSError as err:  # a file system without flock (some network mounts): work alone, as before claims
+            _warn_once(f"warning: cannot lock files in {folder} ({err.strerror or err}): sweep processes sharing "
+                       "it will not share runs")
+            state = "unlockable"
+        if state != "held":
+            yield state == "unlockable"
             return
         try:
             yield True

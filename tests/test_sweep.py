@@ -413,6 +413,24 @@ def test_a_claim_is_exclusive_and_ends_with_its_process(tmp_path):
         assert mine is True
 
 
+def test_a_file_system_without_locks_works_alone_and_says_so_once(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import sptbench.claims as claims_mod
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(claims_mod.fcntl, "flock", no_locks)
+    claims_mod._warn_once.cache_clear()
+    for _ in range(2):
+        with claim(tmp_path, "run-a") as first, claim(tmp_path, "run-a") as second:
+            assert (first, second) == (True, True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: cannot lock files in {tmp_path} ({os.strerror(errno.ENOLCK)}): sweep processes "
+                   "sharing it will not share runs"]
+
+
 def test_sweep_processes_given_the_same_runs_share_them(tmp_path, data_dir, capsys):
     sweep = parse_sweep(tiny_sweep(tmp_path, data_dir))
     p = plan(sweep)

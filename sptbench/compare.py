@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sptbench.errors import SptbenchError
+from sptbench.errors import SptbenchError, unknown_choice
 from sptbench.records import canonical_json, latest_per_key, record_key, require_valid, setting_name, without
 from sptbench.selection import partial_grid_notes
 from sptbench.tables import cell_metric
@@ -45,16 +45,32 @@ def _text(value) -> str:
 
 def parse_side(text: str) -> Side:
     """`method` or `method:key=value,key=value` (values compared as their YAML/JSON text: 3, 0.5, true, [1,2])."""
-    method, _, rest = text.partition(":")
+    method, colon, rest = text.partition(":")
     where = []
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
-        if not eq or not key.strip():
+        if not eq or not key.strip() or not value.strip():
             raise SptbenchError(f"'{text}': a config filter is key=value, got '{part}'")
         where.append((key.strip(), value.strip()))
     if not method:
         raise SptbenchError(f"'{text}': no method name")
+    if colon and not where:
+        raise SptbenchError(f"'{text}': no config filter after ':' (e.g. {method}:layer=3)")
     return Side(method, tuple(where))
+
+
+def check_side(records: list[dict], side: Side) -> None:
+    """The side's method, config keys and values occur in `records`; else one line listing what does."""
+    recorded = [r for r in records if r["method"]["name"] == side.method]
+    if not recorded:
+        raise unknown_choice("method in these records", side.method, {r["method"]["name"] for r in records})
+    for key, value in side.where:
+        configs = [r["method"]["config"] or {} for r in recorded]
+        values = {_text(c[key]) for c in configs if key in c}
+        if not values:
+            raise unknown_choice(f"config key of {side.method}", key, {k for c in configs for k in c})
+        if value not in values:
+            raise SptbenchError(f"no {side.method} record has {key}={value}; recorded: {', '.join(sorted(values))}")
 
 
 @dataclass
@@ -139,6 +155,13 @@ def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | Non
             select: bool = False) -> Comparison:
     """Pair `a` and `b` over the cells both have (optionally only `tasks`)."""
     records = require_valid(records)
+    if a == b:
+        raise SptbenchError(f"compare needs two different sides, got '{a.label}' twice")
+    for side in (a, b):
+        check_side(records, side)
+    for task in tasks or []:
+        if task not in (present := {r["task"]["name"] for r in records}):
+            raise unknown_choice("task in these records", task, present)
     (cells_a, sizes_a), (cells_b, sizes_b) = _cells(records, a, select), _cells(records, b, select)
     if tasks is not None:
         cells_a = {c: r for c, r in cells_a.items() if c[0] in tasks}

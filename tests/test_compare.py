@@ -78,7 +78,7 @@ def test_cli_compare(tmp_path, capsys):
     assert main(["compare", "spt", "lpt", str(table), "--tasks", "sst2"]) == 0
     out = capsys.readouterr().out
     assert "| sst2" in out and "| trec" not in out and f"{sum(diffs['sst2']) / 3:+.2f}" in out
-    assert main(["compare", "spt", "nothing", str(table)]) == 2
+    assert main(["compare", "spt", "lpt", str(table), "--tasks", "mr"]) == 2  # only spt has mr
     assert "no (task, seed) cell" in capsys.readouterr().err
     readme = tmp_path / "README.md"  # a generated README block, as `table` writes them
     readme.write_text("intro\n<!-- sptbench:table cmp -->\nold\n<!-- /sptbench:table cmp -->\nend\n")
@@ -120,3 +120,26 @@ def test_selection_over_a_grid_not_fully_recorded_is_flagged(tmp_path, capsys):
         append_record(complete_table, r)
     assert main(["table", str(complete_table), "--select-by-dev"]) == 0
     assert "incomplete grid" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("a, b, tasks, message", [
+    ("spt", "lptt", None, "unknown method in these records 'lptt'. Did you mean 'lpt'? Choices: lpt, spt"),
+    ("spt", "spt", None, "compare needs two different sides, got 'spt' twice"),
+    ("spt", "lpt:layr=3", None, "unknown config key of lpt 'layr'. Did you mean 'layer'? Choices: generator, layer"),
+    ("spt", "lpt:layer=4", None, "no lpt record has layer=4; recorded: 1, 3"),
+    ("spt", "lpt:layer=", None, "'lpt:layer=': a config filter is key=value, got 'layer='"),
+    ("spt", "lpt:", None, "'lpt:': no config filter after ':' (e.g. lpt:layer=3)"),
+    ("spt", "lpt:layer=1", ["sst2", "qqp"], "unknown task in these records 'qqp'. Choices: sst2"),
+])
+def test_compare_names_what_the_records_hold(tmp_path, capsys, a, b, tasks, message):
+    """An unknown method, config key or value, or task is one line listing what the records have, never the vague
+    'no cell has both'; a side compared with itself is an error."""
+    table = tmp_path / "t.yaml"
+    for seed in (13, 21):
+        append_record(table, rec("spt", "sst2", seed, 0.7))
+        for layer in (1, 3):
+            append_record(table, rec("lpt", "sst2", seed, 0.6, layer=layer))
+    argv = ["compare", a, b, str(table), "--select-by-dev"] + (["--tasks", *tasks] if tasks else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sptbench: error: {message}"]

@@ -256,13 +256,14 @@ def cmd_params(args) -> int:
 
 def cmd_plot(args) -> int:
     from sptbench.plots import plot_gates, plot_layers
-    from sptbench.records import read_records
+    from sptbench.records import read_records, require_valid
 
+    records = require_valid(read_records(args.paths))
     if args.what == "layers":
-        plot_layers(read_records(args.paths), args.out)
+        plot_layers(records, args.out)
         print(f"wrote {args.out}")
         return 0
-    records = [r for r in read_records(args.paths) if r.get("extra", {}).get("alpha")]
+    records = [r for r in records if (r.get("extra") or {}).get("alpha")]
     if not records:
         raise SptbenchError("no records with learned gates (spt / spt_darts) in the given paths")
     plot_gates(records, args.out, by=args.by)

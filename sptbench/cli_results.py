@@ -10,8 +10,17 @@ from pathlib import Path
 from sptbench.argtypes import nonempty, nonneg_float, positive_int
 from sptbench.check import check, format_result
 from sptbench.errors import SptbenchError
-from sptbench.records import TABLE_DIR, dump_record, find_record, read_records, validate_paths, write_text_atomic
-from sptbench.tables import FORMATS, build_table, render, update_readme_block
+from sptbench.records import (
+    TABLE_DIR,
+    dump_record,
+    find_record,
+    holds_records,
+    read_records,
+    table_files,
+    validate_paths,
+    write_text_atomic,
+)
+from sptbench.tables import FORMATS, build_table, check_readme_block, render, update_readme_block
 
 
 def _names(values: list[str] | None) -> list[str] | None:
@@ -55,9 +64,16 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def _check_output(args: argparse.Namespace) -> None:
-    """Before any work: --readme and --block come as a pair."""
+    """Before any work: --readme and --block come as a pair, the README has the block, and neither output is a
+    results table (one of those read, or any file of run records): output never replaces records."""
     if (args.readme is None) != (args.block is None):
         raise SptbenchError("--readme and --block go together")
+    read = {f.resolve() for f in table_files(_paths(args))}
+    for flag, target in (("--out", args.out), ("--readme", args.readme)):
+        if target is not None and (Path(target).resolve() in read or holds_records(Path(target))):
+            raise SptbenchError(f"{flag} {target} is a results table: not overwritten (write to another file)")
+    if args.readme:
+        check_readme_block(args.readme, args.block)
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:

@@ -37,7 +37,28 @@ def _searches(records: Iterable[dict]) -> list[dict]:
     repeats its untested one (same key) and a rerun replaces the run (tables' keep-the-latest)."""
     from sptbench.records import latest_per_key
 
-    return latest_per_key([r for r in records if r.get("status") == "ok" and (r.get("extra") or {}).get("alpha")])[0]
+    rows = latest_per_key([r for r in records if r.get("status") == "ok" and (r.get("extra") or {}).get("alpha")])[0]
+    for r in rows:
+        if (problem := _gate_problem(r["extra"])) is not None:
+            raise SptbenchError(f"run {r.get('run_id')}: {problem}")
+    return rows
+
+
+def _gate_problem(extra: dict) -> str | None:
+    """What is wrong with a record's gate fields (`extra` is free-form in the schema), or None."""
+    def layers(value) -> bool:
+        return isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1000
+                                               for x in value)
+
+    alpha = extra["alpha"]
+    if not isinstance(alpha, list) or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in alpha):
+        return f"extra.alpha must be a list of numbers, got {alpha!r:.60}"
+    for key in ("candidate_layers", "chosen_layers"):
+        if extra.get(key) is not None and not layers(extra[key]):
+            return f"extra.{key} must be a list of layer indices, got {extra[key]!r:.60}"
+    if extra.get("candidate_layers") is not None and len(extra["candidate_layers"]) != len(alpha):
+        return "extra.alpha and extra.candidate_layers differ in length"
+    return None
 
 
 def gate_grid(
@@ -112,14 +133,29 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
     ax.set_title(title or default, fontsize=9)
     fig.colorbar(image, ax=ax, label="α")
     fig.tight_layout()
+    _save(fig, out, dpi=120)
+    return out
+
+
+def _save(fig, out: Path, dpi: int) -> None:
+    """Render the figure in memory, then replace `out` atomically (a write-protected file is refused, as for
+    tables); the figure is closed either way."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from sptbench.records import write_bytes_atomic
+
+    buffer = io.BytesIO()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-    except OSError as err:
-        raise SptbenchError(f"cannot write {out}: {err.strerror or err}") from None
+        fig.savefig(buffer, dpi=dpi, format=out.suffix.lower().lstrip("."))
     finally:
         plt.close(fig)
-    return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SptbenchError(f"cannot create the folder of {out}: {err.strerror or err}") from None
+    write_bytes_atomic(out, buffer.getvalue())
 
 
 def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict[int, list[float]]]:
@@ -195,7 +231,5 @@ def plot_layers(records: Iterable[dict], out_png: str | Path) -> Path:
     # below the panels: inside one, it covered that panel's markers
     fig.legend(list(legend.values()), list(legend), fontsize=7, loc="lower center", ncol=len(legend), frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
+    _save(fig, out, dpi=130)
     return out

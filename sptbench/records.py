@@ -484,6 +484,18 @@ def is_run_table(path: Path) -> bool:
     return _OTHER_KINDS.search(head) is None
 
 
+def holds_records(path: Path) -> bool:
+    """An existing YAML file whose head holds a run record (a `run_id:` key): a results table, whatever it is called."""
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return re.search(rb"^run_id:", head, re.M) is not None
+
+
 def table_files(paths: Iterable[str | Path]) -> list[Path]:
     """The table files named by `paths`: files as given, directories searched recursively for *.yaml (sorted),
     leaving out other kinds of YAML kept beside the tables (`is_run_table`) and the saved states of untested grid
@@ -644,7 +656,12 @@ def check_appendable(path: str | Path) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` atomically: temp file in the same directory, fsync, rename, fsync the directory.
+    """Replace `path` with `text` (UTF-8) atomically (`write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically: temp file in the same directory, fsync, rename, fsync the directory.
     The file keeps its mode; a write-protected file is an error, not replaced; OS errors are one-line errors."""
     path = Path(path)
     try:
@@ -655,8 +672,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except OSError as err:
         raise SptbenchError(f"cannot write {path}: {err.strerror or err}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)

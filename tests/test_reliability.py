@@ -515,3 +515,57 @@ def test_why8_unknown_set_key_for_a_method_without_options(tmp_path, capsys):
     assert_one_line_error(code, err, "'x'")
     assert "Choices: \n" not in err and not err.rstrip().endswith("Choices:")
 
+
+
+def test_outputs_never_replace_records_or_protected_files(tmp_path, capsys):
+    """`table`/`compare` output aimed at a results table (one read, or any file of records) is refused; a README
+    without the block, or not UTF-8, is refused before `--out` is written; plots refuse a write-protected file."""
+    rng = random.Random()
+    table, other = tmp_path / "t.yaml", tmp_path / "other.yaml"
+    for seed in (13, 21):
+        for method in ("spt", "lpt"):
+            rec = make_record(method__name=method, protocol__seed=seed)
+            rec["metrics"]["test"] = {"accuracy": rng.random(), "score": rng.random()}
+            append_record(table, rec)
+    append_record(other, make_record())
+    before = {p: p.read_bytes() for p in (table, other)}
+    for argv in (["table", str(table), "--out", str(table)],
+                 ["compare", "spt", "lpt", str(table), "--out", str(tmp_path / "." / "t.yaml")],
+                 ["table", str(table), "--out", str(other)],
+                 ["table", str(table), "--readme", str(other), "--block", "x"]):
+        assert_one_line_error(*cli(argv, capsys)[::2], "is a results table: not overwritten")
+    precious, readme = tmp_path / "out.md", tmp_path / "README.md"
+    precious.write_text("PRECIOUS")
+    readme.write_text("# no markers\n")
+    for content, needle in ((b"# no markers\n", "needs exactly one"), (b"caf\xff\n", "not UTF-8 text (byte 0xff")):
+        readme.write_bytes(content)
+        argv = ["table", str(table), "--out", str(precious), "--readme", str(readme), "--block", "main"]
+        assert_one_line_error(*cli(argv, capsys)[::2], needle)
+    assert precious.read_text() == "PRECIOUS" and {p: p.read_bytes() for p in before} == before
+    gates = make_record(method__name="spt")
+    gates["extra"] = {"alpha": [0.2, 0.9], "candidate_layers": [0, 1], "chosen_layers": [1]}
+    spt_table = tmp_path / "spt.yaml"
+    append_record(spt_table, gates)
+    png = tmp_path / "gates.png"
+    png.write_bytes(b"old image")
+    png.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    assert_one_line_error(*cli(["plot", "gates", str(spt_table), "--out", str(png)], capsys)[::2], "read-only")
+    assert png.read_bytes() == b"old image"
+    png.chmod(0o644)
+    code, out, err = cli(["plot", "gates", str(spt_table), "--out", str(png)], capsys)
+    assert code == 0 and png.read_bytes().startswith(b"\x89PNG"), err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (None, "field 'extra' is null"),
+    ({"alpha": "abc"}, "extra.alpha must be a list of numbers"),
+    ({"alpha": [0.1, 0.2], "candidate_layers": [0, 1, 2]}, "differ in length"),
+    ({"alpha": [0.1, 0.2], "chosen_layers": ["x"]}, "extra.chosen_layers must be a list of layer indices"),
+])
+def test_plot_gates_reads_bad_records_as_one_line(tmp_path, capsys, extra, needle):
+    rec = make_record(method__name="spt")
+    rec["extra"] = extra
+    table = tmp_path / "t.yaml"
+    table.write_text(dump_record(rec))
+    assert_one_line_error(*cli(["plot", "gates", str(table), "--out", str(tmp_path / "g.png")], capsys)[::2], needle)
+    assert not (tmp_path / "g.png").exists()

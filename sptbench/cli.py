@@ -212,6 +212,8 @@ def cmd_params(args) -> int:
     from sptbench.tasks import load_spec
     from sptbench.templates import prompt_setup
 
+    if args.method == "all" and args.set:
+        raise SptbenchError("--set overrides one method's config: name the method (--method M), not all")
     names = sorted(load_methods()) if args.method == "all" else [args.method]
     setup, num_labels = None, args.num_labels
     if args.head == "prompt" or args.task:  # the prompt head reads the task's label words (default: sst2's)

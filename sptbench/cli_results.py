@@ -140,8 +140,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems = validate_paths(paths)
     for problem in problems:
         print(problem)
-    print(f"{len(problems)} problem(s)" if problems else f"ok: {len(read_records(paths))} record(s) valid")
-    return 1 if problems else 0
+    if problems:
+        print(f"{len(problems)} problem(s)")
+        return 1
+    n = len(read_records(paths))
+    if n == 0:  # a gate on an empty or mistyped folder must not pass
+        raise SptbenchError(f"no records in {', '.join(map(str, paths))}")
+    print(f"ok: {n} record(s) valid")
+    return 0
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

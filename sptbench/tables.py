@@ -209,9 +209,14 @@ def build_table(
     `grid_sizes`: `selection.grid_sizes` of its input, for a note on grids not fully recorded yet."""
     if shots is not None or train_size is not None:
         setting = setting_name(shots, train_size)
-    chosen = _filter(require_valid(records), backbone, setting)
+    records = require_valid(records)
+    if not records:
+        raise SptbenchError("no records in the given paths")
+    chosen = _filter(records, backbone, setting)
     if not chosen:
-        raise SptbenchError("no records match the given backbone and setting")
+        held = sorted({f"{r['backbone']['id']} {_setting(r)}" for r in records})
+        raise SptbenchError(f"no records match backbone {backbone or 'any'}, setting {setting or 'any'}; the records "
+                            f"hold: {', '.join(held)}")
     the_backbone = _single(chosen, "backbone", lambda r: r["backbone"]["id"], "--backbone")
     the_setting = _single(chosen, "setting", _setting, "--shots, --train-size or --setting")
     chosen = _restrict(chosen, tasks, "task", lambda r: r["task"]["name"])

@@ -380,6 +380,16 @@ def test_why6_expected_seeds_and_empty_paths(tmp_path, capsys):
     for argv in (["table", str(table), "--expected-seeds", "-1"], ["table", str(table), "--expected-seeds", "0"],
                  ["validate", ""], ["table", "--results-dir", ""], ["sweep", ""]):
         assert_one_line_error(*cli(argv, capsys)[::2])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.yaml").write_text("")
+    for path in ("empty", "empty.yaml"):  # a gate on nothing must not pass
+        for command in ("validate", "table"):
+            assert_one_line_error(*cli([command, str(tmp_path / path)], capsys)[::2], "no records in")
+    assert_one_line_error(*cli(["table", str(table), "--setting", "bogus"], capsys)[::2],
+                          f"no records match backbone any, setting bogus; the records hold: "
+                          f"{make_record()['backbone']['id']} 16shot")
+    assert_one_line_error(*cli(["params", "--method", "all", "--set", "layer=3"], capsys)[::2],
+                          "--set overrides one method's config")
 
 
 def test_why6_no_abbreviated_options_anywhere():

@@ -390,6 +390,10 @@ def test_why6_expected_seeds_and_empty_paths(tmp_path, capsys):
                           f"{make_record()['backbone']['id']} 16shot")
     assert_one_line_error(*cli(["params", "--method", "all", "--set", "layer=3"], capsys)[::2],
                           "--set overrides one method's config")
+    with pytest.MonkeyPatch.context() as m:  # the layer is checked before a model is built
+        m.setattr("sptbench.api.build_classifier", lambda *a, **k: pytest.fail("a model was built"))
+        argv = ["params", "--method", "lpt", "--model", "tiny-bert", "--set", "layer=99"]
+        assert_one_line_error(*cli(argv, capsys)[::2], "layer 99 out of range")
 
 
 def test_why6_no_abbreviated_options_anywhere():

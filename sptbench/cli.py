@@ -187,7 +187,7 @@ def cmd_list(args) -> int:
 
         for name in BACKBONES:
             print(name)
-        print("(or any hub id / local folder of a BERT, RoBERTa, DeBERTa-v2 or GPT-2 model)")
+        print("(or any hub id / local folder of a BERT, RoBERTa, DeBERTa-v2, MPNet or GPT-2 model)")
     return 0
 
 
@@ -264,16 +264,19 @@ def cmd_plot(args) -> int:
     from sptbench.plots import plot_gates, plot_layers
     from sptbench.records import read_records, require_valid
 
+    if args.what == "layers" and args.by is not None:
+        raise SptbenchError("--by applies to `plot gates` only")
+    out = args.out or f"{args.what}.png"
     records = require_valid(read_records(args.paths))
     if args.what == "layers":
-        plot_layers(records, args.out)
-        print(f"wrote {args.out}")
+        plot_layers(records, out)
+        print(f"wrote {out}")
         return 0
     records = [r for r in records if (r.get("extra") or {}).get("alpha")]
     if not records:
         raise SptbenchError("no records with learned gates (spt / spt_darts) in the given paths")
-    plot_gates(records, args.out, by=args.by)
-    print(f"wrote {args.out} ({len(records)} runs)")
+    plot_gates(records, out, by=args.by or "run")
+    print(f"wrote {out} ({len(records)} runs)")
     return 0
 
 
@@ -335,10 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gates: SPT's learned gate values per layer; layers: LPT's test score against its prompt "
                         "layer (a layer grid), SPT's and SPT-DARTS's chosen layers marked")
     p.add_argument("paths", nargs="+", type=nonempty, help="result tables or folders")
-    p.add_argument("--out", default="gates.png", type=nonempty,
-                   help="image file; its suffix picks the format (png, pdf, svg, ...)")
-    p.add_argument("--by", choices=["run", "task"], default="run",
-                   help="one row per run, or per task and method (α averaged over seeds, k/n seeds chosen)")
+    p.add_argument("--out", type=nonempty,
+                   help="image file; its suffix picks the format (png, pdf, svg, ...) (default: gates.png or "
+                   "layers.png)")
+    p.add_argument("--by", choices=["run", "task"],
+                   help="gates: one row per run (default), or per task and method (α averaged over seeds, k/n seeds "
+                   "chosen)")
     p.set_defaults(func=cmd_plot)
 
     for module in ("sptbench.cli_results", "sptbench.bench", "sptbench.sweep"):  # part of the package: no fallback

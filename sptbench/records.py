@@ -102,6 +102,7 @@ _OPTIONAL_FIELDS: dict[tuple[str, str], str] = {
     ("task", "spec_path"): "str?",  # the task spec file the run read
     ("task", "spec_sha256"): "str?",  # sha256 of its bytes
     ("backbone", "tokenizer_sha256"): "str?",  # the tokenizer's vocabulary and settings (backbones.tokenizer_sha256)
+    ("throughput", "hardware"): "str?",  # processor, torch's CPU kernels, threads (hardware.hardware_id)
 }
 # Sections a failed run may leave null, empty or incomplete: it never got far enough to fill them.
 _RESULT_SECTIONS = ("outcome", "metrics", "params", "throughput", "time")

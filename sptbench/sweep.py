@@ -211,7 +211,7 @@ def _heads(raw: dict, tasks: list[str], where: str) -> list[tuple[str, str | Non
     from sptbench.tasks import load_spec
     from sptbench.templates import prompt_setup
 
-    kinds = _values(raw.get("head") or "linear", f"{where}: head")
+    kinds = _values("linear" if raw.get("head") is None else raw["head"], f"{where}: head")
     losses = _values(raw.get("prompt_loss"), f"{where}: prompt_loss")
     templates = _values(raw.get("template"), f"{where}: template")
     combos: list[tuple[str, str | None, str | None]] = []

@@ -568,6 +568,8 @@ def test_outputs_never_replace_records_or_protected_files(tmp_path, capsys):
     png.chmod(0o644)
     code, out, err = cli(["plot", "gates", str(spt_table), "--out", str(png)], capsys)
     assert code == 0 and png.read_bytes().startswith(b"\x89PNG"), err
+    assert_one_line_error(*cli(["plot", "layers", str(spt_table), "--by", "task"], capsys)[::2],
+                          "--by applies to `plot gates` only")
 
 
 @pytest.mark.parametrize("extra, needle", [

@@ -138,6 +138,7 @@ def test_regimes_grid_over_shots_and_train_size(tmp_path, data_dir):
         ({"seeds": [13, 13]}, "seeds must be distinct"),
         ({"head": "prompt"}, "method 'head' works with --head linear"),
         ({"head": "lm"}, "unknown head 'lm'"),
+        ({"head": []}, "head: empty grid"),
         ({"methods": ["lora"], "head": "prompt", "template": "nope"}, "unknown template of task 'rte' 'nope'"),
     ],
 )

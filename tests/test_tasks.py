@@ -606,6 +606,9 @@ def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Pat
     assert validate_record({**rec, "task": {**rec["task"], "spec_sha256": 5}}) == [
         "field 'task.spec_sha256' must be str, got int 5"
     ]
+    assert validate_record({**rec, "throughput": {**rec["throughput"], "hardware": 5}}) == [
+        "field 'throughput.hardware' must be str, got int 5"
+    ]
 
 
 def test_a_sweep_file_names_a_tasks_dir(tmp_path: Path, monkeypatch) -> None:

@@ -159,8 +159,9 @@ def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | Non
         raise SptbenchError(f"compare needs two different sides, got '{a.label}' twice")
     for side in (a, b):
         check_side(records, side)
+    present = {r["task"]["name"] for r in records}
     for task in tasks or []:
-        if task not in (present := {r["task"]["name"] for r in records}):
+        if task not in present:
             raise unknown_choice("task in these records", task, present)
     (cells_a, sizes_a), (cells_b, sizes_b) = _cells(records, a, select), _cells(records, b, select)
     if tasks is not None:

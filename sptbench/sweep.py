@@ -696,14 +696,14 @@ def preflight(sweep: Sweep, specs: list) -> None:
             raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None
 
 
-def _recorded_since(spec, seen: frozenset[str]) -> bool:
-    """A record of `spec` (ok or failed) that was not there when the sweep was planned: another process ran it."""
+def _recorded_since(spec, key: tuple, seen: frozenset[str]) -> bool:
+    """A record of `spec` (plan key `key`; ok or failed) that was not there when the sweep was planned: another
+    process ran it."""
     from sptbench.records import read_table, table_path
 
     path = table_path(spec.results_dir, spec.model, setting_name(spec.shots, spec.train_size))
     if not path.is_file():
         return False
-    key = spec_key(spec)
     return any(r["run_id"] not in seen and record_plan_key(r) == key and _device_matches(spec, r)
                and _pooling_matches(spec, r) for r in read_table(path))
 
@@ -715,10 +715,11 @@ def _claimed(spec, seen: frozenset[str] | None) -> Iterator[str | None]:
     if seen is None:
         yield None
         return
-    with claim(claims_dir(spec.results_dir), claim_name("run", canonical_json(list(spec_key(spec))))) as mine:
+    key = spec_key(spec)
+    with claim(claims_dir(spec.results_dir), claim_name("run", canonical_json(list(key)))) as mine:
         if not mine:
             yield "another sweep process is running it"
-        elif _recorded_since(spec, seen):
+        elif _recorded_since(spec, key, seen):
             yield "another sweep process recorded it meanwhile"
         else:
             yield None

@@ -104,13 +104,8 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.backend_bases import FigureCanvasBase
 
-    out = Path(out_png)
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if out.suffix.lower().lstrip(".") not in formats:
-        choices = ", ".join(sorted(formats))
-        raise SptbenchError(f"{out}: unknown image format '{out.suffix}'; use a suffix from: {choices}")
+    out = _image_path(out_png)
     labels, alphas, chosen, counts = gate_grid(records, by)
     grid = np.array(alphas, dtype=float)
     num_layers = grid.shape[1]
@@ -134,6 +129,18 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
     fig.colorbar(image, ax=ax, label="α")
     fig.tight_layout()
     _save(fig, out, dpi=120)
+    return out
+
+
+def _image_path(out_png: str | Path) -> Path:
+    """`out_png` as a Path, checked before any plotting: its suffix must name an image format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out_png)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        choices = ", ".join(sorted(formats))
+        raise SptbenchError(f"{out}: unknown image format '{out.suffix}'; use a suffix from: {choices}")
     return out
 
 
@@ -197,12 +204,8 @@ def plot_layers(records: Iterable[dict], out_png: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.backend_bases import FigureCanvasBase
 
-    out = Path(out_png)
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if out.suffix.lower().lstrip(".") not in formats:
-        raise SptbenchError(f"{out}: unknown image format '{out.suffix}'; use a suffix from: {', '.join(formats)}")
+    out = _image_path(out_png)
     records = list(records)
     curves, chosen = layer_curves(records), chosen_layer_counts(records)
     if not curves:

@@ -25,7 +25,7 @@ from sptbench import safe_yaml, schema
 from sptbench.argtypes import nonempty, nonneg_int, positive_int
 from sptbench.claims import claim, claim_name, claims_dir
 from sptbench.errors import SptbenchError, unknown_choice
-from sptbench.records import TABLE_DIR, canonical_json, read_records, record_key, setting_name
+from sptbench.records import TABLE_DIR, canonical_json, read_records, record_key, record_table_path, setting_name
 
 if TYPE_CHECKING:  # the runner imports torch; the CLI imports this module before it needs torch
     from sptbench.runner import RunSpec
@@ -867,14 +867,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def awaiting_test(sweep: Sweep) -> dict:
-    """The groups of a `test: selected` sweep whose configurations are all recorded and none is tested yet."""
+def awaiting_test(sweep: Sweep, tables: list[Path] | None = None) -> dict:
+    """The groups of a `test: selected` sweep whose configurations are all recorded and none is tested yet, read
+    from `tables` (default: every table under the results folder)."""
     from sptbench.selection import groups_to_test
 
     if sweep.test != "selected":
         return {}
     root = Path(sweep.results_dir) / TABLE_DIR
-    records = read_records([root]) if root.is_dir() else []
+    if tables is None:
+        tables = [root] if root.is_dir() else []
+    tables = [t for t in tables if t.exists()]
+    records = read_records(tables) if tables else []
     # only this (part of the) sweep's runs: another process may be running the rest of the file (--tasks/--methods)
     ours = [r for r in records if r["method"]["name"] in sweep.methods and r["task"]["name"] in sweep.tasks]
     return groups_to_test(ours, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
@@ -889,7 +893,8 @@ def run_pending_tests(sweep: Sweep, quiet: bool = False) -> int:
     for group, candidates in awaiting_test(sweep).items():
         # claimed like a run: another process of this sweep may have found the same group complete
         with claim(claims_dir(sweep.results_dir), claim_name("test", canonical_json(list(group)))) as mine:
-            if not mine or group not in awaiting_test(sweep):
+            # re-read the group's own table only: another process may have tested the group meanwhile
+            if not mine or group not in awaiting_test(sweep, [record_table_path(sweep.results_dir, candidates[0])]):
                 continue
             test_selected(candidates, results_dir=sweep.results_dir, data_dir=sweep.data_dir, device=sweep.device,
                           log=lambda msg: print(msg, file=sys.stderr), quiet=quiet)

@@ -366,7 +366,9 @@ def test_why5_plot_table_params_outputs(tmp_path, capsys):
     rec["extra"] = {"alpha": [0.2, 0.9], "candidate_layers": [0, 1], "chosen_layers": [1]}
     table = tmp_path / "t.yaml"
     table.write_text(dump_record(rec))
-    assert_one_line_error(*cli(["plot", "gates", str(table), "--out", str(tmp_path / "gates.txt")], capsys)[::2])
+    for kind in ("gates", "layers"):
+        assert_one_line_error(*cli(["plot", kind, str(table), "--out", str(tmp_path / "plot.txt")], capsys)[::2],
+                              "unknown image format '.txt'; use a suffix from: ")
     assert_one_line_error(*cli(["params", "--method", "head", "--model", "tiny-bert", "--num-labels", "-1"],
                                capsys)[::2])
     out = tmp_path / "missing" / "folder" / "table.md"

@@ -208,8 +208,7 @@ def cmd_params(args) -> int:
     from tabulate import tabulate
 
     from sptbench.api import build_classifier
-    from sptbench.backbones import backbone_layers
-    from sptbench.registry import build_config, get_method, load_methods
+    from sptbench.registry import build_config, check_config_layers, get_method, load_methods
     from sptbench.tasks import load_spec
     from sptbench.templates import prompt_setup
 
@@ -232,9 +231,7 @@ def cmd_params(args) -> int:
             skipped.append(f"{name}: {e}")
             continue
         cfg = build_config(method, parse_sets(args.set))
-        check_layers, layers = getattr(cfg, "check_layers", None), backbone_layers(args.model)
-        if check_layers is not None and layers is not None:  # before loading weights, as `run` does
-            check_layers(layers)
+        check_config_layers(cfg, args.model)  # before loading weights, as `run` does
         model, _, _ = build_classifier(method, cfg, args.model, num_labels, prompt=setup)
         c = model.count_parameters()
         rows.append(

@@ -219,6 +219,17 @@ def build_config(method: Method, overrides: dict[str, Any] | None = None) -> Any
     return cfg
 
 
+def check_config_layers(cfg: Any, model: str) -> None:
+    """Before any weights load: a config's layer choices (its `check_layers`, where it has one) fit `model`'s
+    depth, where the depth is known from the model's name or config alone (`backbones.backbone_layers`)."""
+    from sptbench.backbones import backbone_layers
+
+    layers = backbone_layers(model)  # for every method: it also says when the backbone's package is missing
+    check_layers = getattr(cfg, "check_layers", None)
+    if check_layers is not None and layers is not None:
+        check_layers(layers)
+
+
 def config_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML-safe dict of a config (tuples become lists)."""
     out = {}

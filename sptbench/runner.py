@@ -21,7 +21,6 @@ import torch
 
 from sptbench import __version__, safe_yaml
 from sptbench.api import build_classifier, frozen_backbone, import_weights, read_weights, write_weights
-from sptbench.backbones import backbone_layers
 from sptbench.errors import SptbenchError, describe
 from sptbench.hardware import device_label, hardware_id, peak_memory_mb, resolve_device
 from sptbench.metrics import warm_up as warm_up_metrics
@@ -38,7 +37,16 @@ from sptbench.records import (
     validate_record,
     write_text_atomic,
 )
-from sptbench.registry import FitContext, FitResult, Method, build_config, coerce_overrides, config_dict, get_method
+from sptbench.registry import (
+    FitContext,
+    FitResult,
+    Method,
+    build_config,
+    check_config_layers,
+    coerce_overrides,
+    config_dict,
+    get_method,
+)
 from sptbench.schema import RunSpec, check_choices, check_train_config
 from sptbench.tasks import TaskData, load_task
 from sptbench.templates import encode_prompt_rows, head_section, prompt_setup, setup_from_record
@@ -110,10 +118,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
             _check_path(getattr(spec, name), name)
     setting = setting_name(spec.shots, spec.train_size)
     check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
-    layers = backbone_layers(spec.model)
-    check_layers = getattr(cfg, "check_layers", None)
-    if layers is not None and check_layers is not None:
-        check_layers(layers)
+    check_config_layers(cfg, spec.model)
     return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 from tabulate import tabulate
 
-from sptbench.records import read_records
-from sptbench.train import STOCK_SETTINGS
+from sptbench.records.io import read_records
+from sptbench.training.loop import STOCK_SETTINGS
 
 
 def stock_runs(path: Path) -> list[dict]:
@@ -77,7 +77,7 @@ def noise(path: Path) -> str:
 def main(argv: list[str]) -> int:
     import argparse
 
-    from sptbench.tables import update_readme_block
+    from sptbench.reports.tables import update_readme_block
 
     p = argparse.ArgumentParser(description="the per-seed conformance table", allow_abbrev=False)
     p.add_argument("root", nargs="?", default="results/conformance")

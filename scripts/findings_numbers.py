@@ -17,17 +17,17 @@ import math
 import statistics
 from collections import defaultdict
 
-from sptbench.records import read_table
+from sptbench.records.io import read_table
 
 GATED = ("spt", "spt_darts")
 
 
 @functools.cache
 def schedule_sum(max_steps: int, warmup_ratio: float) -> float:
-    """Sum of the learning-rate multipliers of sptbench.train.build_optimizer's schedule over a run."""
+    """Sum of the learning-rate multipliers of sptbench.training.loop.build_optimizer's schedule over a run."""
     import torch
 
-    from sptbench.train import build_optimizer
+    from sptbench.training.loop import build_optimizer
 
     _, scheduler = build_optimizer([torch.nn.Parameter(torch.zeros(1))], 1.0, 0.0, max_steps, warmup_ratio)
     return sum(scheduler.lr_lambdas[0](step) for step in range(max_steps))

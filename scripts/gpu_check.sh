@@ -40,7 +40,7 @@ for head in $HEADS; do
   suffix="${COMPILE:+_compiled}"
   [ "$head" = linear ] || suffix="${suffix}_${head}"
   start=$(date +%s)
-  timeout "$LIMIT_S" python -m sptbench.cli bench --method all --model roberta-large-random --device cuda \
+  timeout "$LIMIT_S" python -m sptbench.cli.main bench --method all --model roberta-large-random --device cuda \
     --head "$head" --dtype "$DTYPE" --batch "$BATCH" --seq-len "$SEQ_LEN" --steps "$STEPS" --warmup "$WARMUP" \
     ${COMPILE:+--compile} --out "$OUT/gpu_check_${DTYPE}${suffix}.yaml"
   echo "gpu_check: $head head done in $(( $(date +%s) - start )) s -> $OUT/gpu_check_${DTYPE}${suffix}.yaml"

@@ -17,10 +17,10 @@ import sys
 
 from tabulate import tabulate
 
-from sptbench.compare import STATS_HEADERS, compare, parse_side, stats_cells
-from sptbench.errors import SptbenchError
-from sptbench.records import read_records, setting_name
-from sptbench.tables import update_readme_block
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import read_records, setting_name
+from sptbench.reports.compare import STATS_HEADERS, compare, parse_side, stats_cells
+from sptbench.reports.tables import update_readme_block
 
 
 def comparisons(middle: int) -> list[tuple[str, str, str]]:

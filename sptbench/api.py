@@ -19,13 +19,13 @@ from typing import Any
 import torch
 import yaml
 
-from sptbench import safe_yaml
-from sptbench.backbones import BackboneInfo, load_backbone
-from sptbench.errors import SptbenchError
-from sptbench.model import Classifier
-from sptbench.records import write_text_atomic
-from sptbench.registry import Method, build_config, config_dict, get_method
-from sptbench.templates import PromptSetup, head_section, prompt_setup, setup_from_record
+from sptbench.core import safe_yaml
+from sptbench.core.errors import SptbenchError
+from sptbench.data.templates import PromptSetup, head_section, prompt_setup, setup_from_record
+from sptbench.methods.registry import Method, build_config, config_dict, get_method
+from sptbench.models.backbones import BackboneInfo, load_backbone
+from sptbench.models.classifier import Classifier
+from sptbench.records.io import write_text_atomic
 
 WEIGHTS = "trained.safetensors"  # the trained parameters + linear head (what `--save-dir` writes too)
 MANIFEST = "model.yaml"  # how `save` says to rebuild the model (a `--save-dir` folder has record.yaml instead)
@@ -91,14 +91,14 @@ def build_model(
     `model.tokenizer(texts, padding=True, return_tensors="pt")` gives those inputs. The parameters to train are
     those with `requires_grad` (the method's and the linear head's). `seed` seeds torch's global RNG before the
     head and the method are initialised. `head="prompt"` reads the frozen LM head at the template's mask instead of
-    a linear head: `task` names the template and label words (encode with sptbench.templates.encode_prompt_rows).
+    a linear head: `task` names the template and label words (encode with sptbench.data.templates.encode_prompt_rows).
     """
     m = get_method(method)
     m.check_head(head)
     cfg = build_config(m, method_options)
     setup = None
     if head != "linear" or task is not None:
-        from sptbench.tasks import load_spec
+        from sptbench.data.tasks import load_spec
 
         if task is None:
             raise SptbenchError("head='prompt' needs task=... (its template and label words)")
@@ -173,10 +173,10 @@ def save(model: Classifier, folder: str | Path) -> Path:
 
 def load(folder: str | Path) -> Classifier:
     """Rebuild a saved model in eval mode, with its tokenizer as `model.tokenizer`: a folder of `save`, or of
-    `sptbench run --save-dir` (`sptbench.runner.load_trained`)."""
+    `sptbench run --save-dir` (`sptbench.run.runner.load_trained`)."""
     folder = Path(folder)
     if (folder / "record.yaml").is_file() and not (folder / MANIFEST).is_file():
-        from sptbench.runner import load_trained
+        from sptbench.run.runner import load_trained
 
         model, tokenizer = load_trained(folder)
         model.tokenizer = tokenizer
@@ -193,7 +193,7 @@ def load(folder: str | Path) -> Classifier:
         cfg = build_config(method, manifest["method"]["config"])
         setup = None
         if (manifest.get("head") or {}).get("kind", "linear") != "linear":
-            from sptbench.tasks import load_spec
+            from sptbench.data.tasks import load_spec
 
             setup = setup_from_record(manifest, load_spec(manifest["task"]["name"]))
         model, tokenizer, _ = build_classifier(

@@ -52,7 +52,7 @@ def mirror(tmp_path_factory, data_dir) -> Path:
 def saved_runs(tmp_path_factory, mirror) -> dict:
     """`--save-dir` folders of short tiny-bert runs whose state holds a head, a prompt, LoRA matrices, SPT generators:
     method -> (folder, the trained model). Tests copy a folder before damaging it."""
-    from sptbench.runner import RunSpec, run
+    from sptbench.run.runner import RunSpec, run
 
     root = tmp_path_factory.mktemp("saves")
     out = {}

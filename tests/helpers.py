@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from sptbench.records import example_record, new_run_id
+from sptbench.records.io import example_record, new_run_id
 
 _RNG = random.Random(20261202)  # seeded: a failing test fails the same way on a rerun
 
@@ -29,7 +29,7 @@ def build(backbone: str, method: str, overrides: dict | None = None, seed: int =
     import torch
 
     from sptbench.api import build_classifier
-    from sptbench.registry import build_config, get_method
+    from sptbench.methods.registry import build_config, get_method
 
     torch.manual_seed(seed)
     m = get_method(method)
@@ -61,7 +61,7 @@ def perturb_trainable(model, scale: float = 0.2, seed: int = 1) -> None:
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """Run the CLI in-process: (exit code, stdout, stderr); argparse's exits count as exit codes."""
-    from sptbench.cli import main
+    from sptbench.cli.main import main
 
     try:
         code = main(argv)

@@ -12,7 +12,7 @@ import torch
 
 import sptbench
 from sptbench import api
-from sptbench.errors import SptbenchError
+from sptbench.core.errors import SptbenchError
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sptbench.backbones import load_backbone
-from sptbench.errors import SptbenchError
-from sptbench.model import pool
+from sptbench.core.errors import SptbenchError
+from sptbench.models.backbones import load_backbone
+from sptbench.models.classifier import pool
 from tests.conftest import TINY_FAMILIES
 
 
@@ -115,8 +115,8 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
 
 def test_cached_frozen_layers_train_like_uncached(data_dir):
     """frozen_layers=cache reuses the frozen layers' outputs across epochs and gives the same losses as eval mode."""
-    from sptbench.tasks import load_task
-    from sptbench.train import TrainConfig, encode_rows, train
+    from sptbench.data.tasks import load_task
+    from sptbench.training.loop import TrainConfig, encode_rows, train
 
     task = load_task("rte", data_dir=data_dir, shots=4, seed=21)
     losses = {}
@@ -161,7 +161,7 @@ def save_folder(folder, model_class, tokenizer=None):
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from sptbench.backbones import minilm_path
+    from sptbench.models.backbones import minilm_path
 
     return AutoTokenizer.from_pretrained(str(minilm_path()))
 
@@ -188,7 +188,7 @@ def test_a_tokenizer_with_only_special_tokens_is_refused(tmp_path):
 def test_the_tokenizer_hash_is_recorded_and_tells_tokenizers_apart(tmp_path, minilm_tokenizer):
     from transformers import BertModel, BertTokenizer
 
-    from sptbench.backbones import tokenizer_sha256
+    from sptbench.models.backbones import tokenizer_sha256
 
     _, _, minilm = load_backbone("minilm-l6", 2)
     _, _, tiny = load_backbone("tiny-bert", 2)  # the tiny backbones use the MiniLM tokenizer
@@ -207,7 +207,7 @@ def test_the_tokenizer_hash_is_recorded_and_tells_tokenizers_apart(tmp_path, min
 
 @pytest.mark.parametrize("name", TINY_FAMILIES)
 def test_the_unused_pooler_is_neither_kept_nor_counted(name):
-    from sptbench.registry import build_config, get_method
+    from sptbench.methods.registry import build_config, get_method
 
     model, _, info = load_backbone(name, 2)
     assert getattr(model.backbone, "pooler", None) is None
@@ -226,7 +226,7 @@ def test_the_unused_pooler_is_neither_kept_nor_counted(name):
 def test_minilm_drops_its_checkpoint_pooler_and_keeps_every_other_weight():
     from transformers import AutoModel
 
-    from sptbench.backbones import minilm_path
+    from sptbench.models.backbones import minilm_path
 
     model, _, info = load_backbone("minilm-l6", 2)
     stock = AutoModel.from_pretrained(str(minilm_path()))
@@ -270,7 +270,7 @@ def test_load_reports_follow_quiet(tmp_path, capfd, minilm_tokenizer):
 def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path, minilm_tokenizer):
     from transformers import XLMRobertaConfig
 
-    from sptbench.families import family_for
+    from sptbench.families.base import family_for
 
     with pytest.raises(SptbenchError) as err:
         family_for(XLMRobertaConfig())

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from sptbench import api
-from sptbench.errors import SptbenchError
-from sptbench.registry import build_config, get_method, load_methods
+from sptbench.core.errors import SptbenchError
+from sptbench.methods.registry import build_config, get_method, load_methods
 from tests import helpers
 from tests.conftest import TINY_FAMILIES
 from tests.helpers import build
@@ -40,8 +40,8 @@ def build_with_backbone_ids(backbone: str, name: str, seed: int = 0):
     method = get_method(name)
     setup = None
     if "linear" not in method.heads:
-        from sptbench.tasks import load_spec
-        from sptbench.templates import prompt_setup
+        from sptbench.data.tasks import load_spec
+        from sptbench.data.templates import prompt_setup
 
         setup = prompt_setup(load_spec("sst2"), "prompt")
     torch.manual_seed(seed)

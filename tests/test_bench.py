@@ -1,4 +1,4 @@
-"""`sptbench bench` (sptbench/bench.py) on tiny-bert: the YAML record, the floor and its ratios, errors; and the
+"""`sptbench bench` (sptbench/run/bench.py) on tiny-bert: the YAML record, the floor and its ratios, errors; and the
 `roberta-large-random` backbone alias scripts/gpu_check.sh benches (sizes checked without building it)."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
-from sptbench.backbones import RANDOM_CONFIGS, load_backbone
-from sptbench.bench import Shape, add_input_gradient, bench, synthetic_batch
-from sptbench.cli import main
-from sptbench.errors import SptbenchError
-from sptbench.hardware import hardware_id
-from sptbench.records import _SCHEMA
-from sptbench.registry import load_methods
+from sptbench.cli.main import main
+from sptbench.core.errors import SptbenchError
+from sptbench.methods.registry import load_methods
+from sptbench.models.backbones import RANDOM_CONFIGS, load_backbone
+from sptbench.records.io import _SCHEMA
+from sptbench.run.bench import Shape, add_input_gradient, bench, synthetic_batch
+from sptbench.run.provenance import hardware_id
 
 TINY = ["--model", "tiny-bert", "--batch", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1"]
 

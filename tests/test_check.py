@@ -1,4 +1,4 @@
-"""Tests for sptbench/check.py (bands, missing/extra keys, version mismatch) and the results CLI (cli_results.py)."""
+"""Tests for reports/check.py (bands, missing/extra keys, version mismatch) and the results CLI (cli/results.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import copy
 import pytest
 import yaml
 
-from sptbench import cli_results
-from sptbench.check import check, format_result
-from sptbench.errors import SptbenchError
-from sptbench.records import append_record, new_run_id, table_path
+from sptbench.cli import results as cli_results
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import append_record, new_run_id, table_path
+from sptbench.reports.check import check, format_result
 from tests.helpers import make_record
 
 SEEDS = (13, 21, 42)

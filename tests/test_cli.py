@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from sptbench.cli import main
-from sptbench.records import read_records
+from sptbench.cli.main import main
+from sptbench.records.io import read_records
 
 
 def test_unknown_method_is_one_line_with_choices(capsys):
@@ -67,7 +67,7 @@ def test_console_script_help(args):
 
 def test_every_subcommand_help_says_each_default_once():
     """`--help` of every subcommand: a real default shown once, never `(default: None)`."""
-    from sptbench.cli import build_parser
+    from sptbench.cli.main import build_parser
 
     parser = build_parser()
     [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

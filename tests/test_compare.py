@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from sptbench.cli import main
-from sptbench.compare import compare, paired_stats, parse_side
-from sptbench.errors import SptbenchError
-from sptbench.records import append_record
+from sptbench.cli.main import main
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import append_record
+from sptbench.reports.compare import compare, paired_stats, parse_side
 from tests.helpers import make_record
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sptbench.bench import Shape, bench
-from sptbench.registry import load_methods
+from sptbench.methods.registry import load_methods
+from sptbench.run.bench import Shape, bench
 from tests import helpers
 
 # torch.compile traces every method (~2 min on 2 cores): in CI's slow run, not the default `pytest -q`

@@ -1,5 +1,5 @@
 """Families: every registered method on every tiny family (generated), and MPNet's relative position bias through
-prompt positions and key/value prefixes (sptbench/families.py)."""
+prompt positions and key/value prefixes (sptbench/families/base.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sptbench.registry import load_methods
+from sptbench.methods.registry import load_methods
 from tests import helpers
 from tests.conftest import TINY_FAMILIES
 

@@ -41,7 +41,7 @@ def _record(method: str, task: str, seed: int, test: float, rng: random.Random) 
 def test_schedule_sum_matches_the_training_schedule():
     import torch
 
-    from sptbench.train import build_optimizer
+    from sptbench.training.loop import build_optimizer
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt, sched = build_optimizer([param], 1.0, 0.0, 50, 0.1)

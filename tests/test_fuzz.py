@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-import sptbench.runner as runner_mod
-from sptbench.errors import SptbenchError
-from sptbench.records import append_record, dump_record, read_table, validate_paths
-from sptbench.runner import load_trained
+import sptbench.run.runner as runner_mod
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import append_record, dump_record, read_table, validate_paths
+from sptbench.run.runner import load_trained
 from tests.helpers import make_record
 from tests.helpers import run_cli as cli
 
@@ -209,8 +209,8 @@ def _spec_paths(raw: dict):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_task_specs(data):
-    from sptbench.safe_yaml import load_one
-    from sptbench.tasks import TaskSpec, _spec_from_raw, _specs_root
+    from sptbench.core.safe_yaml import load_one
+    from sptbench.data.tasks import TaskSpec, _spec_from_raw, _specs_root
 
     TRIED["task specs"] += 1
     name = data.draw(st.sampled_from(["rte", "sst2", "trec", "mnli"]))
@@ -247,7 +247,7 @@ rows = st.dictionaries(st.sampled_from(["sentence1", "sentence2", "label", "idx"
 def test_fuzz_data_rows(tmp_path_factory, mirror, good, rows_, edits):
     import json
 
-    from sptbench.tasks import load_spec, read_jsonl, read_lm_bff
+    from sptbench.data.tasks import load_spec, read_jsonl, read_lm_bff
 
     TRIED["data files"] += 1
     spec = load_spec("rte")

@@ -1,10 +1,10 @@
-"""Tests for sptbench/hardware.py: the processor identity that `sptbench check --hardware-tol` compares."""
+"""Tests for sptbench/run/provenance.py: the processor identity that `sptbench check --hardware-tol` compares."""
 
 from __future__ import annotations
 
 import torch
 
-from sptbench.hardware import device_label, hardware_id
+from sptbench.run.provenance import device_label, hardware_id
 
 
 def test_cpu_hardware_id_names_the_kernels_and_the_threads():

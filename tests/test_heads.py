@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sptbench.backbones import _tiny, load_backbone
-from sptbench.cli import main
-from sptbench.errors import SptbenchError
-from sptbench.records import read_records, record_key, validate_record
-from sptbench.registry import build_config, get_method
-from sptbench.tasks import load_spec
-from sptbench.templates import PromptSetup, encode_prompt_rows, parse_template, prompt_setup
+from sptbench.cli.main import main
+from sptbench.core.errors import SptbenchError
+from sptbench.data.tasks import load_spec
+from sptbench.data.templates import PromptSetup, encode_prompt_rows, parse_template, prompt_setup
+from sptbench.methods.registry import build_config, get_method
+from sptbench.models.backbones import _tiny, load_backbone
+from sptbench.records.io import read_records, record_key, validate_record
 from tests.conftest import TINY_FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -170,7 +170,7 @@ def test_causal_template_needs_text_before_the_mask():
 @pytest.mark.slow  # a fresh process importing torch + transformers
 def test_minilm_with_prompt_head_is_one_line_exit_2(data_dir, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "sptbench.cli", "run", "--method", "lora", "--task", "sst2", "--shots", "16",
+        [sys.executable, "-m", "sptbench.cli.main", "run", "--method", "lora", "--task", "sst2", "--shots", "16",
          "--model", "minilm-l6", "--head", "prompt", "--data-dir", str(data_dir), "--results-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
@@ -204,9 +204,9 @@ def test_run_with_prompt_head_records_it(name, data_dir, tmp_path):
     assert rec["params"]["trainable"] == rec["params"]["trainable_with_head"] == rec["params"]["stored"] > 0
     assert record_key(rec) != record_key({**rec, "head": {"kind": "linear"}})
     if name == "tiny-bert":  # the saved run rebuilds with its prompt head (from the record) and scores the same
-        from sptbench.runner import load_trained
-        from sptbench.tasks import load_task
-        from sptbench.train import evaluate
+        from sptbench.data.tasks import load_task
+        from sptbench.run.runner import load_trained
+        from sptbench.training.loop import evaluate
 
         model, tok = load_trained(tmp_path / "saved")
         task = load_task("sst2", data_dir=data_dir, shots=16, seed=13)

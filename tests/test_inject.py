@@ -15,8 +15,8 @@ from peft import PromptTuningConfig as PeftPromptTuningConfig
 from peft import get_peft_model
 from transformers import DynamicCache
 
-import sptbench.inject as inject
-from sptbench.model import pool
+import sptbench.models.inject as inject
+from sptbench.models.classifier import pool
 from tests import helpers
 from tests.conftest import TINY_FAMILIES
 

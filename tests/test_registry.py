@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from sptbench import registry
-from sptbench.errors import SptbenchError
-from sptbench.registry import Method, build_config, config_dict, get_method, load_methods
+from sptbench.core.errors import SptbenchError
+from sptbench.methods import registry
+from sptbench.methods.registry import Method, build_config, config_dict, get_method, load_methods
 from tests.helpers import run_cli
 
 
@@ -60,7 +60,7 @@ def test_every_module_of_the_method_packages_is_imported_and_every_method_comes_
 
     methods = load_methods()
     modules = registry.method_modules()
-    assert {"sptbench.baselines.lora", "sptbench.methods.spt", "sptbench.methods.reference"} <= set(modules)
+    assert {"sptbench.methods.lora", "sptbench.methods.spt", "sptbench.methods.reference"} <= set(modules)
     assert all(m in sys.modules for m in modules)
     assert {m.apply.__module__ for m in methods.values()} <= set(modules)
 
@@ -106,7 +106,7 @@ def _distribution(root, module: str, source: str) -> None:
 DEMO_METHOD = '''
 from dataclasses import dataclass, field
 
-from sptbench.registry import register_method
+from sptbench.methods.registry import register_method
 
 
 @dataclass

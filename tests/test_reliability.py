@@ -12,11 +12,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-import sptbench.runner as runner_mod
-from sptbench.cli import build_parser
-from sptbench.errors import SptbenchError
-from sptbench.records import append_record, dump_record, read_records, read_table, validate_paths
-from sptbench.runner import load_trained
+import sptbench.run.runner as runner_mod
+from sptbench.cli.main import build_parser
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import append_record, dump_record, read_records, read_table, validate_paths
+from sptbench.run.runner import load_trained
 from tests.helpers import make_record
 from tests.helpers import run_cli as cli
 
@@ -427,7 +427,8 @@ def test_why7_yaml_aliases_are_refused_in_every_reader(mirror, tmp_path, capsys,
 
 
 def test_why7_aliases_in_a_record_or_task_spec_are_refused(tmp_path, monkeypatch):
-    from sptbench import safe_yaml, tasks
+    from sptbench.core import safe_yaml
+    from sptbench.data import tasks
 
     rec = make_record()
     text = dump_record(rec).replace("metrics:\n", "metrics: &m\n", 1) + "copy: *m\n"
@@ -439,7 +440,7 @@ def test_why7_aliases_in_a_record_or_task_spec_are_refused(tmp_path, monkeypatch
 
 
 def test_why7_oversize_documents_are_refused_before_parsing(tmp_path, monkeypatch, capsys):
-    from sptbench import safe_yaml
+    from sptbench.core import safe_yaml
 
     cfg = tmp_path / "big.yaml"
     cfg.write_text("method: head\n" + "#" * (safe_yaml.MAX_FILE_BYTES + 1))
@@ -482,7 +483,7 @@ def test_why8_run_help_states_the_training_defaults_of_train_config():
     import dataclasses
     import re
 
-    from sptbench.schema import TRAIN_FLAGS, TrainConfig
+    from sptbench.core.run_schema import TRAIN_FLAGS, TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     run_parser = _subparsers(build_parser())["run"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sptbench.train as train_mod
-from sptbench.errors import SptbenchError
-from sptbench.hardware import hardware_id
-from sptbench.records import read_table, validate_record
-from sptbench.runner import RunSpec, run
+import sptbench.training.loop as train_mod
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import read_table, validate_record
+from sptbench.run.provenance import hardware_id
+from sptbench.run.runner import RunSpec, run
 
 FAST = {"max_steps": 6, "eval_every": 3, "batch_size": 4}
 
@@ -51,7 +51,7 @@ def test_selection_reads_dev_only_and_test_once(tmp_path, data_dir, monkeypatch)
         return real(model, encoded, spec_, batch_size, pad_id)
 
     monkeypatch.setattr(train_mod, "evaluate", spy)
-    monkeypatch.setattr("sptbench.runner.evaluate", spy)
+    monkeypatch.setattr("sptbench.run.runner.evaluate", spy)
     out = run(spec(tmp_path, data_dir))
     n_dev, n_test = out.record["protocol"]["n_dev"], out.record["protocol"]["n_test"]
     assert seen[:-1] == [n_dev] * 2  # evaluations at steps 3 and 6 during training: dev only
@@ -77,7 +77,7 @@ def test_interrupted_run_leaves_no_record(tmp_path, data_dir, monkeypatch):
 
 
 def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
-    from sptbench.runner import load_trained
+    from sptbench.run.runner import load_trained
 
     out = run(spec(tmp_path, data_dir, method="finetune", save_dir=str(tmp_path / "saved")))
     model, _ = load_trained(tmp_path / "saved")
@@ -87,7 +87,7 @@ def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
 
 
 def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
-    from sptbench.runner import load_trained
+    from sptbench.run.runner import load_trained
 
     out = run(spec(tmp_path, data_dir, method="spt", save_dir=str(tmp_path / "saved"), method_overrides={"top_k": 2}))
     chosen = out.record["extra"]["chosen_layers"]
@@ -101,7 +101,7 @@ def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
 def test_git_dirty_means_the_code_differs_not_the_results(tmp_path):
     import subprocess
 
-    from sptbench.runner import git_state
+    from sptbench.run.runner import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

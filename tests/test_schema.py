@@ -1,4 +1,4 @@
-"""The declared run schema (sptbench/schema.py): every field that can move a recorded number is in the record key,
+"""The declared run schema (core/run_schema.py): every field that can move a recorded number is in the record key,
 and runs that differ in one key field are distinct rows for `table` and distinct plan entries for `sweep`."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from sptbench import schema
-from sptbench.records import latest_per_key, record_key
-from sptbench.schema import KEY_FIELDS, RunSpec, TrainConfig
+from sptbench.core import run_schema as schema
+from sptbench.core.run_schema import KEY_FIELDS, RunSpec, TrainConfig
+from sptbench.records.io import latest_per_key, record_key
 from tests.helpers import make_record
 
 # For every RunSpec field in the key: (the base spec's other fields, value a, value b). A new key field without an
@@ -54,7 +54,7 @@ def test_every_key_component_is_fed_by_a_field_or_the_data():
 
 
 def test_every_training_option_is_in_the_recorded_training_section():
-    from sptbench.runner import training_section
+    from sptbench.run.runner import training_section
 
     section = training_section(TrainConfig(), "cpu", "fp32")
     for f in dataclasses.fields(TrainConfig):
@@ -68,7 +68,7 @@ def test_every_training_option_is_in_the_recorded_training_section():
     "name", sorted(f.name for f in dataclasses.fields(RunSpec) if f.metadata["key"] and f.name not in MATCHED_APART)
 )
 def test_every_key_field_changes_the_plan_key(name):
-    from sptbench.sweep import spec_key
+    from sptbench.sweep.plan import spec_key
 
     assert name in VARIANTS, f"add a VARIANTS entry for the new key field '{name}'"
     base, a, b = VARIANTS[name]
@@ -113,7 +113,7 @@ def test_records_differing_in_one_key_field_are_both_kept(component):
 
 
 def test_poolings_are_distinct_table_rows():
-    from sptbench.tables import build_table
+    from sptbench.reports.tables import build_table
 
     recs = [make_record(protocol__seed=s, backbone__pooling=p) for s in (13, 21) for p in ("cls", "mean")]
     table = build_table(recs)
@@ -122,12 +122,12 @@ def test_poolings_are_distinct_table_rows():
 
 def test_pooling_and_device_split_the_plan(tmp_path):
     """A sweep that names a pooling (or a device) does not take a run with another one for done."""
-    from sptbench.sweep import parse_sweep, plan
+    from sptbench.sweep.plan import parse_sweep, plan
 
     raw = {"tasks": ["sst2"], "methods": ["lora"], "seeds": [13], "shots": [16], "model": "tiny-bert",
            "results_dir": str(tmp_path), "train": {"max_steps": 2}}
     spec = parse_sweep(raw).specs()[0]
-    from sptbench.sweep import spec_record
+    from sptbench.sweep.plan import spec_record
 
     rec = make_record(**{k: v for k, v in spec_record(spec).items() if k != "data"})
     rec["backbone"] = {**make_record()["backbone"], "id": "tiny-bert", "pooling": "mean"}
@@ -139,8 +139,8 @@ def test_pooling_and_device_split_the_plan(tmp_path):
 
 
 def test_run_flags_config_keys_and_sweep_keys_come_from_the_schema():
-    from sptbench.cli import build_parser
-    from sptbench.sweep import SWEEP_KEYS
+    from sptbench.cli.main import build_parser
+    from sptbench.sweep.plan import SWEEP_KEYS
 
     run = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "run")[1]
     dests = {a.dest for a in run._actions}
@@ -155,7 +155,7 @@ def test_run_flags_config_keys_and_sweep_keys_come_from_the_schema():
 
 
 def test_check_choices_names_the_field_and_the_choices():
-    from sptbench.errors import SptbenchError
+    from sptbench.core.errors import SptbenchError
 
     with pytest.raises(SptbenchError, match="'pooling'.*cls"):
         schema.check_choices(_spec(pooling="max"))

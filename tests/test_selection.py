@@ -1,4 +1,4 @@
-"""The test-once protocol of dev-selected grids (sptbench/selection.py, sweep `test: selected`): selection never
+"""The test-once protocol of dev-selected grids (sptbench/reports/selection.py, sweep `test: selected`): selection never
 reads test, losers are never tested, the winner's record says what it won over."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import sptbench.tasks as tasks_mod
-import sptbench.train as train_mod
-from sptbench.cli import main
-from sptbench.records import read_records, validate_paths
-from sptbench.tables import build_table
+import sptbench.data.tasks as tasks_mod
+import sptbench.training.loop as train_mod
+from sptbench.cli.main import main
+from sptbench.records.io import read_records, validate_paths
+from sptbench.reports.tables import build_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 LRS = [1e-3, 3e-2, 1e-1]
@@ -40,7 +40,7 @@ def run_sweep(tmp_path, data_dir, results: str, monkeypatch, shuffle_test: bool 
         return real_eval(model, encoded, spec, batch_size, pad_id)
 
     monkeypatch.setattr(train_mod, "evaluate", spy)
-    monkeypatch.setattr("sptbench.runner.evaluate", spy)
+    monkeypatch.setattr("sptbench.run.runner.evaluate", spy)
     if shuffle_test:
         real_load = tasks_mod.load_task
 
@@ -52,14 +52,14 @@ def run_sweep(tmp_path, data_dir, results: str, monkeypatch, shuffle_test: bool 
             return task
 
         monkeypatch.setattr(tasks_mod, "load_task", shuffled)
-        monkeypatch.setattr("sptbench.runner.load_task", shuffled)
+        monkeypatch.setattr("sptbench.run.runner.load_task", shuffled)
     assert main(["sweep", str(write_sweep(tmp_path, data_dir, results)), "--quiet"]) == 0
     monkeypatch.undo()
     return read_records([tmp_path / results]), sizes
 
 
 def test_only_the_dev_selected_configuration_is_tested_once(tmp_path, data_dir, monkeypatch, capsys):
-    import sptbench.runner as runner_mod
+    import sptbench.run.runner as runner_mod
 
     loads, real_load = [], runner_mod.load_trained
     monkeypatch.setattr(runner_mod, "load_trained", lambda folder, quiet=False: loads.append(quiet) or
@@ -104,7 +104,7 @@ def test_selection_does_not_change_when_test_labels_are_shuffled(tmp_path, data_
 
 def test_pending_states_are_not_tables(tmp_path):
     """A saved state's record.yaml under results/pending/ repeats a table's record: folder scans skip it."""
-    from sptbench.records import append_record, validate_paths
+    from sptbench.records.io import append_record, validate_paths
     from tests.helpers import make_record
 
     rec = make_record(selection={"tested": False})
@@ -119,7 +119,7 @@ def test_pending_states_are_not_tables(tmp_path):
 def test_select_within_tests_one_winner_per_value(tmp_path, data_dir, monkeypatch):
     """`select_within: {lpt: [layer]}`: each layer's dev-best learning rate is tested (the layer analysis); the
     dev-best layer among those is what `compare --select-by-dev` reads."""
-    from sptbench.compare import compare, parse_side
+    from sptbench.reports.compare import compare, parse_side
 
     raw = {
         "name": "layers", "model": "tiny-bert", "data_dir": str(data_dir), "results_dir": str(tmp_path / "r"),
@@ -163,7 +163,7 @@ def test_each_group_is_tested_as_soon_as_it_is_complete(tmp_path, data_dir):
 def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path, data_dir, monkeypatch, capsys):
     """`sweep --methods` / `--tasks`: one file shared by processes; a part never tests another part's groups, even
     when they are complete (two processes would otherwise both test them)."""
-    import sptbench.selection as selection_mod
+    import sptbench.reports.selection as selection_mod
 
     raw = {
         "name": "parts", "model": "tiny-bert", "data_dir": str(data_dir), "results_dir": str(tmp_path / "r"),
@@ -192,12 +192,12 @@ def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path,
 
 
 def test_a_group_another_process_is_testing_is_left_to_it(tmp_path, data_dir, monkeypatch):
-    """Processes sharing one sweep (sptbench/claims.py) can find the same group complete: only the one holding its
+    """Processes sharing one sweep (sptbench/sweep/claims.py) can find the same group complete: only the one holding its
     claim tests it; the others leave it."""
-    import sptbench.selection as selection_mod
-    from sptbench.claims import claim, claim_name, claims_dir
-    from sptbench.records import canonical_json
-    from sptbench.sweep import awaiting_test, load_sweep
+    import sptbench.reports.selection as selection_mod
+    from sptbench.records.io import canonical_json
+    from sptbench.sweep.claims import claim, claim_name, claims_dir
+    from sptbench.sweep.plan import awaiting_test, load_sweep
 
     path = write_sweep(tmp_path, data_dir, "r")
     with monkeypatch.context() as m:  # every configuration recorded, the test not yet run

@@ -1,4 +1,4 @@
-"""Tests for SPT, SPT-DARTS, LPT (sptbench/methods/spt.py, sptbench/methods/nn/) and plots.py."""
+"""Tests for SPT, SPT-DARTS, LPT (sptbench/methods/spt/__init__.py, sptbench/methods/nn/) and plots.py."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sptbench.backbones import load_backbone
-from sptbench.errors import SptbenchError
+from sptbench.core.errors import SptbenchError
 from sptbench.methods import spt
-from sptbench.methods.nn.darts import DartsStep, JointStep, gate_step, unrolled_gate_grads, weight_step
-from sptbench.methods.nn.gated_prompts import GatedPrompts
-from sptbench.methods.nn.prompt_generator import PromptGenerator, masked_adaptive_pool
-from sptbench.model import pool
-from sptbench.registry import build_config, get_method
+from sptbench.methods.registry import build_config, get_method
+from sptbench.methods.spt.darts import DartsStep, JointStep, gate_step, unrolled_gate_grads, weight_step
+from sptbench.methods.spt.gated_prompts import GatedPrompts
+from sptbench.methods.spt.prompt_generator import PromptGenerator, masked_adaptive_pool
+from sptbench.models.backbones import load_backbone
+from sptbench.models.classifier import pool
 from tests.conftest import TINY_FAMILIES
 
 FAMILIES = TINY_FAMILIES
@@ -374,19 +374,19 @@ def test_lpt_is_one_hard_prompt_layer_in_the_middle(backbones):
 
 
 def _accuracy(spec, predictions, references):
-    """Stands in for sptbench.metrics in the fit tests: importing `evaluate` alone takes ~10 s on 2 cores."""
+    """Stands in for sptbench.data.metrics in the fit tests: importing `evaluate` alone takes ~10 s on 2 cores."""
     acc = sum(int(p == r) for p, r in zip(predictions, references, strict=True)) / len(references)
     return {"accuracy": acc, "score": acc}
 
 
 @pytest.fixture(scope="module")
 def fit_context():
-    from sptbench.registry import FitContext
-    from sptbench.tasks import TaskData, load_spec
-    from sptbench.train import TrainConfig, encode_rows, train
+    from sptbench.data.tasks import TaskData, load_spec
+    from sptbench.methods.registry import FitContext
+    from sptbench.training.loop import TrainConfig, encode_rows, train
 
     patch = pytest.MonkeyPatch()
-    patch.setattr("sptbench.train.compute_metrics", _accuracy)
+    patch.setattr("sptbench.training.loop.compute_metrics", _accuracy)
 
     spec = load_spec("sst2")
     _, tokenizer, _ = load_backbone("tiny-bert", 2)
@@ -419,7 +419,7 @@ def fit_context():
 
 @pytest.mark.parametrize("method_name, overrides", [("spt", {}), ("spt_darts", {"second_order": "true"})])
 def test_fit_end_to_end_on_tiny_bert(fit_context, method_name, overrides):
-    from sptbench.train import TrainConfig
+    from sptbench.training.loop import TrainConfig
 
     tcfg = TrainConfig(max_steps=6, batch_size=4, eval_batch_size=8, lr=1e-2, eval_every=3, seed=13)
     method, ctx = fit_context(method_name, tcfg, search_steps=4, top_k=2, gate_lr=0.5, **overrides)
@@ -456,7 +456,7 @@ def test_fit_end_to_end_on_tiny_bert(fit_context, method_name, overrides):
 
 
 def test_fit_with_fixed_layers_skips_the_search(fit_context):
-    from sptbench.train import TrainConfig
+    from sptbench.training.loop import TrainConfig
 
     tcfg = TrainConfig(max_steps=2, batch_size=4, eval_batch_size=8, eval_every=2, seed=13)
     method, ctx = fit_context("spt", tcfg, layers="1")
@@ -468,7 +468,7 @@ def test_fit_with_fixed_layers_skips_the_search(fit_context):
 
 
 def test_plot_gates_writes_a_png(tmp_path):
-    from sptbench.plots import plot_gates
+    from sptbench.reports.plots import plot_gates
     from tests.helpers import make_record
 
     records = [
@@ -488,7 +488,7 @@ def test_plot_gates_writes_a_png(tmp_path):
 
 
 def test_gate_grid_by_task_averages_over_seeds_and_counts_choices():
-    from sptbench.plots import gate_grid
+    from sptbench.reports.plots import gate_grid
     from tests.helpers import make_record
 
     g = torch.Generator().manual_seed(0)
@@ -552,7 +552,7 @@ def test_stochastic_gate_straight_through_reaches_the_logits_and_evaluation_is_d
 
 
 def test_stochastic_gate_temperature_is_annealed_over_the_search(fit_context):
-    from sptbench.train import TrainConfig
+    from sptbench.training.loop import TrainConfig
 
     seen = []
     real = GatedPrompts.set_gate_temperature
@@ -578,7 +578,7 @@ def test_candidates_without_the_input_layer(fit_context, backbones):
     model, _ = backbones("tiny-bert")
     spt.apply_spt(model, cfg_spt(candidates="no_input"))
     assert spt.gates_of(model).prompt_layers == (1, 2, 3)
-    from sptbench.train import TrainConfig
+    from sptbench.training.loop import TrainConfig
 
     tcfg = TrainConfig(max_steps=2, batch_size=4, eval_batch_size=8, eval_every=2, seed=13)
     method, ctx = fit_context("spt", tcfg, search_steps=2, candidates="no_input")
@@ -591,7 +591,7 @@ def test_candidates_without_the_input_layer(fit_context, backbones):
 def test_naive_generator_reads_the_summary_token(backbones, family):
     """LPT's naive generator: the prompt depends on the first token (GPT-2: the last real one) and nothing else;
     batch invariant under padding."""
-    from sptbench.methods.nn.prompt_generator import NaivePromptGenerator
+    from sptbench.methods.spt.prompt_generator import NaivePromptGenerator
 
     model, tok = backbones(family)
     get_method("lpt").apply(model, build_config(get_method("lpt"), {"generator": "naive", "num_tokens": 5}))
@@ -616,7 +616,7 @@ def test_naive_generator_reads_the_summary_token(backbones, family):
 
 
 def test_plot_layers_curves_and_chosen_layers(tmp_path):
-    from sptbench.plots import chosen_layer_counts, layer_curves, plot_layers
+    from sptbench.reports.plots import chosen_layer_counts, layer_curves, plot_layers
     from tests.helpers import make_record
 
     rng = __import__("random").Random(5)

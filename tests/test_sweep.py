@@ -1,4 +1,4 @@
-"""`sptbench sweep` (sptbench/sweep.py): grid expansion, strict validation before any run, resume, interruption,
+"""`sptbench sweep` (sptbench/sweep/plan.py): grid expansion, strict validation before any run, resume, interruption,
 dev-only selection, the submitit array, concurrent writers, and data-parallel training (train.py + runner.py)."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import pytest
 import torch
 import yaml
 
-import sptbench.train as train_mod
-from sptbench.claims import claim, claim_name, claims_dir
-from sptbench.cli import main
-from sptbench.errors import SptbenchError
-from sptbench.records import canonical_json, example_record, read_records, read_table, validate_record
-from sptbench.selection import select_by_dev
-from sptbench.sweep import load_sweep, parse_sweep, plan, run_local, spec_key, submit
+import sptbench.training.loop as train_mod
+from sptbench.cli.main import main
+from sptbench.core.errors import SptbenchError
+from sptbench.records.io import canonical_json, example_record, read_records, read_table, validate_record
+from sptbench.reports.selection import select_by_dev
+from sptbench.sweep.claims import claim, claim_name, claims_dir
+from sptbench.sweep.plan import load_sweep, parse_sweep, plan, run_local, spec_key, submit
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128}
@@ -74,7 +74,7 @@ def test_ready_sweeps_expand_to_their_counts(name, runs, data_dir):
 
 
 def test_dry_run_counts_cpu_16shot_and_runs_nothing(tmp_path, data_dir, capsys, monkeypatch):
-    monkeypatch.setattr("sptbench.runner.run", lambda spec: pytest.fail("a dry run ran something"))
+    monkeypatch.setattr("sptbench.run.runner.run", lambda spec: pytest.fail("a dry run ran something"))
     sweep_file = str(REPO / "sweeps" / "cpu-16shot.yaml")
     assert main(["sweep", sweep_file, "--dry-run", "--data-dir", str(data_dir), "--results-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -143,7 +143,7 @@ def test_regimes_grid_over_shots_and_train_size(tmp_path, data_dir):
     ],
 )
 def test_bad_sweep_files_fail_with_one_line_before_any_run(tmp_path, data_dir, capsys, monkeypatch, change, message):
-    monkeypatch.setattr("sptbench.runner.run", lambda spec: pytest.fail("a run started"))
+    monkeypatch.setattr("sptbench.run.runner.run", lambda spec: pytest.fail("a run started"))
     path = write(tmp_path, {**tiny_sweep(tmp_path, data_dir), **change})
     with pytest.raises(SptbenchError, match=message):
         load_sweep(path)
@@ -153,7 +153,7 @@ def test_bad_sweep_files_fail_with_one_line_before_any_run(tmp_path, data_dir, c
 
 
 def test_missing_launcher_package_is_one_clear_error(tmp_path, data_dir, capsys, monkeypatch):
-    monkeypatch.setattr("sptbench.runner.run", lambda spec: pytest.fail("a run started"))
+    monkeypatch.setattr("sptbench.run.runner.run", lambda spec: pytest.fail("a run started"))
     monkeypatch.setitem(sys.modules, "submitit", None)  # `import submitit` now raises ImportError
     path = write(tmp_path, tiny_sweep(tmp_path, data_dir))
     assert main(["sweep", str(path), "--launcher", "slurm"]) == 2
@@ -206,7 +206,7 @@ def test_eta_for_a_task_the_method_has_not_run_scales_by_the_task_factor():
     methods took on that task than on all tasks (same backbone and setting)."""
     from types import SimpleNamespace
 
-    from sptbench.sweep import _wall_index, estimate_s
+    from sptbench.sweep.plan import _wall_index, estimate_s
 
     rng = random.Random()
     base = {("a", "x"): rng.uniform(20, 60), ("a", "y"): rng.uniform(5, 20), ("b", "y"): rng.uniform(5, 40)}
@@ -377,7 +377,7 @@ def test_slurm_launcher_through_submitit_debug_executor(tmp_path, data_dir, caps
 def _concurrent_run(args):
     spec, threads = args
     torch.set_num_threads(threads)
-    from sptbench.runner import run
+    from sptbench.run.runner import run
 
     return run(spec).record["run_id"]
 
@@ -400,7 +400,7 @@ def test_a_claim_is_exclusive_and_ends_with_its_process(tmp_path):
         assert (first, second, other) == (True, False, True)
     assert not list(folder.iterdir())  # removed when done
     holder = subprocess.Popen(  # another process holds the claim, then is killed without releasing it
-        [sys.executable, "-c", "import sys, time; from sptbench.claims import claim\n"
+        [sys.executable, "-c", "import sys, time; from sptbench.sweep.claims import claim\n"
          f"with claim({str(folder)!r}, 'run-a'):\n    print('held', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -417,7 +417,7 @@ def test_a_claim_is_exclusive_and_ends_with_its_process(tmp_path):
 def test_a_file_system_without_locks_works_alone_and_says_so_once(tmp_path, monkeypatch, capsys):
     import errno
 
-    import sptbench.claims as claims_mod
+    import sptbench.sweep.claims as claims_mod
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
@@ -496,7 +496,7 @@ def _toy_data():
 
 
 def _toy_train():
-    from sptbench.tasks import load_spec
+    from sptbench.data.tasks import load_spec
 
     model = Toy()
     train, dev = _toy_data()
@@ -548,7 +548,7 @@ def test_accelerate_launch_two_processes_writes_one_matching_record(tmp_path, da
             "--eval-every", "3", "--data-dir", str(data_dir), "--quiet", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
-              "-m", "sptbench.cli", "run"]
+              "-m", "sptbench.cli.main", "run"]
     dp = subprocess.run([*launch, *args, "--results-dir", str(tmp_path / "dp")], env=env, capture_output=True,
                         text=True, timeout=300)
     assert dp.returncode == 0, dp.stderr[-2000:]
@@ -566,8 +566,8 @@ def test_accelerate_launch_two_processes_writes_one_matching_record(tmp_path, da
 
 
 def test_head_axis_expands_and_matches_records_on_it(tmp_path, data_dir):
-    from sptbench.records import record_key
-    from sptbench.sweep import record_plan_key
+    from sptbench.records.io import record_key
+    from sptbench.sweep.plan import record_plan_key
 
     raw = tiny_sweep(tmp_path, data_dir, methods=["lora"], head=["linear", "prompt"],
                      prompt_loss=["label_words", "vocab"])

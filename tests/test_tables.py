@@ -1,4 +1,4 @@
-"""Tests for sptbench/tables.py: cell statistics, markings, notes, the three formats and README blocks."""
+"""Tests for sptbench/reports/tables.py: cell statistics, markings, notes, the three formats and README blocks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import statistics
 
 import pytest
 
-from sptbench.errors import SptbenchError
-from sptbench.tables import build_table, cell_metric, latex_escape, render, update_readme_block
+from sptbench.core.errors import SptbenchError
+from sptbench.reports.tables import build_table, cell_metric, latex_escape, render, update_readme_block
 from tests.helpers import make_record
 
 TASKS = ("rte", "sst2")

@@ -1,4 +1,4 @@
-"""Tests for sptbench/tasks.py and tasks/*.yaml, on the real mirror in ../shared/data (skipped when absent)."""
+"""Tests for sptbench/data/tasks.py and tasks/*.yaml, on the real mirror in ../shared/data (skipped when absent)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sptbench import tasks
-from sptbench.errors import SptbenchError
+from sptbench.core.errors import SptbenchError
+from sptbench.data import tasks
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -160,7 +160,7 @@ def test_bad_prompt_sections_are_one_line_errors(tmp_path: Path, monkeypatch: py
 
 
 def test_every_task_has_a_prompt_with_one_word_per_label() -> None:
-    from sptbench.templates import prompt_setup
+    from sptbench.data.templates import prompt_setup
 
     for name in tasks.list_tasks():
         spec = tasks.load_spec(name)
@@ -278,7 +278,7 @@ def test_few_shot_is_per_class_seeded_and_disjoint(name: str, shots: int) -> Non
 @needs_data
 def test_fingerprint_is_stable_across_processes() -> None:
     code = (
-        "from sptbench.tasks import load_task;"
+        "from sptbench.data.tasks import load_task;"
         f"print(load_task('mrpc', data_dir={str(DATA_DIR)!r}, shots=16, seed=87).fingerprint)"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -546,7 +546,7 @@ def topic_mirror(root: Path, n: int = 12) -> Path:
 
 
 def test_a_yaml_dropped_into_a_user_folder_is_a_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from sptbench.cli import main
+    from sptbench.cli.main import main
 
     folder = user_folder(tmp_path, monkeypatch, ("topics.yaml", NEW_TASK))
     assert tasks.list_tasks() == sorted([*ALL_TASKS, "topics"])
@@ -583,8 +583,8 @@ def test_a_user_spec_overrides_the_packaged_one_and_the_first_folder_wins(tmp_pa
 
 
 def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Path, monkeypatch, capsys) -> None:
-    from sptbench.cli import main
-    from sptbench.records import read_records, record_key, validate_record
+    from sptbench.cli.main import main
+    from sptbench.records.io import read_records, record_key, validate_record
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -612,7 +612,7 @@ def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Pat
 
 
 def test_a_sweep_file_names_a_tasks_dir(tmp_path: Path, monkeypatch) -> None:
-    from sptbench.sweep import parse_sweep
+    from sptbench.sweep.plan import parse_sweep
 
     folder = tmp_path / "mine"
     folder.mkdir()

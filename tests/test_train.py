@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from sptbench.backbones import TINY_CONFIGS, drop_pooler, load_backbone
-from sptbench.registry import build_config, get_method
-from sptbench.tasks import load_spec
-from sptbench.train import STOCK_SETTINGS, TrainConfig, lr_multiplier, torch_epochs, train
+from sptbench.data.tasks import load_spec
+from sptbench.methods.registry import build_config, get_method
+from sptbench.models.backbones import TINY_CONFIGS, drop_pooler, load_backbone
+from sptbench.training.loop import STOCK_SETTINGS, TrainConfig, lr_multiplier, torch_epochs, train
 
 STEPS = 8
 
@@ -187,7 +187,8 @@ def test_lr_schedules():
 
 def test_stock_settings_are_training_flags():
     """`--stock` sets training options that the command line can override one by one."""
-    from sptbench import schema, train
+    from sptbench.core import run_schema as schema
+    from sptbench.training import loop as train
 
     assert set(train.STOCK_SETTINGS) <= set(schema.TRAIN_FLAGS)
 
@@ -197,7 +198,8 @@ def test_peft_vocab_init_draws_what_peft_draws():
     stream, so a stock peft loop and sptbench start alike); `vocab` draws another."""
     from peft import PromptTuningConfig, PromptTuningInit, TaskType
     from peft.tuners.prompt_tuning.model import PromptEmbedding
-    from sptbench.baselines.prompt_tuning import initial_prompt
+
+    from sptbench.methods.prompt_tuning import initial_prompt
 
     seed = random.randrange(10**6)
     words = nn.Embedding(300, 16)
@@ -214,6 +216,6 @@ def test_peft_vocab_init_draws_what_peft_draws():
 
 
 def test_peft_vocab_is_a_config_choice():
-    from sptbench.registry import build_config, get_method
+    from sptbench.methods.registry import build_config, get_method
 
     assert build_config(get_method("prompt_tuning"), {"init": "peft_vocab"}).init == "peft_vocab"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sptbench.compare import compare, parse_side
-from sptbench.records import validate_paths
+from sptbench.records.io import validate_paths
+from sptbench.reports.compare import compare, parse_side
 from tests.helpers import make_record
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "tuned_findings.py"

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sptbench.errors import SptbenchError
-from sptbench.registry import FitContext, FitResult, register_method
+from sptbench.core.errors import SptbenchError
+from sptbench.methods.registry import FitContext, FitResult, register_method
 
 if TYPE_CHECKING:  # torch loads when a model is built, not when methods are listed
-    from sptbench.model import Classifier
+    from sptbench.models.classifier import Classifier
 
 
 @dataclass
@@ -50,7 +50,7 @@ def fit_zero_shot(ctx: FitContext) -> FitResult:
     """No training: evaluate the frozen model with its prompt head on dev (recorded), the runner then on test."""
     import time
 
-    from sptbench.train import TrainResult, evaluate
+    from sptbench.training.loop import TrainResult, evaluate
 
     model = ctx.build_model()
     if model.head_kind != "prompt":

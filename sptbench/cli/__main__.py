@@ -1,0 +1,5 @@
+"""`python -m sptbench.cli`: the `sptbench` command."""
+
+from sptbench.cli.main import main
+
+raise SystemExit(main())

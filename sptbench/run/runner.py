@@ -1,0 +1,441 @@
+"""One run: spec -> data -> model -> trained state -> record. The runner knows no method by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import importlib.metadata
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sptbench import __version__
+from sptbench.api import build_classifier, frozen_backbone, import_weights, read_weights, write_weights
+from sptbench.core import safe_yaml
+from sptbench.core.errors import SptbenchError, describe
+from sptbench.core.run_schema import RunSpec, check_choices, check_train_config
+from sptbench.data.metrics import warm_up as warm_up_metrics
+from sptbench.data.tasks import TaskData, load_task
+from sptbench.data.templates import encode_prompt_rows, head_section, prompt_setup, setup_from_record
+from sptbench.methods.registry import (
+    FitContext,
+    FitResult,
+    Method,
+    build_config,
+    check_config_layers,
+    coerce_overrides,
+    config_dict,
+    get_method,
+)
+from sptbench.records.io import (
+    SCHEMA_VERSION,
+    append_record,
+    check_appendable,
+    check_writable_dir,
+    dump_record,
+    new_run_id,
+    now_iso,
+    setting_name,
+    table_path,
+    validate_record,
+    write_text_atomic,
+)
+from sptbench.run.provenance import device_label, hardware_id, peak_memory_mb, resolve_device
+from sptbench.training.loop import (
+    NonFiniteLoss,
+    TrainConfig,
+    encode_rows,
+    evaluate,
+    train,
+    world,
+)
+
+
+@dataclass
+class RunOutcome:
+    record: dict
+    table: Path
+    model: Any = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_config(spec: RunSpec, method: Method) -> TrainConfig:
+    """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
+    overrides = {"lr": method.default_lr, **spec.train_overrides}
+    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
+    tcfg = TrainConfig(**values)
+    check_train_config(tcfg)
+    return tcfg
+
+
+MAX_SEED = 2**32  # numpy's seeds are 32-bit
+
+
+def check_seed(seed: Any) -> int:
+    """A run seed: an integer in [0, 2^32) (numpy's range), not a bool or a float."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
+        raise SptbenchError(f"seed must be an integer in [0, 2^32), got {seed!r}")
+    return seed
+
+
+def _check_path(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise SptbenchError(f"{what} must be a non-empty path, got {value!r}")
+
+
+def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
+    """Everything about a run that can be checked without data or a model (what `sptbench sweep` checks at every
+    grid point before any run): names, types and ranges of every option. Returns the method, its config, the
+    training config and the table the record will go to."""
+    from sptbench.data.tasks import check_protocol, load_spec
+
+    for name, value in (("method", spec.method), ("task", spec.task), ("model", spec.model)):
+        if not isinstance(value, str) or not value:
+            raise SptbenchError(f"{name} must be a non-empty name, got {value!r}")
+    check_seed(spec.seed)
+    method = get_method(spec.method)
+    method.check_head(spec.head)
+    cfg = build_config(method, spec.method_overrides)
+    tcfg = train_config(spec, method)
+    check_choices(spec)  # every option with declared choices (dtype, device, pooling, head, ...)
+    _check_path(spec.results_dir, "results_dir")
+    for name in ("data_dir", "save_dir"):
+        if getattr(spec, name) is not None:
+            _check_path(getattr(spec, name), name)
+    setting = setting_name(spec.shots, spec.train_size)
+    check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
+    check_config_layers(cfg, spec.model)
+    return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
+
+
+def check_save_dir(save_dir: str, overwrite: bool) -> None:
+    """`--save-dir`: a folder (or a path one can be made at) that holds no saved run, unless `overwrite`."""
+    out = Path(save_dir)
+    if out.exists() and not out.is_dir():
+        raise SptbenchError(f"--save-dir {out} is a file, not a folder")
+    held = [name for name in ("trained.safetensors", "record.yaml") if (out / name).exists()]
+    if held and not overwrite:
+        raise SptbenchError(f"--save-dir {out} already holds a saved run ({held[0]}); pass --overwrite to replace it")
+    check_writable_dir(out)
+
+
+def _recover(record: dict) -> str:
+    """Put a record that could not be appended where the user finds it: a file in the temp folder, else stdout."""
+    import tempfile
+
+    text = dump_record(record)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"sptbench-record-{record['run_id']}-", suffix=".yaml")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return name
+    except OSError:
+        print(text, end="", flush=True)
+        return "the YAML printed above"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "sptbench": __version__}
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "evaluate"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# What `git.dirty` looks at: the code a run executes, not the results files the runs themselves write.
+CODE_PATHS = ("sptbench", "tasks", "pyproject.toml")
+
+
+@functools.cache
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """The checkout's commit, and whether the code differs from it. Read once per process, at its first run: a
+    long sweep keeps executing the code it imported, so later commits must not be claimed by its records."""
+    root = root or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root, capture_output=True,
+                                text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _device(name: str):
+    """accelerate picks the device (and, for bf16, autocast); `auto` means CUDA when there is one."""
+    from accelerate import Accelerator
+
+    # cpu=True also without CUDA: then a data-parallel launch (torchrun / accelerate launch) is MULTI_CPU (gloo)
+    return Accelerator(cpu=resolve_device(name).type == "cpu")
+
+
+# Libraries that load on first use (seconds each on a small machine): methods import them when they build a model.
+LAZY_LIBRARIES = ("peft",)
+
+
+def warm_up() -> float:
+    """The process's one-time start-up, done before a run's clock starts: evaluate (the metrics) and the libraries
+    methods import lazily. Returns the seconds it took (0 after the first run of a process)."""
+    t0 = time.perf_counter()
+    warm_up_metrics()
+    for name in LAZY_LIBRARIES:
+        importlib.import_module(name)
+    return time.perf_counter() - t0
+
+
+def default_fit(method: Method, ctx: FitContext) -> FitResult:
+    """Single-stage methods: apply, train with dev selection."""
+    model = ctx.build_model()
+    method.apply(model, ctx.method_cfg)
+    result = ctx.train(model, ctx.encode(ctx.task.train), ctx.encode(ctx.task.dev))
+    return FitResult(model=model, result=result)
+
+
+def run(spec: RunSpec) -> RunOutcome:
+    """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
+    start = time.perf_counter()
+    created = now_iso()
+    git_state()  # the code this process runs: read before it runs anything
+    # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
+    # unwritable results folder or table, or a save folder that is a file or holds another run
+    method, cfg, tcfg, path = check_spec(spec)
+    check_appendable(path)
+    if spec.save_dir:
+        check_save_dir(spec.save_dir, spec.overwrite)
+    start += warm_up()  # one-time imports are no part of this run's wall_s or eval_s
+    task: TaskData = load_task(
+        spec.task,
+        data_dir=spec.data_dir,
+        shots=spec.shots,
+        seed=spec.seed,
+        split_source=spec.split_source,
+        train_size=spec.train_size,
+    )
+    setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template)
+    accelerator = _device(spec.device)
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    info_box: dict[str, Any] = {}
+
+    def build_model():
+        seed_everything(spec.seed)
+        model, tokenizer, info = frozen_backbone(  # quiet: transformers' load report and bar off, as ours is
+            spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup,
+            quiet=not spec.progress,
+        )
+        info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
+        return model.to(device)
+
+    build_model()  # loads the tokenizer and provenance once, fails early on a bad --model
+    tokenizer, info = info_box["tokenizer"], info_box["info"]
+    pad_id = tokenizer.pad_token_id or 0
+
+    def encode(rows):
+        if setup is not None:
+            return encode_prompt_rows(rows, tokenizer, setup, task.spec.max_length, causal=info_box["causal"])
+        return encode_rows(rows, tokenizer, task.spec)
+
+    def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
+        kw.setdefault("pad_id", pad_id)
+        kw.setdefault("progress", spec.progress)
+        return train(model, train_enc, dev_enc, task.spec, tcfg_ or tcfg, **kw)
+
+    ctx = FitContext(
+        task=task,
+        method_cfg=cfg,
+        tcfg=tcfg,
+        tokenizer=tokenizer,
+        build_model=build_model,
+        encode=encode,
+        train=run_train,
+        log=lambda msg: print(msg, file=sys.stderr) if world()[0] == 0 else None,  # once per data-parallel launch
+    )
+    dtype = torch.bfloat16 if spec.dtype == "bf16" else None
+    status, error, fit, test, eval_s = "ok", None, None, {}, 0.0
+    try:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            fit = method.fit(ctx) if method.fit else default_fit(method, ctx)
+            if not spec.defer_test:
+                test_enc = encode(task.test)
+                t0 = time.perf_counter()
+                test = evaluate(fit.model, test_enc, task.spec, tcfg.eval_batch_size, pad_id)
+                eval_s = time.perf_counter() - t0
+    except Exception as e:
+        # a sweep records any run-time failure and goes on (docs/sweeps.md); a lone run records a non-finite loss
+        if not (isinstance(e, NonFiniteLoss) or spec.sweep is not None):
+            raise
+        status, error, fit = "failed", str(e) if isinstance(e, SptbenchError) else describe(e), None
+
+    record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
+    # the head section sits after the backbone; optional in the schema: records from before it lack it (linear)
+    items = list(record.items())
+    at = [k for k, _ in items].index("backbone") + 1
+    record = dict(items[:at] + [("head", head_section(setup))] + items[at:])
+    if spec.sweep is not None:
+        record["sweep"] = dict(spec.sweep)
+    rank, world_size = world()
+    if spec.defer_test and status == "ok":
+        from sptbench.reports.selection import pending_dir
+
+        record["selection"] = {"tested": False}
+        if rank == 0:  # the state first: a record that says "untested" always has the state its test needs
+            save_trained(fit.model, record, pending_dir(spec.results_dir, record["run_id"]))
+    if world_size > 1:  # data-parallel launch: one record (rank 0's), with the throughput of all processes
+        record["throughput"]["num_processes"] = world_size
+    main = rank == 0
+    if main:
+        _write_outputs(spec, path, record, fit.model if status == "ok" else None)
+    if status != "ok":
+        raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
+    return RunOutcome(record=record, table=path, model=fit.model)
+
+
+def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
+    """Append the record (and save the model with --save-dir). Checked before the run, these can still fail (a full
+    disk, a table changed meanwhile): then the record goes to a recovery file and the error names it."""
+    try:
+        append_record(path, record)
+    except (OSError, SptbenchError) as e:
+        where = _recover(record)
+        hint = f" (append it: cat {where} >> {path})" if where.startswith("/") else ""
+        saved = ""
+        if model is not None and spec.save_dir:
+            try:
+                save_trained(model, record, Path(spec.save_dir))
+                saved = f"; the model is saved in {spec.save_dir}"
+            except (OSError, SptbenchError):
+                saved = f"; saving the model to {spec.save_dir} failed too"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SptbenchError(
+            f"the run finished but its record could not be appended to {path} ({reason}); it is in {where}{hint}{saved}"
+        ) from None
+    if model is not None and spec.save_dir:
+        try:
+            save_trained(model, record, Path(spec.save_dir))
+        except (OSError, SptbenchError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SptbenchError(
+                f"the record is in {path} (run {record['run_id']}), but saving the model to {spec.save_dir} failed: "
+                f"{reason}"
+            ) from None
+
+
+def training_section(tcfg: TrainConfig, device_type: str, dtype: str) -> dict:
+    """The record's `training` section (part of the record key): every training option but the seed, + device, dtype."""
+    return {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "seed"} | {"device": device_type, "dtype": dtype}
+
+
+def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start) -> dict:
+    res = fit.result if fit else None
+    counts = fit.model.count_parameters() if fit else {}
+    n_test = len(task.test)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": new_run_id(),
+        "created": created,
+        "status": status,
+        "error": error,
+        "method": {"name": method.name, "config": config_dict(cfg)},
+        "task": {"name": task.spec.name, "version": task.spec.version,  # + the spec file (not in the key)
+                 "spec_path": task.spec.path, "spec_sha256": task.spec.sha256},
+        "protocol": dict(task.protocol),
+        "backbone": info.as_record(),
+        "data": {
+            "source": task.source,
+            "location": task.location,
+            "fingerprint": task.fingerprint,
+            "notes": list(task.notes),
+        },
+        "training": training_section(tcfg, device.type, spec.dtype),
+        "outcome": {
+            "best_step": res.best_step if res else None,
+            "steps_run": res.steps_run if res else 0,
+            "stopped_early": res.stopped_early if res else False,
+            "history": res.history if res else [],
+        },
+        "metrics": {
+            "selection_metric": task.spec.selection_metric,
+            "dev": dict(res.best_dev) if res else {},
+            "test": dict(test),
+        },
+        "params": counts,
+        "throughput": {
+            "train_samples_per_s": round(res.samples_seen / res.train_time_s, 3) if res and res.train_time_s else None,
+            "train_tokens_per_s": round(res.tokens_seen / res.train_time_s, 1) if res and res.train_time_s else None,
+            "eval_samples_per_s": round(n_test / eval_s, 3) if eval_s else None,
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "device": device_label(device),
+            "hardware": hardware_id(device),  # optional in the schema: records before 2026-12-01 lack it
+            "dtype": spec.dtype,
+        },
+        "time": {
+            "wall_s": round(time.perf_counter() - start, 2),
+            "train_s": round(res.train_time_s, 2) if res else 0.0,
+            "eval_s": round((res.eval_time_s if res else 0.0) + eval_s, 2),
+        },
+        "stages": fit.stages if fit else {},
+        "extra": fit.record_extra() if fit else {},
+        "versions": package_versions(),
+        "git": dict(git_state()),
+    }
+
+
+def save_trained(model, record: dict, out: Path) -> None:
+    """Write the trained parameters + head as safetensors, with the record that says how to rebuild the model."""
+    write_weights(model, out)
+    write_text_atomic(out / "record.yaml", dump_record(record))
+
+
+def load_trained(folder: str | Path, quiet: bool = False):
+    """Rebuild a saved run: fresh backbone + the method (its final config) + the saved parameters. Data only:
+    the record is read with the bounded safe loader and the weights from safetensors. Strict: a record that is not
+    a valid record, weights that are not safetensors, or tensors missing, extra, or of another shape or dtype than
+    the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped.
+    `quiet`: no transformers load report or progress bar."""
+    from sptbench.data.tasks import load_spec
+
+    folder = Path(folder)
+    record_path, weights_path = folder / "record.yaml", folder / "trained.safetensors"
+    if not folder.is_dir():
+        raise SptbenchError(f"{folder}: no saved run here (not a folder)")
+    record = safe_yaml.load_file(record_path, "saved record")
+    problems = validate_record(record)
+    if problems:
+        raise SptbenchError(f"{record_path}: not a valid run record: {problems[0]}")
+    final = (record.get("extra") or {}).get("final_config")
+    if final is not None and not isinstance(final, dict):
+        raise SptbenchError(f"{record_path}: extra.final_config must be a mapping, got {type(final).__name__}")
+    state = read_weights(weights_path)
+    try:
+        method = get_method(record["method"]["name"])
+        # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
+        cfg = build_config(method, final or record["method"]["config"])
+        task_spec = load_spec(record["task"]["name"])
+        model, tokenizer, _ = build_classifier(
+            method, cfg, record["backbone"]["id"], task_spec.num_labels, pooling=record["backbone"]["pooling"],
+            prompt=setup_from_record(record, task_spec), quiet=quiet,
+        )
+    except SptbenchError as e:
+        raise SptbenchError(f"{record_path}: cannot rebuild the saved model: {e}") from None
+    import_weights(model, state, weights_path)
+    return model.eval(), tokenizer

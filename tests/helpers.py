@@ -28,8 +28,8 @@ def build(backbone: str, method: str, overrides: dict | None = None, seed: int =
     """Load a tiny backbone, freeze it and apply `method`, as the runner does (global RNG seeded for the head/init)."""
     import torch
 
-    from sptbench.api import build_classifier
     from sptbench.methods.registry import build_config, get_method
+    from sptbench.run.assemble import build_classifier
 
     torch.manual_seed(seed)
     m = get_method(method)

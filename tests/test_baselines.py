@@ -15,6 +15,7 @@ import torch
 from sptbench import api
 from sptbench.core.errors import SptbenchError
 from sptbench.methods.registry import build_config, get_method, load_methods
+from sptbench.run.assemble import frozen_backbone
 from tests import helpers
 from tests.conftest import TINY_FAMILIES
 from tests.helpers import build
@@ -45,7 +46,7 @@ def build_with_backbone_ids(backbone: str, name: str, seed: int = 0):
 
         setup = prompt_setup(load_spec("sst2"), "prompt")
     torch.manual_seed(seed)
-    model, tokenizer, _ = api.frozen_backbone(backbone, 2, prompt=setup)
+    model, tokenizer, _ = frozen_backbone(backbone, 2, prompt=setup)
     own = {id(p) for p in model.backbone.parameters()}
     method.apply(model, build_config(method))
     return method, model, own, tokenizer
@@ -184,7 +185,7 @@ def test_baseline_parameters_are_the_expected_ones(backbone, method):
 def test_module_methods_are_identity_at_init(backbone, method):
     """Adapters (zero up-projection) and LoRA (zero B) reproduce the head-only model's logits before training."""
     torch.manual_seed(0)
-    model, _, _ = api.frozen_backbone(backbone, 2)
+    model, _, _ = frozen_backbone(backbone, 2)
     model.eval()
     ids, mask = random_batch(7)
     with torch.no_grad():

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 import sptbench.run.runner as runner_mod
 from sptbench.core.errors import SptbenchError
 from sptbench.records.io import append_record, dump_record, read_table, validate_paths
-from sptbench.run.runner import load_trained
+from sptbench.run.persist import load_trained
 from tests.helpers import make_record
 from tests.helpers import run_cli as cli
 

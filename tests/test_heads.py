@@ -205,7 +205,7 @@ def test_run_with_prompt_head_records_it(name, data_dir, tmp_path):
     assert record_key(rec) != record_key({**rec, "head": {"kind": "linear"}})
     if name == "tiny-bert":  # the saved run rebuilds with its prompt head (from the record) and scores the same
         from sptbench.data.tasks import load_task
-        from sptbench.run.runner import load_trained
+        from sptbench.run.persist import load_trained
         from sptbench.training.loop import evaluate
 
         model, tok = load_trained(tmp_path / "saved")

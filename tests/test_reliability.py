@@ -16,7 +16,7 @@ import sptbench.run.runner as runner_mod
 from sptbench.cli.main import build_parser
 from sptbench.core.errors import SptbenchError
 from sptbench.records.io import append_record, dump_record, read_records, read_table, validate_paths
-from sptbench.run.runner import load_trained
+from sptbench.run.persist import load_trained
 from tests.helpers import make_record
 from tests.helpers import run_cli as cli
 
@@ -393,7 +393,7 @@ def test_why6_expected_seeds_and_empty_paths(tmp_path, capsys):
     assert_one_line_error(*cli(["params", "--method", "all", "--set", "layer=3"], capsys)[::2],
                           "--set overrides one method's config")
     with pytest.MonkeyPatch.context() as m:  # the layer is checked before a model is built
-        m.setattr("sptbench.api.build_classifier", lambda *a, **k: pytest.fail("a model was built"))
+        m.setattr("sptbench.run.assemble.build_classifier", lambda *a, **k: pytest.fail("a model was built"))
         argv = ["params", "--method", "lpt", "--model", "tiny-bert", "--set", "layer=99"]
         assert_one_line_error(*cli(argv, capsys)[::2], "layer 99 out of range")
 

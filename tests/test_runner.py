@@ -77,7 +77,7 @@ def test_interrupted_run_leaves_no_record(tmp_path, data_dir, monkeypatch):
 
 
 def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
-    from sptbench.run.runner import load_trained
+    from sptbench.run.persist import load_trained
 
     out = run(spec(tmp_path, data_dir, method="finetune", save_dir=str(tmp_path / "saved")))
     model, _ = load_trained(tmp_path / "saved")
@@ -87,7 +87,7 @@ def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
 
 
 def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
-    from sptbench.run.runner import load_trained
+    from sptbench.run.persist import load_trained
 
     out = run(spec(tmp_path, data_dir, method="spt", save_dir=str(tmp_path / "saved"), method_overrides={"top_k": 2}))
     chosen = out.record["extra"]["chosen_layers"]
@@ -101,7 +101,7 @@ def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
 def test_git_dirty_means_the_code_differs_not_the_results(tmp_path):
     import subprocess
 
-    from sptbench.run.runner import git_state
+    from sptbench.run.provenance import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -59,10 +59,10 @@ def run_sweep(tmp_path, data_dir, results: str, monkeypatch, shuffle_test: bool 
 
 
 def test_only_the_dev_selected_configuration_is_tested_once(tmp_path, data_dir, monkeypatch, capsys):
-    import sptbench.run.runner as runner_mod
+    import sptbench.run.persist as persist
 
-    loads, real_load = [], runner_mod.load_trained
-    monkeypatch.setattr(runner_mod, "load_trained", lambda folder, quiet=False: loads.append(quiet) or
+    loads, real_load = [], persist.load_trained
+    monkeypatch.setattr(persist, "load_trained", lambda folder, quiet=False: loads.append(quiet) or
                         real_load(folder, quiet=quiet))
     records, sizes = run_sweep(tmp_path, data_dir, "results", monkeypatch)
     said = capsys.readouterr()
@@ -163,7 +163,7 @@ def test_each_group_is_tested_as_soon_as_it_is_complete(tmp_path, data_dir):
 def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path, data_dir, monkeypatch, capsys):
     """`sweep --methods` / `--tasks`: one file shared by processes; a part never tests another part's groups, even
     when they are complete (two processes would otherwise both test them)."""
-    import sptbench.reports.selection as selection_mod
+    import sptbench.sweep.test_once as test_once_mod
 
     raw = {
         "name": "parts", "model": "tiny-bert", "data_dir": str(data_dir), "results_dir": str(tmp_path / "r"),
@@ -177,7 +177,7 @@ def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path,
         return sum(r["selection"]["tested"] for r in read_records([tmp_path / "r"]) if r["method"]["name"] == method)
 
     with monkeypatch.context() as m:  # prompt_tuning's part completes its group but stops before its test
-        m.setattr(selection_mod, "test_selected", lambda *a, **k: None)
+        m.setattr(test_once_mod, "test_selected", lambda *a, **k: None)
         assert main(["sweep", str(path), "--methods", "prompt_tuning", "--quiet"]) == 0
     assert main(["sweep", str(path), "--methods", "head", "--quiet"]) == 0
     assert (tested("head"), tested("prompt_tuning")) == (1, 0)  # not the other part's complete group
@@ -194,14 +194,14 @@ def test_parts_of_a_sweep_run_apart_and_each_tests_only_its_own_groups(tmp_path,
 def test_a_group_another_process_is_testing_is_left_to_it(tmp_path, data_dir, monkeypatch):
     """Processes sharing one sweep (sptbench/sweep/claims.py) can find the same group complete: only the one holding its
     claim tests it; the others leave it."""
-    import sptbench.reports.selection as selection_mod
+    import sptbench.sweep.test_once as test_once_mod
     from sptbench.records.io import canonical_json
     from sptbench.sweep.claims import claim, claim_name, claims_dir
     from sptbench.sweep.plan import awaiting_test, load_sweep
 
     path = write_sweep(tmp_path, data_dir, "r")
     with monkeypatch.context() as m:  # every configuration recorded, the test not yet run
-        m.setattr(selection_mod, "test_selected", lambda *a, **k: None)
+        m.setattr(test_once_mod, "test_selected", lambda *a, **k: None)
         assert main(["sweep", str(path), "--quiet"]) == 0
     [group] = awaiting_test(load_sweep(path))
     with claim(claims_dir(tmp_path / "r"), claim_name("test", canonical_json(list(group)))):

@@ -207,10 +207,10 @@ def _print_method_fields(method) -> None:
 def cmd_params(args) -> int:
     from tabulate import tabulate
 
-    from sptbench.api import build_classifier
     from sptbench.data.tasks import load_spec
     from sptbench.data.templates import prompt_setup
     from sptbench.methods.registry import build_config, check_config_layers, get_method, load_methods
+    from sptbench.run.assemble import build_classifier
 
     if args.method == "all" and args.set:
         raise SptbenchError("--set overrides one method's config: name the method (--method M), not all")

@@ -200,13 +200,13 @@ def bench(
     nothing with it (`head`, `zero_shot`) are skipped, as `zero_shot` is with the linear head."""
     import torch
 
-    from sptbench.api import frozen_backbone
     from sptbench.core.run_schema import FROZEN_MODES
     from sptbench.data.tasks import load_spec
     from sptbench.data.templates import head_section, prompt_setup
     from sptbench.methods.registry import build_config, config_dict, get_method
     from sptbench.records.io import now_iso
-    from sptbench.run.runner import git_state, package_versions
+    from sptbench.run.assemble import frozen_backbone
+    from sptbench.run.provenance import git_state, package_versions
 
     check_device_dtype(device, dtype)
     for name, value in (("batch", shape.batch), ("seq-len", shape.seq_len), ("steps", shape.steps)):

@@ -1,5 +1,5 @@
-"""What a run runs on: the device it resolves to, a short device label, the hardware identity
-its floating-point results depend on, and the peak memory it used.
+"""A run's provenance: the device it resolves to, a short device label, the hardware identity its floating-point
+results depend on, the peak memory it used, the package versions and the git state of the code.
 
 Two CPUs of different models (or instruction sets) give slightly different float results for the same run, which
 flips a few predictions of a short training run; `sptbench check --hardware-tol` tells such pairs apart.
@@ -9,10 +9,13 @@ torch is imported by the functions that need it: checking names must not cost a 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import platform
 import resource
+import subprocess
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.core.run_schema import DEVICES, DTYPES
@@ -85,3 +88,41 @@ def _cpu_model() -> str:
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown cpu"
     ids = [fields[k] for k in ("vendor_id", "cpu family", "model", "stepping") if k in fields]
     return f"{name} [{ids[0]} {'/'.join(ids[1:])}]" if len(ids) == 4 else name
+
+
+def _own_version() -> str | None:
+    """sptbench's installed version (read from its metadata: no import of the package root)."""
+    try:
+        return importlib.metadata.version("sptbench")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "sptbench": _own_version()}
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "evaluate"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# What `git.dirty` looks at: the code a run executes, not the results files the runs themselves write.
+CODE_PATHS = ("sptbench", "tasks", "pyproject.toml")
+
+
+@functools.cache
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """The checkout's commit, and whether the code differs from it. Read once per process, at its first run: a
+    long sweep keeps executing the code it imported, so later commits must not be claimed by its records."""
+    root = root or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root, capture_output=True,
+                                text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import importlib.metadata
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -19,14 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sptbench import __version__
-from sptbench.api import build_classifier, frozen_backbone, import_weights, read_weights, write_weights
-from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, describe
 from sptbench.core.run_schema import RunSpec, check_choices, check_train_config
 from sptbench.data.metrics import warm_up as warm_up_metrics
 from sptbench.data.tasks import TaskData, load_task
-from sptbench.data.templates import encode_prompt_rows, head_section, prompt_setup, setup_from_record
+from sptbench.data.templates import encode_prompt_rows, head_section, prompt_setup
 from sptbench.methods.registry import (
     FitContext,
     FitResult,
@@ -47,10 +41,17 @@ from sptbench.records.io import (
     now_iso,
     setting_name,
     table_path,
-    validate_record,
-    write_text_atomic,
 )
-from sptbench.run.provenance import device_label, hardware_id, peak_memory_mb, resolve_device
+from sptbench.run.assemble import frozen_backbone
+from sptbench.run.persist import pending_dir, save_trained
+from sptbench.run.provenance import (
+    device_label,
+    git_state,
+    hardware_id,
+    package_versions,
+    peak_memory_mb,
+    resolve_device,
+)
 from sptbench.training.loop import (
     NonFiniteLoss,
     TrainConfig,
@@ -147,36 +148,6 @@ def _recover(record: dict) -> str:
     except OSError:
         print(text, end="", flush=True)
         return "the YAML printed above"
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "sptbench": __version__}
-    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "evaluate"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-# What `git.dirty` looks at: the code a run executes, not the results files the runs themselves write.
-CODE_PATHS = ("sptbench", "tasks", "pyproject.toml")
-
-
-@functools.cache
-def git_state(root: Path | None = None) -> dict[str, Any]:
-    """The checkout's commit, and whether the code differs from it. Read once per process, at its first run: a
-    long sweep keeps executing the code it imported, so later commits must not be claimed by its records."""
-    root = root or Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root, capture_output=True,
-                                text=True, timeout=10)
-        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 def _device(name: str):
@@ -295,8 +266,6 @@ def run(spec: RunSpec) -> RunOutcome:
         record["sweep"] = dict(spec.sweep)
     rank, world_size = world()
     if spec.defer_test and status == "ok":
-        from sptbench.reports.selection import pending_dir
-
         record["selection"] = {"tested": False}
         if rank == 0:  # the state first: a record that says "untested" always has the state its test needs
             save_trained(fit.model, record, pending_dir(spec.results_dir, record["run_id"]))
@@ -398,44 +367,3 @@ def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, erro
         "versions": package_versions(),
         "git": dict(git_state()),
     }
-
-
-def save_trained(model, record: dict, out: Path) -> None:
-    """Write the trained parameters + head as safetensors, with the record that says how to rebuild the model."""
-    write_weights(model, out)
-    write_text_atomic(out / "record.yaml", dump_record(record))
-
-
-def load_trained(folder: str | Path, quiet: bool = False):
-    """Rebuild a saved run: fresh backbone + the method (its final config) + the saved parameters. Data only:
-    the record is read with the bounded safe loader and the weights from safetensors. Strict: a record that is not
-    a valid record, weights that are not safetensors, or tensors missing, extra, or of another shape or dtype than
-    the rebuilt model's are one SptbenchError naming the file (and tensor); nothing is broadcast or skipped.
-    `quiet`: no transformers load report or progress bar."""
-    from sptbench.data.tasks import load_spec
-
-    folder = Path(folder)
-    record_path, weights_path = folder / "record.yaml", folder / "trained.safetensors"
-    if not folder.is_dir():
-        raise SptbenchError(f"{folder}: no saved run here (not a folder)")
-    record = safe_yaml.load_file(record_path, "saved record")
-    problems = validate_record(record)
-    if problems:
-        raise SptbenchError(f"{record_path}: not a valid run record: {problems[0]}")
-    final = (record.get("extra") or {}).get("final_config")
-    if final is not None and not isinstance(final, dict):
-        raise SptbenchError(f"{record_path}: extra.final_config must be a mapping, got {type(final).__name__}")
-    state = read_weights(weights_path)
-    try:
-        method = get_method(record["method"]["name"])
-        # multi-stage methods record the config that rebuilds their final model (e.g. SPT's chosen layers)
-        cfg = build_config(method, final or record["method"]["config"])
-        task_spec = load_spec(record["task"]["name"])
-        model, tokenizer, _ = build_classifier(
-            method, cfg, record["backbone"]["id"], task_spec.num_labels, pooling=record["backbone"]["pooling"],
-            prompt=setup_from_record(record, task_spec), quiet=quiet,
-        )
-    except SptbenchError as e:
-        raise SptbenchError(f"{record_path}: cannot rebuild the saved model: {e}") from None
-    import_weights(model, state, weights_path)
-    return model.eval(), tokenizer

@@ -871,7 +871,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def awaiting_test(sweep: Sweep, tables: list[Path] | None = None) -> dict:
     """The groups of a `test: selected` sweep whose configurations are all recorded and none is tested yet, read
     from `tables` (default: every table under the results folder)."""
-    from sptbench.reports.selection import groups_to_test
+    from sptbench.sweep.test_once import groups_to_test
 
     if sweep.test != "selected":
         return {}
@@ -888,7 +888,7 @@ def awaiting_test(sweep: Sweep, tables: list[Path] | None = None) -> dict:
 def run_pending_tests(sweep: Sweep, quiet: bool = False) -> int:
     """Test each complete group's dev-selected configuration once (test-once protocol); returns how many. `quiet`:
     no transformers load report or progress bar (the one-line result is always logged)."""
-    from sptbench.reports.selection import test_selected
+    from sptbench.sweep.test_once import test_selected
 
     tested = 0
     for group, candidates in awaiting_test(sweep).items():

@@ -170,7 +170,7 @@ def test_causal_template_needs_text_before_the_mask():
 @pytest.mark.slow  # a fresh process importing torch + transformers
 def test_minilm_with_prompt_head_is_one_line_exit_2(data_dir, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "sptbench.cli.main", "run", "--method", "lora", "--task", "sst2", "--shots", "16",
+        [sys.executable, "-m", "sptbench.cli", "run", "--method", "lora", "--task", "sst2", "--shots", "16",
          "--model", "minilm-l6", "--head", "prompt", "--data-dir", str(data_dir), "--results-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )

@@ -47,7 +47,7 @@ def test_the_face_imports_no_heavy_library():
 
 def test_listing_methods_lists_every_registered_method():
     """The torch-free listing is the registry itself: the names a run accepts, each with its description."""
-    out = subprocess.run([sys.executable, "-m", "sptbench.cli.main", "list", "methods"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "sptbench.cli", "list", "methods"], cwd=REPO, capture_output=True,
                          text=True, timeout=300, check=True)
     from sptbench.methods.registry import load_methods
 

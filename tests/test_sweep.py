@@ -548,7 +548,7 @@ def test_accelerate_launch_two_processes_writes_one_matching_record(tmp_path, da
             "--eval-every", "3", "--data-dir", str(data_dir), "--quiet", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
-              "-m", "sptbench.cli.main", "run"]
+              "-m", "sptbench.cli", "run"]
     dp = subprocess.run([*launch, *args, "--results-dir", str(tmp_path / "dp")], env=env, capture_output=True,
                         text=True, timeout=300)
     assert dp.returncode == 0, dp.stderr[-2000:]

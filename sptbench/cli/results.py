@@ -22,6 +22,8 @@ from sptbench.records.io import (
 from sptbench.reports.check import check, format_result
 from sptbench.reports.tables import FORMATS, build_table, check_readme_block, render, update_readme_block
 
+ORDER = 40  # place in `sptbench --help`
+
 
 def _names(values: list[str] | None) -> list[str] | None:
     """Names given as `a b` or `a,b` (or both)."""

@@ -8,7 +8,7 @@ import math
 import sys
 from typing import NoReturn
 
-from sptbench.core.errors import one_line
+from sptbench.core.errors import SptbenchError, one_line
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -75,3 +75,14 @@ def _int(value: str) -> int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got '{value}'") from None
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """`--set key=value` pairs as a mapping (values stay strings: the method config types them)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SptbenchError(f"--set expects key=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out

@@ -4,7 +4,7 @@ Each field carries its metadata: the command-line flag and help (`sptbench run -
 its choices, the sweep-file key that gives it (`sweep`), and the record-key component that records it (`key`) or,
 for a field that cannot move a recorded number, why not (`not_in_key`). From this module come:
 
-- the `run` flags and the `--config FILE` keys (sptbench/cli/main.py),
+- the `run` flags and the `--config FILE` keys (sptbench/cli/run.py),
 - the scalar keys and axes of a sweep file (sptbench/sweep/plan.py),
 - the record key (`record_key`) that `table`, `check`, `compare` and `sweep` resume all use.
 

@@ -27,7 +27,7 @@ COMMANDS = {
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_cold_start(benchmark, name):
-    argv = [sys.executable, "-m", "sptbench.cli.main", *COMMANDS[name]]
+    argv = [sys.executable, "-m", "sptbench.cli", *COMMANDS[name]]
     runs: list[subprocess.CompletedProcess] = []
 
     def start() -> None:

@@ -54,7 +54,7 @@ def build_model(
     cfg = build_config(m, method_options)
     setup = None
     if head != "linear" or task is not None:
-        from sptbench.data.tasks import load_spec
+        from sptbench.data.specs import load_spec
 
         if task is None:
             raise SptbenchError("head='prompt' needs task=... (its template and label words)")

@@ -41,7 +41,7 @@ def build_with_backbone_ids(backbone: str, name: str, seed: int = 0):
     method = get_method(name)
     setup = None
     if "linear" not in method.heads:
-        from sptbench.data.tasks import load_spec
+        from sptbench.data.specs import load_spec
         from sptbench.data.templates import prompt_setup
 
         setup = prompt_setup(load_spec("sst2"), "prompt")

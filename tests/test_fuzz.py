@@ -210,7 +210,7 @@ def _spec_paths(raw: dict):
 @given(data=st.data())
 def test_fuzz_task_specs(data):
     from sptbench.core.safe_yaml import load_one
-    from sptbench.data.tasks import TaskSpec, _spec_from_raw, _specs_root
+    from sptbench.data.specs import TaskSpec, _spec_from_raw, _specs_root
 
     TRIED["task specs"] += 1
     name = data.draw(st.sampled_from(["rte", "sst2", "trec", "mnli"]))
@@ -247,7 +247,8 @@ rows = st.dictionaries(st.sampled_from(["sentence1", "sentence2", "label", "idx"
 def test_fuzz_data_rows(tmp_path_factory, mirror, good, rows_, edits):
     import json
 
-    from sptbench.data.tasks import load_spec, read_jsonl, read_lm_bff
+    from sptbench.data.specs import load_spec
+    from sptbench.data.tasks import read_jsonl, read_lm_bff
 
     TRIED["data files"] += 1
     spec = load_spec("rte")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from sptbench.cli.main import main
 from sptbench.core.errors import SptbenchError
-from sptbench.data.tasks import load_spec
+from sptbench.data.specs import load_spec
 from sptbench.data.templates import PromptSetup, encode_prompt_rows, parse_template, prompt_setup
 from sptbench.methods.registry import build_config, get_method
 from sptbench.models.backbones import _tiny, load_backbone

@@ -428,13 +428,13 @@ def test_why7_yaml_aliases_are_refused_in_every_reader(mirror, tmp_path, capsys,
 
 def test_why7_aliases_in_a_record_or_task_spec_are_refused(tmp_path, monkeypatch):
     from sptbench.core import safe_yaml
-    from sptbench.data import tasks
+    from sptbench.data import specs
 
     rec = make_record()
     text = dump_record(rec).replace("metrics:\n", "metrics: &m\n", 1) + "copy: *m\n"
     (tmp_path / "t.yaml").write_text(text)
     assert any("aliases" in p for p in validate_paths([tmp_path / "t.yaml"]))
-    spec = (tasks._specs_root() / "rte.yaml").read_text().replace("labels: [", "labels: &l [", 1) + "x: *l\n"
+    spec = (specs._specs_root() / "rte.yaml").read_text().replace("labels: [", "labels: &l [", 1) + "x: *l\n"
     with pytest.raises(SptbenchError, match="aliases"):
         safe_yaml.load_one(spec, "rte.yaml")
 

@@ -381,7 +381,8 @@ def _accuracy(spec, predictions, references):
 
 @pytest.fixture(scope="module")
 def fit_context():
-    from sptbench.data.tasks import TaskData, load_spec
+    from sptbench.data.specs import load_spec
+    from sptbench.data.tasks import TaskData
     from sptbench.methods.registry import FitContext
     from sptbench.training.loop import TrainConfig, encode_rows, train
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sptbench.core.errors import SptbenchError
-from sptbench.data import tasks
+from sptbench.data import specs, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -33,7 +33,7 @@ needs_data = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def packaged_specs_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tests see the packaged specs only, whatever $SPTBENCH_TASKS_PATH the caller has set."""
-    monkeypatch.delenv(tasks.TASKS_PATH_ENV, raising=False)
+    monkeypatch.delenv(specs.TASKS_PATH_ENV, raising=False)
 
 
 def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *files: tuple[str, str]) -> Path:
@@ -42,7 +42,7 @@ def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *files: tuple[s
     folder.mkdir(exist_ok=True)
     for name, text in files:
         (folder / name).write_text(text, encoding="utf-8")
-    monkeypatch.setenv(tasks.TASKS_PATH_ENV, str(folder))
+    monkeypatch.setenv(specs.TASKS_PATH_ENV, str(folder))
     return folder
 
 
@@ -66,11 +66,11 @@ def raw_rows(task: str, split: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def text_key(spec: tasks.TaskSpec, row: dict) -> tuple[str, ...]:
+def text_key(spec: specs.TaskSpec, row: dict) -> tuple[str, ...]:
     return tuple(row[c] for c in spec.text_columns)
 
 
-def loose_key(spec: tasks.TaskSpec, row: dict) -> tuple[str, ...]:
+def loose_key(spec: specs.TaskSpec, row: dict) -> tuple[str, ...]:
     """Texts with case, spacing and punctuation dropped: LM-BFF's MRPC files are PTB-tokenized, the mirror is not."""
     return tuple(re.sub(r"[^a-z0-9]", "", row[c].lower()) for c in spec.text_columns)
 
@@ -79,7 +79,7 @@ def loose_key(spec: tasks.TaskSpec, row: dict) -> tuple[str, ...]:
 
 
 def test_list_tasks_lists_every_packaged_spec() -> None:
-    assert len(ALL_TASKS) >= 12 and tasks.list_tasks() == ALL_TASKS == tasks.packaged_tasks()
+    assert len(ALL_TASKS) >= 12 and specs.list_tasks() == ALL_TASKS == specs.packaged_tasks()
     assert {"sst2", "rte", "trec", "mnli"} <= set(ALL_TASKS)
 
 
@@ -87,7 +87,7 @@ def test_list_tasks_lists_every_packaged_spec() -> None:
 @pytest.mark.parametrize("name", ALL_TASKS)
 def test_spec_matches_index(name: str, index: dict) -> None:
     mirrored(name, index)
-    spec = tasks.load_spec(name)
+    spec = specs.load_spec(name)
     assert spec.name == name and spec.version >= 1
     assert list(spec.labels) == index[name]["labels"]
     assert list(spec.text_columns) == index[name]["columns"]
@@ -102,23 +102,23 @@ def test_spec_matches_index(name: str, index: dict) -> None:
 
 def test_paraphrase_tasks_report_f1_and_select_on_its_mean_with_accuracy() -> None:
     for name in ("mrpc", "qqp"):
-        spec = tasks.load_spec(name)
+        spec = specs.load_spec(name)
         assert spec.metrics == ("accuracy", "f1") and spec.selection_metric == "acc_f1"
-    assert tasks.load_spec("rte").metrics == ("accuracy",)
+    assert specs.load_spec("rte").metrics == ("accuracy",)
 
 
 def test_specs_fall_back_to_the_repo_folder_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     def not_installed(package: str):
         raise ModuleNotFoundError(package)
 
-    monkeypatch.setattr(tasks.importlib.resources, "files", not_installed)
-    assert tasks._specs_root() == REPO / "tasks"
-    assert tasks.list_tasks() == ALL_TASKS
+    monkeypatch.setattr(specs.importlib.resources, "files", not_installed)
+    assert specs._specs_root() == REPO / "tasks"
+    assert specs.list_tasks() == ALL_TASKS
 
 
 def test_unknown_task_lists_choices() -> None:
     with pytest.raises(SptbenchError, match="unknown task 'rtee'.*Did you mean 'rte'.*Choices: boolq, cb"):
-        tasks.load_spec("rtee")
+        specs.load_spec("rtee")
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +126,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path, monkeypatch: pytest.
     bad = good.replace("labels: [entailment, not_entailment]", "labels: [entailment,")
     folder = user_folder(tmp_path, monkeypatch, ("rte.yaml", bad))
     with pytest.raises(SptbenchError, match=rf"^{re.escape(str(folder / 'rte.yaml'))}:\d+: malformed YAML") as err:
-        tasks.load_spec("rte")
+        specs.load_spec("rte")
     assert "\n" not in str(err.value)
 
 
@@ -135,7 +135,7 @@ def test_spec_with_bad_selection_metric_is_rejected(tmp_path: Path, monkeypatch:
     bad = good.replace("selection_metric: accuracy", "selection_metric: acc_f1")
     user_folder(tmp_path, monkeypatch, ("rte.yaml", bad))
     with pytest.raises(SptbenchError, match="rte.yaml: selection_metric 'acc_f1'"):
-        tasks.load_spec("rte")
+        specs.load_spec("rte")
 
 
 @pytest.mark.parametrize(
@@ -155,15 +155,15 @@ def test_bad_prompt_sections_are_one_line_errors(tmp_path: Path, monkeypatch: py
     assert old in good
     user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace(old, new)))
     with pytest.raises(SptbenchError, match=message) as err:
-        tasks.load_spec("sst2")
+        specs.load_spec("sst2")
     assert "\n" not in str(err.value)
 
 
 def test_every_task_has_a_prompt_with_one_word_per_label() -> None:
     from sptbench.data.templates import prompt_setup
 
-    for name in tasks.list_tasks():
-        spec = tasks.load_spec(name)
+    for name in specs.list_tasks():
+        spec = specs.load_spec(name)
         setup = prompt_setup(spec, "prompt")
         assert len(setup.label_words) == spec.num_labels and spec.version >= 2
         assert setup.template.text == next(iter(spec.prompt["templates"].values()))
@@ -219,7 +219,7 @@ def test_test_set_is_the_test_file_with_labels_mapped(name: str, index: dict) ->
     ],
 )
 def test_known_rows_keep_their_labels(name: str, split: str, row: int, label_id: int, label: str) -> None:
-    spec = tasks.load_spec(name)
+    spec = specs.load_spec(name)
     rows = tasks.read_jsonl(DATA_DIR / name / f"{split}.jsonl", spec)
     raw = raw_rows(name, split)[row]
     assert raw["label"] == label
@@ -497,10 +497,10 @@ def test_hub_section_rejects_unknown_keys_and_an_empty_revision(tmp_path: Path, 
     good = (REPO / "tasks" / "sst2.yaml").read_text()
     user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace("  name: sst2\n", "  name: sst2\n  revison: x\n")))
     with pytest.raises(SptbenchError, match=r"sst2\.yaml: unknown key 'hub.revison'; known: path, name, revision"):
-        tasks.load_spec("sst2")
+        specs.load_spec("sst2")
     user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace("  name: sst2\n", "  name: sst2\n  revision: ''\n")))
     with pytest.raises(SptbenchError, match="hub.revision"):
-        tasks.load_spec("sst2")
+        specs.load_spec("sst2")
 
 
 def test_more_than_two_text_columns_is_one_line_naming_the_file(tmp_path: Path, monkeypatch) -> None:
@@ -510,7 +510,7 @@ def test_more_than_two_text_columns_is_one_line_naming_the_file(tmp_path: Path, 
     folder = user_folder(tmp_path, monkeypatch, ("rte.yaml", bad))
     with pytest.raises(SptbenchError, match=rf"^{re.escape(str(folder / 'rte.yaml'))}: field 'text_columns' lists 3 "
                        r"columns \['sentence1', 'sentence2', 'extra'\]; a task has one text or a pair") as err:
-        tasks.load_spec("rte")
+        specs.load_spec("rte")
     assert "\n" not in str(err.value)
 
 
@@ -549,8 +549,8 @@ def test_a_yaml_dropped_into_a_user_folder_is_a_task(tmp_path: Path, monkeypatch
     from sptbench.cli.main import main
 
     folder = user_folder(tmp_path, monkeypatch, ("topics.yaml", NEW_TASK))
-    assert tasks.list_tasks() == sorted([*ALL_TASKS, "topics"])
-    spec = tasks.load_spec("topics")
+    assert specs.list_tasks() == sorted([*ALL_TASKS, "topics"])
+    spec = specs.load_spec("topics")
     assert spec.labels == ("sports", "science") and spec.path == str(folder / "topics.yaml")
     assert spec.sha256 == hashlib.sha256(NEW_TASK.encode()).hexdigest()
     data = tasks.load_task("topics", data_dir=topic_mirror(tmp_path / "data"), shots=2, seed=13)
@@ -568,18 +568,18 @@ def test_a_user_spec_overrides_the_packaged_one_and_the_first_folder_wins(tmp_pa
     for folder, version in ((first, 7), (second, 8)):
         folder.mkdir()
         (folder / "rte.yaml").write_text(packaged.replace("version: 2", f"version: {version}"))
-    monkeypatch.setenv(tasks.TASKS_PATH_ENV, os.pathsep.join([str(first), "", str(second)]))
-    assert tasks.load_spec("rte").version == 7 and tasks.load_spec("rte").path == str(first / "rte.yaml")
-    assert tasks.spec_files()["rte"] == (first / "rte.yaml", True)
-    assert tasks.spec_files()["sst2"][1] is False and tasks.list_tasks() == ALL_TASKS
-    tasks.apply_tasks_dirs([str(second)])  # --tasks-dir goes in front of the variable, once
-    assert os.environ[tasks.TASKS_PATH_ENV].split(os.pathsep) == [str(second.resolve()), str(first)]
-    assert tasks.load_spec("rte").version == 8
+    monkeypatch.setenv(specs.TASKS_PATH_ENV, os.pathsep.join([str(first), "", str(second)]))
+    assert specs.load_spec("rte").version == 7 and specs.load_spec("rte").path == str(first / "rte.yaml")
+    assert specs.spec_files()["rte"] == (first / "rte.yaml", True)
+    assert specs.spec_files()["sst2"][1] is False and specs.list_tasks() == ALL_TASKS
+    specs.apply_tasks_dirs([str(second)])  # --tasks-dir goes in front of the variable, once
+    assert os.environ[specs.TASKS_PATH_ENV].split(os.pathsep) == [str(second.resolve()), str(first)]
+    assert specs.load_spec("rte").version == 8
     with pytest.raises(SptbenchError, match="--tasks-dir 'nowhere' is not a folder"):
-        tasks.apply_tasks_dirs(["nowhere"])
-    monkeypatch.setenv(tasks.TASKS_PATH_ENV, str(tmp_path / "missing"))
-    with pytest.raises(SptbenchError, match=rf"task folder '.*missing' \(from \${tasks.TASKS_PATH_ENV}"):
-        tasks.list_tasks()
+        specs.apply_tasks_dirs(["nowhere"])
+    monkeypatch.setenv(specs.TASKS_PATH_ENV, str(tmp_path / "missing"))
+    with pytest.raises(SptbenchError, match=rf"task folder '.*missing' \(from \${specs.TASKS_PATH_ENV}"):
+        specs.list_tasks()
 
 
 def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -622,12 +622,12 @@ def test_a_sweep_file_names_a_tasks_dir(tmp_path: Path, monkeypatch) -> None:
         parse_sweep(dict(raw))
     sweep = parse_sweep({**raw, "tasks_dir": str(folder)})
     assert [s.task for s in sweep.specs()] == ["topics"]
-    assert os.environ[tasks.TASKS_PATH_ENV].split(os.pathsep)[0] == str(folder)  # worker processes search it too
+    assert os.environ[specs.TASKS_PATH_ENV].split(os.pathsep)[0] == str(folder)  # worker processes search it too
 
 
 def test_docs_describe_every_key_the_loader_accepts() -> None:
     text = (REPO / "docs" / "tasks.md").read_text()
-    sections = {"": tasks.SPEC_KEYS, "hub": tasks.HUB_KEYS, "mirror": tasks.MIRROR_KEYS, "lm_bff": tasks.LM_BFF_KEYS}
+    sections = {"": specs.SPEC_KEYS, "hub": specs.HUB_KEYS, "mirror": specs.MIRROR_KEYS, "lm_bff": specs.LM_BFF_KEYS}
     for section, keys in sections.items():
         table = text if not section else text.split(f"`{section}` (", 1)[1].split("\n\n", 2)[1]
         for key in keys:
@@ -650,4 +650,4 @@ def test_a_misspelt_key_is_an_error_not_ignored(tmp_path: Path, monkeypatch, old
     assert old in good
     user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace(old, new, 1)))
     with pytest.raises(SptbenchError, match=re.escape(message)):
-        tasks.load_spec("sst2")
+        specs.load_spec("sst2")

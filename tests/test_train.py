@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from sptbench.data.tasks import load_spec
+from sptbench.data.specs import load_spec
 from sptbench.methods.registry import build_config, get_method
 from sptbench.models.backbones import TINY_CONFIGS, drop_pooler, load_backbone
 from sptbench.training.loop import STOCK_SETTINGS, TrainConfig, lr_multiplier, torch_epochs, train

@@ -50,7 +50,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sptbench bench` to the main parser."""
-    from sptbench.data.tasks import add_tasks_dir_argument
+    from sptbench.data.specs import add_tasks_dir_argument
 
     p = subparsers.add_parser("bench", help="train/eval throughput of a method vs the frozen-backbone floor")
     p.add_argument("--method", required=True, help="a method name, or 'all'")

@@ -7,7 +7,7 @@ import argparse
 from sptbench.cli.common import head_arguments
 from sptbench.core.argtypes import nonempty, parse_sets, positive_int
 from sptbench.core.errors import SptbenchError
-from sptbench.data.tasks import add_tasks_dir_argument
+from sptbench.data.specs import add_tasks_dir_argument
 
 ORDER = 20  # place in `sptbench --help`
 
@@ -21,7 +21,7 @@ def cmd_list(args) -> int:
             if args.verbose:
                 _print_method_fields(m)
     elif args.what == "tasks":
-        from sptbench.data.tasks import load_spec, packaged_tasks, spec_files
+        from sptbench.data.specs import load_spec, packaged_tasks, spec_files
 
         packaged = set(packaged_tasks())  # source: packaged, user (a --tasks-dir / $SPTBENCH_TASKS_PATH spec), or
         for name, (path, user) in sorted(spec_files().items()):  # override (a user spec shadowing a packaged one)
@@ -56,7 +56,7 @@ def _print_method_fields(method) -> None:
 def cmd_params(args) -> int:
     from tabulate import tabulate
 
-    from sptbench.data.tasks import load_spec
+    from sptbench.data.specs import load_spec
     from sptbench.data.templates import prompt_setup
     from sptbench.methods.registry import build_config, check_config_layers, get_method, load_methods
     from sptbench.run.assemble import build_classifier

@@ -13,7 +13,7 @@ import sys
 import sptbench.cli
 from sptbench.core.argtypes import Parser
 from sptbench.core.errors import SptbenchError
-from sptbench.data.tasks import apply_tasks_dirs
+from sptbench.data.specs import apply_tasks_dirs
 
 
 def command_modules() -> list:

@@ -10,7 +10,7 @@ import textwrap
 from sptbench.core import safe_yaml
 from sptbench.core.argtypes import nonempty, parse_sets, positive_int
 from sptbench.core.errors import SptbenchError, unknown_choice
-from sptbench.data.tasks import add_tasks_dir_argument
+from sptbench.data.specs import add_tasks_dir_argument
 
 ORDER = 10  # place in `sptbench --help`
 

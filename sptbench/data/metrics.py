@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sptbench.data.tasks import SELECTION_METRICS, TaskSpec
+from sptbench.data.specs import SELECTION_METRICS, TaskSpec
 
 POSITIVE_LABEL = 1  # binary F1 scores label id 1 (duplicate / equivalent), as GLUE does
 

@@ -196,7 +196,7 @@ def bench(
     import torch
 
     from sptbench.core.run_schema import FROZEN_MODES
-    from sptbench.data.tasks import load_spec
+    from sptbench.data.specs import load_spec
     from sptbench.data.templates import head_section, prompt_setup
     from sptbench.methods.registry import build_config, config_dict, get_method
     from sptbench.records.io import now_iso

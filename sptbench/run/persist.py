@@ -136,7 +136,7 @@ def read_run_record(folder: Path) -> dict:
 def rebuild(manifest: dict, path: Path, *, quiet: bool = False) -> tuple[Classifier, Any]:
     """A fresh backbone + the manifest's method and head, in the state before training (`path`: the description's
     file, for errors). Returns the model and its tokenizer."""
-    from sptbench.data.tasks import load_spec
+    from sptbench.data.specs import load_spec
 
     try:
         method = get_method(manifest["method"]["name"])

@@ -103,7 +103,8 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     """Everything about a run that can be checked without data or a model (what `sptbench sweep` checks at every
     grid point before any run): names, types and ranges of every option. Returns the method, its config, the
     training config and the table the record will go to."""
-    from sptbench.data.tasks import check_protocol, load_spec
+    from sptbench.data.specs import load_spec
+    from sptbench.data.tasks import check_protocol
 
     for name, value in (("method", spec.method), ("task", spec.task), ("model", spec.model)):
         if not isinstance(value, str) or not value:

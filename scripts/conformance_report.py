@@ -77,7 +77,7 @@ def noise(path: Path) -> str:
 def main(argv: list[str]) -> int:
     import argparse
 
-    from sptbench.reports.tables import update_readme_block
+    from sptbench.reports.readme import update_readme_block
 
     p = argparse.ArgumentParser(description="the per-seed conformance table", allow_abbrev=False)
     p.add_argument("root", nargs="?", default="results/conformance")

@@ -20,7 +20,7 @@ from tabulate import tabulate
 from sptbench.core.errors import SptbenchError
 from sptbench.records.io import read_records, setting_name
 from sptbench.reports.compare import STATS_HEADERS, compare, parse_side, stats_cells
-from sptbench.reports.tables import update_readme_block
+from sptbench.reports.readme import update_readme_block
 
 
 def comparisons(middle: int) -> list[tuple[str, str, str]]:

@@ -11,7 +11,8 @@ import statistics
 import pytest
 
 from sptbench.core.errors import SptbenchError
-from sptbench.reports.tables import build_table, cell_metric, latex_escape, render, update_readme_block
+from sptbench.reports.readme import update_readme_block
+from sptbench.reports.tables import build_table, cell_metric, latex_escape, render
 from tests.helpers import make_record
 
 TASKS = ("rte", "sst2")

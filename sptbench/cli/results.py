@@ -20,7 +20,8 @@ from sptbench.records.io import (
     write_text_atomic,
 )
 from sptbench.reports.check import check, format_result
-from sptbench.reports.tables import FORMATS, build_table, check_readme_block, render, update_readme_block
+from sptbench.reports.readme import check_readme_block, update_readme_block
+from sptbench.reports.tables import FORMATS, build_table, render
 
 ORDER = 40  # place in `sptbench --help`
 

@@ -195,22 +195,13 @@ def bench(
     nothing with it (`head`, `zero_shot`) are skipped, as `zero_shot` is with the linear head."""
     import torch
 
-    from sptbench.core.run_schema import FROZEN_MODES
     from sptbench.data.specs import load_spec
     from sptbench.data.templates import head_section, prompt_setup
-    from sptbench.methods.registry import build_config, config_dict, get_method
-    from sptbench.records.io import now_iso
+    from sptbench.methods.registry import build_config, get_method
     from sptbench.run.assemble import frozen_backbone
     from sptbench.run.provenance import git_state, package_versions
 
-    check_device_dtype(device, dtype)
-    for name, value in (("batch", shape.batch), ("seq-len", shape.seq_len), ("steps", shape.steps)):
-        if value < 1:
-            raise SptbenchError(f"--{name} must be positive, got {value}")
-    if shape.warmup < 0:
-        raise SptbenchError(f"--warmup must be >= 0, got {shape.warmup}")
-    if frozen_layers not in FROZEN_MODES:
-        raise SptbenchError(f"unknown frozen layers mode '{frozen_layers}'. Choices: {', '.join(FROZEN_MODES)}")
+    _check_options(shape, device, dtype, frozen_layers)
     chosen = [get_method(m) for m in methods]
     configs = [build_config(m, overrides) for m in chosen]  # bad --set fails before any measurement
     dev = resolve_device(device)
@@ -242,8 +233,30 @@ def bench(
         "versions": package_versions(),
         "git": dict(git_state()),
     }
+    measured, skipped = _measure_methods(list(zip(chosen, configs, strict=True)), base, batch, shape, dev, say,
+                                         head=head, dtype=dtype, compile=compile, frozen_layers=frozen_layers)
+    for line in skipped:
+        say(f"skipped {line}")
+    if not measured:
+        raise SptbenchError(f"nothing to measure: skipped {'; '.join(skipped)}")
+    # The floor again, after the methods: clocks, caches and allocators warm up over a process (a GPU's first
+    # measurement is often its slowest). Ratios use the faster floor of the two, so they never flatter a method.
+    say(f"{FLOOR}: again")
+    floor_after = measure(floor_model, batch, shape, lr=1e-3, dtype=dtype, compile=compile)
+    del floor_model
+    floor = _faster_floor(floor_before, floor_after)
+    common |= {"throughput_extra": {"device": device_label(dev), "hardware": hardware_id(dev), "dtype": dtype},
+               "frozen_layers": frozen_layers, "compile": compile}
+    return [_bench_record(method, cfg, params, got, floor, common) for method, cfg, params, got in measured]
+
+
+def _measure_methods(methods: list, base, batch, shape: Shape, dev, say, *, head: str, dtype: str, compile: bool,
+                     frozen_layers: str) -> tuple[list[tuple], list[str]]:
+    """Each (method, config) applied to a copy of `base` and measured; the methods that cannot be timed are named."""
+    import torch
+
     measured, skipped = [], []
-    for method, cfg in zip(chosen, configs, strict=True):
+    for method, cfg in methods:
         if head not in method.heads:  # `head` trains the linear head, `zero_shot` reads the prompt head untrained
             skipped.append(f"{method.name} (works with --head {' or '.join(method.heads)})")
             continue
@@ -259,47 +272,59 @@ def bench(
         got = measure(model, batch, shape, lr=method.default_lr, dtype=dtype, compile=compile)
         measured.append((method, cfg, model.count_parameters(), got))
         del model
-    for line in skipped:
-        say(f"skipped {line}")
-    if not measured:
-        raise SptbenchError(f"nothing to measure: skipped {'; '.join(skipped)}")
-    # The floor again, after the methods: clocks, caches and allocators warm up over a process (a GPU's first
-    # measurement is often its slowest). Ratios use the faster floor of the two, so they never flatter a method.
-    say(f"{FLOOR}: again")
-    floor_after = measure(floor_model, batch, shape, lr=1e-3, dtype=dtype, compile=compile)
-    del floor_model
-    floor = dict(max((floor_before, floor_after), key=lambda f: f["train_samples_per_s"]))
-    floor["eval_samples_per_s"] = max(floor_before["eval_samples_per_s"], floor_after["eval_samples_per_s"])
-    floor["eval_step_ms"] = min(floor_before["eval_step_ms"], floor_after["eval_step_ms"])
+    return measured, skipped
+
+
+def _check_options(shape: Shape, device: str, dtype: str, frozen_layers: str) -> None:
+    """The bench options, checked before any model is built."""
+    from sptbench.core.run_schema import FROZEN_MODES
+
+    check_device_dtype(device, dtype)
+    for name, value in (("batch", shape.batch), ("seq-len", shape.seq_len), ("steps", shape.steps)):
+        if value < 1:
+            raise SptbenchError(f"--{name} must be positive, got {value}")
+    if shape.warmup < 0:
+        raise SptbenchError(f"--warmup must be >= 0, got {shape.warmup}")
+    if frozen_layers not in FROZEN_MODES:
+        raise SptbenchError(f"unknown frozen layers mode '{frozen_layers}'. Choices: {', '.join(FROZEN_MODES)}")
+
+
+def _faster_floor(before: dict, after: dict) -> dict:
+    """The floor's numbers: the faster of its two measurements (ratios never flatter a method), both kept."""
+    floor = dict(max((before, after), key=lambda f: f["train_samples_per_s"]))
+    floor["eval_samples_per_s"] = max(before["eval_samples_per_s"], after["eval_samples_per_s"])
+    floor["eval_step_ms"] = min(before["eval_step_ms"], after["eval_step_ms"])
     floor["measurements"] = {
-        "train_samples_per_s": [floor_before["train_samples_per_s"], floor_after["train_samples_per_s"]],
-        "eval_samples_per_s": [floor_before["eval_samples_per_s"], floor_after["eval_samples_per_s"]],
+        "train_samples_per_s": [before["train_samples_per_s"], after["train_samples_per_s"]],
+        "eval_samples_per_s": [before["eval_samples_per_s"], after["eval_samples_per_s"]],
     }
-    out = []
-    for method, cfg, params, got in measured:
-        out.append(
-            {
-                "bench_version": BENCH_VERSION,
-                "created": now_iso(),
-                "method": {"name": method.name, "config": config_dict(cfg)},
-                **common,
-                "params": params,
-                "throughput": {
-                    k: got[k]
-                    for k in ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "peak_memory_mb")
-                }
-                | {"device": device_label(dev), "hardware": hardware_id(dev), "dtype": dtype},
-                "frozen_layers": frozen_layers,
-                "compile": compile,
-                "step_ms": {"train": got["train_step_ms"], "eval": got["eval_step_ms"]},
-                "floor": floor,
-                "ratios": {
-                    "train_vs_floor": round(got["train_samples_per_s"] / floor["train_samples_per_s"], 4),
-                    "eval_vs_floor": round(got["eval_samples_per_s"] / floor["eval_samples_per_s"], 4),
-                },
-            }
-        )
-    return out
+    return floor
+
+
+def _bench_record(method, cfg, params: dict, got: dict, floor: dict, common: dict) -> dict:
+    """One method's bench record (the order of its keys is the file's)."""
+    from sptbench.methods.registry import config_dict
+    from sptbench.records.io import now_iso
+
+    return {
+        "bench_version": BENCH_VERSION,
+        "created": now_iso(),
+        "method": {"name": method.name, "config": config_dict(cfg)},
+        **{k: common[k] for k in ("backbone", "head", "shape", "versions", "git")},
+        "params": params,
+        "throughput": {
+            k: got[k] for k in ("train_samples_per_s", "train_tokens_per_s", "eval_samples_per_s", "peak_memory_mb")
+        }
+        | common["throughput_extra"],
+        "frozen_layers": common["frozen_layers"],
+        "compile": common["compile"],
+        "step_ms": {"train": got["train_step_ms"], "eval": got["eval_step_ms"]},
+        "floor": floor,
+        "ratios": {
+            "train_vs_floor": round(got["train_samples_per_s"] / floor["train_samples_per_s"], 4),
+            "eval_vs_floor": round(got["eval_samples_per_s"] / floor["eval_samples_per_s"], 4),
+        },
+    }
 
 
 def format_table(records: list[dict]) -> str:

@@ -309,6 +309,42 @@ def _restore(model, snap: dict[str, torch.Tensor]) -> None:
             params[n].copy_(t)
 
 
+def default_step(params, tcfg: TrainConfig, sharded: bool, rank: int, world_size: int):
+    """One optimizer step on a batch (AdamW with the run's schedule and clipping); in a data-parallel launch on this
+    rank's shard, its loss scaled by the shard's share of the batch and the gradients summed over ranks."""
+    optimizer, scheduler = optimizer_for(params, tcfg)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def step_fn(model, batch, step):
+        if sharded:
+            part = shard(batch, rank, world_size)
+            share = part["labels"].shape[0] / batch["labels"].shape[0]
+            loss = loss_on(model, part) * share if share else torch.zeros((), device=trainable[0].device)
+            if share:
+                loss.backward()
+            all_reduce_grads(trainable)
+        else:
+            loss = loss_on(model, batch)
+            loss.backward()
+        clip_gradients(trainable, tcfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step_fn
+
+
+def _mean_loss(losses: list[torch.Tensor], sharded: bool) -> float:
+    """The mean training loss since the last evaluation (the only host sync between evaluations)."""
+    stacked = torch.stack(losses).float()
+    if sharded:  # each rank's loss is its share of the global batch's mean loss
+        import torch.distributed as dist
+
+        dist.all_reduce(stacked)
+    return float(stacked.mean())
+
+
 def train(
     model,
     train_enc: list[dict],
@@ -338,26 +374,7 @@ def train(
     rank, world_size = world()
     sharded = world_size > 1 and step_fn is None
     if step_fn is None:
-        optimizer, scheduler = optimizer_for(params if params is not None else model.parameters(), tcfg)
-        trainable = [p for g in optimizer.param_groups for p in g["params"]]
-
-        def step_fn(model, batch, step):
-            if sharded:
-                part = shard(batch, rank, world_size)
-                share = part["labels"].shape[0] / batch["labels"].shape[0]
-                loss = loss_on(model, part) * share if share else torch.zeros((), device=trainable[0].device)
-                if share:
-                    loss.backward()
-                all_reduce_grads(trainable)
-            else:
-                loss = loss_on(model, batch)
-                loss.backward()
-            clip_gradients(trainable, tcfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss.detach()
-
+        step_fn = default_step(params if params is not None else model.parameters(), tcfg, sharded, rank, world_size)
     res = TrainResult(best_step=None, best_dev={}, steps_run=0, stopped_early=False)
     best_score, best_snap, bad_evals = -math.inf, None, 0
     batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id,
@@ -376,12 +393,7 @@ def train(
         bar.update(1)
         if step % tcfg.eval_every and step != tcfg.max_steps:
             continue
-        stacked = torch.stack(losses).float()
-        if sharded:  # each rank's loss is its share of the global batch's mean loss
-            import torch.distributed as dist
-
-            dist.all_reduce(stacked)
-        mean_loss = float(stacked.mean())  # the only host sync between evaluations
+        mean_loss = _mean_loss(losses, sharded)
         losses.clear()
         if not math.isfinite(mean_loss):
             bar.close()

@@ -18,7 +18,8 @@ import sys
 from tabulate import tabulate
 
 from sptbench.core.errors import SptbenchError
-from sptbench.records.io import read_records, setting_name
+from sptbench.records.io import read_records
+from sptbench.records.keys import setting_name
 from sptbench.reports.compare import STATS_HEADERS, compare, parse_side, stats_cells
 from sptbench.reports.readme import update_readme_block
 

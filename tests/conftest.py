@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from sptbench.families.base import load_families
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying for 25 s
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
-TINY_FAMILIES = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2", "tiny-mpnet"]
+# every tiny backbone the discovered families declare (sptbench/families/<arch>.py), in listing order
+TINY_FAMILIES = [name for entry in load_families().values() for name in entry.tiny_configs]
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from sptbench.records.io import example_record, new_run_id
+from sptbench.records.build import new_run_id
+from sptbench.records.schema import example_record
 
 _RNG = random.Random(20261202)  # seeded: a failing test fails the same way on a rerun
 

@@ -11,7 +11,7 @@ from sptbench.cli.main import main
 from sptbench.core.errors import SptbenchError
 from sptbench.methods.registry import load_methods
 from sptbench.models.backbones import RANDOM_CONFIGS, load_backbone
-from sptbench.records.io import _SCHEMA
+from sptbench.records.schema import FIELD_NAMES as _SCHEMA
 from sptbench.run.bench import Shape, add_input_gradient, bench, synthetic_batch
 from sptbench.run.provenance import hardware_id
 

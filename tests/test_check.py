@@ -10,7 +10,8 @@ import yaml
 
 from sptbench.cli import results as cli_results
 from sptbench.core.errors import SptbenchError
-from sptbench.records.io import append_record, new_run_id, table_path
+from sptbench.records.build import new_run_id
+from sptbench.records.io import append_record, table_path
 from sptbench.reports.check import check, format_result
 from tests.helpers import make_record
 

@@ -1,15 +1,24 @@
-"""Families: every registered method on every tiny family (generated), and MPNet's relative position bias through
-prompt positions and key/value prefixes (sptbench/families/base.py)."""
+"""Families: discovery (one module per architecture registers its Family and tiny configs, sptbench/families/), every
+registered method on every tiny family (generated), and MPNet's relative position bias through prompt positions and
+key/value prefixes (sptbench/families/mpnet.py)."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
+import sys
+import textwrap
+from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from sptbench.core.errors import SptbenchError
+from sptbench.families import base
+from sptbench.families.base import family_for, family_modules, load_families
 from sptbench.methods.registry import load_methods
 from tests import helpers
 from tests.conftest import TINY_FAMILIES
@@ -18,6 +27,71 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 random_batch = functools.partial(helpers.random_batch, bsz=4, max_len=10)
 
+
+# -- discovery ----------------------------------------------------------------------------------------------------
+def _registrations(monkeypatch) -> list[tuple[str, str]]:
+    """(module, model_type) of every `register_family` call the family package's modules make: each module is run
+    afresh under a probe name, with a spy for `register_family`, so that the live registry is left alone."""
+    calls = []
+    for module in family_modules():
+        spy = lambda family, module=module, **_: calls.append((module, family.name))
+        monkeypatch.setattr(base, "register_family", spy)
+        probe = f"_probe_{module.replace('.', '_')}"
+        spec = importlib.util.spec_from_file_location(probe, importlib.util.find_spec(module).origin)
+        fresh = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, probe, fresh)
+        spec.loader.exec_module(fresh)
+    return calls
+
+
+def test_every_model_type_is_registered_once_by_its_module_with_its_own_configs(monkeypatch):
+    """Each family module registers its model type once, discovery finds every one, and each tiny (or `*-random`)
+    config declared beside a Family is one that Family serves."""
+    calls = _registrations(monkeypatch)
+    monkeypatch.undo()
+    counts = Counter(model_type for _, model_type in calls)
+    assert counts and all(n == 1 for n in counts.values()), calls
+    families = load_families()
+    assert set(families) == set(counts)
+    for model_type, entry in families.items():
+        assert entry.family.name == model_type and entry.tiny_configs
+        for make in (*entry.tiny_configs.values(), *entry.random_configs.values()):
+            assert family_for(make(100)) is entry.family
+
+
+def test_an_unknown_model_type_lists_the_discovered_families():
+    with pytest.raises(SptbenchError) as err:
+        family_for(SimpleNamespace(model_type="no-such-arch"))
+    assert str(err.value) == ("unsupported backbone family 'no-such-arch' (config.model_type); supported model types: "
+                              + ", ".join(sorted(load_families())))
+
+
+def test_a_new_family_is_one_file_and_a_broken_one_fails_loudly(tmp_path, monkeypatch):
+    """A module dropped into the family package is discovered with its tiny config; one that fails to import is a
+    one-line SptbenchError naming it. (The package path and the registry are restored afterwards.)"""
+    import sptbench.families as package
+
+    (tmp_path / "toy.py").write_text(textwrap.dedent("""
+        from sptbench.families.base import Family, register_family, transformers_class
+
+        register_family(Family("toy", causal=False, default_pooling="cls", lora_targets=("query",)), label="Toy",
+                        listing_order=10_000, tiny_configs={"tiny-toy": lambda v: transformers_class("BertConfig")()})
+    """))
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    monkeypatch.setattr(base, "FAMILIES", dict(base.FAMILIES))
+    for name in ("sptbench.families.toy", "sptbench.families.broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    try:
+        families = load_families()
+        assert list(families)[-1] == "toy" and list(families["toy"].tiny_configs) == ["tiny-toy"]
+        assert family_for(SimpleNamespace(model_type="toy")) is families["toy"].family
+        (tmp_path / "broken.py").write_text("raise ImportError('no such thing')\n")
+        with pytest.raises(SptbenchError) as err:
+            load_families(refresh=True)
+        assert str(err.value) == "family module 'sptbench.families.broken' failed to import: ImportError: no such thing"
+    finally:
+        for name in ("sptbench.families.toy", "sptbench.families.broken"):
+            sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("method", sorted(name for name, m in load_methods().items() if "linear" in m.heads))

@@ -15,7 +15,9 @@ from sptbench.data.specs import load_spec
 from sptbench.data.templates import PromptSetup, encode_prompt_rows, parse_template, prompt_setup
 from sptbench.methods.registry import build_config, get_method
 from sptbench.models.backbones import _tiny, load_backbone
-from sptbench.records.io import read_records, record_key, validate_record
+from sptbench.records.io import read_records
+from sptbench.records.keys import record_key
+from sptbench.records.schema import validate_record
 from tests.conftest import TINY_FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

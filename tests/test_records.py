@@ -11,24 +11,20 @@ import pytest
 import yaml
 
 from sptbench.core.errors import SptbenchError
+from sptbench.records.build import new_run_id
 from sptbench.records.io import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
     append_record,
-    example_record,
     find_record,
-    migrate,
-    new_run_id,
     read_records,
     read_table,
-    record_key,
     record_table_path,
     safe_backbone_name,
-    setting_name,
     table_path,
     validate_paths,
-    validate_record,
 )
+from sptbench.records.keys import record_key, setting_name
+from sptbench.records.migrate import MIGRATIONS, migrate
+from sptbench.records.schema import SCHEMA_VERSION, example_record, validate_record
 from tests.helpers import make_record
 
 # ---------------------------------------------------------------------------------------------------- naming
@@ -316,7 +312,7 @@ def test_records_predating_a_training_option_read_with_its_old_value(tmp_path):
     new run of the same configuration share a key; a run with another value does not."""
     from dataclasses import asdict
 
-    from sptbench.records.io import LEGACY_TRAINING
+    from sptbench.records.migrate import LEGACY_TRAINING
     from sptbench.training.loop import STOCK_SETTINGS, TrainConfig
 
     defaults = {k: v for k, v in asdict(TrainConfig()).items() if k != "seed"}
@@ -339,7 +335,7 @@ def test_legacy_method_config_is_what_the_configs_default_to():
     from dataclasses import asdict
 
     from sptbench.methods.registry import build_config, get_method
-    from sptbench.records.io import LEGACY_METHOD_CONFIG
+    from sptbench.records.migrate import LEGACY_METHOD_CONFIG
 
     for name, fields in LEGACY_METHOD_CONFIG.items():
         defaults = asdict(build_config(get_method(name)))
@@ -350,7 +346,7 @@ def test_legacy_method_config_is_what_the_configs_default_to():
 
 
 def test_head_section_defaults_to_linear_and_is_part_of_the_key():
-    from sptbench.records.io import head_of, key_label
+    from sptbench.records.keys import head_of, key_label
 
     old = example_record()  # records from before the prompt head have no `head`
     assert "head" not in old and validate_record(old) == [] and head_of(old) == {"kind": "linear"}

@@ -7,7 +7,8 @@ import torch
 
 import sptbench.training.loop as train_mod
 from sptbench.core.errors import SptbenchError
-from sptbench.records.io import read_table, validate_record
+from sptbench.records.io import read_table
+from sptbench.records.schema import validate_record
 from sptbench.run.provenance import hardware_id
 from sptbench.run.runner import RunSpec, run
 

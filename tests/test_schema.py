@@ -10,7 +10,7 @@ import pytest
 
 from sptbench.core import run_schema as schema
 from sptbench.core.run_schema import KEY_FIELDS, RunSpec, TrainConfig
-from sptbench.records.io import latest_per_key, record_key
+from sptbench.records.keys import latest_per_key, record_key
 from tests.helpers import make_record
 
 # For every RunSpec field in the key: (the base spec's other fields, value a, value b). A new key field without an
@@ -30,7 +30,7 @@ VARIANTS = {
     "train_overrides": ({}, {}, {"lr": 0.1}),
     "dtype": ({}, "fp32", "bf16"),
 }
-# matched beside the plan key (sweep.py): pooling None means the backbone's default; device `auto` means any
+# matched beside the plan key (sweep/plan.py): pooling None means the backbone's default; device `auto` means any
 MATCHED_APART = {"pooling", "device"}
 
 
@@ -122,7 +122,8 @@ def test_poolings_are_distinct_table_rows():
 
 def test_pooling_and_device_split_the_plan(tmp_path):
     """A sweep that names a pooling (or a device) does not take a run with another one for done."""
-    from sptbench.sweep.plan import parse_sweep, plan
+    from sptbench.sweep.plan import plan
+    from sptbench.sweep.spec import parse_sweep
 
     raw = {"tasks": ["sst2"], "methods": ["lora"], "seeds": [13], "shots": [16], "model": "tiny-bert",
            "results_dir": str(tmp_path), "train": {"max_steps": 2}}
@@ -140,7 +141,7 @@ def test_pooling_and_device_split_the_plan(tmp_path):
 
 def test_run_flags_config_keys_and_sweep_keys_come_from_the_schema():
     from sptbench.cli.main import build_parser
-    from sptbench.sweep.plan import SWEEP_KEYS
+    from sptbench.sweep.spec import SWEEP_KEYS
 
     run = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "run")[1]
     dests = {a.dest for a in run._actions}

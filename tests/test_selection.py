@@ -195,9 +195,10 @@ def test_a_group_another_process_is_testing_is_left_to_it(tmp_path, data_dir, mo
     """Processes sharing one sweep (sptbench/sweep/claims.py) can find the same group complete: only the one holding its
     claim tests it; the others leave it."""
     import sptbench.sweep.test_once as test_once_mod
-    from sptbench.records.io import canonical_json
+    from sptbench.records.keys import canonical_json
     from sptbench.sweep.claims import claim, claim_name, claims_dir
-    from sptbench.sweep.plan import awaiting_test, load_sweep
+    from sptbench.sweep.spec import load_sweep
+    from sptbench.sweep.test_once import awaiting_test
 
     path = write_sweep(tmp_path, data_dir, "r")
     with monkeypatch.context() as m:  # every configuration recorded, the test not yet run

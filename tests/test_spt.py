@@ -1,4 +1,4 @@
-"""Tests for SPT, SPT-DARTS, LPT (sptbench/methods/spt/__init__.py, sptbench/methods/nn/) and plots.py."""
+"""Tests for SPT, SPT-DARTS, LPT (sptbench/methods/spt/) and plots.py."""
 
 from __future__ import annotations
 

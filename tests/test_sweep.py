@@ -1,4 +1,4 @@
-"""`sptbench sweep` (sptbench/sweep/plan.py): grid expansion, strict validation before any run, resume, interruption,
+"""`sptbench sweep` (sptbench/sweep/): grid expansion, strict validation before any run, resume, interruption,
 dev-only selection, the submitit array, concurrent writers, and data-parallel training (train.py + runner.py)."""
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ import yaml
 import sptbench.training.loop as train_mod
 from sptbench.cli.main import main
 from sptbench.core.errors import SptbenchError
-from sptbench.records.io import canonical_json, example_record, read_records, read_table, validate_record
+from sptbench.records.io import read_records, read_table
+from sptbench.records.keys import canonical_json
+from sptbench.records.schema import example_record, validate_record
 from sptbench.reports.selection import select_by_dev
 from sptbench.sweep.claims import claim, claim_name, claims_dir
-from sptbench.sweep.plan import load_sweep, parse_sweep, plan, run_local, spec_key, submit
+from sptbench.sweep.launch import run_local, submit
+from sptbench.sweep.plan import plan, spec_key
+from sptbench.sweep.spec import load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128}
@@ -206,7 +210,7 @@ def test_eta_for_a_task_the_method_has_not_run_scales_by_the_task_factor():
     methods took on that task than on all tasks (same backbone and setting)."""
     from types import SimpleNamespace
 
-    from sptbench.sweep.plan import _wall_index, estimate_s
+    from sptbench.sweep.eta import estimate_s, wall_index
 
     rng = random.Random()
     base = {("a", "x"): rng.uniform(20, 60), ("a", "y"): rng.uniform(5, 20), ("b", "y"): rng.uniform(5, 40)}
@@ -220,10 +224,10 @@ def test_eta_for_a_task_the_method_has_not_run_scales_by_the_task_factor():
     spec = SimpleNamespace(method="b", task="x", model=records[0]["backbone"]["id"], shots=protocol["shots"],
                            train_size=protocol["train_size"])
     factor = base[("a", "x")] / base[("a", "y")]  # a's time on x over its time on the other tasks
-    seconds, rule = estimate_s(spec, _wall_index(records))
+    seconds, rule = estimate_s(spec, wall_index(records))
     assert (seconds, rule) == (pytest.approx(base[("b", "y")] * factor), "method/backbone/setting x task factor")
     # no other method on the task: the method's own mean, unscaled
-    seconds, rule = estimate_s(SimpleNamespace(**{**vars(spec), "task": "z"}), _wall_index(records))
+    seconds, rule = estimate_s(SimpleNamespace(**{**vars(spec), "task": "z"}), wall_index(records))
     assert (seconds, rule) == (pytest.approx(base[("b", "y")]), "method/backbone/setting")
 
 
@@ -496,7 +500,7 @@ def _toy_data():
 
 
 def _toy_train():
-    from sptbench.data.tasks import load_spec
+    from sptbench.data.specs import load_spec
 
     model = Toy()
     train, dev = _toy_data()
@@ -566,7 +570,7 @@ def test_accelerate_launch_two_processes_writes_one_matching_record(tmp_path, da
 
 
 def test_head_axis_expands_and_matches_records_on_it(tmp_path, data_dir):
-    from sptbench.records.io import record_key
+    from sptbench.records.keys import record_key
     from sptbench.sweep.plan import record_plan_key
 
     raw = tiny_sweep(tmp_path, data_dir, methods=["lora"], head=["linear", "prompt"],

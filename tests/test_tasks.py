@@ -584,7 +584,9 @@ def test_a_user_spec_overrides_the_packaged_one_and_the_first_folder_wins(tmp_pa
 
 def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Path, monkeypatch, capsys) -> None:
     from sptbench.cli.main import main
-    from sptbench.records.io import read_records, record_key, validate_record
+    from sptbench.records.io import read_records
+    from sptbench.records.keys import record_key
+    from sptbench.records.schema import validate_record
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -612,7 +614,7 @@ def test_a_run_on_a_user_task_records_the_spec_file_and_its_sha256(tmp_path: Pat
 
 
 def test_a_sweep_file_names_a_tasks_dir(tmp_path: Path, monkeypatch) -> None:
-    from sptbench.sweep.plan import parse_sweep
+    from sptbench.sweep.spec import parse_sweep
 
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -11,7 +11,8 @@ ORDER = 30  # place in `sptbench --help`
 
 
 def cmd_plot(args) -> int:
-    from sptbench.records.io import read_records, require_valid
+    from sptbench.records.io import read_records
+    from sptbench.records.schema import require_valid
     from sptbench.reports.plots import plot_gates, plot_layers
 
     if args.what == "layers" and args.by is not None:

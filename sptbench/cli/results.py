@@ -10,7 +10,6 @@ from pathlib import Path
 from sptbench.core.argtypes import nonempty, nonneg_float, positive_int
 from sptbench.core.errors import SptbenchError
 from sptbench.records.io import (
-    TABLE_DIR,
     dump_record,
     find_record,
     holds_records,
@@ -19,6 +18,7 @@ from sptbench.records.io import (
     validate_paths,
     write_text_atomic,
 )
+from sptbench.records.schema import TABLE_DIR
 from sptbench.reports.check import check, format_result
 from sptbench.reports.readme import check_readme_block, update_readme_block
 from sptbench.reports.tables import FORMATS, build_table, render
@@ -102,7 +102,7 @@ def _add_output(p: argparse.ArgumentParser, what: str) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Paired differences of two methods over the (task, seed) cells both have (sptbench/reports/compare.py)."""
     _check_output(args)
-    from sptbench.records.io import setting_name
+    from sptbench.records.keys import setting_name
     from sptbench.reports.compare import compare, parse_side, render
 
     records = read_records(_paths(args))

@@ -5,7 +5,7 @@ its choices, the sweep-file key that gives it (`sweep`), and the record-key comp
 for a field that cannot move a recorded number, why not (`not_in_key`). From this module come:
 
 - the `run` flags and the `--config FILE` keys (sptbench/cli/run.py),
-- the scalar keys and axes of a sweep file (sptbench/sweep/plan.py),
+- the scalar keys and axes of a sweep file (sptbench/sweep/spec.py),
 - the record key (`record_key`) that `table`, `check`, `compare` and `sweep` resume all use.
 
 tests/test_schema.py enumerates the fields: one that is in no key component and names no reason fails it, and so

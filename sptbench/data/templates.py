@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sptbench.core.errors import SptbenchError, unknown_choice
-from sptbench.records.io import LINEAR_HEAD, head_of
+from sptbench.records.keys import LINEAR_HEAD, head_of
 
 HEADS = ("linear", "prompt")
 PROMPT_LOSSES = ("label_words", "vocab")  # LM-BFF: cross-entropy over the label words; LPT: over the vocabulary

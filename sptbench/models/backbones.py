@@ -1,5 +1,5 @@
 """Backbones: hub ids or local folders (real loading code), the offline `minilm-l6` and `mpnet-base`, and tiny
-in-process configs.
+in-process configs (declared by each family, sptbench/families/<arch>.py).
 
 `load_backbone` returns a `Classifier` (backbone + family + pooling + fresh head), its tokenizer, and provenance.
 With a `PromptSetup` (`--head prompt`) the backbone is loaded with its pretrained LM head (masked LM for encoders,
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.data.templates import PromptSetup, label_word_ids
+from sptbench.families.base import family_for, load_families
 from sptbench.models.mpnet_parts import sha256_file
 
 if TYPE_CHECKING:  # torch and transformers load with the first backbone: `sptbench list backbones` needs neither
@@ -35,50 +36,14 @@ def _hf(name: str):
     return getattr(transformers, name)
 
 
-# Tiny randomly initialised configs: 4 layers so that layer-selective methods have layers to choose from.
-_TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64)
-TINY_CONFIGS = {
-    "tiny-bert": lambda v: _hf("BertConfig")(vocab_size=v, max_position_embeddings=512, **_TINY),
-    "tiny-roberta": lambda v: _hf("RobertaConfig")(vocab_size=v, max_position_embeddings=514, pad_token_id=0, **_TINY),
-    "tiny-deberta": lambda v: _hf("DebertaV2Config")(
-        vocab_size=v,
-        max_position_embeddings=512,
-        relative_attention=True,
-        position_buckets=32,
-        max_relative_positions=-1,
-        pos_att_type=["p2c", "c2p"],
-        position_biased_input=False,
-        pad_token_id=0,
-        **_TINY,
-    ),
-    "tiny-mpnet": lambda v: _hf("MPNetConfig")(vocab_size=v, max_position_embeddings=514, **_TINY),
-    "tiny-gpt2": lambda v: _hf("GPT2Config")(
-        vocab_size=v,
-        n_positions=512,
-        n_embd=32,
-        n_layer=4,
-        n_head=4,
-        pad_token_id=0,
-        bos_token_id=101,
-        eos_token_id=102,
-    ),
-}
-# Full-size random configs (no download): speed and memory checks at the paper's model size (scripts/gpu_check.sh).
-# RoBERTa-large's sizes and vocabulary; the MiniLM tokenizer's ids all fall inside that vocabulary.
-RANDOM_CONFIGS = {
-    "roberta-large-random": lambda v: _hf("RobertaConfig")(
-        vocab_size=max(v, 50265),
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        layer_norm_eps=1e-5,
-        pad_token_id=0,  # the MiniLM tokenizer's pad id (as tiny-roberta)
-    ),
-}
-TINY_CONFIGS.update(RANDOM_CONFIGS)  # loaded like the tiny ones: in-process, seeded, MiniLM tokenizer
+# The tiny and full-size random configs each family declares beside its Family (sptbench/families/<arch>.py), in
+# listing order: every tiny one, then every full-size one (`*-random`: speed and memory checks at the paper's model
+# size, scripts/gpu_check.sh). Both load alike: in-process, seeded, MiniLM tokenizer.
+_FAMILIES = load_families()
+TINY_CONFIGS = {name: make for entry in _FAMILIES.values() for name, make in entry.tiny_configs.items()}
+RANDOM_CONFIGS = {name: make for entry in _FAMILIES.values() for name, make in entry.random_configs.items()}
+TINY_CONFIGS.update(RANDOM_CONFIGS)
+ARCHITECTURES = tuple(entry.label for entry in _FAMILIES.values())  # "BERT", "RoBERTa", ...: for messages
 MINILM_ALIAS = "minilm-l6"
 MPNET_ALIAS = "mpnet-base"  # all-mpnet-base-v2 from five PyPI parts (sptbench/models/mpnet_parts.py)
 BACKBONES = (MINILM_ALIAS, MPNET_ALIAS, *TINY_CONFIGS)
@@ -214,8 +179,6 @@ def _pooling_from_folder(folder: Path) -> str | None:
 
 def _auto_class(config, lm: bool):
     """AutoModel, or the LM class of the config's family: causal LM (GPT-2) or masked LM (encoders)."""
-    from sptbench.families.base import family_for
-
     if not lm:
         return _hf("AutoModel")
     return _hf("AutoModelForCausalLM" if family_for(config).causal else "AutoModelForMaskedLM")
@@ -225,8 +188,6 @@ def _tiny(name: str, seed: int = 0, lm: bool = False):
     """A tiny random backbone (with a random LM head if `lm`), identical on every call (its own RNG), with the MiniLM
     tokenizer for its vocabulary."""
     import torch
-
-    from sptbench.families.base import family_for
 
     tokenizer = _hf("AutoTokenizer").from_pretrained(str(minilm_path()))
     config = TINY_CONFIGS[name](len(tokenizer))
@@ -251,8 +212,6 @@ def _missing_lm_head(name: str, lm_model, missing: set[str]) -> None:
 
 def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from sptbench.families.base import family_for
 
     local = Path(name).expanduser()
     sha = None
@@ -308,7 +267,6 @@ def load_backbone(
     """Load `name` (alias, hub id or folder) as a `Classifier` with a fresh linear head, or with `prompt` the frozen
     pretrained LM head read at the template's mask (label words checked against the tokenizer), plus tokenizer and
     provenance. `quiet`: no transformers load report or progress bar."""
-    from sptbench.families.base import family_for
     from sptbench.models.classifier import POOLINGS, Classifier, PromptHead
 
     if pooling is not None and pooling not in POOLINGS:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from sptbench.core.errors import SptbenchError
-from sptbench.records.io import KEY_FIELDS, key_hash, key_label, record_key, require_valid, seed_group
+from sptbench.records.keys import KEY_FIELDS, key_hash, key_label, record_key, seed_group
+from sptbench.records.schema import require_valid
 
 DEFAULT_ABS_TOL = 1e-6
 _EPS = 1e-12  # float noise: a move exactly at the band edge is inside

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sptbench.core.errors import SptbenchError, unknown_choice
-from sptbench.records.io import canonical_json, latest_per_key, record_key, require_valid, setting_name, without
+from sptbench.records.keys import canonical_json, latest_per_key, record_key, setting_name, without
+from sptbench.records.schema import require_valid
 from sptbench.reports.selection import partial_grid_notes
 from sptbench.reports.tables import cell_metric
 

@@ -35,7 +35,7 @@ def _row_key(record: dict) -> tuple:
 def _searches(records: Iterable[dict]) -> list[dict]:
     """The ok runs with learned gates (`extra.alpha`), each once: the tested record of the test-once protocol
     repeats its untested one (same key) and a rerun replaces the run (tables' keep-the-latest)."""
-    from sptbench.records.io import latest_per_key
+    from sptbench.records.keys import latest_per_key
 
     rows = latest_per_key([r for r in records if r.get("status") == "ok" and (r.get("extra") or {}).get("alpha")])[0]
     for r in rows:
@@ -168,7 +168,7 @@ def _save(fig, out: Path, dpi: int) -> None:
 def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict[int, list[float]]]:
     """task -> prompt layer -> test scores (%) of the tested `method` runs with that layer (one per seed: the latest
     tested record of each configuration; untested grid points of the test-once protocol are left out)."""
-    from sptbench.records.io import latest_per_key
+    from sptbench.records.keys import latest_per_key
     from sptbench.reports.tables import cell_metric
 
     tested = [rec for rec in records if rec.get("status") == "ok" and rec["method"]["name"] == method

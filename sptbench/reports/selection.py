@@ -15,12 +15,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from sptbench.records.io import (
-    canonical_json,
-    head_of,
-    latest_per_key,
-    require_valid,
-)
+from sptbench.records.keys import canonical_json, head_of, latest_per_key
+from sptbench.records.schema import require_valid
 
 
 def group_of(rec: dict) -> tuple:

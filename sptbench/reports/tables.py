@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from sptbench.core.errors import SptbenchError, unknown_choice
-from sptbench.records.io import (
+from sptbench.records.io import safe_backbone_name
+from sptbench.records.keys import (
     canonical_json,
     head_of,
     key_hash,
     latest_per_key,
     record_key,
-    require_valid,
-    safe_backbone_name,
     seed_group,
     setting_name,
 )
+from sptbench.records.schema import require_valid
 from sptbench.reports.selection import partial_grid_notes, selection_group
 
 FORMATS = ("md", "latex", "csv")

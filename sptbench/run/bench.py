@@ -304,7 +304,7 @@ def _faster_floor(before: dict, after: dict) -> dict:
 def _bench_record(method, cfg, params: dict, got: dict, floor: dict, common: dict) -> dict:
     """One method's bench record (the order of its keys is the file's)."""
     from sptbench.methods.registry import config_dict
-    from sptbench.records.io import now_iso
+    from sptbench.records.build import now_iso
 
     return {
         "bench_version": BENCH_VERSION,

@@ -25,7 +25,8 @@ from sptbench.core.errors import SptbenchError
 from sptbench.data.templates import head_section, setup_from_record
 from sptbench.methods.registry import build_config, config_dict, get_method
 from sptbench.models.classifier import Classifier
-from sptbench.records.io import PENDING_DIR, dump_record, validate_record, write_text_atomic
+from sptbench.records.io import PENDING_DIR, dump_record, write_text_atomic
+from sptbench.records.schema import validate_record
 from sptbench.run.assemble import build_classifier
 
 WEIGHTS = "trained.safetensors"  # the trained parameters + head (both kinds of folder)

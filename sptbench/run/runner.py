@@ -31,17 +31,9 @@ from sptbench.methods.registry import (
     config_dict,
     get_method,
 )
-from sptbench.records.io import (
-    SCHEMA_VERSION,
-    append_record,
-    check_appendable,
-    check_writable_dir,
-    dump_record,
-    new_run_id,
-    now_iso,
-    setting_name,
-    table_path,
-)
+from sptbench.records.build import now_iso, run_record
+from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
+from sptbench.records.keys import setting_name
 from sptbench.run.assemble import frozen_backbone
 from sptbench.run.persist import pending_dir, save_trained
 from sptbench.run.provenance import (
@@ -207,6 +199,36 @@ def run(spec: RunSpec) -> RunOutcome:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    ctx, info, pad_id = _fit_context(spec, task, setup, cfg, tcfg, device)
+    status, error, fit, test, eval_s = _fit_and_test(spec, method, ctx, device, pad_id)
+
+    untested = spec.defer_test and status == "ok"
+    record = run_record(
+        **_what_ran(spec, task, info, setup, tcfg, device), created=created, status=status, error=error,
+        method=method.name, method_config=config_dict(cfg), result=fit.result if fit else None, test=test,
+        eval_s=eval_s, params=fit.model.count_parameters() if fit else {}, peak_memory_mb=peak_memory_mb(device),
+        wall_s=time.perf_counter() - start, stages=fit.stages if fit else {}, extra=fit.record_extra() if fit else {},
+        versions=package_versions(), git=dict(git_state()),
+        sweep=dict(spec.sweep) if spec.sweep is not None else None, selection={"tested": False} if untested else None,
+    )
+    rank, world_size = world()
+    if untested:
+        if rank == 0:  # the state first: a record that says "untested" always has the state its test needs
+            save_trained(fit.model, record, pending_dir(spec.results_dir, record["run_id"]))
+    if world_size > 1:  # data-parallel launch: one record (rank 0's), with the throughput of all processes
+        record["throughput"]["num_processes"] = world_size
+    main = rank == 0
+    if main:
+        _write_outputs(spec, path, record, fit.model if status == "ok" else None)
+    if status != "ok":
+        raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
+    return RunOutcome(record=record, table=path, model=fit.model)
+
+
+def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device) -> tuple[FitContext, Any, int]:
+    """What a method's fit gets: a model builder (seeded, frozen backbone on the device), the encoder and the
+    training loop bound to this run. The first model is built here: it loads the tokenizer and provenance once and
+    fails early on a bad --model. Returns the context, the backbone's provenance and the pad id."""
     info_box: dict[str, Any] = {}
 
     def build_model():
@@ -218,7 +240,7 @@ def run(spec: RunSpec) -> RunOutcome:
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         return model.to(device)
 
-    build_model()  # loads the tokenizer and provenance once, fails early on a bad --model
+    build_model()
     tokenizer, info = info_box["tokenizer"], info_box["info"]
     pad_id = tokenizer.pad_token_id or 0
 
@@ -242,6 +264,13 @@ def run(spec: RunSpec) -> RunOutcome:
         train=run_train,
         log=lambda msg: print(msg, file=sys.stderr) if world()[0] == 0 else None,  # once per data-parallel launch
     )
+    return ctx, info, pad_id
+
+
+def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id: int) -> tuple:
+    """Fit (the method's stages, or one training run) and evaluate test once unless deferred. Returns (status,
+    error, fit, test metrics, eval seconds); a failure a sweep records is returned, any other raises."""
+    task, tcfg, encode = ctx.task, ctx.tcfg, ctx.encode
     dtype = torch.bfloat16 if spec.dtype == "bf16" else None
     status, error, fit, test, eval_s = "ok", None, None, {}, 0.0
     try:
@@ -257,27 +286,27 @@ def run(spec: RunSpec) -> RunOutcome:
         if not (isinstance(e, NonFiniteLoss) or spec.sweep is not None):
             raise
         status, error, fit = "failed", str(e) if isinstance(e, SptbenchError) else describe(e), None
+    return status, error, fit, test, eval_s
 
-    record = _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start)
-    # the head section sits after the backbone; optional in the schema: records from before it lack it (linear)
-    items = list(record.items())
-    at = [k for k, _ in items].index("backbone") + 1
-    record = dict(items[:at] + [("head", head_section(setup))] + items[at:])
-    if spec.sweep is not None:
-        record["sweep"] = dict(spec.sweep)
-    rank, world_size = world()
-    if spec.defer_test and status == "ok":
-        record["selection"] = {"tested": False}
-        if rank == 0:  # the state first: a record that says "untested" always has the state its test needs
-            save_trained(fit.model, record, pending_dir(spec.results_dir, record["run_id"]))
-    if world_size > 1:  # data-parallel launch: one record (rank 0's), with the throughput of all processes
-        record["throughput"]["num_processes"] = world_size
-    main = rank == 0
-    if main:
-        _write_outputs(spec, path, record, fit.model if status == "ok" else None)
-    if status != "ok":
-        raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
-    return RunOutcome(record=record, table=path, model=fit.model)
+
+def _what_ran(spec: RunSpec, task: TaskData, info, setup, tcfg: TrainConfig, device) -> dict:
+    """The `run_record` arguments that say what ran: the task and its data, the backbone and head, the training
+    options, the device."""
+    return {
+        "task": {"name": task.spec.name, "version": task.spec.version,  # + the spec file (not in the key)
+                 "spec_path": task.spec.path, "spec_sha256": task.spec.sha256},
+        "protocol": dict(task.protocol),
+        "backbone": info.as_record(),
+        "head": head_section(setup),
+        "data": {"source": task.source, "location": task.location, "fingerprint": task.fingerprint,
+                 "notes": list(task.notes)},
+        "training": training_section(tcfg, device.type, spec.dtype),
+        "selection_metric": task.spec.selection_metric,
+        "n_test": len(task.test),
+        "device": device_label(device),
+        "hardware": hardware_id(device),
+        "dtype": spec.dtype,
+    }
 
 
 def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
@@ -314,57 +343,3 @@ def training_section(tcfg: TrainConfig, device_type: str, dtype: str) -> dict:
     """The record's `training` section (part of the record key): every training option but the seed, + device, dtype."""
     return {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "seed"} | {"device": device_type, "dtype": dtype}
 
-
-def _record(spec, method, cfg, tcfg, task, info, fit, test, eval_s, status, error, device, created, start) -> dict:
-    res = fit.result if fit else None
-    counts = fit.model.count_parameters() if fit else {}
-    n_test = len(task.test)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": new_run_id(),
-        "created": created,
-        "status": status,
-        "error": error,
-        "method": {"name": method.name, "config": config_dict(cfg)},
-        "task": {"name": task.spec.name, "version": task.spec.version,  # + the spec file (not in the key)
-                 "spec_path": task.spec.path, "spec_sha256": task.spec.sha256},
-        "protocol": dict(task.protocol),
-        "backbone": info.as_record(),
-        "data": {
-            "source": task.source,
-            "location": task.location,
-            "fingerprint": task.fingerprint,
-            "notes": list(task.notes),
-        },
-        "training": training_section(tcfg, device.type, spec.dtype),
-        "outcome": {
-            "best_step": res.best_step if res else None,
-            "steps_run": res.steps_run if res else 0,
-            "stopped_early": res.stopped_early if res else False,
-            "history": res.history if res else [],
-        },
-        "metrics": {
-            "selection_metric": task.spec.selection_metric,
-            "dev": dict(res.best_dev) if res else {},
-            "test": dict(test),
-        },
-        "params": counts,
-        "throughput": {
-            "train_samples_per_s": round(res.samples_seen / res.train_time_s, 3) if res and res.train_time_s else None,
-            "train_tokens_per_s": round(res.tokens_seen / res.train_time_s, 1) if res and res.train_time_s else None,
-            "eval_samples_per_s": round(n_test / eval_s, 3) if eval_s else None,
-            "peak_memory_mb": round(peak_memory_mb(device), 1),
-            "device": device_label(device),
-            "hardware": hardware_id(device),  # optional in the schema: records before 2026-12-01 lack it
-            "dtype": spec.dtype,
-        },
-        "time": {
-            "wall_s": round(time.perf_counter() - start, 2),
-            "train_s": round(res.train_time_s, 2) if res else 0.0,
-            "eval_s": round((res.eval_time_s if res else 0.0) + eval_s, 2),
-        },
-        "stages": fit.stages if fit else {},
-        "extra": fit.record_extra() if fit else {},
-        "versions": package_versions(),
-        "git": dict(git_state()),
-    }

@@ -1,17 +1,27 @@
 """The test-once protocol of a `test: selected` sweep: once every configuration of a group is recorded, the
 dev-selected one is evaluated on test once from its saved state (`run/persist.py`), its tested record appended and the
-group's saved states removed. Selection itself is pure and lives in `reports/selection.py`."""
+group's saved states removed (`awaiting_test`, `run_pending_tests`: what `sptbench sweep` calls). Selection itself is
+pure and lives in `reports/selection.py`."""
 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from math import nan
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sptbench.core.errors import SptbenchError
-from sptbench.records.io import append_record, new_run_id, now_iso, record_key, record_table_path
+from sptbench.records.build import tested_record
+from sptbench.records.io import append_record, read_records, record_table_path
+from sptbench.records.keys import canonical_json, record_key
+from sptbench.records.schema import TABLE_DIR
 from sptbench.reports.selection import grid_position, is_untested, select_by_dev, selection_group
+from sptbench.sweep.claims import claim, claim_name, claims_dir
+
+if TYPE_CHECKING:
+    from sptbench.sweep.spec import Sweep
 
 
 def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]) -> dict[tuple, list[dict]]:
@@ -72,20 +82,7 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
                     tokenizer.pad_token_id or 0)
     eval_s = time.perf_counter() - t0
     ranked = sorted(candidates, key=lambda r: (grid_position(r), r["run_id"]))
-    record = {**winner, "run_id": new_run_id(), "created": now_iso()}
-    record["metrics"] = {**winner["metrics"], "test": dict(test)}
-    record["time"] = {**winner["time"], "eval_s": round(winner["time"]["eval_s"] + eval_s, 2)}
-    record["throughput"] = {**winner["throughput"], "eval_samples_per_s": round(len(task.test) / eval_s, 3)}
-    record["selection"] = {
-        "tested": True,
-        "selected_run": winner["run_id"],
-        "over": len(candidates),
-        "candidates": [
-            {"run_id": r["run_id"], "config_index": (r.get("sweep") or {}).get("config_index"),
-             "dev_score": r["metrics"]["dev"].get("score")}
-            for r in ranked
-        ],
-    }
+    record = tested_record(winner, ranked, test=test, eval_s=eval_s, n_test=len(task.test))
     append_record(record_table_path(results_dir, record), record)
     for r in candidates:
         shutil.rmtree(pending_dir(results_dir, r["run_id"]), ignore_errors=True)
@@ -94,3 +91,34 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
         f"best dev {winner['metrics']['dev'].get('score', nan):.4f} of {len(candidates)} configurations; "
         f"test {test.get('score', nan):.4f}")
     return record
+
+
+def awaiting_test(sweep: Sweep, tables: list[Path] | None = None) -> dict:
+    """The groups of a `test: selected` sweep whose configurations are all recorded and none is tested yet, read
+    from `tables` (default: every table under the results folder)."""
+    if sweep.test != "selected":
+        return {}
+    root = Path(sweep.results_dir) / TABLE_DIR
+    if tables is None:
+        tables = [root] if root.is_dir() else []
+    tables = [t for t in tables if t.exists()]
+    records = read_records(tables) if tables else []
+    # only this (part of the) sweep's runs: another process may be running the rest of the file (--tasks/--methods)
+    ours = [r for r in records if r["method"]["name"] in sweep.methods and r["task"]["name"] in sweep.tasks]
+    return groups_to_test(ours, sweep.name, {m: len(c) for m, c in sweep.configs.items()})
+
+
+def run_pending_tests(sweep: Sweep, quiet: bool = False) -> int:
+    """Test each complete group's dev-selected configuration once (test-once protocol); returns how many. `quiet`:
+    no transformers load report or progress bar (the one-line result is always logged)."""
+    tested = 0
+    for group, candidates in awaiting_test(sweep).items():
+        # claimed like a run: another process of this sweep may have found the same group complete
+        with claim(claims_dir(sweep.results_dir), claim_name("test", canonical_json(list(group)))) as mine:
+            # re-read the group's own table only: another process may have tested the group meanwhile
+            if not mine or group not in awaiting_test(sweep, [record_table_path(sweep.results_dir, candidates[0])]):
+                continue
+            test_selected(candidates, results_dir=sweep.results_dir, data_dir=sweep.data_dir, device=sweep.device,
+                          log=lambda msg: print(msg, file=sys.stderr), quiet=quiet)
+            tested += 1
+    return tested

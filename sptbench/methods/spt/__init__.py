@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from sptbench.core.errors import SptbenchError
 from sptbench.methods.registry import FitContext, FitResult, config_dict, register_method
 
-if TYPE_CHECKING:  # the torch side (sptbench/methods/nn/) loads when a model is built, not when methods are listed
+if TYPE_CHECKING:  # the torch side (this folder's other modules) loads when a model is built
     from sptbench.methods.spt.gated_prompts import GatedPrompts
     from sptbench.models.classifier import Classifier
 

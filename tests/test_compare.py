@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import random
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 
 from sptbench.cli.main import main
 from sptbench.core.errors import SptbenchError
 from sptbench.records.io import append_record
-from sptbench.reports.compare import compare, paired_stats, parse_side
+from sptbench.reports.compare import compare, compare_family, parse_side
+from sptbench.reports.stats import blocked_stats
 from tests.helpers import make_record
 
 
@@ -33,28 +37,37 @@ def hand_made(rng: random.Random):
 
 
 def test_compare_gives_the_hand_computed_numbers():
+    """Per task: the paired t-interval of that task's differences; overall: the mean of the task means with the
+    pooled within-task residual SD, df = pairs - tasks (hand-computed here with numpy and scipy.stats.t)."""
     rng = random.Random(random.randrange(10**6))
     records, diffs = hand_made(rng)
     comp = compare(records, parse_side("spt"), parse_side("lpt"))
     assert comp.missing == ["mr 16shot seed 13"]
-    everything = diffs["sst2"] + diffs["trec"]
-    for stats, d in [(comp.per_task["sst2"], diffs["sst2"]), (comp.per_task["trec"], diffs["trec"]),
-                     (comp.overall, everything)]:
-        assert stats.n == len(d)
-        assert stats.mean == pytest.approx(sum(d) / len(d))
-        assert stats.low <= stats.mean <= stats.high
-        assert min(d) - 1e-9 <= stats.low and stats.high <= max(d) + 1e-9  # never outside the data (float sums aside)
-        assert (stats.wins, stats.ties, stats.losses) == (sum(x > 0 for x in d), sum(x == 0 for x in d),
-                                                           sum(x < 0 for x in d))
+    for task in ("sst2", "trec"):
+        s, d = comp.per_task[task], diffs[task]
+        low, high = sps.ttest_1samp(d, 0.0).confidence_interval(0.95)
+        assert (s.n, s.df) == (3, 2) and s.mean == pytest.approx(np.mean(d))
+        assert (s.low, s.high) == (pytest.approx(low), pytest.approx(high))
+        assert (s.wins, s.ties, s.losses) == (sum(x > 0 for x in d), sum(x == 0 for x in d), sum(x < 0 for x in d))
+    o = comp.overall
+    means = [np.mean(diffs[t]) for t in ("sst2", "trec")]
+    resid = [x - m for t, m in zip(("sst2", "trec"), means, strict=True) for x in diffs[t]]
+    sd = math.sqrt(sum(r * r for r in resid) / (6 - 2))
+    half = sps.t.ppf(0.975, 4) * sd / math.sqrt(6)
+    assert (o.n, o.tasks, o.df) == (6, 2, 4) and o.mean == pytest.approx(np.mean(means))
+    assert (o.sd, o.low, o.high) == (pytest.approx(sd), pytest.approx(o.mean - half), pytest.approx(o.mean + half))
+    assert 0 < o.p_sign_flip <= 1 and comp.diffs == diffs
 
 
-def test_paired_stats_known_values():
-    s = paired_stats([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+def test_blocked_stats_known_values():
+    s = blocked_stats({"t": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
     assert s.mean == 3.5 and (s.wins, s.ties, s.losses) == (6, 0, 0)
-    assert s.p_wilcoxon == pytest.approx(0.03125)  # exact two-sided: 2 / 2**6
-    assert 2.0 <= s.low < 3.5 < s.high <= 5.0
-    same = paired_stats([0.0, 0.0, 0.0])
-    assert same.mean == 0 and same.low == same.high == 0 and same.p_wilcoxon is None and same.ties == 3
+    assert s.p_sign_flip == pytest.approx(2 / 2**6) and s.exact  # only all-plus and all-minus are as extreme
+    assert s.p_wilcoxon == pytest.approx(0.03125)  # exact two-sided signed-rank: 2 / 2**6
+    same = blocked_stats({"t": [0.0, 0.0, 0.0]})
+    assert same.mean == 0 and same.p_sign_flip is None and same.p_wilcoxon is None and same.ties == 3
+    with_ties = blocked_stats({"t": [0.0, 1.0, 2.0, 3.0]})  # Pratt: the zero is ranked, then dropped
+    assert with_ties.p_wilcoxon == pytest.approx(sps.wilcoxon([0.0, 1.0, 2.0, 3.0], zero_method="pratt").pvalue)
 
 
 def test_several_configurations_need_a_filter_or_dev_selection():
@@ -143,3 +156,81 @@ def test_compare_names_what_the_records_hold(tmp_path, capsys, a, b, tasks, mess
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"sptbench: error: {message}"]
+
+
+def test_dev_ties_are_counted_and_their_sensitivity_shown():
+    """Two LPT layers tie on dev in every cell: grid order picks the first (layer 1); the note counts the tied
+    cells and moves the mean by what the last tied layer (layer 3) would have given, computed by hand."""
+    records = []
+    for seed, (t1, t3) in zip((13, 21, 42), ((0.60, 0.70), (0.62, 0.66), (0.58, 0.58)), strict=True):
+        records.append(rec("spt", "sst2", seed, 0.65))
+        for index, (layer, test) in enumerate(((1, t1), (3, t3))):
+            r = rec("lpt", "sst2", seed, test, dev=0.75, layer=layer)
+            r["sweep"] = {"name": "grid", "config_index": index, "configs": 2}
+            records.append(r)
+    comp = compare(records, parse_side("spt"), parse_side("lpt"), select=True)
+    assert comp.overall.mean == pytest.approx(100 * (0.65 - np.mean([0.60, 0.62, 0.58])))
+    shift = -100 * np.mean([0.70 - 0.60, 0.66 - 0.62, 0.0])
+    assert comp.ties == [f"lpt: 3 of 3 cells tied on dev between configurations and were decided by grid order (the "
+                         f"first); with the last tied configuration instead, over the 3 such cells whose tied "
+                         f"configurations all have a test score, the overall mean difference moves by {shift:+.2f}"]
+
+
+def test_a_lower_dev_loss_breaks_a_dev_tie():
+    """Tied on dev accuracy, the configuration with the lower dev loss wins, whatever its grid position."""
+    records = [rec("spt", "sst2", 13, 0.65)]
+    for index, (layer, test, loss) in enumerate(((1, 0.60, 0.70), (3, 0.70, 0.40))):
+        r = rec("lpt", "sst2", 13, test, dev=0.75, layer=layer)
+        r["metrics"]["dev"]["loss"] = loss
+        r["sweep"] = {"name": "grid", "config_index": index, "configs": 2}
+        records.append(r)
+    comp = compare(records, parse_side("spt"), parse_side("lpt"), select=True)
+    assert comp.overall.mean == pytest.approx(100 * (0.65 - 0.70)) and comp.ties == []
+
+
+def test_a_family_gets_holm_adjusted_p_values(tmp_path, capsys):
+    records, _ = hand_made(random.Random(9))
+    records += [rec("prompt_tuning", r["task"]["name"], r["protocol"]["seed"], 0.5) for r in records
+                if r["method"]["name"] == "lpt"]
+    pairs = [(parse_side("spt"), parse_side("lpt")), (parse_side("spt"), parse_side("prompt_tuning")),
+             (parse_side("lpt"), parse_side("prompt_tuning"))]
+    comps, skipped = compare_family(records, pairs)
+    assert skipped == []
+    raw = [c.overall.p_sign_flip for c in comps]
+    order = sorted(range(3), key=lambda i: raw[i])
+    expected, running = [0.0] * 3, 0.0
+    for rank, i in enumerate(order):  # Holm by hand
+        running = max(running, min(1.0, (3 - rank) * raw[i]))
+        expected[i] = running
+    assert [c.p_holm for c in comps] == pytest.approx(expected) and {c.family_size for c in comps} == {3}
+    table = tmp_path / "t.yaml"
+    table.write_text("".join(__import__("yaml").safe_dump(r, sort_keys=False, explicit_start=True) for r in records))
+    family = tmp_path / "family.yaml"
+    family.write_text("name: demo\npairs:\n  - [spt, lpt]\n  - [spt, prompt_tuning]\n  - [lpt, prompt_tuning]\n")
+    assert main(["compare", "--family", str(family), str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "family demo: 3 comparison(s), Holm-adjusted" in out and "| spt - prompt_tuning" in out
+    assert main(["compare", str(table), "--pair", "spt", "lpt", "--pair", "spt", "prompt_tuning"]) == 0
+    assert "2 comparison(s)" in capsys.readouterr().out
+    family.write_text("pairs: [[spt]]\n")
+    assert main(["compare", "--family", str(family), str(table)]) == 2
+    assert f"{family}: pairs must be a non-empty list" in capsys.readouterr().err
+    assert main(["compare", str(table)]) == 2
+    assert "compare needs two sides" in capsys.readouterr().err
+
+
+def test_power_planning_from_pilot_records(tmp_path, capsys):
+    """`--effect` answers "how many seeds must my next sweep have": the pairs the blocked t-test needs at the SD the
+    records show (reports/stats.pairs_needed), and seeds per task."""
+    from sptbench.reports import stats
+
+    records, diffs = hand_made(random.Random(17))
+    table = tmp_path / "t.yaml"
+    for r in records:
+        append_record(table, r)
+    assert main(["compare", "spt", "lpt", str(table), "--effect", "1.5"]) == 0
+    out = capsys.readouterr().out
+    sd, _ = stats.pooled_sd(diffs)
+    n = stats.pairs_needed(1.5, sd, 2)
+    assert f"within-task SD of the differences {sd:.2f}" in out
+    assert f"1.5 point(s): {n} ({math.ceil(n / 2)} seeds per task)" in out

@@ -138,7 +138,7 @@ def test_select_within_tests_one_winner_per_value(tmp_path, data_dir, monkeypatc
     assert all(r["selection"]["over"] == 2 for r in tested)
     best = max(tested, key=lambda r: (r["metrics"]["dev"]["score"], -r["sweep"]["config_index"]))
     comp = compare(records, parse_side("lpt"), parse_side("head"), select=True)
-    [diff] = comp.overall.diffs
+    [diff] = [d for ds in comp.diffs.values() for d in ds]
     head = [r for r in records if r["method"]["name"] == "head" and r["selection"]["tested"]][0]
     assert diff == pytest.approx(100 * (best["metrics"]["test"]["score"] - head["metrics"]["test"]["score"]))
     with pytest.raises(Exception, match="configurations"):

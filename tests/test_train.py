@@ -219,3 +219,46 @@ def test_peft_vocab_is_a_config_choice():
     from sptbench.methods.registry import build_config, get_method
 
     assert build_config(get_method("prompt_tuning"), {"init": "peft_vocab"}).init == "peft_vocab"
+
+
+def _tiny_classifier(seed: int):
+    torch.manual_seed(seed)
+    model, _, _ = load_backbone("tiny-bert", 2)
+    model.freeze_backbone()
+    return model
+
+
+def test_evaluate_records_dev_loss_and_gold_probability():
+    """`evaluate` adds the mean cross-entropy and the mean probability of the gold label, computed here by hand from
+    the model's logits on the same (unsorted, unbatched) rows."""
+    from sptbench.training.loop import evaluate
+
+    seed = random.randrange(10**6)
+    model, rows = _tiny_classifier(seed), random_rows(seed, 23)
+    got = evaluate(model, rows, load_spec("sst2"), batch_size=5)
+    losses, probs = [], []
+    model.eval()
+    with torch.no_grad():
+        for r in rows:
+            logits = model(torch.tensor([r["input_ids"]]), torch.ones(1, len(r["input_ids"]), dtype=torch.long))
+            losses.append(float(nn.functional.cross_entropy(logits, torch.tensor([r["label"]]))))
+            probs.append(float(logits.softmax(-1)[0, r["label"]]))
+    assert got["loss"] == pytest.approx(sum(losses) / len(losses), abs=2e-6)
+    assert got["gold_prob"] == pytest.approx(sum(probs) / len(probs), abs=2e-6)
+    assert 0 < got["gold_prob"] < 1 and got["score"] == got["accuracy"]
+
+
+@pytest.mark.parametrize("rule, expected", [("first", 2), ("dev_loss", 4)])
+def test_checkpoint_ties_on_the_dev_score_go_to_the_rule(monkeypatch, rule, expected):
+    """Four evaluations: the best dev score (0.75) is reached at steps 2 and 4; `first` keeps step 2, `dev_loss`
+    the one with the lower dev loss (step 4). The dev results are scripted so the right answer is known."""
+    import sptbench.training.loop as loop
+
+    script = iter([{"score": 0.5, "loss": 0.9}, {"score": 0.75, "loss": 0.6}, {"score": 0.5, "loss": 0.2},
+                   {"score": 0.75, "loss": 0.4}])
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: dict(next(script)))
+    model, rows = _tiny_classifier(0), random_rows(1, 8)
+    tcfg = dataclasses.replace(TrainConfig(), max_steps=4, eval_every=1, batch_size=4, checkpoint_tie_break=rule)
+    result = train(model, rows, rows, load_spec("sst2"), tcfg, params=[p for p in model.parameters()
+                                                                     if p.requires_grad], progress=False)
+    assert result.best_step == expected and result.best_dev["loss"] == {2: 0.6, 4: 0.4}[expected]

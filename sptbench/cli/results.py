@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sptbench.core.argtypes import nonempty, nonneg_float, positive_int
+from sptbench.core.argtypes import nonempty, nonneg_float, positive_float, positive_int
 from sptbench.core.errors import SptbenchError
 from sptbench.records.io import (
     dump_record,
@@ -100,11 +100,21 @@ def _add_output(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Paired differences of two methods over the (task, seed) cells both have (sptbench/reports/compare.py)."""
-    _check_output(args)
+    """Paired differences of two methods, or of a declared family of pairs, over the (task, seed) cells both sides
+    have (sptbench/reports/compare.py, docs/statistics.md)."""
     from sptbench.records.keys import setting_name
-    from sptbench.reports.compare import compare, parse_side, render
+    from sptbench.reports.compare import Family, compare_family, load_family, parse_side, render, render_family
 
+    family = None
+    if args.family or args.pair:
+        if args.family and args.pair:
+            raise SptbenchError("give the comparisons as --family FILE or as --pair A B, not both")
+        args.paths = [x for x in (args.a, args.b) if x is not None] + list(args.paths)  # all positionals are paths
+        family = load_family(args.family) if args.family else Family(
+            "", [(parse_side(a), parse_side(b)) for a, b in args.pair])
+    elif args.a is None or args.b is None:
+        raise SptbenchError("compare needs two sides (compare A B), --pair A B (repeatable) or --family FILE")
+    _check_output(args)
     records = read_records(_paths(args))
     setting = args.setting or (setting_name(args.shots, args.train_size) if args.shots or args.train_size else None)
     if setting is not None:
@@ -112,9 +122,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                    if setting_name(r["protocol"]["shots"], r["protocol"]["train_size"]) == setting]
     if args.backbone is not None:
         records = [r for r in records if r["backbone"]["id"] == args.backbone]
-    result = compare(records, parse_side(args.a), parse_side(args.b), tasks=_names(args.tasks),
-                     select=args.select_by_dev)
-    _emit(args, render(result))
+    pairs = family.pairs if family else [(parse_side(args.a), parse_side(args.b))]
+    comps, skipped = compare_family(records, pairs, tasks=_names(args.tasks), select=args.select_by_dev)
+    effects = tuple(args.effect or (1.0, 2.0))
+    _emit(args, render_family(comps, family.name, family.alpha, skipped) if family else render(comps[0], effects))
     return 0
 
 
@@ -179,11 +190,20 @@ def _add_table(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "compare", help="paired differences of two methods: mean, 95%% bootstrap interval, W/T/L, Wilcoxon p",
+        "compare", help="paired differences of two methods (or a family of pairs): task-blocked interval, "
+        "sign-flip p, W/T/L, power",
     )
-    p.add_argument("a", help="a method, optionally narrowed by config values: lpt:layer=3")
-    p.add_argument("b", help="the other side, as A")
+    p.add_argument("a", nargs="?", help="a method, optionally narrowed by config values: lpt:layer=3")
+    p.add_argument("b", nargs="?", help="the other side, as A")
     _add_common(p)
+    p.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"),
+                   help="a comparison of a declared family (repeatable; p-values Holm-adjusted across the pairs); "
+                   "then every positional argument is a results path")
+    p.add_argument("--family", type=nonempty,
+                   help="a YAML file declaring the family: name, alpha (default 0.05), pairs: [[a, b], ...]")
+    p.add_argument("--effect", type=positive_float, nargs="+", metavar="POINTS",
+                   help="power planning: the (task, seed) pairs and seeds per task needed to detect these true "
+                   "differences with 80%% power, from the SD these records show (default: 1 2)")
     p.add_argument("--tasks", nargs="+", help="only these tasks (default: every task both sides have)")
     regime = p.add_mutually_exclusive_group()
     regime.add_argument("--shots", type=positive_int, help="only the K-shot records")

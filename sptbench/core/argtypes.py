@@ -59,6 +59,14 @@ def nonneg_int(value: str) -> int:
     return number
 
 
+def positive_float(value: str) -> float:
+    """A finite number > 0."""
+    number = nonneg_float(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
 def nonneg_float(value: str) -> float:
     """A finite number >= 0."""
     try:

@@ -34,6 +34,7 @@ FROZEN_MODES = ("dropout", "eval", "cache")
 LR_SCHEDULES = ("linear", "constant", "cosine")
 DECAY_SCOPES = ("matrices", "all")
 SAMPLERS = ("python", "torch")
+CHECKPOINT_TIE_BREAKS = ("first", "dev_loss")
 
 
 def option(default: Any = None, *, help: str, flag: bool = True, type: Callable | None = None,
@@ -129,6 +130,10 @@ class TrainConfig:
     sampler: str = option(
         "python", help="the shuffle: python (random.Random(seed * 1000 + epoch)) or torch (DataLoader(shuffle=True) "
         "seeded with the run seed)", choices=SAMPLERS, key="training")
+    checkpoint_tie_break: str = option(
+        "first", help="which of several dev evaluations tied on the dev score is the kept checkpoint: first (the "
+        "earliest) or dev_loss (the lowest dev loss; docs/statistics.md)", choices=CHECKPOINT_TIE_BREAKS,
+        key="training")
     frozen_layers: str = option(
         "dropout", help="layers below the first trainable one: dropout (as the stock model trains), eval (no dropout), "
         "cache (no dropout, outputs computed once per sample: few-shot speed)", choices=FROZEN_MODES,

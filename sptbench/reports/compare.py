@@ -1,5 +1,7 @@
-"""Paired comparison of two methods over the (task, seed) cells both have: mean difference with a 95 % bootstrap
-interval, wins / ties / losses and the Wilcoxon signed-rank p-value, per task and overall (`sptbench compare`).
+"""Paired comparison of two methods over the (task, seed) cells both have (`sptbench compare`): the task-blocked
+mean difference with its t-interval, the sign-flip permutation p, wins / ties / losses, the Wilcoxon (Pratt) p, per
+task and overall, with the design's power; several comparisons as a declared family with Holm-adjusted p-values.
+The statistics are in `reports/stats.py` and docs/statistics.md.
 
 A side is a method name, optionally narrowed by its config (`lpt:layer=3`). Where a side still has several
 configurations in one cell (a learning-rate grid, LPT over layers), `select_by_dev` keeps the one best on dev, per
@@ -12,14 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.records.keys import canonical_json, latest_per_key, record_key, setting_name, without
 from sptbench.records.schema import require_valid
 from sptbench.reports.selection import partial_grid_notes
+from sptbench.reports.stats import ALPHA, Blocked, blocked_stats, holm, mde, pairs_needed
 from sptbench.reports.tables import cell_metric
-
-BOOTSTRAP_RESAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -75,72 +77,38 @@ def check_side(records: list[dict], side: Side) -> None:
 
 
 @dataclass
-class Stats:
-    """Paired differences a - b in points (percent of the test metric)."""
-
-    n: int
-    mean: float | None
-    low: float | None
-    high: float | None
-    wins: int
-    ties: int
-    losses: int
-    p_wilcoxon: float | None
-    diffs: list[float] = field(default_factory=list)
-
-
-def paired_stats(diffs: list[float], seed: int = 0) -> Stats:
-    """Mean, 95 % percentile-bootstrap interval of the mean (scipy.stats.bootstrap, seeded), win counts and the
-    two-sided Wilcoxon signed-rank p-value (None where it is undefined: fewer than 2 pairs, or all differences 0)."""
-    import numpy as np
-    from scipy import stats
-
-    n = len(diffs)
-    wins = sum(d > 0 for d in diffs)
-    ties = sum(d == 0 for d in diffs)
-    if n == 0:
-        return Stats(0, None, None, None, 0, 0, 0, None)
-    mean = float(np.mean(diffs))
-    low = high = mean if n == 1 else None
-    if n > 1:
-        if max(diffs) == min(diffs):
-            low = high = mean
-        else:
-            res = stats.bootstrap((np.asarray(diffs),), np.mean, confidence_level=0.95, n_resamples=BOOTSTRAP_RESAMPLES,
-                                  method="percentile", rng=np.random.default_rng(seed))
-            low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    p = None
-    if n > 1 and any(d != 0 for d in diffs):
-        p = float(stats.wilcoxon(diffs, zero_method="wilcox").pvalue)
-    return Stats(n, mean, low, high, wins, ties, n - wins - ties, p, list(diffs))
-
-
-@dataclass
 class Comparison:
     a: str
     b: str
-    per_task: dict[str, Stats]
-    overall: Stats
+    per_task: dict[str, Blocked]
+    overall: Blocked
+    diffs: dict[str, list[float]]  # task -> paired differences in points, cell order
     missing: list[str]  # cells only one side has
     partial: list[str] = field(default_factory=list)  # sides whose dev selection ran over grids not fully recorded
+    ties: list[str] = field(default_factory=list)  # cells whose dev selection fell through to grid order
+    p_holm: float | None = None  # Holm-adjusted sign-flip p within a declared family (`compare_family`)
+    family_size: int = 1
 
 
-def _cells(records: list[dict], side: Side, select: bool) -> tuple[dict[tuple, dict], dict[tuple, tuple[int, int]]]:
+def _cells(records: list[dict], side: Side, select: bool) -> tuple[dict[tuple, dict], dict[tuple, tuple[int, int]],
+                                                                  dict[tuple, list[dict]]]:
     """(task, setting, backbone, seed) -> the side's record there (latest of a configuration; dev-best of several
-    configurations when `select`), and with `select` `selection.grid_sizes` of the side's records."""
+    configurations when `select`), and with `select` `selection.grid_sizes` of the side's records and, per cell
+    whose dev selection was a tie decided by grid order, the tied records (`selection.dev_ties`)."""
     mine = [r for r in records if r.get("status") == "ok" and side.matches(r)]
     ok = [r for r in mine if (r.get("selection") or {}).get("tested") is not False]  # lost on dev: no test
     sizes: dict[tuple, tuple[int, int]] = {}
+    tied: dict[tuple, list[dict]] = {}
     if select:
-        from sptbench.reports.selection import grid_sizes, select_by_dev
+        from sptbench.reports.selection import dev_ties, grid_sizes, group_of, select_by_dev
 
+        ties = dev_ties(mine)
         ok = [r for r in select_by_dev(ok) if r.get("status") == "ok"]
         sizes = grid_sizes(mine, declared=not side.where)  # a config filter narrows the grid on purpose
+        tied = {_cell(r): ties[group_of(r)] for r in ok if group_of(r) in ties}
     cells: dict[tuple, list[dict]] = {}
     for rec in latest_per_key(ok)[0]:
-        p = rec["protocol"]
-        cell = (rec["task"]["name"], setting_name(p["shots"], p["train_size"]), rec["backbone"]["id"], p["seed"])
-        cells.setdefault(cell, []).append(rec)
+        cells.setdefault(_cell(rec), []).append(rec)
     out = {}
     for cell, recs in cells.items():
         if len({without(record_key(r), "data_fingerprint") for r in recs}) > 1:
@@ -149,7 +117,38 @@ def _cells(records: list[dict], side: Side, select: bool) -> tuple[dict[tuple, d
                 f"(e.g. {side.method}:key=value) or pick the dev-best one with --select-by-dev"
             )
         out[cell] = recs[0]
-    return out, sizes
+    return out, sizes, tied
+
+
+def _cell(rec: dict) -> tuple:
+    p = rec["protocol"]
+    return rec["task"]["name"], setting_name(p["shots"], p["train_size"]), rec["backbone"]["id"], p["seed"]
+
+
+def _score(rec: dict) -> float | None:
+    s = cell_metric(rec)
+    return s if s is not None and math.isfinite(s) else None
+
+
+def _tie_notes(side: Side, common: list[tuple], cells: dict[tuple, dict], tied: dict[tuple, list[dict]],
+               other: dict[tuple, dict], sign: int) -> list[str]:
+    """How many of the compared cells `side` won by grid order among dev ties, and (where every tied configuration
+    of those cells was tested) the mean difference had the last tied configuration won instead of the first."""
+    cells_tied = [c for c in common if c in tied]
+    if not cells_tied:
+        return []
+    note = (f"{side.label}: {len(cells_tied)} of {len(common)} cells tied on dev between configurations and were "
+            f"decided by grid order (the first)")
+    shifts = []
+    for c in cells_tied:
+        scores = [_score(r) for r in tied[c]]
+        if all(s is not None for s in scores) and _score(other[c]) is not None:
+            shifts.append(100 * sign * (scores[-1] - scores[0]))
+    if shifts:
+        note += (f"; with the last tied configuration instead, over the {len(shifts)} such cells whose tied "
+                 f"configurations all have a test score, the overall mean difference moves by "
+                 f"{sum(shifts) / len(common):+.2f}")
+    return [note]
 
 
 def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | None = None,
@@ -164,7 +163,7 @@ def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | Non
     for task in tasks or []:
         if task not in present:
             raise unknown_choice("task in these records", task, present)
-    (cells_a, sizes_a), (cells_b, sizes_b) = _cells(records, a, select), _cells(records, b, select)
+    (cells_a, sizes_a, tied_a), (cells_b, sizes_b, tied_b) = _cells(records, a, select), _cells(records, b, select)
     if tasks is not None:
         cells_a = {c: r for c, r in cells_a.items() if c[0] in tasks}
         cells_b = {c: r for c, r in cells_b.items() if c[0] in tasks}
@@ -173,44 +172,152 @@ def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | Non
         raise SptbenchError(f"no (task, seed) cell has both {a.label} and {b.label}")
     diffs: dict[str, list[float]] = {}
     for cell in common:
-        sa, sb = cell_metric(cells_a[cell]), cell_metric(cells_b[cell])
-        if sa is None or sb is None or not (math.isfinite(sa) and math.isfinite(sb)):
-            continue
-        diffs.setdefault(cell[0], []).append(100 * (sa - sb))
+        sa, sb = _score(cells_a[cell]), _score(cells_b[cell])
+        if sa is not None and sb is not None:
+            diffs.setdefault(cell[0], []).append(100 * (sa - sb))
     one_sided = sorted(set(cells_a) ^ set(cells_b), key=lambda c: tuple(map(str, c)))
     missing = [f"{c[0]} {c[1]} seed {c[3]}" for c in one_sided]
-    per_task = {task: paired_stats(d) for task, d in sorted(diffs.items())}
-    overall = paired_stats([d for task in sorted(diffs) for d in diffs[task]])
+    per_task = {task: blocked_stats({task: d}) for task, d in sorted(diffs.items())}
+    overall = blocked_stats(dict(sorted(diffs.items())))
     partial = [note for side, cells, sizes in ((a, cells_a, sizes_a), (b, cells_b, sizes_b))
                for note in partial_grid_notes([cells[c] for c in common], sizes, lambda _, s=side: s.label)]
-    return Comparison(a.label, b.label, per_task, overall, missing, partial)
+    ties = _tie_notes(a, common, cells_a, tied_a, cells_b, 1) + _tie_notes(b, common, cells_b, tied_b, cells_a, -1)
+    return Comparison(a.label, b.label, per_task, overall, dict(sorted(diffs.items())), missing, partial, ties)
+
+
+@dataclass
+class Family:
+    """A declared family of comparisons (a YAML file: `name`, optional `alpha`, `pairs: [[a, b], ...]`)."""
+
+    name: str
+    pairs: list[tuple[Side, Side]]
+    alpha: float = ALPHA
+
+
+def load_family(path: str) -> Family:
+    """A family file, checked: a mapping with `pairs` (a non-empty list of [a, b] sides) and optional `name`, `alpha`
+    (0 < alpha < 1); anything else is one error naming the file."""
+    from sptbench.core import safe_yaml
+
+    raw = safe_yaml.load_file(path, "comparison family")
+    if not isinstance(raw, dict) or set(raw) - {"name", "alpha", "pairs"}:
+        raise SptbenchError(f"{path}: a comparison family is a mapping of name, alpha and pairs")
+    pairs = raw.get("pairs")
+    if not isinstance(pairs, list) or not pairs or not all(
+            isinstance(x, list) and len(x) == 2 and all(isinstance(s, str) for s in x) for x in pairs):
+        raise SptbenchError(f"{path}: pairs must be a non-empty list of [a, b] method sides, e.g. [spt, lpt:layer=3]")
+    alpha = raw.get("alpha", ALPHA)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise SptbenchError(f"{path}: alpha must be a number between 0 and 1, got {alpha!r}")
+    name = raw.get("name", Path(path).stem)
+    if not isinstance(name, str) or not name.strip():
+        raise SptbenchError(f"{path}: name must be a non-empty string")
+    sides = [(parse_side(a), parse_side(b)) for a, b in pairs]
+    if len(set(sides)) < len(sides):
+        raise SptbenchError(f"{path}: a pair is declared twice")
+    return Family(name, sides, float(alpha))
+
+
+def compare_family(records: Iterable[dict], pairs: list[tuple[Side, Side]], *, tasks: list[str] | None = None,
+                   select: bool = False) -> tuple[list[Comparison], list[str]]:
+    """Several comparisons declared together: each as `compare`, with Holm-adjusted sign-flip p-values across those
+    the records hold. A pair whose sides are not both recorded is left out and named (second value), with the
+    reason; none recorded at all is an error."""
+    records = require_valid(records)
+    comps, skipped = [], []
+    for a, b in pairs:
+        try:
+            comps.append(compare(records, a, b, tasks=tasks, select=select))
+        except SptbenchError as err:
+            if len(pairs) == 1:
+                raise
+            skipped.append(f"{a.label} - {b.label} ({err})")
+    if not comps:
+        raise SptbenchError("no comparison of the family has records on both sides: " + "; ".join(skipped))
+    for comp, p in zip(comps, holm([c.overall.p_sign_flip for c in comps]), strict=True):
+        comp.p_holm, comp.family_size = p, len(comps)
+    return comps, skipped
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:+.{digits}f}"
 
 
-STATS_HEADERS = ["pairs", "mean diff", "95% bootstrap CI", "W/T/L", "Wilcoxon p"]
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
 
 
-def stats_cells(s: Stats) -> list[str]:
+STATS_HEADERS = ["pairs", "mean diff", "95% CI (task-blocked t)", "sign-flip p", "W/T/L", "Wilcoxon p (Pratt)"]
+
+
+def stats_cells(s: Blocked) -> list[str]:
     """A row's cells under STATS_HEADERS."""
     interval = "-" if s.low is None else f"[{s.low:+.2f}, {s.high:+.2f}]"
-    return [str(s.n), _fmt(s.mean), interval, f"{s.wins}/{s.ties}/{s.losses}",
-            "-" if s.p_wilcoxon is None else f"{s.p_wilcoxon:.3g}"]
+    return [str(s.n), _fmt(s.mean), interval, _p(s.p_sign_flip), f"{s.wins}/{s.ties}/{s.losses}", _p(s.p_wilcoxon)]
 
 
-def render(comp: Comparison) -> str:
-    """A Markdown table: one row per task and an overall row."""
+def power_note(s: Blocked, alpha: float = ALPHA, effects: tuple[float, ...] = (1.0, 2.0)) -> str:
+    """The design's power: the within-task SD, the minimum detectable effect at 80 % power, and the pairs (and seeds
+    per task) needed to detect each of `effects` points (same SD, spread evenly over the same tasks)."""
+    if s.sd is None:
+        return "power: no within-task replication (one seed per task), so no SD, interval or minimum detectable effect"
+    e = mde(s.sd, s.se_factor, s.df, alpha)
+    need = []
+    for x in effects:
+        n = pairs_needed(x, s.sd, s.tasks, alpha)
+        need.append(f"{x:g} point(s): {n} ({math.ceil(n / s.tasks)} seeds per task)" if n else f"{x:g}: -")
+    return (f"power (alpha {alpha:.3g}, two-sided, 80 %): within-task SD of the differences {s.sd:.2f} points over "
+            f"{s.n} pairs in {s.tasks} task(s); minimum detectable effect {e:.2f} points; pairs needed to detect "
+            + ", ".join(need))
+
+
+ESTIMAND = ("estimand: the mean over these tasks of each task's expected difference (tasks fixed, seeds random); "
+            "interval: t with task as a fixed block (df = pairs - tasks); sign-flip p: exact permutation test of the "
+            "blocked mean (Monte-Carlo, 200,000 draws, above 20 pairs); ties counted exactly; Wilcoxon secondary, "
+            "zero_method pratt (docs/statistics.md).")
+
+
+def _notes(comp: Comparison) -> str:
+    notes = "".join(f"\n- {note}" for note in comp.partial + comp.ties)
+    if comp.missing:
+        notes += f"\n- cells only one side has (left out): {', '.join(comp.missing[:8])}" + \
+                 (f" and {len(comp.missing) - 8} more" if len(comp.missing) > 8 else "")
+    return notes
+
+
+def render(comp: Comparison, effects: tuple[float, ...] = (1.0, 2.0)) -> str:
+    """A Markdown table: one row per task and an overall row, with the estimand, the design's power and the notes."""
     from tabulate import tabulate
 
     rows = [[name, *stats_cells(s)] for name, s in [*comp.per_task.items(), ("**all**", comp.overall)]]
     head = f"{comp.a} - {comp.b}: paired test-score differences in points (a positive mean favours {comp.a})\n\n"
     table = tabulate(rows, headers=["task", *STATS_HEADERS], tablefmt="github", disable_numparse=True)
-    notes = "\n\n- interval: percentile bootstrap of the mean over the pairs (10,000 resamples, seeded); " \
-            "Wilcoxon: two-sided signed-rank over the pairs (undefined for fewer than 2 non-zero differences)."
-    notes += "".join(f"\n- {note}" for note in comp.partial)
-    if comp.missing:
-        notes += f"\n- cells only one side has (left out): {', '.join(comp.missing[:8])}" + \
-                 (f" and {len(comp.missing) - 8} more" if len(comp.missing) > 8 else "")
-    return head + table + notes + "\n"
+    notes = f"\n\n- {ESTIMAND}\n- {power_note(comp.overall, effects=effects)}"
+    return head + table + notes + _notes(comp) + "\n"
+
+
+def render_family(comps: list[Comparison], name: str = "", alpha: float = ALPHA, skipped: list[str] = ()) -> str:
+    """One row per comparison of a declared family: the overall numbers, the Holm-adjusted p, the SD and the
+    minimum detectable effect at the family's per-comparison level alpha/m, and each task's mean difference."""
+    from tabulate import tabulate
+
+    m = len(comps)
+    rows = []
+    for c in comps:
+        s = c.overall
+        e = mde(s.sd, s.se_factor, s.df, alpha / m) if s.sd is not None else None
+        per_task = ", ".join(f"{t} {st.mean:+.1f}" for t, st in c.per_task.items() if st.mean is not None)
+        rows.append([f"{c.a} - {c.b}", *stats_cells(s)[:4], _p(c.p_holm), *stats_cells(s)[4:],
+                     "-" if s.sd is None else f"{s.sd:.2f}", "-" if e is None else f"{e:.2f}", per_task])
+    headers = ["comparison", *STATS_HEADERS[:4], "Holm p", *STATS_HEADERS[4:], "SD", "MDE", "per task (mean diff)"]
+    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    title = f"family {name}: " if name else "family: "
+    notes = [f"{title}{m} comparison(s), Holm-adjusted sign-flip p across them (family-wise alpha {alpha:g}); "
+             f"a positive mean favours the first side; each side dev-selected per (task, seed) where it has a grid.",
+             ESTIMAND,
+             f"SD: within-task SD of the paired differences; MDE: the smallest true difference detected with 80 % "
+             f"power at alpha/m = {alpha / m:.3g} (two-sided blocked t, noncentral t).",
+             ]
+    notes += [f"left out (not recorded): {s}" for s in skipped]
+    notes += list(dict.fromkeys(note for c in comps for note in c.partial + c.ties))  # a side's note once
+    return table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

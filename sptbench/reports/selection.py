@@ -12,6 +12,7 @@ winner only.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -44,6 +45,33 @@ def is_untested(rec: dict) -> bool:
     return (rec.get("selection") or {}).get("tested") is False
 
 
+def dev_rank(rec: dict) -> tuple[float, float]:
+    """How a configuration ranks on dev, smaller is better: the dev score (higher first), then the dev loss (lower
+    first) where the record has one; records written before dev loss was recorded tie there, and grid order decides
+    (docs/statistics.md)."""
+    dev = (rec.get("metrics") or {}).get("dev") or {}
+    score, loss = dev.get("score"), dev.get("loss")
+    score = float(score) if isinstance(score, int | float) and not isinstance(score, bool) else float("-inf")
+    loss = float(loss) if isinstance(loss, int | float) and not isinstance(loss, bool) else math.inf
+    return -score, loss
+
+
+def dev_ties(records: Iterable[dict]) -> dict[tuple, list[dict]]:
+    """Per selection group whose dev-best configuration is tied on dev (same score and, where recorded, same loss)
+    with others: the tied configurations' records (latest per configuration), in grid order. A group absent here
+    was decided on dev alone."""
+    groups: dict[tuple, list[dict]] = {}
+    for rec in latest_per_key([r for r in require_valid(records) if r.get("status") == "ok"])[0]:
+        groups.setdefault(group_of(rec), []).append(rec)
+    out = {}
+    for group, recs in groups.items():
+        best = min(dev_rank(r) for r in recs)
+        tied = sorted((r for r in recs if dev_rank(r) == best), key=lambda r: (grid_position(r), str(r.get("created"))))
+        if len(tied) > 1:
+            out[group] = tied
+    return out
+
+
 def _dev_best(records: list[dict]) -> tuple[dict[tuple, dict], Counter, Counter]:
     """Per selection group (`group_of`): its dev-best ok record (the latest of each configuration), how many
     configurations it has, and how many its sweep declared (`sweep.group_configs` or `sweep.configs` of its records;
@@ -52,9 +80,7 @@ def _dev_best(records: list[dict]) -> tuple[dict[tuple, dict], Counter, Counter]
     sizes: Counter = Counter()
     declared: Counter = Counter()
     for position, rec in enumerate(latest_per_key([r for r in records if r.get("status") == "ok"])[0]):
-        score = (rec.get("metrics") or {}).get("dev", {}).get("score")
-        score = float(score) if isinstance(score, int | float) else float("-inf")
-        rank = (-score, grid_position(rec), str(rec.get("created", "")), position)  # smaller is better
+        rank = (*dev_rank(rec), grid_position(rec), str(rec.get("created", "")), position)  # smaller is better
         group = group_of(rec)
         sizes[group] += 1
         grid = rec.get("sweep") or {}
@@ -81,9 +107,10 @@ def _sizes(sizes: Counter, grids: Counter, declared: bool) -> dict[tuple, tuple[
 
 def select_by_dev(records: Iterable[dict]) -> list[dict]:
     """Per method, task, seed and setting (backbone, head, shots/train size, split source), keep the ok run of the
-    configuration with the best dev `score` (never the test score). Ties go to the first configuration in grid order
-    (the sweep's `config_index`), then the earliest `created`. A configuration run twice counts once (its latest
-    record, as in tables; a tested record of the test-once protocol is later than its untested one). Failed records
+    configuration with the best dev `score` (never the test score). Ties go to the lower dev loss where recorded,
+    then to the first configuration in grid order (the sweep's `config_index`), then the earliest `created`. A
+    configuration run twice counts once (its latest record, as in tables; a tested record of the test-once protocol
+    is later than its untested one). Failed records
     pass through unchanged (tables count them); the input order is kept."""
     return dev_selection(records)[0]
 

@@ -265,37 +265,53 @@ def clip_gradients(params, max_grad_norm: float | None) -> None:
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
 
 
-@torch.inference_mode()
 def predict(model, encoded: list[dict], batch_size: int, pad_id: int = 0) -> list[int]:
-    """Predictions in input order (batches grouped by length for speed). In a data-parallel launch every rank
-    predicts every world-size-th example and the predictions are gathered, so every rank returns all of them."""
+    """Predictions in input order (`scored_predictions` without the losses)."""
+    return scored_predictions(model, encoded, batch_size, pad_id)[0]
+
+
+@torch.inference_mode()
+def scored_predictions(model, encoded: list[dict], batch_size: int,
+                       pad_id: int = 0) -> tuple[list[int], list[float], list[float]]:
+    """Predictions, per-example cross-entropy and probability of the gold label, in input order (batches grouped by
+    length for speed). In a data-parallel launch every rank scores every world-size-th example and the results are
+    gathered, so every rank returns all of them."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
     rank, world_size = world()
     order = order[rank::world_size]
-    preds = [0] * len(encoded)
+    out: list[tuple[int, float, float]] = [(0, 0.0, 0.0)] * len(encoded)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = _collate([encoded[i] for i in idx], pad_id)
-        for i, p in zip(idx, model(**model_inputs(batch, device)).argmax(-1).tolist(), strict=True):
-            preds[i] = p
+        logits = model(**model_inputs(batch, device)).float()
+        labels = batch["labels"].to(logits.device)
+        logp = F.log_softmax(logits, dim=-1).gather(1, labels[:, None])[:, 0]
+        rows = zip(logits.argmax(-1).tolist(), (-logp).tolist(), logp.exp().tolist(), strict=True)
+        for i, row in zip(idx, rows, strict=True):
+            out[i] = row
     if world_size > 1:
         import torch.distributed as dist
 
         parts: list = [None] * world_size
-        dist.all_gather_object(parts, [(i, preds[i]) for i in order])
+        dist.all_gather_object(parts, [(i, out[i]) for i in order])
         for part in parts:
-            for i, p in part:
-                preds[i] = p
+            for i, row in part:
+                out[i] = row
     model.train(was_training)
-    return preds
+    return [r[0] for r in out], [r[1] for r in out], [r[2] for r in out]
 
 
 def evaluate(model, encoded: list[dict], spec, batch_size: int, pad_id: int = 0) -> dict[str, float]:
-    preds = predict(model, encoded, batch_size, pad_id)
-    return compute_metrics(spec, preds, [e["label"] for e in encoded])
+    """The spec's metrics and `score`, plus `loss` (mean cross-entropy of the gold label) and `gold_prob` (mean
+    probability of the gold label): dev ties on the score are broken on the loss (docs/statistics.md)."""
+    preds, losses, probs = scored_predictions(model, encoded, batch_size, pad_id)
+    metrics = compute_metrics(spec, preds, [e["label"] for e in encoded])
+    metrics["loss"] = round(sum(losses) / len(losses), 6)
+    metrics["gold_prob"] = round(sum(probs) / len(probs), 6)
+    return metrics
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
@@ -376,7 +392,7 @@ def train(
     if step_fn is None:
         step_fn = default_step(params if params is not None else model.parameters(), tcfg, sharded, rank, world_size)
     res = TrainResult(best_step=None, best_dev={}, steps_run=0, stopped_early=False)
-    best_score, best_snap, bad_evals = -math.inf, None, 0
+    best_score, best_snap, bad_evals = (-math.inf, -math.inf), None, 0
     batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id,
                       sampler=tcfg.sampler)
     bar = tqdm(total=tcfg.max_steps, desc="train", disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
@@ -405,8 +421,9 @@ def train(
         bar.set_postfix(loss=f"{mean_loss:.4f}", dev=f"{dev['score']:.4f}")
         if on_eval is not None:
             on_eval(step, dev)
-        if dev["score"] > best_score:
-            best_score, best_snap, bad_evals = dev["score"], _snapshot(model), 0
+        rank_now = (dev["score"], -dev["loss"] if tcfg.checkpoint_tie_break == "dev_loss" else 0.0)
+        if rank_now > best_score:
+            best_score, best_snap, bad_evals = rank_now, _snapshot(model), 0
             res.best_step, res.best_dev = step, dev
         else:
             bad_evals += 1

@@ -253,3 +253,26 @@ def test_unmeasured_throughput_shows_a_dash():
     md = render(build_table(records), "md")
     spt = next(line for line in md.splitlines() if line.startswith("| spt"))
     assert spt.rstrip("| ").endswith("–")
+
+
+def test_select_by_dev_counts_the_ties_grid_order_decided(tmp_path, capsys):
+    """Two LPT layers tie on dev for seed 13 (grid order decides) and not for seed 21; a dev loss breaks seed 42's
+    tie: the note counts 1 of 3."""
+    import yaml
+
+    from sptbench.cli.main import main
+    from tests.helpers import make_record
+
+    records = []
+    for seed, devs, losses in ((13, (0.7, 0.7), None), (21, (0.6, 0.8), None), (42, (0.7, 0.7), (0.5, 0.4))):
+        for index, layer in enumerate((1, 3)):
+            r = make_record(method__name="lpt", method__config={"layer": layer}, protocol__seed=seed)
+            r["metrics"]["dev"] = {"accuracy": devs[index], "score": devs[index]}
+            if losses:
+                r["metrics"]["dev"]["loss"] = losses[index]
+            r["sweep"] = {"name": "g", "config_index": index, "configs": 2}
+            records.append(r)
+    table = tmp_path / "t.yaml"
+    table.write_text("".join(yaml.safe_dump(r, sort_keys=False, explicit_start=True) for r in records))
+    assert main(["table", str(table), "--select-by-dev"]) == 0
+    assert "decided by grid order, the first configuration winning: lpt 1 of 3 selections" in capsys.readouterr().out

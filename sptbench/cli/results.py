@@ -42,10 +42,11 @@ def cmd_table(args: argparse.Namespace) -> int:
     """Render a results table to stdout, a file, or a README block."""
     _check_output(args)
     records = read_records(_paths(args))
-    sizes = None
+    sizes = ties = None
     if args.select_by_dev:  # hyper-parameter grids: per method/task/seed/setting, the config best on dev only
-        from sptbench.reports.selection import dev_selection
+        from sptbench.reports.selection import dev_selection, dev_ties
 
+        ties = dev_ties(records)
         records, sizes = dev_selection(records)
     table = build_table(
         records,
@@ -58,6 +59,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         expected_seeds=args.expected_seeds,
         selected=args.select_by_dev,
         grid_sizes=sizes,
+        ties=ties,
     )
     text = render(table, args.format)
     if args.format == "csv":  # CSV carries numbers only; the notes still reach the user

@@ -29,7 +29,7 @@ from sptbench.records.keys import (
     setting_name,
 )
 from sptbench.records.schema import require_valid
-from sptbench.reports.selection import partial_grid_notes, selection_group
+from sptbench.reports.selection import group_of, partial_grid_notes, selection_group
 
 FORMATS = ("md", "latex", "csv")
 MISSING = "–"
@@ -186,6 +186,20 @@ def _selection_notes(records: list[dict]) -> list[str]:
     return [head + ("; where the winners differ, how often each value won:" if notes else ".")] + notes
 
 
+def _tie_notes(winners: list[dict], ties: dict[tuple, list[dict]]) -> list[str]:
+    """One line: per method, how many of its dev selections were ties on dev that grid order decided."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rec in winners:
+        counts[_method_label(rec)][1] += 1
+        counts[_method_label(rec)][0] += group_of(rec) in ties
+    tied = [f"{name} {k} of {n}" for name, (k, n) in sorted(counts.items()) if k]
+    if not tied:
+        return []
+    return ["dev ties (equal dev score, and equal dev loss where recorded) decided by grid order, the first "
+            "configuration winning: " + ", ".join(tied) + " selections (`sptbench compare` shows what the last "
+            "tied configuration would change)"]
+
+
 # ---------------------------------------------------------------------------------------------------- build
 
 
@@ -201,10 +215,12 @@ def build_table(
     setting: str | None = None,
     selected: bool = False,
     grid_sizes: dict[tuple, tuple[int, int]] | None = None,
+    ties: dict[tuple, list[dict]] | None = None,
 ) -> TableData:
     """Aggregate records of one backbone and one data regime into a methods x tasks table (see docs/records.md).
     `selected`: the records are `selection.select_by_dev`'s (one row per method whatever config won);
-    `grid_sizes`: `selection.grid_sizes` of its input, for a note on grids not fully recorded yet."""
+    `grid_sizes`: `selection.grid_sizes` of its input, for a note on grids not fully recorded yet; `ties`:
+    `selection.dev_ties` of its input, for a note on selections that dev ties left to grid order."""
     if shots is not None or train_size is not None:
         setting = setting_name(shots, train_size)
     records = require_valid(records)
@@ -229,6 +245,8 @@ def build_table(
     labels, notes = _row_labels(ok, selected)
     if grid_sizes:
         notes += partial_grid_notes(ok, grid_sizes, _method_label)
+    if ties:
+        notes += _tie_notes(ok, ties)
     table = _aggregate(ok, labels, the_backbone, the_setting, tasks, methods)
     table.n_failed = len(failed)
     if expected_seeds is not None and (not isinstance(expected_seeds, int) or expected_seeds < 1):

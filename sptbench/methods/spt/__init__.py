@@ -330,11 +330,15 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     ctx.log(f"[spt] search ({'darts' if darts else 'joint'}): {rows}, {tcfg.max_steps} steps")
     result = ctx.train(model, ctx.encode(train_rows), ctx.encode(ctx.task.dev), tcfg, step_fn=step_fn, on_eval=on_eval)
     alpha = final.get("alpha") or trajectory[-1]["alpha"]
+    train_loss = {h["step"]: h["train_loss"] for h in result.history}
+    for point in trajectory[1:]:
+        point["train_loss"] = train_loss.get(point["step"])
     return {
         "num_layers": len(model.layers),
         "layers": list(inj.prompt_layers),
         "alpha": alpha,
         "trajectory": trajectory,
+        "diagnostics": gate_diagnostics(alpha, step_fn.gate_grads, cfg.top_k or default_top_k(len(model.layers))),
         "cost": {
             "wall_s": round(time.perf_counter() - t_start, 3),
             "train_s": round(result.train_time_s, 3),
@@ -345,6 +349,28 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
             "d2_size": len(d2_rows) if darts else None,
         },
     }
+
+
+def gate_diagnostics(alpha: Sequence[float], grads: Sequence, k: int) -> dict:
+    """How much the search learned: per gate, the mean and SD of its gradient over the search steps and their
+    ratio (signal-to-noise: a gradient whose sign flips batch to batch has |mean| << SD); the separation (the K-th
+    largest α minus the (K+1)-th: how decided the top-K choice is) and the spread (largest minus smallest α)."""
+    import torch
+
+    ranked = sorted(alpha, reverse=True)
+    out = {
+        "separation": round(ranked[k - 1] - ranked[k], 6) if k < len(ranked) else None,
+        "spread": round(ranked[0] - ranked[-1], 6),
+    }
+    if grads:
+        g = torch.stack(list(grads))
+        mean, sd = g.mean(0), g.std(0) if len(grads) > 1 else torch.zeros(g.shape[1])
+        out["grad_mean"] = [float(f"{x:.4g}") for x in mean.tolist()]
+        out["grad_std"] = [float(f"{x:.4g}") for x in sd.tolist()]
+        out["grad_snr"] = [round(abs(m) / s, 4) if s > 0 else None for m, s in zip(mean.tolist(), sd.tolist(),
+                                                                                   strict=True)]
+        out["steps"] = len(grads)
+    return out
 
 
 def retrain(ctx, cfg: PromptGeneratorConfig, layers: Sequence[int]):
@@ -384,6 +410,7 @@ def _fit(ctx: FitContext, *, darts: bool) -> FitResult:
             chosen_layers=chosen,
             top_k=k if cfg.select == "topk" else None,
             alpha_trajectory=found["trajectory"],
+            gate_diagnostics=found["diagnostics"],
             search_wall_s=found["cost"]["wall_s"],
             search_samples_seen=found["cost"]["samples_seen"],
             search_steps=found["cost"]["steps"],

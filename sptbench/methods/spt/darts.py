@@ -113,8 +113,10 @@ def gate_step(
     train_batch: dict | None = None,
     weights: Sequence[nn.Parameter] = (),
     xi: float = 0.0,
+    record: list | None = None,
 ) -> float:
-    """One optimiser step of the gates on a D2 batch; the weights' values, grads and optimiser state stay as is."""
+    """One optimiser step of the gates on a D2 batch; the weights' values, grads and optimiser state stay as is.
+    `record`: a list the gates' gradient (before clipping) is appended to (the search's diagnostics)."""
     if second_order:
         if train_batch is None:
             raise ValueError("second-order gate steps need the D1 batch")
@@ -124,9 +126,17 @@ def gate_step(
         val_loss = loss_fn(model, val_batch)
         grads = torch.autograd.grad(val_loss, gates, allow_unused=True)
         loss = float(val_loss.detach())
+    _record(record, gates, grads)
     _set_grads(gates, grads)
     _apply(gates, optimizer, scheduler, max_grad_norm)
     return loss
+
+
+def _record(record: list | None, gates: Sequence[nn.Parameter], grads: Sequence[torch.Tensor | None]) -> None:
+    """Append the gates' gradient, one flat CPU tensor (a missing gradient as zeros), to `record`."""
+    if record is not None:
+        record.append(torch.cat([(torch.zeros_like(p) if g is None else g.detach()).flatten().float().cpu()
+                                 for p, g in zip(gates, grads, strict=True)]))
 
 
 class JointStep:
@@ -137,11 +147,14 @@ class JointStep:
         self.opt_w, self.sched_w, self.opt_a, self.sched_a = opt_w, sched_w, opt_a, sched_a
         self.max_grad_norm, self.loss_fn, self.after = max_grad_norm, loss_fn, after
         self.samples_seen = 0
+        self.gate_grads: list[torch.Tensor] = []  # per step, before clipping (diagnostics)
 
     def __call__(self, model, batch, step) -> float:
         loss = self.loss_fn(model, batch)
         params = [*self.weights, *self.gates]
-        _set_grads(params, torch.autograd.grad(loss, params, allow_unused=True))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        _record(self.gate_grads, self.gates, grads[len(self.weights):])
+        _set_grads(params, grads)
         _apply(self.weights, self.opt_w, self.sched_w, self.max_grad_norm)
         _apply(self.gates, self.opt_a, self.sched_a, self.max_grad_norm)
         self.samples_seen += _batch_size(batch)
@@ -175,13 +188,14 @@ class DartsStep:
         self.second_order, self.unroll_lr, self.after = second_order, unroll_lr, after
         self.samples_seen = 0  # D1 + D2 examples that went through a training forward pass
         self.d2_samples_seen = 0
+        self.gate_grads: list[torch.Tensor] = []  # per step, before clipping (diagnostics)
 
     def __call__(self, model, batch, step) -> float:
         val_batch = next(self.d2_batches)
         xi = self.unroll_lr if self.unroll_lr is not None else self.opt_w.param_groups[0]["lr"]
         gate_step(
             model, val_batch, self.gates, self.opt_a, self.sched_a, self.max_grad_norm, self.loss_fn,
-            second_order=self.second_order, train_batch=batch, weights=self.weights, xi=xi,
+            second_order=self.second_order, train_batch=batch, weights=self.weights, xi=xi, record=self.gate_grads,
         )
         loss = weight_step(model, batch, self.weights, self.opt_w, self.sched_w, self.max_grad_norm, self.loss_fn)
         self.samples_seen += _batch_size(batch) + _batch_size(val_batch)

@@ -6,8 +6,8 @@ information; a hook gives the prompt generator at the planted layer alone a view
 states shifted by +-scale along a fixed direction), while every other layer's generator sees zeros. Only a prompt at
 the planted layer can carry the label into the token states (through attention) and so to the head. The search, with
 each method's default configuration and at most the default budget, must rank the planted layer first in at least 9 of
-10 seeds; with no planted layer it must not separate its top choice (median separation under 0.03, where a planted
-layer gives about 0.06 at this budget).
+10 seeds, separated from the next by more than 0.01; with no planted layer it must not separate its top choice (median
+separation under 0.03, where a planted layer gives about 0.06 at this budget).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sptbench.training.loop import TrainConfig, train
 
 SPEC = load_spec("sst2")
 PER_CLASS, STEPS, SEEDS = 8, 60, range(10)
+CONFIDENT = 0.01  # a top choice separated from the next by more than this
 
 
 def _rows(seed: int) -> list[dict]:
@@ -90,7 +91,8 @@ def _top(found: dict) -> int:
 def test_the_search_finds_a_planted_layer(monkeypatch, method):
     planted = 2
     found = [planted_search(monkeypatch, method, seed, planted) for seed in SEEDS]
-    hits = sum(_top(f) == planted for f in found)
+    # first, and by a margin: frozen gates (gate_lr=1e-6) still drift the right way by ~1e-7, which is no choice
+    hits = sum(_top(f) == planted and f["diagnostics"]["separation"] > CONFIDENT for f in found)
     assert hits >= 9, [f["alpha"] for f in found]
     assert statistics.median(f["diagnostics"]["separation"] for f in found) > 0.03
 
@@ -107,5 +109,5 @@ def test_gate_diagnostics_by_hand():
     assert d["separation"] == pytest.approx(0.1) and d["spread"] == pytest.approx(0.15) and d["steps"] == 2
     assert d["grad_mean"] == [2.0, 0.0, 0.5]
     assert d["grad_std"] == pytest.approx([2 ** 0.5, 2 ** 0.5, 0.0], rel=1e-3)  # 4 significant digits
-    assert d["grad_snr"] == [pytest.approx(2 / 2 ** 0.5, rel=1e-3), 0.0, None]  # a constant gradient has no noise to divide by
+    assert d["grad_snr"] == [pytest.approx(2 / 2 ** 0.5, rel=1e-3), 0.0, None]  # constant: no noise
     assert gate_diagnostics([0.5, 0.5], [], k=2)["separation"] is None  # K = all layers: nothing to separate

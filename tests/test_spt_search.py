@@ -39,8 +39,10 @@ def _rows(seed: int) -> list[dict]:
     return out
 
 
-def planted_search(monkeypatch, method: str, seed: int, planted: int | None, scale: float = 3.0) -> dict:
-    """SPT's search (the method's default config) on the planted task; returns `search`'s result."""
+def planted_search(monkeypatch, method: str, seed: int, planted: int | None, scale: float = 3.0,
+                   **options) -> dict:
+    """SPT's search (the method's default config, or `options` over it) on the planted task; returns `search`'s
+    result."""
     train_rows, dev_rows = _rows(seed), _rows(seed + 10_000)
     label_of = {tuple(r["input_ids"]): r["label"] for r in train_rows + dev_rows}
     direction = torch.randn(32, generator=torch.Generator().manual_seed(1234))
@@ -70,7 +72,8 @@ def planted_search(monkeypatch, method: str, seed: int, planted: int | None, sca
     m = get_method(method)
     tcfg = dataclasses.replace(TrainConfig(), max_steps=STEPS, eval_every=20, lr=m.default_lr, seed=seed)
     ctx = FitContext(
-        task=type("Task", (), {"train": train_rows, "dev": dev_rows, "spec": SPEC})(), method_cfg=build_config(m),
+        task=type("Task", (), {"train": train_rows, "dev": dev_rows, "spec": SPEC})(),
+        method_cfg=build_config(m, options),
         tcfg=tcfg, tokenizer=type("Tokenizer", (), {"pad_token_id": 0})(), build_model=build_model,
         encode=lambda rows: rows, log=lambda msg: None,
         train=lambda model, tr, dv, tcfg_=None, **kw: train(model, tr, dv, SPEC, tcfg_ or tcfg, progress=False, **kw),
@@ -111,3 +114,13 @@ def test_gate_diagnostics_by_hand():
     assert d["grad_std"] == pytest.approx([2 ** 0.5, 2 ** 0.5, 0.0], rel=1e-3)  # 4 significant digits
     assert d["grad_snr"] == [pytest.approx(2 / 2 ** 0.5, rel=1e-3), 0.0, None]  # constant: no noise
     assert gate_diagnostics([0.5, 0.5], [], k=2)["separation"] is None  # K = all layers: nothing to separate
+
+
+def test_the_gate_budget_pulls_the_gates_towards_k_open():
+    """With no layer worth prompting, a budget term λ (Σα - K)² moves the sum of the 4 gates (2.0 at the start) towards
+    K = 1; without it the sum stays near 2."""
+    with pytest.MonkeyPatch.context() as mp:
+        free = planted_search(mp, "spt", 0, None)
+        budget = planted_search(mp, "spt", 0, None, gate_budget=1.0)
+    assert abs(sum(free["alpha"]) - 2.0) < 0.2
+    assert sum(budget["alpha"]) < sum(free["alpha"]) - 0.3

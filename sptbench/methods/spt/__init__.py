@@ -85,6 +85,9 @@ class SptConfig(PromptGeneratorConfig):
         "help": "the stochastic gate's relaxation temperature λ at the start of the search (annealed geometrically)"})
     gate_temperature_end: float = field(default=0.1, metadata={
         "help": "the stochastic gate's relaxation temperature λ at the end of the search"})
+    gate_budget: float = field(default=0.0, metadata={
+        "help": "λ of a budget term λ (Σ α - K)² added to the search loss, pushing the gates towards K open ones so "
+                "that they compete (0: none; docs/spt.md)"})
     candidates: Literal["all", "no_input"] = field(default="all", metadata={
         "help": "all layers, or no_input (every layer but 0: the input layer's gate can only scale the prompt, a "
                 "possible bias towards it, docs/spt.md)"})
@@ -103,6 +106,8 @@ class SptConfig(PromptGeneratorConfig):
             raise SptbenchError(f"temperature must be > 0, got {self.temperature}")
         if self.gate_lr <= 0:
             raise SptbenchError(f"gate_lr must be > 0, got {self.gate_lr}")
+        if self.gate_budget < 0:
+            raise SptbenchError(f"gate_budget must be >= 0, got {self.gate_budget}")
         if self.select not in ("topk", "threshold"):
             raise SptbenchError(f"select must be topk or threshold, got '{self.select}'")
         if self.top_k is not None and self.top_k < 1:
@@ -315,6 +320,13 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     def on_eval(step: int, dev: dict) -> None:
         trajectory.append({"step": step, "alpha": _alpha_list(inj), "dev_score": round(float(dev["score"]), 6)})
 
+    k = cfg.top_k or default_top_k(len(model.layers))
+    if cfg.gate_budget > 0:  # the gates compete for K open places (the budget has no gradient for the weights)
+        plain_loss = loss_on
+
+        def loss_on(model, batch):
+            return plain_loss(model, batch) + cfg.gate_budget * (inj.alphas().sum() - k) ** 2
+
     if darts:
         d1_rows, d2_rows = split_d1_d2(ctx.task.train, cfg.d1_fraction, tcfg.seed)
         pad_id = ctx.tokenizer.pad_token_id or 0
@@ -338,7 +350,7 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
         "layers": list(inj.prompt_layers),
         "alpha": alpha,
         "trajectory": trajectory,
-        "diagnostics": gate_diagnostics(alpha, step_fn.gate_grads, cfg.top_k or default_top_k(len(model.layers))),
+        "diagnostics": gate_diagnostics(alpha, step_fn.gate_grads, k),
         "cost": {
             "wall_s": round(time.perf_counter() - t_start, 3),
             "train_s": round(result.train_time_s, 3),

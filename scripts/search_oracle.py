@@ -6,6 +6,7 @@ score is above the median over the layers; against the rate a uniformly random l
 score is read.
 
   python scripts/search_oracle.py results/tuned/v1/minilm-l6/16shot.yaml
+  python scripts/search_oracle.py NEW_SPT_RUNS.yaml --oracle results/tuned/v1/minilm-l6/16shot.yaml
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from sptbench.records.io import read_records
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("paths", nargs="+")
+    ap.add_argument("paths", nargs="+", help="records of the searches (and of the LPT grid, without --oracle)")
+    ap.add_argument("--oracle", nargs="+", help="records of the LPT layer grid (default: the same records)")
     args = ap.parse_args(argv)
     records = [r for r in read_records(args.paths) if r.get("status") == "ok"]
+    oracle = [r for r in read_records(args.oracle) if r.get("status") == "ok"] if args.oracle else records
     lpt: dict[tuple, dict[int, float]] = defaultdict(dict)
-    for r in records:
+    for r in oracle:
         if r["method"]["name"] == "lpt" and r["method"]["config"].get("layer") is not None:
             cell = (r["task"]["name"], r["protocol"]["seed"])
             layer, dev = r["method"]["config"]["layer"], r["metrics"]["dev"]["score"]

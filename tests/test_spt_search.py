@@ -124,3 +124,29 @@ def test_the_gate_budget_pulls_the_gates_towards_k_open():
         budget = planted_search(mp, "spt", 0, None, gate_budget=1.0)
     assert abs(sum(free["alpha"]) - 2.0) < 0.2
     assert sum(budget["alpha"]) < sum(free["alpha"]) - 0.3
+
+
+def test_single_path_active_layer_is_lpt_there():
+    """With `active = l`, the search model computes exactly what LPT at layer l computes with the same generator and
+    head (no prompt positions below l): checked on fresh random inputs against a hard-gated model."""
+    from sptbench.methods.spt import SptConfig, add_prompts, gates_of
+
+    seed = random.randrange(10**6)
+    torch.manual_seed(seed)
+    search_model, _, _ = load_backbone("tiny-bert", 2, quiet=True)
+    cfg = SptConfig()
+    add_prompts(search_model, cfg, [0, 1, 2, 3], gated=True)
+    lpt_model, _, _ = load_backbone("tiny-bert", 2, quiet=True)
+    lpt_model.load_state_dict(search_model.state_dict(), strict=False)
+    add_prompts(lpt_model, cfg, [2], gated=False)
+    gates_of(lpt_model).generators["2"].load_state_dict(gates_of(search_model).generators["2"].state_dict())
+    gates_of(search_model).active = 2
+    ids = torch.randint(1000, 30000, (3, 9), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    search_model.eval(), lpt_model.eval()
+    torch.testing.assert_close(search_model(ids, mask), lpt_model(ids, mask))
+
+
+def test_single_path_search_finds_a_planted_layer(monkeypatch):
+    found = [planted_search(monkeypatch, "spt", seed, 2, search="single_path") for seed in SEEDS]
+    assert sum(_top(f) == 2 for f in found) >= 9, [f["alpha"] for f in found]

@@ -85,6 +85,10 @@ class SptConfig(PromptGeneratorConfig):
         "help": "the stochastic gate's relaxation temperature λ at the start of the search (annealed geometrically)"})
     gate_temperature_end: float = field(default=0.1, metadata={
         "help": "the stochastic gate's relaxation temperature λ at the end of the search"})
+    search: Literal["gates", "single_path"] = field(default="gates", metadata={
+        "help": "gates (learn the gates α, the paper's SPT) or single_path (each step trains the prompt of one "
+                "random candidate layer, LPT there, with a shared head; then every layer's prompt is scored alone "
+                "on dev and α is its mean gold-label probability; docs/spt.md)"})
     gate_budget: float = field(default=0.0, metadata={
         "help": "λ of a budget term λ (Σ α - K)² added to the search loss, pushing the gates towards K open ones so "
                 "that they compete (0: none; docs/spt.md)"})
@@ -106,6 +110,8 @@ class SptConfig(PromptGeneratorConfig):
             raise SptbenchError(f"temperature must be > 0, got {self.temperature}")
         if self.gate_lr <= 0:
             raise SptbenchError(f"gate_lr must be > 0, got {self.gate_lr}")
+        if self.search not in ("gates", "single_path"):
+            raise SptbenchError(f"search must be gates or single_path, got '{self.search}'")
         if self.gate_budget < 0:
             raise SptbenchError(f"gate_budget must be >= 0, got {self.gate_budget}")
         if self.select not in ("topk", "threshold"):
@@ -296,6 +302,10 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     model = ctx.build_model()
     apply_spt(model, dataclasses.replace(cfg, layers=None))
     inj = gates_of(model)
+    if cfg.search == "single_path":
+        from sptbench.methods.spt.single_path import single_path_search
+
+        return single_path_search(ctx, cfg, tcfg, model, inj, t_start, darts=darts)
     gates = [inj.gate_logits]
     weights = [p for p in model.parameters() if p.requires_grad and p is not inj.gate_logits]
     opt_w, sched_w = optimizer_for(weights, tcfg)

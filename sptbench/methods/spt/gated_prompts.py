@@ -68,6 +68,7 @@ class GatedPrompts(Injection):
             self.gate_logits = nn.Parameter(torch.full((len(self.prompt_layers),), float(gate_init)))
         else:
             self.register_parameter("gate_logits", None)
+        self.active: int | None = None  # single-path search: only this layer's prompt, hard (LPT there), gates unused
 
     def alphas(self) -> torch.Tensor:
         """α per prompt layer, in the order of `prompt_layers` (all ones for hard gates)."""
@@ -91,6 +92,8 @@ class GatedPrompts(Injection):
         return torch.sigmoid(logit / self.temperature).to(dtype)
 
     def layer_prompt(self, layer, tokens, token_mask, prompt):
+        if self.active is not None:  # LPT at the active layer: no prompt positions below it, its prompt above
+            return self.generators[str(layer)](tokens, token_mask) if layer == self.active else None
         i = self._index.get(layer)
         if i is None:
             return None  # not a prompt layer: the prompt from below propagates as it is

@@ -1,0 +1,87 @@
+"""SPT's single-path search (`search: single_path`): one-shot layer search by sampling, scored alone on dev.
+
+Each step draws one candidate layer (seeded) and trains the prompt generator of that layer, with the shared head, on
+the batch: exactly LPT at that layer for that step (no prompt positions below it). After the budget every layer's
+prompt is evaluated alone on dev and α_l is its mean probability of the gold label there (ties of the top-K: the
+lower dev loss). This is single-path one-shot search (Guo et al. 2020, "Single Path One-Shot Neural Architecture
+Search with Uniform Sampling") applied to SPT's layer choice: the layer is chosen on held-out data, as LPT's layer is
+when chosen on dev, at one search's cost instead of one run per layer. `spt_darts` with this search trains on D1 and
+scores on D2 (its held-out half of train) instead of dev.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from sptbench.training.loop import clip_gradients, evaluate, loss_on, optimizer_for
+
+
+class SinglePathStep:
+    """One optimiser step of the sampled layer's generator and the head (the other generators get no gradient)."""
+
+    def __init__(self, inj, weights, tcfg, seed: int, after=None):
+        self.inj, self.weights, self.tcfg, self.after = inj, list(weights), tcfg, after
+        self.optimizer, self.scheduler = optimizer_for(self.weights, tcfg)
+        self.rng = random.Random(seed)
+        self.samples_seen = 0
+        self.gate_grads: list[torch.Tensor] = []  # no gates to learn: the diagnostics have no gradients
+
+    def __call__(self, model, batch, step) -> torch.Tensor:
+        self.inj.active = self.rng.choice(self.inj.prompt_layers)
+        loss = loss_on(model, batch)
+        loss.backward()
+        clip_gradients(self.weights, self.tcfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.samples_seen += int(batch["labels"].shape[0])
+        if self.after is not None:
+            self.after(step)
+        return loss.detach()
+
+
+def single_path_search(ctx, cfg, tcfg, model, inj, t_start: float, *, darts: bool) -> dict:
+    """Train by sampled single layers, then score every layer alone on held-out rows; returns what `search` does."""
+    import dataclasses
+
+    from sptbench.methods.spt import default_top_k, gate_diagnostics, split_d1_d2
+
+    if darts:
+        train_rows, held_rows = split_d1_d2(ctx.task.train, cfg.d1_fraction, tcfg.seed)
+    else:
+        train_rows, held_rows = ctx.task.train, ctx.task.dev
+    weights = [p for p in model.parameters() if p.requires_grad and p is not inj.gate_logits]
+    step_fn = SinglePathStep(inj, weights, tcfg, seed=tcfg.seed)
+    one_eval = dataclasses.replace(tcfg, eval_every=tcfg.max_steps)  # one evaluation, at the end: nothing restored
+    ctx.log(f"[spt] search (single path{', D2 scores' if darts else ''}): {len(train_rows)} rows, "
+            f"{tcfg.max_steps} steps")
+    result = ctx.train(model, ctx.encode(train_rows), ctx.encode(ctx.task.dev), one_eval, step_fn=step_fn)
+    held = ctx.encode(held_rows)
+    pad_id = ctx.tokenizer.pad_token_id or 0
+    scores = []
+    for layer in inj.prompt_layers:
+        inj.active = layer
+        scores.append(evaluate(model, held, ctx.task.spec, tcfg.eval_batch_size, pad_id))
+    inj.active = None
+    alpha = [round(float(s["gold_prob"]), 6) for s in scores]
+    k = cfg.top_k or default_top_k(len(model.layers))
+    return {
+        "num_layers": len(model.layers),
+        "layers": list(inj.prompt_layers),
+        "alpha": alpha,
+        "trajectory": [{"step": result.steps_run, "alpha": alpha, "dev_score": None,
+                        "held_out_score": [round(float(s["score"]), 6) for s in scores]}],
+        "diagnostics": gate_diagnostics(alpha, [], k),
+        "cost": {
+            "wall_s": round(time.perf_counter() - t_start, 3),
+            "train_s": round(result.train_time_s, 3),
+            "eval_s": round(result.eval_time_s, 3),
+            "steps": result.steps_run,
+            "samples_seen": step_fn.samples_seen,
+            "d1_size": len(train_rows) if darts else None,
+            "d2_size": len(held_rows) if darts else None,
+        },
+    }

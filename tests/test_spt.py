@@ -488,6 +488,23 @@ def test_plot_gates_writes_a_png(tmp_path):
     assert by_task.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_gate_trajectories_writes_a_png_per_run_panel(tmp_path):
+    from sptbench.reports.plots import plot_gate_trajectories
+    from tests.helpers import make_record
+
+    g = torch.Generator().manual_seed(3)
+    trajectory = [{"step": s, "alpha": torch.rand(4, generator=g).tolist(), "dev_score": None} for s in (0, 20, 40)]
+    records = [make_record(method__name="spt", protocol__seed=s,
+                           extra={"alpha": trajectory[-1]["alpha"], "candidate_layers": [0, 1, 2, 3],
+                                  "chosen_layers": [2], "alpha_trajectory": trajectory}) for s in (13, 21)]
+    out = plot_gate_trajectories(records, tmp_path / "traj.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 2000
+    old = [make_record(method__name="spt", extra={"alpha": [0.5], "candidate_layers": [0], "chosen_layers": [0],
+                                                  "alpha_trajectory": trajectory[:1]})]
+    with pytest.raises(SptbenchError, match="no records with an α trajectory"):
+        plot_gate_trajectories(old, tmp_path / "none.png")
+
+
 def test_gate_grid_by_task_averages_over_seeds_and_counts_choices():
     from sptbench.reports.plots import gate_grid
     from tests.helpers import make_record

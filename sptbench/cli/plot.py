@@ -13,10 +13,12 @@ ORDER = 30  # place in `sptbench --help`
 def cmd_plot(args) -> int:
     from sptbench.records.io import read_records
     from sptbench.records.schema import require_valid
-    from sptbench.reports.plots import plot_gates, plot_layers
+    from sptbench.reports.plots import plot_gate_trajectories, plot_gates, plot_layers
 
-    if args.what == "layers" and args.by is not None:
-        raise SptbenchError("--by applies to `plot gates` only")
+    if args.what == "layers" and (args.by is not None or args.view is not None):
+        raise SptbenchError("--by and --view apply to `plot gates` only")
+    if args.view == "trajectory" and args.by is not None:
+        raise SptbenchError("--by applies to the heatmap view; the trajectory view has one panel per run")
     out = args.out or f"{args.what}.png"
     records = require_valid(read_records(args.paths))
     if args.what == "layers":
@@ -26,7 +28,10 @@ def cmd_plot(args) -> int:
     records = [r for r in records if (r.get("extra") or {}).get("alpha")]
     if not records:
         raise SptbenchError("no records with learned gates (spt / spt_darts) in the given paths")
-    plot_gates(records, out, by=args.by or "run")
+    if args.view == "trajectory":
+        plot_gate_trajectories(records, out)
+    else:
+        plot_gates(records, out, by=args.by or "run")
     print(f"wrote {out} ({len(records)} runs)")
     return 0
 
@@ -44,4 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--by", choices=["run", "task"],
                    help="gates: one row per run (default), or per task and method (α averaged over seeds, k/n seeds "
                    "chosen)")
+    p.add_argument("--view", choices=["heatmap", "trajectory"],
+                   help="gates: the final α as a heatmap (default), or α per layer against the search step, one "
+                   "panel per run (at most 30)")
     p.set_defaults(func=cmd_plot)

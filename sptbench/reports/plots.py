@@ -132,6 +132,44 @@ def plot_gates(records: Iterable[dict], out_png: str | Path, *, by: str = "run",
     return out
 
 
+def plot_gate_trajectories(records: Iterable[dict], out_png: str | Path, *, max_panels: int = 30) -> Path:
+    """α per layer against the search step (`extra.alpha_trajectory`), one panel per run (sorted as `plot_gates`),
+    the chosen layers drawn solid and the others dashed: whether the gates move, and when they stop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = _image_path(out_png)
+    runs = [r for r in _searches(records) if len((r.get("extra") or {}).get("alpha_trajectory") or []) > 1]
+    if not runs:
+        raise SptbenchError("no records with an α trajectory of at least two points (spt / spt_darts searches)")
+    runs = sorted(runs, key=_row_key)[:max_panels]
+    cols = min(3, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
+    for ax, rec in zip(axes.flat, runs, strict=False):
+        extra = rec["extra"]
+        steps = [point["step"] for point in extra["alpha_trajectory"]]
+        colors = plt.cm.tab20 if len(extra["candidate_layers"]) > 10 else plt.cm.tab10  # one colour per layer
+        for i, layer in enumerate(extra["candidate_layers"]):
+            values = [point["alpha"][i] for point in extra["alpha_trajectory"]]
+            chosen = layer in extra.get("chosen_layers", [])
+            ax.plot(steps, values, "-" if chosen else "--", linewidth=2 if chosen else 1, label=f"layer {layer}",
+                    color=colors(i % colors.N))
+        ax.set_title(_row_label(rec), fontsize=8)
+        ax.set_xlabel("search step", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("α")
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.suptitle("SPT gate trajectories (solid: chosen layers)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out, dpi=110)
+    return out
+
+
 def _image_path(out_png: str | Path) -> Path:
     """`out_png` as a Path, checked before any plotting: its suffix must name an image format matplotlib writes."""
     from matplotlib.backend_bases import FigureCanvasBase

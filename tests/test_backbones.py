@@ -214,7 +214,7 @@ def test_the_unused_pooler_is_neither_kept_nor_counted(name):
     assert not any("pooler" in n for n, _ in model.named_parameters())
     stock = type(model.backbone)(model.backbone.config)  # the stock base model, pooler and all
     pooler = sum(p.numel() for n, p in stock.named_parameters() if n.startswith("pooler."))
-    assert pooler == (0 if name in ("tiny-deberta", "tiny-gpt2") else 32 * 32 + 32)
+    assert pooler == (0 if name in ("tiny-deberta", "tiny-gpt2", "tiny-llama") else 32 * 32 + 32)
     assert info.num_parameters == sum(p.numel() for p in stock.parameters()) - pooler
     model.freeze_backbone()
     method = get_method("finetune")
@@ -275,10 +275,26 @@ def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path
     with pytest.raises(SptbenchError) as err:
         family_for(XLMRobertaConfig())
     assert str(err.value) == ("unsupported backbone family 'xlm-roberta' (config.model_type); supported model types: "
-                              "bert, deberta-v2, gpt2, mpnet, roberta")
+                              "bert, deberta-v2, gpt2, llama, mpnet, roberta")
     folder = tmp_path / "xlmr"
     XLMRobertaConfig(vocab_size=len(minilm_tokenizer)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     with pytest.raises(SptbenchError, match="^unsupported backbone family 'xlm-roberta'") as err:
         load_backbone(str(folder), 2)
     assert "Did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_decoders_are_invariant_to_the_padding_side(name):
+    """A causal family reads the last real token, and positions count real tokens: the same batch padded on the left
+    gives the same logits as padded on the right (Llama: RoPE positions; GPT-2: learned positions)."""
+    model, tok, _ = load_backbone(name, num_labels=2)
+    model.eval()
+    lengths = torch.randint(1, 15, (5,), generator=torch.Generator().manual_seed(len(name))).tolist()
+    right = random_batch(len(tok), lengths)
+    left = {k: torch.zeros_like(v) for k, v in right.items()}
+    for i, n in enumerate(lengths):
+        for k in right:
+            left[k][i, -n:] = right[k][i, :n]
+    with torch.no_grad():
+        torch.testing.assert_close(model(**left), model(**right), atol=1e-5, rtol=1e-5)

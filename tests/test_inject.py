@@ -63,17 +63,22 @@ def test_prompt_tuning_equals_peft_prompt_tuning(backbone):
 
 
 # -- key/value prefixes -------------------------------------------------------------------------------------------
-def test_p_tuning_v2_on_gpt2_equals_stock_model_with_a_prefix_cache():
-    """GPT-2 with our prefixes == stock GPT2Model given the same prefixes as a past key/value cache."""
-    model = build("tiny-gpt2", "p_tuning_v2", {"prefix_len": 5})
+@pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama"])
+def test_p_tuning_v2_on_a_decoder_equals_stock_model_with_a_prefix_cache(backbone):
+    """GPT-2 / Llama with our prefixes == the stock model given the same prefixes as a past key/value cache (Llama:
+    grouped-query attention, so the prefixes have the key/value heads; RoPE: the cached keys carry no rotation and
+    the tokens keep positions 0..n-1, as ours do)."""
+    model = build(backbone, "p_tuning_v2", {"prefix_len": 5})
     inj = model.injections[0]
     ids, mask = random_batch(2)
     bsz, n = ids.shape
     ref = stock_copy(model.backbone)
+    kv_heads = model.family.num_kv_heads(model.backbone)
+    head_dim = model.family.hidden_size(model.backbone) // model.family.num_heads(model.backbone)
     cache = DynamicCache()
     for i in range(len(model.layers)):
         k, v = inj.kv_prefix(i, bsz)
-        assert k.shape == v.shape == (bsz, 4, 5, 8)  # (batch, heads, p, head_dim)
+        assert k.shape == v.shape == (bsz, kv_heads, 5, head_dim)  # (batch, key/value heads, p, head_dim)
         cache.update(k.detach().contiguous(), v.detach().contiguous(), i)
     with torch.no_grad():
         ours = model(ids, mask)

@@ -15,8 +15,10 @@ def cmd_plot(args) -> int:
     from sptbench.records.schema import require_valid
     from sptbench.reports.plots import plot_gate_trajectories, plot_gates, plot_layers
 
-    if args.what == "layers" and (args.by is not None or args.view is not None):
-        raise SptbenchError("--by and --view apply to `plot gates` only")
+    if args.what == "layers" and args.by is not None:
+        raise SptbenchError("--by applies to `plot gates` only")
+    if args.what == "layers" and args.view is not None:
+        raise SptbenchError("--view applies to `plot gates` only")
     if args.view == "trajectory" and args.by is not None:
         raise SptbenchError("--by applies to the heatmap view; the trajectory view has one panel per run")
     out = args.out or f"{args.what}.png"

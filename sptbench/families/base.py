@@ -74,6 +74,10 @@ class Family:
     def num_heads(self, backbone: nn.Module) -> int:
         return backbone.config.num_attention_heads
 
+    def num_kv_heads(self, backbone: nn.Module) -> int:
+        """Key/value heads (fewer than `num_heads` under grouped-query attention): the heads a key prefix has."""
+        return self.num_heads(backbone)
+
     def hidden_size(self, backbone: nn.Module) -> int:
         return backbone.config.hidden_size
 

@@ -20,8 +20,8 @@ def pool(tokens: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         m = mask.to(tokens.dtype).unsqueeze(-1)
         return (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
-    if how == "last":
-        last = mask.long().sum(1).clamp(min=1) - 1
+    if how == "last":  # the last real position, with either padding side
+        last = mask.shape[1] - 1 - mask.long().flip(1).argmax(1)
         return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
     raise ValueError(f"unknown pooling {how!r}")
 

@@ -49,7 +49,9 @@ def apply(model: Classifier, cfg: PTuningV2Config) -> None:
     num_heads, hidden = family.num_heads(backbone), family.hidden_size(backbone)
     if hidden % num_heads:
         raise SptbenchError(f"hidden size {hidden} is not a multiple of the {num_heads} attention heads")
-    model.add_injection(KVPrefix(len(model.layers), num_heads, hidden, cfg))
+    # prefixes have the keys' heads: fewer than the queries' under grouped-query attention (Llama), else all
+    kv_heads = family.num_kv_heads(backbone)
+    model.add_injection(KVPrefix(len(model.layers), kv_heads, kv_heads * (hidden // num_heads), cfg))
 
 
 register_method(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sptbench.core.errors import SptbenchError
 from sptbench.methods.registry import FitContext, FitResult, config_dict, register_method
+from sptbench.methods.spt.diagnostics import gate_diagnostics
 
 if TYPE_CHECKING:  # the torch side (this folder's other modules) loads when a model is built
     from sptbench.methods.spt.gated_prompts import GatedPrompts
@@ -290,10 +291,34 @@ def _alpha_list(inj: GatedPrompts) -> list[float]:
     return [round(float(a), 6) for a in inj.alphas().detach().cpu()]
 
 
+def _search_optimizers(model, inj, cfg: SptConfig, tcfg) -> tuple:
+    """(weights, gates, weights' optimiser and schedule, gates' optimiser and schedule): the gates with their own
+    learning rate and weight decay."""
+    from sptbench.training.loop import optimizer_for
+
+    gates = [inj.gate_logits]
+    weights = [p for p in model.parameters() if p.requires_grad and p is not inj.gate_logits]
+    opt_w, sched_w = optimizer_for(weights, tcfg)
+    opt_a, sched_a = optimizer_for(gates, tcfg, lr=cfg.gate_lr, weight_decay=0.0)
+    for group in opt_a.param_groups:
+        group["weight_decay"] = cfg.gate_weight_decay
+    return weights, gates, opt_w, sched_w, opt_a, sched_a
+
+
+def _search_loss(cfg: SptConfig, inj, k: int):
+    """The search's loss: the training loss, plus with `gate_budget` λ (Σα - K)², the gates competing for K open
+    places (the budget has no gradient for the weights)."""
+    from sptbench.training.loop import loss_on
+
+    if cfg.gate_budget <= 0:
+        return loss_on
+    return lambda model, batch: loss_on(model, batch) + cfg.gate_budget * (inj.alphas().sum() - k) ** 2
+
+
 def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     """Learn the gates; returns final α per layer, the α trajectory and the stage's cost. Dev monitors only."""
     from sptbench.methods.spt.darts import DartsStep, JointStep
-    from sptbench.training.loop import forever, loss_on, optimizer_for
+    from sptbench.training.loop import forever
 
     t_start = time.perf_counter()
     tcfg = dataclasses.replace(
@@ -302,17 +327,14 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     model = ctx.build_model()
     apply_spt(model, dataclasses.replace(cfg, layers=None))
     inj = gates_of(model)
+    k = cfg.top_k or default_top_k(len(model.layers))
     if cfg.search == "single_path":
         from sptbench.methods.spt.single_path import single_path_search
 
-        return single_path_search(ctx, cfg, tcfg, model, inj, t_start, darts=darts)
-    gates = [inj.gate_logits]
-    weights = [p for p in model.parameters() if p.requires_grad and p is not inj.gate_logits]
-    opt_w, sched_w = optimizer_for(weights, tcfg)
-    opt_a, sched_a = optimizer_for(gates, tcfg, lr=cfg.gate_lr, weight_decay=0.0)
-    for group in opt_a.param_groups:
-        group["weight_decay"] = cfg.gate_weight_decay
-
+        rows = split_d1_d2(ctx.task.train, cfg.d1_fraction, tcfg.seed) if darts else (ctx.task.train, ctx.task.dev)
+        return single_path_search(ctx, tcfg, model, inj, t_start, k=k, rows=rows, darts=darts)
+    weights, gates, opt_w, sched_w, opt_a, sched_a = _search_optimizers(model, inj, cfg, tcfg)
+    loss_on = _search_loss(cfg, inj, k)
     trajectory = [{"step": 0, "alpha": _alpha_list(inj), "dev_score": None}]
     final: dict = {}
 
@@ -329,13 +351,6 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
 
     def on_eval(step: int, dev: dict) -> None:
         trajectory.append({"step": step, "alpha": _alpha_list(inj), "dev_score": round(float(dev["score"]), 6)})
-
-    k = cfg.top_k or default_top_k(len(model.layers))
-    if cfg.gate_budget > 0:  # the gates compete for K open places (the budget has no gradient for the weights)
-        plain_loss = loss_on
-
-        def loss_on(model, batch):
-            return plain_loss(model, batch) + cfg.gate_budget * (inj.alphas().sum() - k) ** 2
 
     if darts:
         d1_rows, d2_rows = split_d1_d2(ctx.task.train, cfg.d1_fraction, tcfg.seed)
@@ -371,28 +386,6 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
             "d2_size": len(d2_rows) if darts else None,
         },
     }
-
-
-def gate_diagnostics(alpha: Sequence[float], grads: Sequence, k: int) -> dict:
-    """How much the search learned: per gate, the mean and SD of its gradient over the search steps and their
-    ratio (signal-to-noise: a gradient whose sign flips batch to batch has |mean| << SD); the separation (the K-th
-    largest α minus the (K+1)-th: how decided the top-K choice is) and the spread (largest minus smallest α)."""
-    import torch
-
-    ranked = sorted(alpha, reverse=True)
-    out = {
-        "separation": round(ranked[k - 1] - ranked[k], 6) if k < len(ranked) else None,
-        "spread": round(ranked[0] - ranked[-1], 6),
-    }
-    if grads:
-        g = torch.stack(list(grads))
-        mean, sd = g.mean(0), g.std(0) if len(grads) > 1 else torch.zeros(g.shape[1])
-        out["grad_mean"] = [float(f"{x:.4g}") for x in mean.tolist()]
-        out["grad_std"] = [float(f"{x:.4g}") for x in sd.tolist()]
-        out["grad_snr"] = [round(abs(m) / s, 4) if s > 0 else None for m, s in zip(mean.tolist(), sd.tolist(),
-                                                                                   strict=True)]
-        out["steps"] = len(grads)
-    return out
 
 
 def retrain(ctx, cfg: PromptGeneratorConfig, layers: Sequence[int]):

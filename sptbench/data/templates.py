@@ -110,10 +110,15 @@ class PromptSetup:
         }
 
 
+CAUSAL_TEMPLATE = "causal"  # the template a causal LM gets by default, where the task has one
+
+
 def prompt_setup(
-    spec, head: str = "linear", loss: str | None = None, template: str | None = None
+    spec, head: str = "linear", loss: str | None = None, template: str | None = None, *, causal: bool = False
 ) -> PromptSetup | None:
-    """The prompt setup of a run on task `spec` (None for the linear head); bad choices are one-line errors."""
+    """The prompt setup of a run on task `spec` (None for the linear head); bad choices are one-line errors.
+    `causal`: the backbone is a causal LM, which reads the label after the last token: without a `template`, the
+    task's `causal` template if it has one (one that ends at `<mask>`), else its first."""
     if head not in HEADS:
         raise unknown_choice("head", head, HEADS)
     if head == "linear":
@@ -126,7 +131,7 @@ def prompt_setup(
     if spec.prompt is None:
         raise SptbenchError(f"task '{spec.name}' has no prompt section (template and label words) for --head prompt")
     templates = spec.prompt["templates"]
-    name = template or next(iter(templates))
+    name = template or (CAUSAL_TEMPLATE if causal and CAUSAL_TEMPLATE in templates else next(iter(templates)))
     if name not in templates:
         raise unknown_choice(f"template of task '{spec.name}'", name, templates)
     parsed = parse_template(templates[name], len(spec.text_columns), f"task {spec.name}", name)

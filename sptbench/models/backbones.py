@@ -312,6 +312,23 @@ def load_backbone(
 
 
 @functools.lru_cache(maxsize=64)
+def backbone_is_causal(name: str) -> bool:
+    """Whether a backbone is a causal LM, from its config alone (no weights): the prompt head then takes the task's
+    causal template. A hub id whose config cannot be read here counts as not causal (its run checks the template)."""
+    if name in TINY_CONFIGS:
+        return family_for(TINY_CONFIGS[name](1)).causal
+    if name in (MINILM_ALIAS, MPNET_ALIAS):
+        return False
+    if name in GGUF_ALIASES:
+        return True
+    local = Path(name).expanduser()
+    try:
+        return family_for(_hf("AutoConfig").from_pretrained(str(local) if local.is_dir() else name)).causal
+    except (OSError, ValueError, TypeError, AttributeError, SptbenchError):
+        return False
+
+
+@functools.lru_cache(maxsize=64)
 def backbone_layers(name: str) -> int | None:
     """The number of layers of a backbone, from its config alone (no weights): for checking method options against
     it before a run (e.g. SPT's top_k). None when that needs the hub (the run itself checks it then)."""

@@ -193,7 +193,7 @@ def run(spec: RunSpec) -> RunOutcome:
         split_source=spec.split_source,
         train_size=spec.train_size,
     )
-    setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template)
+    setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template, causal=_causal(spec))
     accelerator = _device(spec.device)
     device = accelerator.device
     if device.type == "cuda":
@@ -223,6 +223,15 @@ def run(spec: RunSpec) -> RunOutcome:
     if status != "ok":
         raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
     return RunOutcome(record=record, table=path, model=fit.model)
+
+
+def _causal(spec: RunSpec) -> bool:
+    """Whether the run's backbone is a causal LM (its prompt head takes the task's causal template)."""
+    if spec.head == "linear":
+        return False
+    from sptbench.models.backbones import backbone_is_causal
+
+    return backbone_is_causal(spec.model)
 
 
 def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device) -> tuple[FitContext, Any, int]:

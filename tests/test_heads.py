@@ -249,3 +249,29 @@ def test_every_task_has_a_template_a_causal_lm_can_read(task):
     assert prompt_setup(spec, "prompt").template.name == next(iter(templates))  # encoders: the first, as before
     if "causal" in templates:
         assert setup.template.name == "causal"
+
+
+def test_contextual_calibration_makes_the_content_free_input_uniform(monkeypatch, data_dir, tmp_path):
+    """zero_shot with calibration=content_free (Zhao et al. 2021): with one content-free input, the calibrated
+    label-word distribution on that input is uniform; the saved model rebuilds with the same calibration."""
+    import sptbench
+    import sptbench.methods.reference as reference
+    from sptbench.data.templates import encode_prompt_rows
+
+    monkeypatch.setattr(reference, "CONTENT_FREE", ("N/A",))
+    saved = tmp_path / "saved"
+    args = ["run", "--method", "zero_shot", "--head", "prompt", "--task", "sst2", "--shots", "4", "--model",
+            "tiny-llama", "--set", "calibration=content_free", "--data-dir", str(data_dir), "--results-dir",
+            str(tmp_path / "r"), "--save-dir", str(saved), "--quiet"]
+    assert main(args) == 0
+    [rec] = read_records([tmp_path / "r"])
+    assert rec["method"]["config"]["calibration"] == "content_free"
+    model = sptbench.load(saved)
+    assert model.head.calibration.tolist() == pytest.approx(rec["extra"]["content_free_log_probs"], abs=1e-6)
+    spec = load_spec("sst2")
+    setup = prompt_setup(spec, "prompt", causal=True)
+    [row] = encode_prompt_rows([{"label": 0, "sentence": "N/A"}], model.tokenizer, setup, spec.max_length, causal=True)
+    ids = torch.tensor([row["input_ids"]])
+    with torch.no_grad():
+        probs = model(ids, torch.ones_like(ids)).softmax(-1)[0]
+    assert probs.tolist() == pytest.approx([0.5, 0.5], abs=1e-5)

@@ -46,6 +46,7 @@ class PromptHead(nn.Module):
         self.mask_token_id = mask_token_id
         self.loss = loss
         self.register_buffer("label_word_ids", torch.tensor(label_word_ids, dtype=torch.long), persistent=False)
+        self.calibration: torch.Tensor | None = None  # log-probabilities subtracted from the label words' scores
 
     def read_positions(self, token_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """(batch,) token positions read: the mask token (encoders) or the last real token (causal), either padding."""
@@ -62,6 +63,8 @@ class PromptHead(nn.Module):
         read = tokens[torch.arange(tokens.shape[0], device=tokens.device), at]
         vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
         words = vocab[:, self.label_word_ids]
+        if self.calibration is not None:  # contextual calibration (zero_shot): p(word) / p(word | content-free)
+            words = words.float() - self.calibration.to(words.device)
         if self.training and self.loss == "vocab":
             rest = vocab.float().index_fill(1, self.label_word_ids, float("-inf")).logsumexp(-1, keepdim=True)
             return torch.cat([words.float(), rest], 1)

@@ -116,6 +116,7 @@ def test_gate_diagnostics_by_hand():
     assert gate_diagnostics([0.5, 0.5], [], k=2)["separation"] is None  # K = all layers: nothing to separate
 
 
+@pytest.mark.slow  # an option, not the default: CI's slow run keeps the default suite under three minutes
 def test_the_gate_budget_pulls_the_gates_towards_k_open():
     """With no layer worth prompting, a budget term λ (Σα - K)² moves the sum of the 4 gates (2.0 at the start) towards
     K = 1; without it the sum stays near 2."""
@@ -147,6 +148,7 @@ def test_single_path_active_layer_is_lpt_there():
     torch.testing.assert_close(search_model(ids, mask), lpt_model(ids, mask))
 
 
+@pytest.mark.slow  # an option, not the default
 def test_single_path_search_finds_a_planted_layer(monkeypatch):
     found = [planted_search(monkeypatch, "spt", seed, 2, search="single_path") for seed in SEEDS]
     assert sum(_top(f) == 2 for f in found) >= 9, [f["alpha"] for f in found]

@@ -2,11 +2,11 @@
 
 Each step draws one candidate layer (seeded) and trains the prompt generator of that layer, with the shared head, on
 the batch: exactly LPT at that layer for that step (no prompt positions below it). After the budget every layer's
-prompt is evaluated alone on dev and α_l is its mean probability of the gold label there (ties of the top-K: the
-lower dev loss). This is single-path one-shot search (Guo et al. 2020, "Single Path One-Shot Neural Architecture
-Search with Uniform Sampling") applied to SPT's layer choice: the layer is chosen on held-out data, as LPT's layer is
-when chosen on dev, at one search's cost instead of one run per layer. `spt_darts` with this search trains on D1 and
-scores on D2 (its held-out half of train) instead of dev.
+prompt is evaluated alone on dev and α_l is its mean probability of the gold label there (ties of the top-K: the lower
+layer, as for the gates). This is single-path one-shot search (Guo et al. 2020, "Single Path One-Shot Neural
+Architecture Search with Uniform Sampling") applied to SPT's layer choice: the layer is chosen on held-out data, as
+LPT's layer is when chosen on dev, at one search's cost instead of one run per layer. `spt_darts` with this search
+trains on D1 and scores on D2 (its held-out half of train) instead of dev.
 """
 
 from __future__ import annotations

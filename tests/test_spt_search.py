@@ -21,7 +21,8 @@ import torch
 
 from sptbench.data.specs import load_spec
 from sptbench.methods.registry import FitContext, build_config, get_method
-from sptbench.methods.spt import gate_diagnostics, search
+from sptbench.methods.spt import search
+from sptbench.methods.spt.diagnostics import gate_diagnostics
 from sptbench.methods.spt.gated_prompts import GatedPrompts
 from sptbench.models.backbones import load_backbone
 from sptbench.training.loop import TrainConfig, train

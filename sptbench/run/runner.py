@@ -193,7 +193,7 @@ def run(spec: RunSpec) -> RunOutcome:
         split_source=spec.split_source,
         train_size=spec.train_size,
     )
-    setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template, causal=_causal(spec))
+    setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template, causal=prompt_head_is_causal(spec))
     accelerator = _device(spec.device)
     device = accelerator.device
     if device.type == "cuda":
@@ -225,8 +225,9 @@ def run(spec: RunSpec) -> RunOutcome:
     return RunOutcome(record=record, table=path, model=fit.model)
 
 
-def _causal(spec: RunSpec) -> bool:
-    """Whether the run's backbone is a causal LM (its prompt head takes the task's causal template)."""
+def prompt_head_is_causal(spec: RunSpec) -> bool:
+    """Whether the run's prompt head reads a causal LM (it then takes the task's causal template); the sweep's plan
+    keys ask the same."""
     if spec.head == "linear":
         return False
     from sptbench.models.backbones import backbone_is_causal

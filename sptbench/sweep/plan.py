@@ -45,20 +45,11 @@ def _task_spec(task: str):
     return load_spec(task)
 
 
-def _causal(spec) -> bool:
-    """Whether the planned run's prompt head takes the task's causal template (as the run will decide)."""
-    if spec.head == "linear":
-        return False
-    from sptbench.models.backbones import backbone_is_causal
-
-    return backbone_is_causal(spec.model)
-
-
 def spec_record(spec) -> dict:
     """The sections of the record a planned run will write, as far as they are known before it runs."""
     from sptbench.data.templates import head_section, prompt_setup
     from sptbench.methods.registry import build_config, config_dict, get_method
-    from sptbench.run.runner import train_config, training_section
+    from sptbench.run.runner import prompt_head_is_causal, train_config, training_section
 
     method = get_method(spec.method)
     task = _task_spec(spec.task)
@@ -66,7 +57,8 @@ def spec_record(spec) -> dict:
         method=spec.method, method_config=config_dict(build_config(method, spec.method_overrides)),
         task=spec.task, task_version=task.version, shots=spec.shots, train_size=spec.train_size,
         split_source=spec.split_source, seed=spec.seed, backbone=spec.model, pooling=spec.pooling,
-        head=head_section(prompt_setup(task, spec.head, spec.prompt_loss, spec.template, causal=_causal(spec))),
+        head=head_section(
+            prompt_setup(task, spec.head, spec.prompt_loss, spec.template, causal=prompt_head_is_causal(spec))),
         training=training_section(train_config(spec, method), "", spec.dtype),
     )
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sptbench.core.errors import SptbenchError
 from sptbench.methods.registry import FitContext, FitResult, config_dict, register_method
-from sptbench.methods.spt.diagnostics import gate_diagnostics
+from sptbench.methods.spt.diagnostics import search_result
 
 if TYPE_CHECKING:  # the torch side (this folder's other modules) loads when a model is built
     from sptbench.methods.spt.gated_prompts import GatedPrompts
@@ -370,22 +370,9 @@ def search(ctx, cfg: SptConfig, *, darts: bool) -> dict:
     train_loss = {h["step"]: h["train_loss"] for h in result.history}
     for point in trajectory[1:]:
         point["train_loss"] = train_loss.get(point["step"])
-    return {
-        "num_layers": len(model.layers),
-        "layers": list(inj.prompt_layers),
-        "alpha": alpha,
-        "trajectory": trajectory,
-        "diagnostics": gate_diagnostics(alpha, step_fn.gate_grads, k),
-        "cost": {
-            "wall_s": round(time.perf_counter() - t_start, 3),
-            "train_s": round(result.train_time_s, 3),
-            "eval_s": round(result.eval_time_s, 3),
-            "steps": result.steps_run,
-            "samples_seen": step_fn.samples_seen,
-            "d1_size": len(train_rows) if darts else None,
-            "d2_size": len(d2_rows) if darts else None,
-        },
-    }
+    split = (len(train_rows), len(d2_rows)) if darts else None
+    return search_result(model, inj, alpha, trajectory, step_fn.gate_grads, k, result, step_fn.samples_seen, t_start,
+                         split)
 
 
 def retrain(ctx, cfg: PromptGeneratorConfig, layers: Sequence[int]):

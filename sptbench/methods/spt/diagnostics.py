@@ -1,7 +1,9 @@
-"""What a layer search learned, in numbers: the gates' separation and spread, their gradients' signal-to-noise."""
+"""What a layer search learned, in numbers: the gates' separation and spread, their gradients' signal-to-noise; and
+the result every search (gates or single path) returns."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 
@@ -25,3 +27,25 @@ def gate_diagnostics(alpha: Sequence[float], grads: Sequence, k: int) -> dict:
                                                                                    strict=True)]
         out["steps"] = len(grads)
     return out
+
+
+def search_result(model, inj, alpha: list[float], trajectory: list[dict], grads: Sequence, k: int, result,
+                  samples_seen: int, t_start: float, split: tuple[int, int] | None) -> dict:
+    """What a search returns to `_fit`: α per candidate layer, its trajectory, the diagnostics and the stage's cost
+    (`split`: the D1 and D2 sizes of a DARTS-style search, else None)."""
+    return {
+        "num_layers": len(model.layers),
+        "layers": list(inj.prompt_layers),
+        "alpha": alpha,
+        "trajectory": trajectory,
+        "diagnostics": gate_diagnostics(alpha, grads, k),
+        "cost": {
+            "wall_s": round(time.perf_counter() - t_start, 3),
+            "train_s": round(result.train_time_s, 3),
+            "eval_s": round(result.eval_time_s, 3),
+            "steps": result.steps_run,
+            "samples_seen": samples_seen,
+            "d1_size": split[0] if split else None,
+            "d2_size": split[1] if split else None,
+        },
+    }

@@ -12,11 +12,10 @@ trains on D1 and scores on D2 (its held-out half of train) instead of dev.
 from __future__ import annotations
 
 import random
-import time
 
 import torch
 
-from sptbench.methods.spt.diagnostics import gate_diagnostics
+from sptbench.methods.spt.diagnostics import search_result
 from sptbench.training.loop import clip_gradients, evaluate, loss_on, optimizer_for
 
 
@@ -65,20 +64,7 @@ def single_path_search(ctx, tcfg, model, inj, t_start: float, *, k: int, rows: t
         scores.append(evaluate(model, held, ctx.task.spec, tcfg.eval_batch_size, pad_id))
     inj.active = None
     alpha = [round(float(s["gold_prob"]), 6) for s in scores]
-    return {
-        "num_layers": len(model.layers),
-        "layers": list(inj.prompt_layers),
-        "alpha": alpha,
-        "trajectory": [{"step": result.steps_run, "alpha": alpha, "dev_score": None,
-                        "held_out_score": [round(float(s["score"]), 6) for s in scores]}],
-        "diagnostics": gate_diagnostics(alpha, [], k),
-        "cost": {
-            "wall_s": round(time.perf_counter() - t_start, 3),
-            "train_s": round(result.train_time_s, 3),
-            "eval_s": round(result.eval_time_s, 3),
-            "steps": result.steps_run,
-            "samples_seen": step_fn.samples_seen,
-            "d1_size": len(train_rows) if darts else None,
-            "d2_size": len(held_rows) if darts else None,
-        },
-    }
+    trajectory = [{"step": result.steps_run, "alpha": alpha, "dev_score": None,
+                   "held_out_score": [round(float(s["score"]), 6) for s in scores]}]
+    split = (len(train_rows), len(held_rows)) if darts else None
+    return search_result(model, inj, alpha, trajectory, [], k, result, step_fn.samples_seen, t_start, split)

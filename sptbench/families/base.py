@@ -129,6 +129,17 @@ class Family:
         """Vocabulary logits of final hidden states (after `final`), as the stock LM model computes them."""
         return head(hidden)
 
+    def word_logits(self, backbone: nn.Module, head: nn.Module, hidden: torch.Tensor, word_ids: torch.Tensor
+                    ) -> torch.Tensor:
+        """The logits of `word_ids` only: a plain linear LM head (GPT-2, Llama: the tied embeddings) is sliced to those
+        rows, so the vocabulary is never computed; other heads (encoders' transform + decoder) compute it, then pick."""
+        from torch import nn as torch_nn
+        from torch.nn import functional as F
+
+        if type(head) is torch_nn.Linear and type(self).lm_logits is Family.lm_logits:
+            return F.linear(hidden, head.weight[word_ids], None if head.bias is None else head.bias[word_ids])
+        return self.lm_logits(backbone, head, hidden)[..., word_ids]
+
     def check_config(self, config) -> None:
         """Refuse (one-line SptbenchError) a config of this model type that the family cannot run."""
 

@@ -61,13 +61,14 @@ class PromptHead(nn.Module):
                 input_ids: torch.Tensor) -> torch.Tensor:
         at = self.read_positions(token_mask, input_ids)
         read = tokens[torch.arange(tokens.shape[0], device=tokens.device), at]
-        vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
-        words = vocab[:, self.label_word_ids]
-        if self.calibration is not None:  # contextual calibration (zero_shot): p(word) / p(word | content-free)
-            words = words.float() - self.calibration.to(words.device)
-        if self.training and self.loss == "vocab":
+        if self.training and self.loss == "vocab":  # the whole vocabulary, at the one position read
+            vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
+            words = vocab[:, self.label_word_ids]
             rest = vocab.float().index_fill(1, self.label_word_ids, float("-inf")).logsumexp(-1, keepdim=True)
             return torch.cat([words.float(), rest], 1)
+        words = self.family.word_logits(backbone, self.lm_head, read, self.label_word_ids)  # (batch, words)
+        if self.calibration is not None:  # contextual calibration (zero_shot): p(word) / p(word | content-free)
+            words = words.float() - self.calibration.to(words.device)
         return words
 
 

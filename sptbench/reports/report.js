@@ -131,6 +131,13 @@
     return front;
   }
 
+  function padded(values, type) {
+    if (!values.length) return undefined;
+    const v = type === "log" ? values.map(Math.log10) : values;
+    const lo = Math.min(...v), hi = Math.max(...v), pad = Math.max((hi - lo) * 0.12, type === "log" ? 0.3 : 1);
+    return [lo - pad, hi + pad];
+  }
+
   function pareto(sec, div, note) {
     const axis = AXES[state.axis], tasks = tasksOf(sec);
     const points = [], left = [];
@@ -144,7 +151,7 @@
     const traces = [{
       type: "scatter", mode: "markers+text", name: "methods", x: points.map((p) => p.x),
       y: points.map((p) => p.y), text: points.map((p) => p.row.label), textposition: "top center",
-      customdata: points.map((p) => p.row.label),
+      customdata: points.map((p) => p.row.label), cliponaxis: false,
       marker: {size: 11, symbol: points.map((p) => (p.complete ? "circle" : "circle-open")),
                color: points.map((p) => (front.includes(p) ? "#d62728" : "#1f77b4"))},
       hovertext: points.map((p) => `${p.row.label}<br>score ${p.y.toFixed(1)} (mean of ${p.k} of ` +
@@ -156,7 +163,9 @@
     }];
     const layout = {margin: {l: 55, r: 15, t: 30, b: 50}, height: 340, showlegend: false,
                     title: {text: `mean test score over ${tasks.length} task(s)`, font: {size: 13}},
-                    xaxis: {title: {text: axis.title}, type: axis.type}, yaxis: {title: {text: "test score (%)"}}};
+                    xaxis: {title: {text: axis.title}, type: axis.type, range: padded(points.map((p) => p.x),
+                                                                                      axis.type)},
+                    yaxis: {title: {text: "test score (%)"}, range: padded(points.map((p) => p.y), "linear")}};
     plot(div, traces, layout, (pt) => {
       if (pt.curveNumber !== 0) return;
       const p = points[pt.pointNumber];
@@ -266,16 +275,25 @@
                    hovertemplate: `${t}, layer %{x}: %{y:.1f} (n=%{customdata})<extra></extra>`});
       refs.push({task: t, runs: c.runs});
     }
+    const chosen = {};  // method -> layer -> runs that chose it, over the selected tasks
+    for (const t of tasks) {
+      for (const [m, counts] of Object.entries(sec.layers.tasks[t].chosen)) {
+        if (!state.methods.has(m)) continue;
+        for (const [l, k] of Object.entries(counts)) {
+          chosen[m] = chosen[m] || {};
+          chosen[m][l] = (chosen[m][l] || 0) + k;
+        }
+      }
+    }
     const symbols = ["triangle-down", "triangle-up", "diamond", "square"];
-    tasks.forEach((t, ti) => {
-      Object.entries(sec.layers.tasks[t].chosen).filter(([m]) => state.methods.has(m)).forEach(([m, counts], mi) => {
-        const layers = Object.keys(counts).map(Number);
-        traces.push({type: "scatter", mode: "markers+text", name: `${m} chose (${t})`, x: layers,
-          y: layers.map(() => bottom - 1 - 1.5 * mi - 0.4 * ti), text: layers.map((l) => String(counts[l])),
-          textposition: "middle right", marker: {symbol: symbols[mi % symbols.length], size: 10,
-          color: `hsl(${(ti * 67) % 360},60%,45%)`}, hoverinfo: "name+x", showlegend: ti === 0});
-        refs.push(null);
-      });
+    Object.entries(chosen).forEach(([m, counts], mi) => {
+      const layers = Object.keys(counts).map(Number), most = Math.max(...Object.values(counts));
+      traces.push({type: "scatter", mode: "markers+text", name: `${m} chose (runs, selected tasks)`, x: layers,
+        y: layers.map(() => bottom - 2 - 2.5 * mi), text: layers.map((l) => String(counts[l])),
+        textposition: "middle right", cliponaxis: false, hovertemplate: `${m} chose layer %{x} in %{text} runs` +
+        "<extra></extra>", marker: {symbol: symbols[mi % symbols.length], color: "#444",
+        size: layers.map((l) => 7 + 13 * counts[l] / most)}});
+      refs.push(null);
     });
     const layout = {height: 360, margin: {l: 55, r: 10, t: 10, b: 45},
                     xaxis: {title: {text: "prompt layer (0 = input)"}, dtick: 1},

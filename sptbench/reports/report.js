@@ -162,7 +162,8 @@
       line: {color: "#d62728", dash: "dot", shape: axis.better === "low" ? "hv" : "vh"}, hoverinfo: "skip",
     }];
     const layout = {margin: {l: 55, r: 15, t: 30, b: 50}, height: 340, showlegend: false,
-                    title: {text: `mean test score over ${tasks.length} task(s)`, font: {size: 13}},
+                    title: {text: `mean test score over ${tasks.length} task(s)`, font: {size: 13}, x: 0.02,
+                            xanchor: "left"},
                     xaxis: {title: {text: axis.title}, type: axis.type, range: padded(points.map((p) => p.x),
                                                                                       axis.type)},
                     yaxis: {title: {text: "test score (%)"}, range: padded(points.map((p) => p.y), "linear")}};

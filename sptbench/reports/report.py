@@ -41,6 +41,7 @@ class Loaded:
     records: list[dict] = field(default_factory=list)
     collection: dict[int, str] = field(default_factory=dict)  # id(record) -> collection
     source: dict[int, str] = field(default_factory=dict)  # id(record) -> table file
+    full: dict[int, dict] = field(default_factory=dict)  # id(record) -> the record as read (`records` are `light`)
 
 
 def collection_of(table: Path, given: Path) -> str:
@@ -57,12 +58,30 @@ def load(paths: Iterable[str | Path]) -> Loaded:
     out = Loaded()
     for given in map(Path, paths):
         for table in table_files([given]):
-            for rec in read_table(table):
+            for full in read_table(table):
+                rec = light(full)
                 out.records.append(rec)
+                out.full[id(rec)] = full
                 out.collection[id(rec)] = collection_of(table, given)
                 out.source[id(rec)] = str(table)
     if not out.records:
         raise SptbenchError("no records in the given paths")
+    return out
+
+
+def _per_step(value) -> bool:
+    """A long list of mappings: a per-step log (`outcome.history`, a search trajectory)."""
+    return isinstance(value, list) and len(value) > 3 and all(isinstance(v, dict) for v in value)
+
+
+def light(rec: dict) -> dict:
+    """The record without its per-step logs, which no table, comparison or plot here reads: validating them is
+    most of the time `compare` and `select_by_dev` take (each validates what it is given)."""
+    out = dict(rec)
+    if isinstance(rec.get("outcome"), dict):
+        out["outcome"] = {k: v for k, v in rec["outcome"].items() if not _per_step(v)}
+    if isinstance(rec.get("extra"), dict):
+        out["extra"] = {k: v for k, v in rec["extra"].items() if not _per_step(v)}
     return out
 
 
@@ -233,7 +252,7 @@ def compact_record(rec: dict, source: str, collection: str) -> dict:
     def trim(value):
         if isinstance(value, dict):
             return {k: trim(v) for k, v in value.items()}
-        if isinstance(value, list) and len(value) > 3 and all(isinstance(v, dict) for v in value):
+        if _per_step(value):
             return f"[{len(value)} entries: sptbench show {rec['run_id']}]"
         if isinstance(value, float) and value != value:
             return None
@@ -261,7 +280,7 @@ def build_report(loaded: Loaded, pairs: list[tuple[Side, Side]] | None = None) -
         section.update(id=f"s{len(sections)}", collection=collection, backbone=backbone, setting=setting, head=head)
         sections.append(section)
         for rec in used:
-            referenced[rec["run_id"]] = compact_record(rec, loaded.source[id(rec)], collection)
+            referenced[rec["run_id"]] = compact_record(loaded.full[id(rec)], loaded.source[id(rec)], collection)
     if not sections:
         raise SptbenchError("no successful tested runs in the given paths: " + "; ".join(skipped))
     return {

@@ -117,6 +117,15 @@ def test_the_report_holds_what_table_and_compare_compute(results):
     assert report["sections"][1]["comparisons"]["pairs"] == []  # one method: nothing to pair
 
 
+def test_malformed_gates_leave_out_the_gates_not_the_section(tmp_path):
+    records = hand_made(5)
+    next(r for r in records if r["method"]["name"] == "spt")["extra"]["alpha"] = "high"
+    write_table(tmp_path / "v1" / "bert-base-uncased" / "16shot.yaml", records)
+    (section,) = build_report(load([tmp_path]))["sections"]
+    assert section["gates"]["rows"] == [] and "extra.alpha must be a list of numbers" in section["gates"]["problem"]
+    assert [r["label"] for r in section["rows"]] == ["lora", "prompt_tuning", "spt"]
+
+
 def test_filters_and_csv(results):
     loaded = restrict(load([results]), ["trec"], ["lora", "spt"])
     report = build_report(loaded)

@@ -238,6 +238,10 @@
 
   // ------------------------------------------------------------------------------------------------ gates, layers
   function gates(sec, div) {
+    if (sec.gates.problem) {
+      div.replaceChildren(el("p", {class: "note", text: "Not drawn: " + sec.gates.problem}));
+      return true;
+    }
     const rows = sec.gates.rows.filter((r) => state.tasks.has(r.task) && state.methods.has(r.method));
     if (!rows.length) return false;
     const layers = [...Array(sec.gates.layers).keys()];

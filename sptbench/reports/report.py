@@ -194,10 +194,14 @@ def _comparisons(records: list[dict], rows: list[dict], pairs: list[tuple[Side, 
 
 def _gates(records: list[dict]) -> dict | None:
     """`plot gates --by task`: mean α per layer over seeds per task and method, how often each layer was chosen,
-    and the runs of each row; None when no record has learned gates."""
+    and the runs of each row; None when no record has learned gates. Malformed gate fields (`extra` is free-form)
+    leave the gates out, saying why (`problem`), not the section."""
     if not any((r.get("extra") or {}).get("alpha") for r in records if r.get("status") == "ok"):
         return None
-    labels, alphas, chosen, counts = gate_grid(records, by="task")
+    try:
+        labels, alphas, chosen, counts = gate_grid(records, by="task")
+    except SptbenchError as err:
+        return {"rows": [], "layers": 0, "problem": str(err)}
     runs: dict[tuple[str, str], list[str]] = {}
     for rec in _searches(records):
         runs.setdefault((rec["task"]["name"], rec["method"]["name"]), []).append(rec["run_id"])
@@ -220,7 +224,10 @@ def _layers(records: list[dict]) -> dict | None:
         layer = (rec["method"]["config"] or {}).get("layer")
         if isinstance(layer, int):
             runs.setdefault((rec["task"]["name"], layer), []).append(rec["run_id"])
-    chosen = chosen_layer_counts(records) if any((r.get("extra") or {}).get("alpha") for r in records) else {}
+    try:
+        chosen = chosen_layer_counts(records)
+    except SptbenchError:  # malformed gate fields: said under the gates
+        chosen = {}
     tasks = {}
     for task, by_layer in curves.items():
         tasks[task] = {"layers": list(by_layer), "mean": [statistics.mean(v) for v in by_layer.values()],

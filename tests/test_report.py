@@ -191,9 +191,10 @@ def _chromium():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
-def expected_points(root: Path) -> set[tuple]:
+def expected_points(root: Path, measured: str | None = None) -> set[tuple]:
     """(collection, backbone, setting, head, method) of every ok, tested record with a test score, read here
-    independently of the report's code: what the Pareto plots must show, one point each."""
+    independently of the report's code: what the Pareto plots must show, one point each (with `measured`, only
+    those with that throughput measure)."""
     from sptbench.records.io import read_table, table_files
 
     out = set()
@@ -202,6 +203,8 @@ def expected_points(root: Path) -> set[tuple]:
         where = parts[: parts.index("v1")] if "v1" in parts else (table.stem,)
         for r in read_table(table):
             test = (r.get("metrics") or {}).get("test") or {}
+            if measured is not None and r["throughput"][measured] is None:
+                continue
             if r["status"] == "ok" and (r.get("selection") or {}).get("tested") is not False and test:
                 p = r["protocol"]
                 out.add((where, r["backbone"]["id"], p["shots"], p["train_size"],
@@ -252,7 +255,17 @@ def test_the_report_in_a_real_browser(tmp_path, capsys):
                    for entry in driver.get_log("performance")
                    if json.loads(entry["message"])["message"]["method"] == "Network.requestWillBeSent"}
         assert fetched <= {"file", "data", "blob"}, fetched  # no network at view time
-        ActionChains(driver).move_to_element(points[0]).click().perform()
+        from selenium.webdriver.support.ui import Select
+
+        for axis, measure in (("throughput", "train_samples_per_s"), ("memory", "peak_memory_mb")):
+            Select(driver.find_element(By.ID, "pareto-axis")).select_by_value(axis)
+            shown = driver.find_elements(By.CSS_SELECTOR, ".pareto .scatterlayer .trace path.point")
+            assert len(shown) == len(expected_points(REPO / "results", measure)), axis
+        driver.find_element(By.XPATH, "//fieldset[legend='methods']//input[@value='spt']").click()  # filter out
+        assert driver.execute_script("return window.__errors") == []
+        left = driver.find_elements(By.CSS_SELECTOR, ".pareto .scatterlayer .trace path.point")
+        assert len(left) == len({p for p in expected_points(REPO / "results", "peak_memory_mb") if p[-1] != "spt"})
+        ActionChains(driver).move_to_element(left[0]).click().perform()
         driver.save_screenshot(str(tmp_path / "report.png"))
         assert (tmp_path / "report.png").stat().st_size > 10_000 and first
     finally:

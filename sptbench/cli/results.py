@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sptbench.core.argtypes import nonempty, nonneg_float, positive_float, positive_int
 from sptbench.core.errors import SptbenchError
+from sptbench.core.run_schema import LOCAL_RESULTS_DIR
 from sptbench.records.io import (
     dump_record,
     find_record,
@@ -169,7 +170,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", type=nonempty,
                         help="table files or directories (default: <results-dir>/v1)")
-    parser.add_argument("--results-dir", default="results", type=nonempty, help="results root (default: results)")
+    parser.add_argument("--results-dir", default=LOCAL_RESULTS_DIR, type=nonempty,
+                        help=f"results root, read when no PATHS are given (default: {LOCAL_RESULTS_DIR}, where `run` "
+                        "and `sweep` write by default)")
 
 
 def _add_table(subparsers: argparse._SubParsersAction) -> None:
@@ -238,7 +241,8 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
 def _add_show(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="print one record as YAML")
     p.add_argument("run_id", help="run id (or a unique prefix)")
-    p.add_argument("--results-dir", default="results", type=nonempty, help="results root (default: results)")
+    p.add_argument("--results-dir", default="results", type=nonempty,
+                   help="results root, searched recursively (default: results: the committed tables and your own)")
     p.set_defaults(func=cmd_show)
 
 

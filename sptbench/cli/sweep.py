@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (counts, ETA) and run nothing")
     p.add_argument("--launcher", choices=LAUNCHERS, help="local: one after another here (default); slurm: submitit")
     p.add_argument("--results-dir", type=nonempty,
-                   help="root of the result tables (default: the file's results_dir, else results)")
+                   help="root of the result tables (default: the file's results_dir, else results/local, git-ignored)")
     p.add_argument("--data-dir", type=nonempty,
                    help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")

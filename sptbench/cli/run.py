@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import textwrap
 
 from sptbench.core import safe_yaml
@@ -125,7 +124,9 @@ def cmd_run(args) -> int:
 
     values = {f.name: pick(f) for f in run_fields}
     if values["data_dir"] is None:
-        values["data_dir"] = os.environ.get("SPTBENCH_DATA_DIR") or None
+        from sptbench.data.locate import env_data_path
+
+        values["data_dir"] = env_data_path()
     from sptbench.training.loop import STOCK_SETTINGS
 
     train_overrides = dict(STOCK_SETTINGS) if args.stock else {}

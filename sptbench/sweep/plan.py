@@ -160,6 +160,6 @@ def preflight(sweep: Sweep, specs: list) -> None:
     for task, shots, size, seed in sorted({(s.task, s.shots, s.train_size, s.seed) for s in specs}, key=str):
         try:
             load_task(task, data_dir=sweep.data_dir, shots=shots, seed=seed, split_source=sweep.split_source,
-                      train_size=size)
+                      train_size=size, strict_data=sweep.strict_data)
         except SptbenchError as e:
             raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None

@@ -106,7 +106,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Paired differences of two methods, or of a declared family of pairs, over the (task, seed) cells both sides
     have (sptbench/reports/compare.py, docs/statistics.md)."""
     from sptbench.records.keys import setting_name
-    from sptbench.reports.compare import Family, compare_family, load_family, parse_side, render, render_family
+    from sptbench.reports.compare import (
+        Family,
+        compare_family,
+        few_pairs_warning,
+        load_family,
+        parse_side,
+        render,
+        render_family,
+    )
 
     family = None
     if args.family or args.pair:
@@ -128,6 +136,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     pairs = family.pairs if family else [(parse_side(args.a), parse_side(args.b))]
     comps, skipped = compare_family(records, pairs, tasks=_names(args.tasks), select=args.select_by_dev)
     effects = tuple(args.effect or (1.0, 2.0))
+    for warning in filter(None, map(few_pairs_warning, comps)):
+        print(f"sptbench compare: {warning}", file=sys.stderr)
     _emit(args, render_family(comps, family.name, family.alpha, skipped) if family else render(comps[0], effects))
     return 0
 

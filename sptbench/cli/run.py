@@ -168,7 +168,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _add_schema_arguments(p, RunSpec)
     add_tasks_dir_argument(p)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="method config override (repeatable); a list field takes 9,10 or '[9, 10]' (quote brackets "
+                   "in a shell)")
     p.add_argument("--config", type=nonempty, help="YAML file of run options (format below)")
     _add_schema_arguments(p, TrainConfig)
     p.add_argument("--stock", action="store_true",

@@ -21,6 +21,7 @@ from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.core.paths import inside
 from sptbench.data.templates import DEFAULT_TEMPLATE, parse_template
+from sptbench.records.schema import SELECTION_METRICS  # selection metric -> the metrics it averages
 
 TASKS_PATH_ENV = "SPTBENCH_TASKS_PATH"
 MAX_TEXT_COLUMNS = 2  # a text or a text pair: the tokenizer takes (text, text_pair), a third would be text_target
@@ -33,8 +34,6 @@ LM_BFF_KEYS = ("dir", "format", "header", "dev", "shots", "seeds", "columns", "l
 LM_BFF_SHOTS = 16  # the published LM-BFF splits: K = 16 per class, five seeds (a spec's lm_bff may name its own)
 LM_BFF_SEEDS = (13, 21, 42, 87, 100)
 KNOWN_METRICS = ("accuracy", "f1")
-# selection metric -> the metrics it averages
-SELECTION_METRICS: dict[str, tuple[str, ...]] = {"accuracy": ("accuracy",), "f1": ("f1",), "acc_f1": ("accuracy", "f1")}
 
 
 @dataclass(frozen=True)

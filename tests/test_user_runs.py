@@ -57,6 +57,15 @@ def test_main_command_with_defaults_leaves_a_clean_clone_clean(tmp_path, data_di
     (rec,) = read_records([clone / LOCAL_RESULTS_DIR])
     assert rec["method"]["name"] == "spt" and rec["backbone"]["id"] == "tiny-bert"
     assert f"{LOCAL_RESULTS_DIR}/v1/tiny-bert/16shot.yaml" in out
+    code, out, _ = run_cli(["table"], capsys)  # the readers' default is where runs go by default
+    assert code == 0 and "spt" in out and "subj" in out
+
+
+def test_readers_without_paths_say_what_to_name_when_nothing_ran_yet(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for command in ("table", "validate"):
+        code, _, err = run_cli([command], capsys)
+        assert code == 2 and "no records in results/local/v1" in err and "results/v1" in err
 
 
 def test_run_and_readers_default_to_the_local_results():

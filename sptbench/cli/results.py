@@ -35,8 +35,14 @@ def _names(values: list[str] | None) -> list[str] | None:
 
 
 def _paths(args: argparse.Namespace) -> list[Path]:
-    """The table paths given, else `<results-dir>/v1`."""
-    return [Path(p) for p in args.paths] or [Path(args.results_dir) / TABLE_DIR]
+    """The table paths given, else `<results-dir>/v1` (which must exist: one line saying what to name instead)."""
+    if args.paths:
+        return [Path(p) for p in args.paths]
+    default = Path(args.results_dir) / TABLE_DIR
+    if not default.exists():
+        raise SptbenchError(f"no records in {default} (where `run` and `sweep` write by default) yet; name tables or "
+                            "folders, e.g. results/v1 for the committed reproduction")
+    return [default]
 
 
 def cmd_table(args: argparse.Namespace) -> int:

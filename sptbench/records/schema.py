@@ -320,7 +320,8 @@ def _semantic_problems(rec: dict) -> list[str]:
 
 
 def _score_problems(metrics: Any) -> list[str]:
-    """`dev.score` and `test.score`, where present, equal the selection metric's value (the mean of its parts)."""
+    """`dev.score` and `test.score`, where present with the selection metric's parts, equal its value (the mean of
+    its parts)."""
     if not isinstance(metrics, dict):
         return []
     selection = metrics.get("selection_metric")
@@ -328,11 +329,8 @@ def _score_problems(metrics: Any) -> list[str]:
     problems = []
     for split in ("dev", "test"):
         values = metrics.get(split)
-        if not isinstance(values, dict) or not _is_number(values.get("score")) or parts is None:
-            continue
-        if not all(_is_number(values.get(p)) for p in parts):
-            problems.append(f"metrics.{split} has a score but not the metrics of its selection metric "
-                            f"'{selection}' ({', '.join(parts)})")
+        if (not isinstance(values, dict) or not _is_number(values.get("score")) or parts is None
+                or not all(_is_number(values.get(p)) for p in parts)):
             continue
         expected = sum(values[p] for p in parts) / len(parts)
         if not math.isclose(values["score"], expected, rel_tol=1e-9, abs_tol=1e-12):

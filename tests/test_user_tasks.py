@@ -165,3 +165,24 @@ def test_run_and_sweep_accept_strict_data_and_a_data_path(tmp_path, monkeypatch,
     assert sweep.data_dir == f"{tmp_path.resolve()}{os.pathsep}{data_dir.resolve()}"
     with pytest.raises(SptbenchError, match="'strict_data' must be true or false"):
         parse_sweep({**raw, "strict_data": "yes"}, "s.yaml")
+
+
+def test_a_run_records_the_empty_text_note_and_strict_data_refuses_before_training(tmp_path, monkeypatch, capsys,
+                                                                                   one_thread):
+    from sptbench.records.io import read_records
+    from tests.helpers import run_cli
+
+    specs = _task(tmp_path / "t", "holes", "data: d\n")
+    pool = _rows(24, 7, "pool")
+    pool[5]["sentence"] = ""
+    _write_jsonl(specs / "d" / "train.jsonl", pool)
+    _write_jsonl(specs / "d" / "test.jsonl", _rows(6, 8, "test"))
+    argv = ["run", "--method", "head", "--task", "holes", "--shots", "4", "--model", "tiny-bert", "--tasks-dir",
+            str(specs), "--results-dir", str(tmp_path / "r"), "--max-steps", "2", "--eval-every", "2", "--quiet"]
+    code, _, err = run_cli([*argv, "--strict-data"], capsys)
+    assert code == 2 and "train.jsonl:6: empty text (1 row(s)" in err and not (tmp_path / "r").exists()
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    (rec,) = read_records([tmp_path / "r"])
+    assert [n for n in rec["data"]["notes"] if n.startswith("empty texts: 1 row(s) of ")]
+    assert rec["data"]["location"] == str((specs / "d").resolve())

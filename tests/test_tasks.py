@@ -643,7 +643,7 @@ def test_docs_describe_every_key_the_loader_accepts() -> None:
     [
         ("prompt:\n", "promt:\n", "unknown key 'promt'; known: name, version"),
         ("  test: test.jsonl\n", "  test: test.jsonl\n  dev: d.jsonl\n", "unknown key 'mirror.dev'; known: train"),
-        ("  dir: SST-2\n", "  dir: SST-2\n  shots: 16\n", "unknown key 'lm_bff.shots'; known: dir, format"),
+        ("  dir: SST-2\n", "  dir: SST-2\n  shot: 16\n", "unknown key 'lm_bff.shot'; known: dir, format"),
         ("  label_words:", "  1: x\n  label_words:", "unknown key 'prompt.1'; known: template"),
     ],
 )

@@ -35,6 +35,10 @@ LR_SCHEDULES = ("linear", "constant", "cosine")
 DECAY_SCOPES = ("matrices", "all")
 SAMPLERS = ("python", "torch")
 CHECKPOINT_TIE_BREAKS = ("first", "dev_loss")
+# Where a user's runs and sweeps write by default: a git-ignored folder, so that a first run never edits the committed
+# reproduction tables (results/v1, results/tuned, ...). The packaged sweep files that write those say so themselves
+# (`results_dir: results`).
+LOCAL_RESULTS_DIR = "results/local"
 
 
 def option(default: Any = None, *, help: str, flag: bool = True, type: Callable | None = None,
@@ -170,9 +174,15 @@ class RunSpec:
     template: str | None = option(help="prompt head: the task's template by name (default: its first)",
                                   type=nonempty, key="head", sweep=("template",))
     data_dir: str | None = option(
-        help="local mirror folder (default: $SPTBENCH_DATA_DIR, else the Hugging Face hub)", type=nonempty,
+        help="local data folders, searched in order (A:B; default: $SPTBENCH_DATA_PATH, then $SPTBENCH_DATA_DIR, "
+        "else the Hugging Face hub; a task spec's own `data` folder wins)", type=nonempty,
         not_in_key="where the data is read from; the data itself is keyed by its fingerprint", sweep=("data_dir",))
-    results_dir: str = option("results", help="root of the result tables", type=nonempty,
+    strict_data: bool = option(
+        False, help="refuse data with empty texts (default: keep them, counted in the record's data notes)",
+        boolean=True, sweep=("strict_data",),
+        not_in_key="it only refuses: a run it lets through reads the same rows, so records the same numbers")
+    results_dir: str = option(LOCAL_RESULTS_DIR, help="root of the result tables (git-ignored by default: the "
+                              "committed tables are written by the packaged sweep files)", type=nonempty,
                               not_in_key="where the record goes", sweep=("results_dir",))
     method_overrides: dict[str, Any] = option(
         help="method options (--set KEY=VALUE)", flag=False, factory=dict, key="method_config",

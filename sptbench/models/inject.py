@@ -46,7 +46,9 @@ class Injection(nn.Module):
         return None
 
     def first_layer(self) -> int:
-        """The lowest layer this injection touches (0 = the input); layers below it need no autograd."""
+        """The lowest layer whose input this injection changes (0 = the input, the default: always correct, only
+        slower). Layers below it run without autograd (with `frozen_layers: cache`, once per example), so an
+        override must never return a layer above one the injection touches (docs/methods.md)."""
         return 0
 
     def export_state(self) -> dict[str, torch.Tensor] | None:

@@ -192,6 +192,7 @@ def run(spec: RunSpec) -> RunOutcome:
         seed=spec.seed,
         split_source=spec.split_source,
         train_size=spec.train_size,
+        strict_data=spec.strict_data,
     )
     setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template, causal=prompt_head_is_causal(spec))
     accelerator = _device(spec.device)

@@ -24,6 +24,7 @@ from sptbench.sweep.eta import (
     estimate_s,
     format_duration,
     pooling_matches,
+    results_tree,
     spec_train_samples,
     wall_index,
 )
@@ -89,6 +90,7 @@ class Plan:
 def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool = False) -> Plan:
     """Split the sweep's runs into done / failed / to run (matching records on their key minus the data fingerprint;
     the device only when the sweep names one) and estimate the time of the rest."""
+    from_disk = records is None
     if records is None:
         root = Path(sweep.results_dir) / TABLE_DIR
         records = read_records([root]) if root.is_dir() else []
@@ -108,12 +110,30 @@ def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool 
     index = wall_index(records)
     here = device_here(sweep)
     eta, rules = 0.0, Counter()
+    tree_index = None
     for spec in todo:
         seconds, rule = estimate_s(spec, index, spec_train_samples(spec), here)
+        if rule == "default" and from_disk:  # the sweep's folder knows nothing of it: the whole results tree
+            tree_index = tree_index if tree_index is not None else wall_index(_tree_records(sweep, records))
+            seconds, rule = estimate_s(spec, tree_index, spec_train_samples(spec), here)
+            rule += "" if rule == "default" else f" in {results_tree(sweep.results_dir)}"
         eta += seconds
         rules[rule] += 1
     return Plan(runs=runs, done=done, failed=failed, todo=todo, eta_s=eta, eta_rules=rules,
                 seen=frozenset(r["run_id"] for r in records))
+
+
+def _tree_records(sweep: Sweep, own: list[dict]) -> list[dict]:
+    """The ok records of the sweep's backbone anywhere under its results tree (those of its own folder aside); the
+    ETA is best-effort, so a tree with unreadable tables gives none."""
+    seen, tree = {r.get("run_id") for r in own}, results_tree(sweep.results_dir)
+    if tree == Path(sweep.results_dir).resolve():
+        return []  # the sweep's folder is the whole tree
+    try:
+        records = read_records([tree])
+    except SptbenchError:
+        return []
+    return [r for r in records if r.get("run_id") not in seen and (r.get("backbone") or {}).get("id") == sweep.model]
 
 
 def format_plan(sweep: Sweep, p: Plan, parallel: int = 1) -> str:
@@ -160,6 +180,6 @@ def preflight(sweep: Sweep, specs: list) -> None:
     for task, shots, size, seed in sorted({(s.task, s.shots, s.train_size, s.seed) for s in specs}, key=str):
         try:
             load_task(task, data_dir=sweep.data_dir, shots=shots, seed=seed, split_source=sweep.split_source,
-                      train_size=size)
+                      train_size=size, strict_data=sweep.strict_data)
         except SptbenchError as e:
             raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None

@@ -1,0 +1,106 @@
+"""The PETuning methods beside SPT (issue 39): DoRA, (IA)^3, prefix tuning (Li & Liang) and DePT. The generated tests
+(tests/test_baselines.py, tests/test_families.py, tests/test_registry.py) cover them as every method; here: the
+prompt head on every tiny family, parameter counts by hand, identity at init and each method's own mechanism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sptbench.core.errors import SptbenchError
+from sptbench.methods.registry import build_config, get_method
+from tests import helpers
+from tests.conftest import TINY_FAMILIES
+from tests.test_heads import build as build_prompt
+from tests.test_heads import random_prompt_batch, stock_label_logits
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+METHODS = ["dora"]
+HEAD = 32 * 2 + 2  # tiny-bert: hidden 32, two labels
+
+
+# -- the prompt head, every tiny family -------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_prompt_head_batch_invariant_with_gradients(name, method):
+    """With the prompt head (SST-2's label words): the method's parameters get gradients, and a row's logits in a
+    padded batch (right, and left for causal models) equal its logits alone, with the parameters moved off init."""
+    model, tok = build_prompt(name, method)
+    causal = model.family.causal
+    lengths = [11, 3, 7]
+    ids, mask = random_prompt_batch(200 + METHODS.index(method), tok, causal, lengths)
+    model.train()
+    torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0])).backward()
+    grads = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert grads and all(p.requires_grad for n, p in model.named_parameters() if n in grads)
+    helpers.perturb_trainable(model)
+    model.eval()
+    for left in [False, True] if causal else [False]:
+        ids_p, mask_p = random_prompt_batch(300, tok, causal, lengths, left=left)
+        with torch.no_grad():
+            padded = model(ids_p, mask_p)
+            for i in range(len(lengths)):
+                real = mask_p[i].bool()
+                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real])
+                torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dora"])
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_identity_at_init_with_the_prompt_head(name, method):
+    """Methods that start as the identity (DoRA: B = 0 and m = ||W||) give the stock LM's label-word logits."""
+    model, tok = build_prompt(name, method)
+    ids, mask = random_prompt_batch(17, tok, model.family.causal, [9, 4, 13])
+    with torch.no_grad():
+        ours = model(ids, mask)
+        expected = stock_label_logits(name, ids, mask, model.head.label_word_ids, model.family.causal,
+                                      tok.mask_token_id)
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+        helpers.perturb_trainable(model)  # and the check can fail
+        assert not torch.allclose(model(ids, mask), expected, atol=1e-4)
+
+
+# -- parameter counts by hand -------------------------------------------------------------------------------------
+# tiny-bert: hidden 32, 4 layers, 4 heads, intermediate 64; tiny-gpt2: hidden 32, fused c_attn (3 * 32 outputs)
+LORA_QV = 4 * 2 * (8 * 32 + 32 * 8)  # rank 8 on query and value in 4 layers
+COUNTS = [
+    ("tiny-bert", "dora", None, LORA_QV + 4 * 2 * 32),  # + one magnitude per output feature of each target
+    ("tiny-bert", "dora", {"rank": 2, "layers": [1]}, 2 * (2 * 32 + 32 * 2) + 2 * 32),
+    ("tiny-gpt2", "dora", None, 4 * (8 * 32 + 96 * 8) + 4 * 96),
+]
+
+
+@pytest.mark.parametrize("backbone,method,overrides,trainable", COUNTS)
+def test_parameter_counts_by_hand(backbone, method, overrides, trainable):
+    counts = helpers.build(backbone, method, overrides).count_parameters()
+    head = 32 * 2 + 2
+    assert counts["trainable"] == trainable and counts["trainable_with_head"] == trainable + head
+    assert counts["stored"] == trainable + head
+
+
+# -- DoRA ---------------------------------------------------------------------------------------------------------
+def test_dora_is_lora_plus_a_magnitude_and_rescales_each_output():
+    """Same LoRA matrices as `lora` (same seed, same targets); the magnitude starts at the weight's row norms, and
+    scaling one entry of it scales exactly that output feature of the adapted projection."""
+    dora, lora = helpers.build("tiny-bert", "dora"), helpers.build("tiny-bert", "lora")
+    names = lambda m: {n.replace("lora_magnitude_vector", "M") for n, p in m.named_parameters() if p.requires_grad}
+    assert {n for n in names(dora) if ".M." not in n} == names(lora)
+    query = dora.layers[0].attention.self.query
+    w = query.base_layer.weight
+    torch.testing.assert_close(query.lora_magnitude_vector["default"].weight, w.norm(dim=1), atol=1e-6, rtol=0)
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    query.eval()
+    with torch.no_grad():
+        before = query(x)
+        query.lora_magnitude_vector["default"].weight[5] *= 3.0
+        after = query(x)
+    bias = query.base_layer.bias
+    torch.testing.assert_close(after[:, 5] - bias[5], 3.0 * (before[:, 5] - bias[5]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([after[:, :5], after[:, 6:]], 1),
+                               torch.cat([before[:, :5], before[:, 6:]], 1), atol=0, rtol=0)
+
+
+def test_dora_bad_config_is_a_user_error():
+    with pytest.raises(SptbenchError):
+        build_config(get_method("dora"), {"rank": 0})

@@ -16,7 +16,7 @@ from tests.test_heads import random_prompt_batch, stock_label_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-METHODS = ["dora"]
+METHODS = ["dora", "ia3"]
 HEAD = 32 * 2 + 2  # tiny-bert: hidden 32, two labels
 
 
@@ -46,10 +46,11 @@ def test_prompt_head_batch_invariant_with_gradients(name, method):
                 torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["dora"])
+@pytest.mark.parametrize("method", ["dora", "ia3"])
 @pytest.mark.parametrize("name", TINY_FAMILIES)
 def test_identity_at_init_with_the_prompt_head(name, method):
-    """Methods that start as the identity (DoRA: B = 0 and m = ||W||) give the stock LM's label-word logits."""
+    """Methods that start as the identity (DoRA: B = 0 and m = ||W||; (IA)^3: vectors of ones) give the stock LM's
+    label-word logits."""
     model, tok = build_prompt(name, method)
     ids, mask = random_prompt_batch(17, tok, model.family.causal, [9, 4, 13])
     with torch.no_grad():
@@ -68,6 +69,10 @@ COUNTS = [
     ("tiny-bert", "dora", None, LORA_QV + 4 * 2 * 32),  # + one magnitude per output feature of each target
     ("tiny-bert", "dora", {"rank": 2, "layers": [1]}, 2 * (2 * 32 + 32 * 2) + 2 * 32),
     ("tiny-gpt2", "dora", None, 4 * (8 * 32 + 96 * 8) + 4 * 96),
+    ("tiny-bert", "ia3", None, 4 * (32 + 32 + 64)),  # l_k, l_v (hidden) and l_ff (intermediate) per layer
+    ("tiny-bert", "ia3", {"feedforward": False, "layers": [2, 3]}, 2 * (32 + 32)),
+    ("tiny-gpt2", "ia3", None, 4 * (3 * 32 + 128)),  # the fused c_attn: q, k and v scaled; intermediate 4 * 32
+    ("tiny-llama", "ia3", None, 4 * (16 + 16 + 64)),  # grouped-query attention: 2 key/value heads of 8
 ]
 
 
@@ -104,3 +109,45 @@ def test_dora_is_lora_plus_a_magnitude_and_rescales_each_output():
 def test_dora_bad_config_is_a_user_error():
     with pytest.raises(SptbenchError):
         build_config(get_method("dora"), {"rank": 0})
+
+
+# -- (IA)^3 -------------------------------------------------------------------------------------------------------
+def test_ia3_scales_keys_values_and_ffn_activations():
+    """Each vector multiplies what the paper says: the key and value projections' outputs, and the intermediate
+    activations entering the FFN output projection (checked against the frozen modules by hand)."""
+    model = helpers.build("tiny-bert", "ia3", seed=3)
+    helpers.perturb_trainable(model)
+    layer = model.layers[1]
+    g = torch.Generator().manual_seed(0)
+    x, inter = torch.randn(2, 5, 32, generator=g), torch.randn(2, 5, 64, generator=g)
+    key, value, out = layer.attention.self.key, layer.attention.self.value, layer.output.dense
+    with torch.no_grad():
+        for proj in (key, value):
+            l_kv = proj.ia3_l["default"].view(-1)
+            torch.testing.assert_close(proj(x), proj.base_layer(x) * l_kv, atol=1e-6, rtol=0)
+        l_ff = out.ia3_l["default"].view(-1)
+        torch.testing.assert_close(out(inter), out.base_layer(inter * l_ff), atol=1e-6, rtol=0)
+        assert not torch.allclose(out(inter), out.base_layer(inter), atol=1e-3)
+    assert not hasattr(layer.attention.self.query, "ia3_l") and hasattr(key, "ia3_l")  # queries are not scaled
+
+
+def test_ia3_refuses_a_family_without_key_value_projections():
+    import dataclasses
+
+    model, _, _ = _frozen("tiny-bert")
+    model.family = dataclasses.replace(model.family, key_value_targets=())
+    with pytest.raises(SptbenchError, match="ia3.*does not name") as err:
+        get_method("ia3").apply(model, build_config(get_method("ia3")))
+    assert "\n" not in str(err.value)
+
+
+def test_ia3_bad_layers_are_user_errors():
+    with pytest.raises(SptbenchError, match="ia3 layers"):
+        helpers.build("tiny-bert", "ia3", {"layers": [4]})
+
+
+def _frozen(backbone: str):
+    from sptbench.run.assemble import frozen_backbone
+
+    torch.manual_seed(0)
+    return frozen_backbone(backbone, 2)

@@ -16,7 +16,7 @@ from tests.test_heads import random_prompt_batch, stock_label_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-METHODS = ["dora", "ia3"]
+METHODS = ["dora", "ia3", "prefix_tuning"]
 HEAD = 32 * 2 + 2  # tiny-bert: hidden 32, two labels
 
 
@@ -73,15 +73,22 @@ COUNTS = [
     ("tiny-bert", "ia3", {"feedforward": False, "layers": [2, 3]}, 2 * (32 + 32)),
     ("tiny-gpt2", "ia3", None, 4 * (3 * 32 + 128)),  # the fused c_attn: q, k and v scaled; intermediate 4 * 32
     ("tiny-llama", "ia3", None, 4 * (16 + 16 + 64)),  # grouped-query attention: 2 key/value heads of 8
+    # P' (20 x 32), Linear 32 -> 512, Linear 512 -> 4 layers * 2 * 32; stored: the 4 * 2 * 20 * 32 prefixes only
+    ("tiny-bert", "prefix_tuning", None, 20 * 32 + (32 * 512 + 512) + (512 * 256 + 256), 4 * 2 * 20 * 32),
+    ("tiny-bert", "prefix_tuning", {"prefix_len": 5, "mlp_hidden": 16}, 5 * 32 + (32 * 16 + 16) + (16 * 256 + 256),
+     4 * 2 * 5 * 32),
+    # Llama: the prefixes have the 2 key/value heads of 8 (16 wide), P' too
+    ("tiny-llama", "prefix_tuning", {"mlp_hidden": 16}, 20 * 16 + (16 * 16 + 16) + (16 * 128 + 128), 4 * 2 * 20 * 16),
 ]
 
 
-@pytest.mark.parametrize("backbone,method,overrides,trainable", COUNTS)
-def test_parameter_counts_by_hand(backbone, method, overrides, trainable):
+@pytest.mark.parametrize("backbone,method,overrides,trainable,stored",
+                         [c if len(c) == 5 else (*c, c[3]) for c in COUNTS])
+def test_parameter_counts_by_hand(backbone, method, overrides, trainable, stored):
     counts = helpers.build(backbone, method, overrides).count_parameters()
     head = 32 * 2 + 2
     assert counts["trainable"] == trainable and counts["trainable_with_head"] == trainable + head
-    assert counts["stored"] == trainable + head
+    assert counts["stored"] == stored + head and counts["stored_bytes"] == 4 * (stored + head)
 
 
 # -- DoRA ---------------------------------------------------------------------------------------------------------
@@ -151,3 +158,43 @@ def _frozen(backbone: str):
 
     torch.manual_seed(0)
     return frozen_backbone(backbone, 2)
+
+
+# -- prefix tuning ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-gpt2"])
+def test_prefix_tuning_trains_through_the_mlp_and_folds_into_plain_prefixes(backbone, tmp_path):
+    """Training: the gradient reaches P' and the MLP, there is no prefix parameter. After training the MLP folds into
+    plain prefixes: the folded model and a saved -> loaded one give the training-time model's logits, and store and
+    train exactly the L * 2 * p * H prefixes."""
+    from sptbench import api
+
+    model = api.build_model("prefix_tuning", backbone, seed=0, prefix_len=4, mlp_hidden=16)
+    inj = model.injections[0]
+    ids, mask = helpers.random_batch(4, bsz=3, max_len=8)
+    model.train()
+    torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 1])).backward()
+    grads = {n for n, p in inj.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads == {"embedding", "mlp_in.weight", "mlp_in.bias", "mlp_out.weight", "mlp_out.bias"}
+    helpers.perturb_trainable(model)
+    model.eval()
+    with torch.no_grad():
+        trained = model(ids, mask)
+        prefixes = inj.all_prefixes().clone()
+    api.save(model, tmp_path / "saved")
+    loaded = api.load(tmp_path / "saved")
+    inj.fold()
+    plain = 4 * 2 * 4 * 32
+    for m in (model, loaded):
+        assert {n for n, _ in m.injections[0].named_parameters()} == {"prefix"}
+        torch.testing.assert_close(m.injections[0].prefix, prefixes, atol=0, rtol=0)
+        assert m.count_parameters()["trainable"] == m.count_parameters()["stored"] - HEAD == plain
+        with torch.no_grad():
+            torch.testing.assert_close(m(ids, mask), trained, atol=1e-6, rtol=0)
+    assert not torch.allclose(prefixes, api.build_model("prefix_tuning", backbone, seed=1, prefix_len=4,
+                                                        mlp_hidden=16).injections[0].all_prefixes())
+
+
+def test_prefix_tuning_bad_configs_are_user_errors():
+    for overrides in ({"prefix_len": 0}, {"mlp_hidden": 0}, {"dropout": 1.0}):
+        with pytest.raises(SptbenchError):
+            build_config(get_method("prefix_tuning"), overrides)

@@ -16,7 +16,7 @@ from tests.test_heads import random_prompt_batch, stock_label_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-METHODS = ["dora", "ia3", "prefix_tuning"]
+METHODS = ["dora", "ia3", "prefix_tuning", "dept"]
 HEAD = 32 * 2 + 2  # tiny-bert: hidden 32, two labels
 
 
@@ -79,6 +79,9 @@ COUNTS = [
      4 * 2 * 5 * 32),
     # Llama: the prefixes have the 2 key/value heads of 8 (16 wide), P' too
     ("tiny-llama", "prefix_tuning", {"mlp_hidden": 16}, 20 * 16 + (16 * 16 + 16) + (16 * 128 + 128), 4 * 2 * 20 * 16),
+    # m prompt vectors, A (s x r), B (r x H): m H + (s + H) r
+    ("tiny-bert", "dept", None, 40 * 32 + 256 * 45 + 45 * 32),
+    ("tiny-gpt2", "dept", {"num_tokens": 5, "rank": 2, "max_length": 16}, 5 * 32 + 16 * 2 + 2 * 32),
 ]
 
 
@@ -198,3 +201,101 @@ def test_prefix_tuning_bad_configs_are_user_errors():
     for overrides in ({"prefix_len": 0}, {"mlp_hidden": 0}, {"dropout": 1.0}):
         with pytest.raises(SptbenchError):
             build_config(get_method("prefix_tuning"), overrides)
+
+
+# -- DePT ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-gpt2"])
+def test_dept_equals_the_stock_model_fed_its_prompt_and_updated_embeddings(backbone):
+    """The DePT code's forward on the stock model: inputs_embeds = [prompt; E + alpha / sqrt(r) * (A B)[:n]], the
+    attention mask extended over the prompt; our logits (linear head on the token positions) are the same."""
+    from sptbench.models.classifier import pool
+    from tests.test_inject import stock_copy
+
+    model = helpers.build(backbone, "dept", {"num_tokens": 3, "rank": 4, "max_length": 12})
+    helpers.perturb_trainable(model)  # B leaves zero: the update is there
+    model.eval()
+    inj = model.injections[0]
+    ids, mask = helpers.random_batch(6, bsz=3, max_len=9)
+    bsz, n = ids.shape
+    with torch.no_grad():
+        ours = model(ids, mask)
+        update = 4.0 * (inj.lora_embedding_A @ inj.lora_embedding_B)[:n]  # alpha 8 / sqrt(4)
+        words = model.family.word_embeddings(model.backbone)(ids) + update
+        embeds = torch.cat([inj.prompt.expand(bsz, -1, -1), words], 1)
+        full = torch.cat([torch.ones(bsz, 3, dtype=mask.dtype), mask], 1)
+        hidden = stock_copy(model.backbone)(inputs_embeds=embeds, attention_mask=full).last_hidden_state[:, 3:]
+        reference = model.head(pool(hidden, mask.bool(), model.pooling))
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+        inj.lora_embedding_B.zero_()  # and the update matters
+        assert not torch.allclose(model(ids, mask), ours, atol=1e-4)
+
+
+def test_dept_update_starts_at_zero_and_skips_padding():
+    inj = helpers.build("tiny-bert", "dept").injections[0]
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]])
+    assert not inj.input_offset(mask).any()  # B = 0
+    helpers.perturb_trainable(helpers.build("tiny-bert", "head"))
+    with torch.no_grad():
+        inj.lora_embedding_B.normal_()
+        offset = inj.input_offset(mask)
+    assert not offset[0, 3].any() and not offset[1, 0].any()
+    torch.testing.assert_close(offset[0, :3], offset[1, 1:], atol=0, rtol=0)  # the same rows, either padding side
+
+
+def test_dept_trains_a_and_b_at_their_own_learning_rate():
+    """One AdamW step (no decay, no warmup): Adam's first step moves every element with a gradient (well above eps)
+    by its group's learning rate, so the prompt and head move by the run's lr, A and B by embedding_lr."""
+    import dataclasses
+
+    from sptbench.core.run_schema import TrainConfig
+    from sptbench.training.loop import optimizer_for
+
+    model = helpers.build("tiny-bert", "dept", {"embedding_lr": 1e-4})
+    helpers.perturb_trainable(model)
+    tcfg = dataclasses.replace(TrainConfig(), lr=2e-2, weight_decay=0.0, warmup_ratio=0.0, max_steps=10)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, _ = optimizer_for(params, tcfg)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    inj = model.injections[0]
+    assert {lrs[id(inj.lora_embedding_A)], lrs[id(inj.lora_embedding_B)]} == {1e-4}
+    assert {lrs[id(inj.prompt)], lrs[id(model.head.weight)]} == {2e-2}
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    ids, mask = helpers.random_batch(2, bsz=4, max_len=7)
+    torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0, 1])).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if name in before:
+            moved = (p.detach() - before[name]).abs()[p.grad.abs() > 1e-5]  # Adam's eps aside
+            expected = 1e-4 if "lora_embedding" in name else 2e-2
+            torch.testing.assert_close(moved, torch.full_like(moved, expected), atol=expected * 1e-2, rtol=0)
+
+
+def test_dept_refuses_inputs_longer_than_its_positions_in_one_line():
+    model = helpers.build("tiny-bert", "dept", {"max_length": 6})
+    ids, mask = helpers.random_batch(0, bsz=2, max_len=7)
+    with pytest.raises(SptbenchError, match="longer than its max_length 6") as err:
+        model(ids, mask)
+    assert "\n" not in str(err.value)
+
+
+def test_dept_both_learning_rates_are_in_the_record_key():
+    from sptbench.core.run_schema import record_key
+    from tests.helpers import make_record
+
+    rec = make_record(method__name="dept", method__config={"embedding_lr": 5e-4}, training__lr=3e-2)
+    keys = {record_key(rec)}
+    for path, value in (("method__config", {"embedding_lr": 5e-3}), ("training__lr", 3e-1)):
+        other = make_record(method__name="dept", method__config={"embedding_lr": 5e-4}, training__lr=3e-2)
+        other["run_id"] = rec["run_id"]
+        *parents, leaf = path.split("__")
+        other[parents[0]][leaf] = value
+        keys.add(record_key(other))
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize("overrides", [{"num_tokens": 0}, {"rank": 0}, {"max_length": 0}, {"embedding_lr": 0.0},
+                                       {"init": "zeros"}])
+def test_dept_bad_configs_are_user_errors(overrides):
+    with pytest.raises(SptbenchError):
+        build_config(get_method("dept"), overrides)

@@ -46,6 +46,8 @@ class Family:
     causal: bool
     default_pooling: str  # cls | mean | last
     lora_targets: tuple[str, ...]  # peft target module names for the query and value projections
+    # the key and value projections inside a layer (ia3 scales their outputs); a fused qkv projection is named alone
+    key_value_targets: tuple[str, ...] = ()
     lm_head_name: str = "cls"  # the LM head's attribute on the *ForMaskedLM / *LMHeadModel (the prompt head)
     attn_implementation: str = "sdpa"  # what transformers loads the backbone with (eager: its own attention only)
 

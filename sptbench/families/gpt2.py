@@ -49,7 +49,8 @@ class GPT2Family(Family):
 
 
 register_family(
-    GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",), lm_head_name="lm_head"),
+    GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",),
+               key_value_targets=("c_attn",), lm_head_name="lm_head"),
     label="GPT-2",
     listing_order=50,
     tiny_configs={

@@ -6,7 +6,8 @@ from __future__ import annotations
 from sptbench.families.base import TINY_SIZES, Family, register_family, transformers_class
 
 register_family(
-    Family("roberta", causal=False, default_pooling="cls", lora_targets=("query", "value"), lm_head_name="lm_head"),
+    Family("roberta", causal=False, default_pooling="cls", lora_targets=("query", "value"),
+           key_value_targets=("key", "value"), lm_head_name="lm_head"),
     label="RoBERTa",
     listing_order=20,
     tiny_configs={

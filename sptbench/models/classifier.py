@@ -214,9 +214,13 @@ class Classifier(nn.Module):
     def _embed(self, input_ids, token_mask, token_type_ids, bsz):
         prompts = [inj.input_prompt(bsz) for inj in self.injections]  # no walrus: torch.compile traces this
         prompts = [p for p in prompts if p is not None]
-        if not prompts:
+        offsets = [inj.input_offset(token_mask) for inj in self.injections]
+        offsets = [o for o in offsets if o is not None]
+        if not prompts and not offsets:
             return self.family.embed(self.backbone, input_ids, None, token_type_ids, token_mask), 0
         words = self.family.word_embeddings(self.backbone)(input_ids)
+        for offset in offsets:
+            words = words + offset.to(words.dtype)
         embeds = torch.cat([p.to(words.dtype) for p in prompts] + [words], 1)
         m = embeds.shape[1] - words.shape[1]
         if token_type_ids is not None:

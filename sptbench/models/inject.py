@@ -2,7 +2,8 @@
 
 Three ways in, written once for all families:
 - input prompts: vectors prepended to the token embeddings before the embedding module (positions, LayerNorm
-  and dropout applied to them as to tokens, exactly as peft's prompt tuning does);
+  and dropout applied to them as to tokens, exactly as peft's prompt tuning does), and input offsets: vectors added
+  to the tokens' own embeddings there (DePT's low-rank update);
 - hidden-state prompts at layer l: the prompt hidden states that enter layer l (inserted, or replacing the prompt
   positions propagated from layer l-1), as in deep prompt tuning, LPT and SPT;
 - key/value prefixes at layer l: extra keys and values seen by every query, no query rows of their own and no
@@ -29,6 +30,11 @@ class Injection(nn.Module):
 
     def input_prompt(self, batch_size: int) -> torch.Tensor | None:
         """(batch, m, hidden) vectors prepended to the token embeddings, or None."""
+        return None
+
+    def input_offset(self, token_mask: torch.Tensor) -> torch.Tensor | None:
+        """(batch, n, hidden) added to the token embeddings (word embeddings, before positions, LayerNorm and dropout),
+        or None. `token_mask` is the (batch, n) padding mask, either padding side (DePT: a row per token position)."""
         return None
 
     def layer_prompt(

@@ -40,7 +40,8 @@ def _hf(name: str):
 
 # The tiny and full-size random configs each family declares beside its Family (sptbench/families/<arch>.py), in
 # listing order: every tiny one, then every full-size one (`*-random`: speed and memory checks at the paper's model
-# size, scripts/gpu_check.sh). Both load alike: in-process, seeded, MiniLM tokenizer.
+# size, scripts/gpu_check.sh). Both load alike, in-process and seeded: the tiny ones with the MiniLM tokenizer, the
+# full-size ones with a byte-level BPE tokenizer trained in-process (sptbench/models/bpe.py), as their models use.
 _FAMILIES = load_families()
 TINY_CONFIGS = {name: make for entry in _FAMILIES.values() for name, make in entry.tiny_configs.items()}
 RANDOM_CONFIGS = {name: make for entry in _FAMILIES.values() for name, make in entry.random_configs.items()}
@@ -189,11 +190,16 @@ def _auto_class(config, lm: bool):
 
 
 def _tiny(name: str, seed: int = 0, lm: bool = False):
-    """A tiny random backbone (with a random LM head if `lm`), identical on every call (its own RNG), with the MiniLM
-    tokenizer for its vocabulary."""
+    """A tiny (or full-size `*-random`) random backbone (with a random LM head if `lm`), identical on every call (its
+    own RNG), with the MiniLM tokenizer (tiny) or the in-process byte-level BPE one (full-size) for its vocabulary."""
     import torch
 
-    tokenizer = _hf("AutoTokenizer").from_pretrained(str(minilm_path()))
+    if name in RANDOM_CONFIGS:
+        from sptbench.models.bpe import byte_level_bpe
+
+        tokenizer = byte_level_bpe()
+    else:
+        tokenizer = _hf("AutoTokenizer").from_pretrained(str(minilm_path()))
     config = TINY_CONFIGS[name](len(tokenizer))
     config._attn_implementation = family_for(config).attn_implementation
     with torch.random.fork_rng(devices=[]):

@@ -59,6 +59,7 @@ def test_bpe_tokenizer_is_byte_level_with_roberta_specials_and_one_token_label_w
     assert words >= 20
 
 
+@pytest.mark.slow  # a subprocess (3 s)
 def test_bpe_tokenizer_is_the_same_in_every_process():
     """Training is deterministic: a fresh process builds the same tokenizer (its recorded sha256 is stable)."""
     code = ("from sptbench.models.bpe import build_tokenizer; from sptbench.models.backbones import tokenizer_sha256;"

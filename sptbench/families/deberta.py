@@ -100,4 +100,5 @@ register_family(
             layer_norm_eps=1e-7, pad_token_id=1,
         ),
     },
+    checkpoints={"microsoft/deberta-large": "deberta-large-random"},
 )

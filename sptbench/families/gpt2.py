@@ -78,4 +78,5 @@ register_family(
             eos_token_id=2,
         ),
     },
+    checkpoints={"gpt2-large": "gpt2-large-random", "openai-community/gpt2-large": "gpt2-large-random"},
 )

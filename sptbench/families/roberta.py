@@ -30,4 +30,5 @@ register_family(
             pad_token_id=1,  # <pad>, as RoBERTa's (and the in-process BPE tokenizer's)
         ),
     },
+    checkpoints={"roberta-large": "roberta-large-random", "FacebookAI/roberta-large": "roberta-large-random"},
 )

@@ -57,6 +57,7 @@ def spec_record(spec) -> dict:
         method=spec.method, method_config=config_dict(build_config(method, spec.method_overrides)),
         task=spec.task, task_version=task.version, shots=spec.shots, train_size=spec.train_size,
         split_source=spec.split_source, seed=spec.seed, backbone=spec.model, pooling=spec.pooling,
+        revision=spec.revision,
         head=head_section(
             prompt_setup(task, spec.head, spec.prompt_loss, spec.template, causal=prompt_head_is_causal(spec))),
         training=training_section(train_config(spec, method), "", spec.dtype),

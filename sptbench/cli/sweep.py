@@ -26,7 +26,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = {"data_dir": data_dir, "results_dir": args.results_dir, "launcher": args.launcher}
     sweep = restrict(load_sweep(args.sweep, overrides=overrides), args.tasks, args.methods)
     slurm = {**sweep.slurm, **{k: getattr(args, k) for k in SLURM_KEYS if getattr(args, k, None) is not None}}
-    p = plan(sweep, retry_failed=args.retry_failed)
+    p = plan(sweep, retry_failed=args.retry_failed, eta_from=args.eta_from)
     parallel = int(slurm.get("array_parallelism") or 1) if sweep.launcher == "slurm" else 1
     print(format_plan(sweep, p, parallel))
     if sweep.test == "selected":
@@ -93,6 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=nonempty,
                    help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
+    p.add_argument("--eta-from", nargs="+", type=nonempty, metavar="BENCH.yaml",
+                   help="`sptbench bench` records of the hardware the runs will use: the ETA of runs nothing measured "
+                   "on their backbone is scaled from them (backbone size, budget, method cost)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tasks", nargs="+", type=nonempty, metavar="TASK",
                    help="only these of the file's tasks (default: all); e.g. one part per machine")

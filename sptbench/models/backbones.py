@@ -365,3 +365,31 @@ def backbone_layers(name: str) -> int | None:
         return int(_hf("AutoConfig").from_pretrained(str(folder)).num_hidden_layers)
     except (OSError, ValueError, TypeError, AttributeError):
         return None  # the run's own loading reports what is wrong with the folder
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_parameters(name: str) -> int | None:
+    """A backbone's parameter count (without the unused pooler, as records count it) from its config alone, built on
+    the meta device (no memory, no weights): tiny and random configs, the hub checkpoints they mirror, `minilm-l6`
+    and local folders. None where only the hub knows (what the sweep's ETA then cannot scale)."""
+    import torch
+
+    if name in RANDOM_CONFIGS or name in CHECKPOINT_CONFIGS:
+        config = {**CHECKPOINT_CONFIGS, **RANDOM_CONFIGS}[name](1)  # at least the checkpoint's own vocabulary
+    elif name in TINY_CONFIGS:
+        config = TINY_CONFIGS[name](30522)  # the MiniLM tokenizer's vocabulary
+    else:
+        folder = minilm_path() if name == MINILM_ALIAS else Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            return None
+        try:
+            config = _hf("AutoConfig").from_pretrained(str(folder))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+    try:
+        with torch.device("meta"):
+            model = _hf("AutoModel").from_config(config)
+    except (ValueError, TypeError, AttributeError, RuntimeError):
+        return None
+    drop_pooler(model)
+    return sum(p.numel() for p in model.parameters())

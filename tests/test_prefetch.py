@@ -150,3 +150,24 @@ def test_prefetch_offline_fails_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sptbench: error: prefetch of model org/some-model @ v1.0 failed: ")
     assert "offline?" in err[0]
+
+
+def test_a_saved_run_is_rebuilt_at_its_revision(monkeypatch, tmp_path):
+    """The test-once protocol and `sptbench.load` rebuild a saved model at the revision its run asked for."""
+    from sptbench.run import persist
+
+    seen = []
+    built = lambda *a, **kw: seen.append(kw.get("revision")) or (None, None, None)  # noqa: E731
+    monkeypatch.setattr(persist, "build_classifier", built)
+    rec = make_record(method__name="lora", method__config={})
+    for asked in ("0123abcd", None):
+        rec["backbone"]["requested_revision"] = asked
+        manifest = persist.manifest_from_record(rec)
+        assert manifest["backbone"].get("revision") == asked
+        persist.rebuild(manifest, tmp_path / "model.yaml")
+    from sptbench.methods.registry import build_config, get_method
+
+    cfg = build_config(get_method("lora"), {})
+    made = persist.make_manifest("lora", cfg, "org/some-model", "cls", 2, None, None, revision="v2")
+    assert made["backbone"] == {"id": "org/some-model", "pooling": "cls", "revision": "v2"}
+    assert seen == ["0123abcd", None]

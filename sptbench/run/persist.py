@@ -81,12 +81,13 @@ def import_weights(model: Classifier, state: dict[str, torch.Tensor], path: Path
 
 
 def make_manifest(method: str, cfg: Any, backbone_id: str, pooling: str, num_labels: int, task: str | None,
-                  setup) -> dict:
-    """The manifest of a model built by `sptbench.build_model` (what `save` writes as model.yaml)."""
+                  setup, revision: str | None = None) -> dict:
+    """The manifest of a model built by `sptbench.build_model` (what `save` writes as model.yaml); `revision`: the
+    hub revision the backbone was loaded at (rebuilt at the same one), where one was asked for."""
     return {
         "sptbench_model": MANIFEST_VERSION,
         "method": {"name": method, "config": config_dict(cfg)},
-        "backbone": {"id": backbone_id, "pooling": pooling},
+        "backbone": {"id": backbone_id, "pooling": pooling, **({"revision": revision} if revision else {})},
         "num_labels": num_labels,
         "task": {"name": task} if task is not None else None,
         "head": head_section(setup),

@@ -26,6 +26,12 @@ from tests.helpers import make_record
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_mirror_by_default(monkeypatch):
+    """`prefetch` reads $SPTBENCH_DATA_DIR like `sweep`: these tests give the mirror only where they mean it."""
+    monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
+
+
 def sweep_file(tmp_path: Path, **kw) -> Path:
     raw = {"name": "pinned", "model": "org/some-model", "revision": "v1.0", "tasks": ["sst2", "rte", "trec"],
            "methods": ["lora"], "seeds": [13], "results_dir": str(tmp_path / "results"), "train": {"max_steps": 2},

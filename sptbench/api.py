@@ -38,6 +38,7 @@ def build_model(
     prompt_loss: str | None = None,
     head_dropout: float = 0.1,
     seed: int | None = None,
+    revision: str | None = None,
     **method_options: Any,
 ) -> Classifier:
     """A `Classifier` on `model` (an alias such as `minilm-l6`, a hub id or a folder) with `method` applied and the
@@ -48,6 +49,7 @@ def build_model(
     those with `requires_grad` (the method's and the linear head's). `seed` seeds torch's global RNG before the
     head and the method are initialised. `head="prompt"` reads the frozen LM head at the template's mask instead of
     a linear head: `task` names the template and label words (encode with sptbench.data.templates.encode_prompt_rows).
+    `revision`: the hub repository's commit, branch or tag (hub ids only; `save` keeps it for `load`).
     """
     m = get_method(method)
     m.check_head(head)
@@ -66,10 +68,11 @@ def build_model(
     if seed is not None:
         torch.manual_seed(seed)
     classifier, tokenizer, info = build_classifier(
-        m, cfg, model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=setup
+        m, cfg, model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=setup, revision=revision
     )
     classifier.tokenizer = tokenizer
-    classifier.sptbench_manifest = make_manifest(m.name, cfg, info.id, info.pooling, num_labels, task, setup)
+    classifier.sptbench_manifest = make_manifest(m.name, cfg, info.id, info.pooling, num_labels, task, setup,
+                                                 revision=revision)
     return classifier
 
 

@@ -191,7 +191,7 @@ def test_params_prompt_tuning_trains_the_prompt_alone(capsys):
 @pytest.mark.parametrize("name", TINY_FAMILIES)
 def test_run_with_prompt_head_records_it(name, data_dir, tmp_path):
     method = {"tiny-bert": "lora", "tiny-roberta": "prompt_tuning", "tiny-deberta": "adapter", "tiny-gpt2": "lpt",
-              "tiny-mpnet": "p_tuning_v2", "tiny-llama": "spt"}[name]
+              "tiny-mpnet": "p_tuning_v2", "tiny-llama": "spt", "tiny-deberta-v1": "p_tuning_v2"}[name]
     args = ["run", "--method", method, "--task", "sst2", "--shots", "16", "--model", name, "--head", "prompt",
             "--max-steps", "2", "--eval-every", "2", "--data-dir", str(data_dir), "--results-dir", str(tmp_path),
             "--quiet"]

@@ -28,7 +28,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                  "strict_data": args.strict_data or None}
     sweep = restrict(load_sweep(args.sweep, overrides=overrides), args.tasks, args.methods)
     slurm = {**sweep.slurm, **{k: getattr(args, k) for k in SLURM_KEYS if getattr(args, k, None) is not None}}
-    p = plan(sweep, retry_failed=args.retry_failed)
+    p = plan(sweep, retry_failed=args.retry_failed, eta_from=args.eta_from)
     parallel = int(slurm.get("array_parallelism") or 1) if sweep.launcher == "slurm" else 1
     print(format_plan(sweep, p, parallel))
     if sweep.test == "selected":
@@ -98,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict-data", action="store_true",
                    help="refuse data with empty texts (default: the file's strict_data, else keep and count them)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
+    p.add_argument("--eta-from", nargs="+", type=nonempty, metavar="BENCH.yaml",
+                   help="`sptbench bench` records of the hardware the runs will use: the ETA of runs nothing measured "
+                   "on their backbone is scaled from them (backbone size, budget, method cost)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tasks", nargs="+", type=nonempty, metavar="TASK",
                    help="only these of the file's tasks (default: all); e.g. one part per machine")

@@ -86,13 +86,20 @@ KEY: tuple[KeyField, ...] = (
     KeyField("train_size", lambda r: r["protocol"]["train_size"]),
     KeyField("split_source", lambda r: r["protocol"]["split_source"]),
     KeyField("seed", lambda r: r["protocol"]["seed"]),
-    KeyField("backbone", lambda r: r["backbone"]["id"]),
+    KeyField("backbone", lambda r: backbone_key(r["backbone"])),
     KeyField("pooling", lambda r: r["backbone"]["pooling"]),
     KeyField("head", lambda r: _canonical(head_of(r))),
     KeyField("data_fingerprint", lambda r: r["data"]["fingerprint"]),
     KeyField("training", lambda r: _canonical(r["training"])),
 )
 KEY_FIELDS = tuple(k.name for k in KEY)
+
+
+def backbone_key(backbone: dict) -> str:
+    """The backbone's key component: its id, with `@revision` where the run asked for one (records without the field
+    asked for none: the hub's default branch)."""
+    revision = backbone.get("requested_revision")
+    return backbone["id"] if revision is None else f"{backbone['id']}@{revision}"
 
 
 def record_key(rec: dict) -> tuple:
@@ -163,6 +170,9 @@ class RunSpec:
                                key="split_source", sweep=("split_source",))
     model: str = option("minilm-l6", help="an alias (sptbench list backbones), a hub id or a model folder",
                         type=nonempty, key="backbone", sweep=("model",))
+    revision: str | None = option(
+        help="the model repo's branch, tag or commit to load (hub ids only; default: its main branch); the resolved "
+        "commit is recorded either way", type=nonempty, key="backbone", sweep=("revision",))
     pooling: str | None = option(help="default: from the backbone", choices=POOLINGS, key="pooling",
                                  sweep=("pooling",))
     head: str = option("linear", help="linear: a fresh linear layer on the pooled tokens; prompt: the pretrained LM "

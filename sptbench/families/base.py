@@ -173,6 +173,9 @@ class FamilyEntry:
     listing_order: int  # where the family comes in listings (lower first)
     tiny_configs: Mapping[str, ConfigFactory] = field(default_factory=dict)  # `--model tiny-<x>`: in-process, seeded
     random_configs: Mapping[str, ConfigFactory] = field(default_factory=dict)  # full-size, random (`*-random`)
+    # hub id -> the random config with its sizes: what planning (causal or not, layers, size for the ETA) knows of
+    # that checkpoint without reading the hub
+    checkpoints: Mapping[str, str] = field(default_factory=dict)
 
 
 FAMILIES: dict[str, FamilyEntry] = {}  # model_type -> entry, filled by `register_family`
@@ -186,9 +189,11 @@ def register_family(
     listing_order: int,
     tiny_configs: Mapping[str, ConfigFactory] | None = None,
     random_configs: Mapping[str, ConfigFactory] | None = None,
+    checkpoints: Mapping[str, str] | None = None,
 ) -> None:
     """Register `family` for `config.model_type == family.name`, with its tiny (and full-size random) configs by
-    backbone name. Once: a second family for the same model type, or a config name two families claim, is a bug."""
+    backbone name, and the hub checkpoints a random config mirrors (`checkpoints`: hub id -> random config name).
+    Once: a second family for the same model type, or a config name two families claim, is a bug."""
     old = FAMILIES.get(family.name)
     if old is not None and old.family is not family:
         raise RuntimeError(f"family '{family.name}' is registered twice")
@@ -198,8 +203,10 @@ def register_family(
                 raise RuntimeError(
                     f"backbone '{name}' is declared by families '{other.family.name}' and '{family.name}'"
                 )
+    if set((checkpoints or {}).values()) - set(random_configs or {}):
+        raise RuntimeError(f"family '{family.name}': checkpoints must name its own random configs")
     FAMILIES[family.name] = FamilyEntry(family, label, listing_order, dict(tiny_configs or {}),
-                                        dict(random_configs or {}))
+                                        dict(random_configs or {}), dict(checkpoints or {}))
 
 
 def family_modules() -> list[str]:

@@ -93,6 +93,8 @@ RECORD: tuple[Field, ...] = (
         Field("id", "str", "roberta-large", key=True),
         Field("family", "str", "roberta"),
         Field("revision", **_STR_NULL, example=None),
+        # the revision the run asked for (`--revision`, sweep `revision`); absent or null: the hub's default
+        Field("requested_revision", **_STR_NULL, required=False),
         Field("weights_sha256", **_STR_NULL, example=None),
         _choice("pooling", ("cls", "mean", "last"), "cls", key=True),
         Field("num_parameters", "int", 355_359_744),

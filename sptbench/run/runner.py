@@ -31,6 +31,7 @@ from sptbench.methods.registry import (
     config_dict,
     get_method,
 )
+from sptbench.models.backbones import check_revision
 from sptbench.records.build import now_iso, run_record
 from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
 from sptbench.records.keys import setting_name
@@ -114,6 +115,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     setting = setting_name(spec.shots, spec.train_size)
     check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
     check_config_layers(cfg, spec.model)
+    check_revision(spec.model, spec.revision)
     return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
 
 
@@ -246,7 +248,7 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
         seed_everything(spec.seed)
         model, tokenizer, info = frozen_backbone(  # quiet: transformers' load report and bar off, as ours is
             spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup,
-            quiet=not spec.progress,
+            quiet=not spec.progress, revision=spec.revision,
         )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         return model.to(device)

@@ -62,6 +62,7 @@ class Sweep:
     seeds: list[int]
     configs: dict[str, list[tuple[dict, dict]]]  # method -> [(method overrides, train overrides)], grid order
     split_source: str = _default("split_source")
+    revision: str | None = None  # the model repo's commit, branch or tag (hub ids)
     pooling: str | None = None
     heads: list[tuple[str, str | None, str | None]] = field(default_factory=lambda: [(_default("head"), None, None)])
     data_dir: str | None = None
@@ -107,6 +108,7 @@ class Sweep:
                             train_size=train_size,
                             split_source=self.split_source,
                             model=self.model,
+                            revision=self.revision,
                             pooling=self.pooling,
                             head=head,
                             prompt_loss=prompt_loss,
@@ -452,6 +454,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         seeds=seeds,
         configs=configs,
         split_source=split_source,
+        revision=raw.get("revision"),
         pooling=raw.get("pooling"),
         heads=heads,
         # absolute, so that jobs started elsewhere (Slurm) read and write the same folders

@@ -140,7 +140,7 @@ def test_append_refuses_invalid_record_and_duplicate_run_id(tmp_path):
 def _append_many(path: str, worker: int, count: int) -> None:
     """Child process: append `count` records to one table."""
     for i in range(count):
-        append_record(path, make_record(run_id=f"w{worker}-{i:03d}", protocol__seed=i))
+        append_record(path, make_record(run_id=f"20260101T{worker:06d}-{i:06x}", protocol__seed=i))
 
 
 def test_concurrent_appends_lose_nothing(tmp_path):
@@ -153,7 +153,7 @@ def test_concurrent_appends_lose_nothing(tmp_path):
         p.join(timeout=60)
         assert p.exitcode == 0
     ids = [r["run_id"] for r in read_table(path)]
-    assert sorted(ids) == sorted(f"w{w}-{i:03d}" for w in range(2) for i in range(20))
+    assert sorted(ids) == sorted(f"20260101T{w:06d}-{i:06x}" for w in range(2) for i in range(20))
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 

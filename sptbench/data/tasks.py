@@ -28,6 +28,7 @@ from typing import Any
 
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, describe, unknown_choice
+from sptbench.core.paths import check_name
 from sptbench.data.specs import TaskSpec, list_tasks, load_spec
 
 DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
@@ -93,7 +94,7 @@ def load_task(
     notes = list(source.notes)
     location = source.location
     if split_source == "lm-bff":
-        folder = root / LM_BFF_FOLDER / spec.lm_bff["dir"] / f"{LM_BFF_SHOTS}-{seed}"
+        folder = root / LM_BFF_FOLDER / check_name(spec.lm_bff["dir"], "lm_bff.dir") / f"{LM_BFF_SHOTS}-{seed}"
         train, dev, split_notes = _lm_bff_split(spec, folder, source.pool, seed)
         notes += split_notes + _overlap_notes(spec, train + dev, source.test)
         location = f"{location} (train/dev: {folder})"
@@ -158,8 +159,8 @@ def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
 
 def _read_mirror(spec: TaskSpec, root: Path) -> _Source:
     """Read `<root>/<task>/{train,test}.jsonl` (the README's mirror layout)."""
-    folder = root / spec.name
-    paths = {split: folder / spec.mirror[split] for split in ("train", "test")}
+    folder = root / check_name(spec.name, "task")  # names from a spec stay inside the data dir
+    paths = {split: folder / check_name(spec.mirror[split], f"mirror.{split}") for split in ("train", "test")}
     for path in paths.values():
         if not path.is_file():
             raise SptbenchError(

@@ -22,6 +22,7 @@ import yaml
 
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError
+from sptbench.core.paths import check_run_id, inside
 from sptbench.data.templates import head_section, setup_from_record
 from sptbench.methods.registry import build_config, config_dict, get_method
 from sptbench.models.classifier import Classifier
@@ -36,8 +37,10 @@ MANIFEST_VERSION = 1
 
 
 def pending_dir(results_dir: str | Path, run_id: str) -> Path:
-    """Where a `test: selected` sweep keeps a grid point's trained state until its group is tested."""
-    return Path(results_dir) / PENDING_DIR / run_id
+    """Where a `test: selected` sweep keeps a grid point's trained state until its group is tested: the run id comes
+    from a table (data from others), so only the strict pattern, and the folder is checked to stay under the
+    results folder (symlinks followed) before anything reads, writes or deletes it."""
+    return inside(results_dir, PENDING_DIR, check_run_id(run_id), what="pending state")
 
 
 # ---------------------------------------------------------------------------------------------------- weights

@@ -138,3 +138,209 @@ def test_a_task_named_dot_dot_reads_nothing_outside_the_data_dir(tmp_path, monke
         load_spec("..")
     with pytest.raises(SptbenchError, match="task '..' is not a plain name"):
         load_task("..", data_dir=mirror, shots=4)
+
+
+# ---------------------------------------------------------------------------------------------------- item 2: outputs
+
+
+@pytest.fixture(scope="module")
+def lora_model():
+    import sptbench
+
+    return sptbench.build_model("lora", "tiny-bert", num_labels=2, rank=2, seed=0)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_save_refuses_a_saved_run_unless_asked_and_replaces_both_files_or_neither(lora_model, tmp_path, monkeypatch):
+    import sptbench
+    import sptbench.run.persist as persist
+
+    folder = tmp_path / "m"
+    sptbench.save(lora_model, folder)
+    first = _files(folder)
+    assert set(first) == {"trained.safetensors", "model.yaml"}
+    with pytest.raises(SptbenchError, match="already holds a saved run .*overwrite"):
+        sptbench.save(lora_model, folder)
+    assert _files(folder) == first
+    for p in lora_model.parameters():  # another state: the replacement must differ from the first save
+        if p.requires_grad:
+            p.data.add_(1.0)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(persist, "write_text_atomic", fail)  # the weights are written, then the manifest fails
+    with pytest.raises(SptbenchError, match="No space left on device"):
+        sptbench.save(lora_model, folder, overwrite=True)
+    monkeypatch.undo()
+    assert _files(folder) == first and sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp left behind
+    sptbench.save(lora_model, folder, overwrite=True)
+    second = _files(folder)
+    assert second["trained.safetensors"] != first["trained.safetensors"] and set(second) == set(first)
+    (folder / "model.yaml").chmod(0o444)  # a write-protected file of the saved run: refused, not half replaced
+    with pytest.raises(SptbenchError, match="model.yaml is read-only"):
+        sptbench.save(lora_model, folder, overwrite=True)
+    assert _files(folder) == second
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SptbenchError, match="holds other files"):
+        sptbench.save(lora_model, tmp_path / "other", overwrite=True)
+    assert _files(tmp_path / "other") == {"notes.txt": b"mine"}
+
+
+def test_a_full_disk_while_saving_weights_is_one_line(lora_model, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    import sptbench
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(SptbenchError, match="cannot write .*trained.safetensors: No space left on device"):
+        sptbench.save(lora_model, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_refuse_results_tables_and_saved_runs(lora_model, tmp_path, capsys, monkeypatch):
+    import sptbench
+    import sptbench.cli.bench as bench_cli
+
+    table = tmp_path / "t.yaml"
+    for _ in range(3):
+        append_record(table, make_record())
+    saved = sptbench.save(lora_model, tmp_path / "saved")
+    before = {p: p.read_bytes() for p in (table, saved / "model.yaml", saved / "trained.safetensors")}
+    monkeypatch.setattr(bench_cli, "bench", lambda *a, **k: pytest.fail("bench measured before --out was checked"))
+    cases = [(["bench", "--method", "head", "--model", "tiny-bert", "--out", str(table)], "is a results table"),
+             (["bench", "--method", "head", "--model", "tiny-bert", "--out", str(saved / "model.yaml")],
+              "is part of a saved run"),
+             (["bench", "--method", "head", "--out", str(table / "x.yaml")], "is not a folder"),
+             (["table", str(table), "--out", str(saved / "model.yaml")], "is part of a saved run"),
+             (["plot", "gates", str(table), "--out", str(saved / "trained.safetensors")], "is part of a saved run")]
+    for argv, needle in cases:
+        code, _, err = cli(argv, capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1, (argv, err)
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_save_dir_inside_the_results_is_refused_before_training(mirror, tmp_path, capsys, monkeypatch):
+    import sptbench.run.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "train", lambda *a, **k: pytest.fail("training started"))
+    results = tmp_path / "results"
+    argv = ["run", "--method", "head", "--task", "rte", "--shots", "4", "--model", "tiny-bert", "--data-dir",
+            str(mirror), "--results-dir", str(results), "--quiet", "--save-dir", str(results / "saved")]
+    code, _, err = cli(argv, capsys)
+    assert code == 2 and "is inside --results-dir" in err and err.count("\n") == 1, err
+    assert not (results / "saved").exists()
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o022, 0o002])
+def test_files_honour_the_umask_and_keep_their_mode(lora_model, tmp_path, mask):
+    import sptbench
+    from sptbench.records.io import write_text_atomic
+
+    old = os.umask(mask)
+    try:
+        append_record(tmp_path / "t.yaml", make_record())
+        write_text_atomic(tmp_path / "out.md", "x")
+        saved = sptbench.save(lora_model, tmp_path / "saved")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "t.yaml", tmp_path / "out.md", saved / "model.yaml", saved / "trained.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+    assert saved.stat().st_mode & 0o777 == 0o777 & ~mask
+    (tmp_path / "out.md").chmod(0o640)
+    write_text_atomic(tmp_path / "out.md", "y")
+    append_record(tmp_path / "t.yaml", make_record())
+    assert (tmp_path / "out.md").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "t.yaml").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------------------------------------------- item 3: loads
+
+
+def _edit_yaml(path: Path, edit) -> None:
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def prompt_save(tmp_path_factory):
+    import sptbench
+
+    model = sptbench.build_model("prompt_tuning", "tiny-bert", head="prompt", task="sst2", num_tokens=2, seed=0)
+    return sptbench.save(model, tmp_path_factory.mktemp("prompt") / "m")
+
+
+def _set(path: str, value):
+    def edit(data):
+        *parents, leaf = path.split(".")
+        for part in parents:
+            data = data[part]
+        data[leaf] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_set("backbone.id", "tiny-roberta"), "backbone.weights_sha256: 'tiny-roberta' has weights sha256"),
+    (_set("backbone.weights_sha256", "0" * 64), "backbone.weights_sha256 is '0000"),
+    (_set("backbone.pooling", "mean"), "backbone.pooling is 'mean', but trained.safetensors was trained with 'cls'"),
+    (_set("task", {"name": "mr"}), "task.name is 'mr', but trained.safetensors was trained with 'sst2'"),
+    (_set("head.template", "default2"), "head is"),
+    (_set("num_labels", 2.0), "num_labels must be a positive integer, got 2.0"),
+    (_set("num_labels", True), "num_labels must be a positive integer, got True"),
+    (_set("num_labels", 3), "num_labels is 3, but trained.safetensors was trained with 2"),
+])
+def test_an_edited_model_yaml_does_not_load(prompt_save, tmp_path, edit, needle):
+    import shutil
+
+    import sptbench
+
+    folder = tmp_path / "m"
+    shutil.copytree(prompt_save, folder)
+    _edit_yaml(folder / "model.yaml", edit)
+    with pytest.raises(SptbenchError, match="model.yaml") as err:
+        sptbench.load(folder)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (_set("backbone.id", "tiny-roberta"), "backbone.weights_sha256: 'tiny-roberta' has weights sha256"),
+    (_set("backbone.pooling", "mean"), "backbone.pooling is 'mean'"),
+    (_set("task.name", "qnli"), "task.name is 'qnli', but trained.safetensors was trained with 'rte'"),
+])
+def test_an_edited_saved_record_does_not_load(saved_runs, tmp_path, edit, needle):
+    import shutil
+
+    from sptbench.run.persist import load_trained
+
+    folder = tmp_path / "run"
+    shutil.copytree(saved_runs["lora"][0], folder)
+    _edit_yaml(folder / "record.yaml", edit)
+    with pytest.raises(SptbenchError, match="record.yaml") as err:
+        load_trained(folder)
+    assert needle in str(err.value)
+
+
+def test_weights_saved_before_their_metadata_still_load_but_not_on_another_backbone(saved_runs, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from sptbench.run.persist import load_trained, read_trained_on
+
+    folder = tmp_path / "run"
+    shutil.copytree(saved_runs["lora"][0], folder)
+    assert read_trained_on(folder / "trained.safetensors")["task.labels"] == ["entailment", "not_entailment"]
+    save_file(load_file(folder / "trained.safetensors"), folder / "trained.safetensors")  # no metadata: older save
+    assert read_trained_on(folder / "trained.safetensors") is None
+    load_trained(folder)
+    _edit_yaml(folder / "record.yaml", _set("backbone.id", "tiny-roberta"))
+    with pytest.raises(SptbenchError, match="backbone.weights_sha256"):
+        load_trained(folder)

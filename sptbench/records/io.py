@@ -97,6 +97,8 @@ def read_table(path: str | Path) -> list[dict]:
 
 _OTHER_KINDS = re.compile(rb"^(bench_version|script):", re.M)  # `sptbench bench` records, scripts/stock_loop.py output
 PENDING_DIR = "pending"  # under a results root: saved states of untested grid points (sptbench/reports/selection.py)
+# The files of a saved run (the format is declared in run/persist.py; named here so that outputs can refuse them).
+SAVED_WEIGHTS, SAVED_RECORD, SAVED_MANIFEST = "trained.safetensors", "record.yaml", "model.yaml"
 
 
 def is_run_table(path: Path) -> bool:
@@ -117,6 +119,16 @@ def holds_records(path: Path) -> bool:
     except OSError:
         return False
     return re.search(rb"^run_id:", head, re.M) is not None
+
+
+def check_output(path: str | Path, flag: str) -> None:
+    """An output file named by the user (`--out`, `--readme`) is neither a results table nor a file of a saved run:
+    output never replaces records or trained weights (one line, before any work)."""
+    path = Path(path)
+    if holds_records(path):
+        raise SptbenchError(f"{flag} {path} is a results table: not overwritten (write to another file)")
+    if path.name in (SAVED_WEIGHTS, SAVED_RECORD, SAVED_MANIFEST) and (path.parent / SAVED_WEIGHTS).exists():
+        raise SptbenchError(f"{flag} {path} is part of a saved run: not overwritten (write to another file)")
 
 
 def table_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -186,7 +198,7 @@ def find_record(paths: Iterable[str | Path], run_id: str) -> dict:
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive inter-process lock on a table, held on a sibling `.NAME.lock` file (the table is replaced)."""
     lock_path = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -195,7 +207,7 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_only(path: Path) -> bool:
+def is_read_only(path: Path) -> bool:
     """Write-protected: not writable for us, or no write bit at all (a `chmod a-w` that root would override)."""
     return not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222
 
@@ -209,7 +221,7 @@ def check_writable_dir(folder: str | Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise SptbenchError(f"{existing} is not a folder (on the way to {folder})")
-    if _read_only(existing) or not os.access(existing, os.X_OK):
+    if is_read_only(existing) or not os.access(existing, os.X_OK):
         raise SptbenchError(f"{existing} is read-only: cannot write {folder}")
 
 
@@ -221,9 +233,28 @@ def check_appendable(path: str | Path) -> None:
     if path.exists() or path.is_symlink():
         if not path.is_file():
             raise SptbenchError(f"{path}: the results table is not a file")
-        if _read_only(path):
+        if is_read_only(path):
             raise SptbenchError(f"{path}: the results table is read-only (chmod u+w to allow appends)")
         _migrated(path, _load_documents(path, _read_text(path)))
+
+
+def umask() -> int:
+    """The process's umask (read from /proc where it can be, else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def new_file_mode() -> int:
+    """The mode a new file gets from `open`: 0o666 less the umask (atomic writes go through a 0600 temp file)."""
+    return 0o666 & ~umask()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -233,12 +264,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Replace `path` with `data` atomically: temp file in the same directory, fsync, rename, fsync the directory.
-    The file keeps its mode; a write-protected file is an error, not replaced; OS errors are one-line errors."""
+    The file keeps its mode (a new one gets 0o666 less the umask); a write-protected file is an error, not replaced;
+    OS errors are one-line errors."""
     path = Path(path)
     try:
-        if path.exists() and _read_only(path):
+        if path.exists() and is_read_only(path):
             raise SptbenchError(f"{path} is read-only: not replaced")
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        mode = path.stat().st_mode & 0o777 if path.exists() else new_file_mode()
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise SptbenchError(f"cannot write {path}: {err.strerror or err}") from None

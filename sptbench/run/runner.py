@@ -32,10 +32,10 @@ from sptbench.methods.registry import (
     get_method,
 )
 from sptbench.records.build import now_iso, run_record
-from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
+from sptbench.records.io import append_record, check_appendable, dump_record, table_path
 from sptbench.records.keys import setting_name
 from sptbench.run.assemble import frozen_backbone
-from sptbench.run.persist import pending_dir, save_trained
+from sptbench.run.persist import check_save_target, pending_dir, save_trained
 from sptbench.run.provenance import (
     device_label,
     git_state,
@@ -117,15 +117,14 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
 
 
-def check_save_dir(save_dir: str, overwrite: bool) -> None:
-    """`--save-dir`: a folder (or a path one can be made at) that holds no saved run, unless `overwrite`."""
-    out = Path(save_dir)
-    if out.exists() and not out.is_dir():
-        raise SptbenchError(f"--save-dir {out} is a file, not a folder")
-    held = [name for name in ("trained.safetensors", "record.yaml") if (out / name).exists()]
-    if held and not overwrite:
-        raise SptbenchError(f"--save-dir {out} already holds a saved run ({held[0]}); pass --overwrite to replace it")
-    check_writable_dir(out)
+def check_save_dir(save_dir: str, overwrite: bool, results_dir: str) -> None:
+    """`--save-dir`: a new or empty folder, or one holding a saved run and nothing else with `overwrite`
+    (`persist.check_save_target`), outside the results folder (its record.yaml would read as a second table)."""
+    out, results = Path(save_dir).resolve(), Path(results_dir).resolve()
+    if out == results or out.is_relative_to(results):
+        raise SptbenchError(f"--save-dir {save_dir} is inside --results-dir {results_dir}: its record.yaml would be "
+                            "read as a table; save elsewhere")
+    check_save_target(save_dir, overwrite, "--save-dir")
 
 
 def _recover(record: dict) -> str:
@@ -183,7 +182,7 @@ def run(spec: RunSpec) -> RunOutcome:
     method, cfg, tcfg, path = check_spec(spec)
     check_appendable(path)
     if spec.save_dir:
-        check_save_dir(spec.save_dir, spec.overwrite)
+        check_save_dir(spec.save_dir, spec.overwrite, spec.results_dir)
     start += warm_up()  # one-time imports are no part of this run's wall_s or eval_s
     task: TaskData = load_task(
         spec.task,
@@ -330,7 +329,7 @@ def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
         saved = ""
         if model is not None and spec.save_dir:
             try:
-                save_trained(model, record, Path(spec.save_dir))
+                save_trained(model, record, Path(spec.save_dir), overwrite=spec.overwrite)
                 saved = f"; the model is saved in {spec.save_dir}"
             except (OSError, SptbenchError):
                 saved = f"; saving the model to {spec.save_dir} failed too"
@@ -340,7 +339,7 @@ def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
         ) from None
     if model is not None and spec.save_dir:
         try:
-            save_trained(model, record, Path(spec.save_dir))
+            save_trained(model, record, Path(spec.save_dir), overwrite=spec.overwrite)
         except (OSError, SptbenchError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise SptbenchError(

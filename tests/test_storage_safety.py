@@ -344,3 +344,181 @@ def test_weights_saved_before_their_metadata_still_load_but_not_on_another_backb
     _edit_yaml(folder / "record.yaml", _set("backbone.id", "tiny-roberta"))
     with pytest.raises(SptbenchError, match="backbone.weights_sha256"):
         load_trained(folder)
+
+
+# ---------------------------------------------------------------------------------------------------- item 5: appends
+
+
+def test_an_append_reads_the_tail_not_the_table(tmp_path, monkeypatch):
+    """100 records in the table: the append parses its last record only, whatever the table holds before it."""
+    import sptbench.records.io as io_mod
+    from sptbench.records.io import check_appendable, read_table
+
+    path = tmp_path / "t.yaml"
+    path.write_text(dump_record(make_record()) * 99 + dump_record(make_record()))
+    parsed: list[int] = []
+    real = io_mod._load_documents
+    monkeypatch.setattr(io_mod, "_load_documents", lambda p, text: parsed.append(len(text)) or real(p, text))
+    check_appendable(path)
+    append_record(path, make_record())
+    one = len(dump_record(make_record()))
+    assert parsed and max(parsed) < 2 * one, parsed
+    monkeypatch.undo()
+    assert len(read_table(path)) == 101
+
+
+def test_a_malformed_tail_is_refused_with_its_true_line(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("".join(dump_record(make_record()) for _ in range(3)) + "---\nrun_id: [unclosed\n")
+    from sptbench.records.io import read_table
+
+    before = path.read_bytes()
+    with pytest.raises(SptbenchError, match=r"t\.yaml:\d+: malformed YAML") as whole:
+        read_table(path)
+    with pytest.raises(SptbenchError) as tail:
+        append_record(path, make_record())
+    assert str(tail.value) == str(whole.value) and path.read_bytes() == before
+
+
+def test_an_interrupted_append_is_invisible_and_undone_by_the_next(tmp_path):
+    """What kill -9 in the middle of an append leaves: the journal and half a record (and, from older versions, a
+    hidden temp file). Readers see the table as it was; the next append cuts it back, cleans up and appends."""
+    from sptbench.records.io import read_table
+
+    path = tmp_path / "t.yaml"
+    first = make_record()
+    append_record(path, first)
+    size = path.stat().st_size
+    (tmp_path / ".t.yaml.append").write_text(f"{size}\n")
+    with open(path, "ab") as f:
+        f.write(dump_record(make_record()).encode()[:300])
+    (tmp_path / ".t.yaml.abc123.tmp").write_bytes(b"x" * 4096)
+    assert [r["run_id"] for r in read_table(path)] == [first["run_id"]]
+    second = make_record()
+    append_record(path, second)
+    assert [r["run_id"] for r in read_table(path)] == [first["run_id"], second["run_id"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.yaml.lock", "t.yaml"]
+    assert validate_paths([path]) == []
+
+
+KILLED_APPENDS = """
+import sys
+from sptbench.records.build import new_run_id
+from sptbench.records.io import append_record
+from tests.helpers import make_record
+path = sys.argv[1]
+for i in range(10**6):
+    append_record(path, make_record(run_id=new_run_id()))
+    print(i, flush=True)
+"""
+
+
+def _killed(argv: list[str], after: float, cwd: Path, **kw) -> str:
+    """Run `argv`, kill -9 it `after` seconds in; returns what it printed."""
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = cwd / "stdout.txt"
+    with open(out, "w") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, **kw)
+        time.sleep(after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return out.read_text()
+
+
+def _assert_whole_records(path: Path, before: bytes) -> list[dict]:
+    """The table as readers see it: the old bytes unchanged, then whole, valid records only."""
+    from sptbench.records.io import read_table
+    from sptbench.records.schema import validate_record
+
+    records = read_table(path) if path.exists() else []
+    seen = path.read_bytes()[: len(before)] if path.exists() else b""
+    assert seen == before
+    assert all(validate_record(r) == [] for r in records)
+    return records
+
+
+def test_kill_9_during_appends_leaves_only_finished_records(tmp_path):
+    import random
+
+    rng = random.Random()
+    path = tmp_path / "t.yaml"
+    path.write_text("".join(dump_record(make_record()) for _ in range(5)))
+    for _ in range(2):
+        before = path.read_bytes()
+        n_before = len(_assert_whole_records(path, before))
+        printed = _killed([sys.executable, "-c", KILLED_APPENDS, str(path)], rng.uniform(0.4, 0.8), tmp_path)
+        finished = len(printed.split())
+        records = _assert_whole_records(path, before)
+        assert len(records) - n_before in (finished, finished + 1)  # killed between the append and its print
+        append_record(path, make_record())  # undoes a half append, if any, and leaves no temp file
+        assert validate_paths([path]) == []
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".append"))]
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_run_and_a_sweep_leaves_the_table_whole(tmp_path, mirror):
+    """`sptbench run` and `sptbench sweep` (tiny-bert) killed at random moments: every table holds its old records
+    and whole, valid ones after them; the sweep then resumes to exactly its runs."""
+    import random
+
+    from sptbench.records.io import read_records
+
+    rng = random.Random()
+    results = tmp_path / "results"
+    run = [sys.executable, "-m", "sptbench.cli", "run", "--method", "head", "--task", "rte", "--shots", "4",
+           "--model", "tiny-bert", "--data-dir", str(mirror), "--results-dir", str(results), "--max-steps", "2",
+           "--eval-every", "2", "--batch-size", "4", "--quiet"]
+    table = results / "v1" / "tiny-bert" / "4shot.yaml"
+    for after in sorted(rng.uniform(2, 25) for _ in range(3)):
+        before = table.read_bytes() if table.exists() else b""
+        n_before = len(_assert_whole_records(table, before))
+        printed = _killed(run, after, tmp_path)
+        assert len(_assert_whole_records(table, before)) - n_before in ((1,) if "-> " in printed else (0, 1))
+    sweep = {"name": "k", "model": "tiny-bert", "data_dir": str(mirror), "results_dir": str(tmp_path / "sw"),
+             "tasks": ["rte"], "methods": ["head"], "shots": 4, "seeds": [13, 21, 42],
+             "train": {"max_steps": 2, "eval_every": 2, "batch_size": 4}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    argv = [sys.executable, "-m", "sptbench.cli", "sweep", str(tmp_path / "sweep.yaml"), "--quiet"]
+    swept = tmp_path / "sw" / "v1" / "tiny-bert" / "4shot.yaml"
+    for after in sorted(rng.uniform(3, 30) for _ in range(2)):
+        before = swept.read_bytes() if swept.exists() else b""
+        _killed(argv, after, tmp_path)
+        _assert_whole_records(swept, before)
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run(argv, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    records = read_records([tmp_path / "sw"])
+    assert sorted(r["protocol"]["seed"] for r in records) == [13, 21, 42]
+    assert validate_paths([tmp_path / "sw"]) == []
+
+
+BAD_RUNS = [
+    ["run", "--method", "lorra", "--task", "rte"],
+    ["run", "--method", "head", "--task", "rte", "--seed", "-1"],
+    ["run", "--method", "head", "--task", "rte", "--set", "x=1"],
+    ["run", "--method", "head", "--task", "rte", "--model", "tiny-bert", "--lr", "-1"],
+    ["run", "--method", "head", "--task", "..", "--model", "tiny-bert"],
+    ["run", "--method", "head", "--task", "rte", "--model", "tiny-bert", "--results-dir", "README.md"],
+    ["run", "--method", "head", "--task", "rte", "--model", "tiny-bert", "--results-dir", "r", "--save-dir", "r/s"],
+]
+
+
+def test_bad_run_options_are_reported_before_any_heavy_import():
+    """`sptbench run` checks its options, table and save folder before torch, transformers or peft load."""
+    import json
+    import subprocess
+
+    from tests.test_lazy_imports import HEAVY, PROBE, REPO
+
+    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(HEAVY), json.dumps(BAD_RUNS)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in out.stderr, out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["argv"] for r in results] == BAD_RUNS
+    for r in results:
+        assert r["code"] == 2 and r["heavy"] == [], r

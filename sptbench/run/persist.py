@@ -41,11 +41,11 @@ from sptbench.records.io import (
 )
 from sptbench.records.schema import validate_record
 from sptbench.run.assemble import build_classifier
+from sptbench.run.checks import check_save_target
 
 WEIGHTS = SAVED_WEIGHTS  # "trained.safetensors": the trained parameters + head (both kinds of folder)
 MANIFEST = SAVED_MANIFEST  # "model.yaml": the description `save` writes
 RECORD = SAVED_RECORD  # "record.yaml": the description a run writes
-SAVED_FILES = (WEIGHTS, MANIFEST, RECORD)
 TRAINED_ON = "sptbench.trained_on"  # the weights file's metadata: what they were trained on (`trained_on`), JSON
 MANIFEST_VERSION = 1
 
@@ -77,32 +77,6 @@ def write_weights(model: Classifier, folder: Path, trained_on: dict | None = Non
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
         raise SptbenchError(f"cannot write {weights}: {reason}") from None
     return weights
-
-
-def check_save_target(folder: str | Path, overwrite: bool, what: str = "save folder") -> None:
-    """`folder` can take a saved run: new, empty, or (with `overwrite`) holding a saved run and nothing else whose
-    files are writable; its nearest existing ancestor is a writable folder. Checked before any work."""
-    from sptbench.records.io import check_writable_dir, is_read_only
-
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SptbenchError(f"{what} {folder} is a file, not a folder")
-    try:
-        entries = sorted(e.name for e in folder.iterdir()) if folder.is_dir() else []
-    except OSError as err:
-        raise SptbenchError(f"{what} {folder}: cannot list it ({err.strerror or err})") from None
-    held = [name for name in entries if name in SAVED_FILES]
-    if held and not overwrite:
-        raise SptbenchError(f"{what} {folder} already holds a saved run ({held[0]}); pass overwrite to replace it "
-                            "(--overwrite, overwrite=True)")
-    others = [name for name in entries if name not in SAVED_FILES]
-    if others:
-        raise SptbenchError(f"{what} {folder} holds other files ({others[0]}): a saved run goes to a new or empty "
-                            "folder (or one holding a saved run, with overwrite)")
-    protected = [name for name in held if is_read_only(folder / name)]
-    if protected:
-        raise SptbenchError(f"{what} {folder}: {protected[0]} is read-only: the saved run is not replaced")
-    check_writable_dir(folder.parent)
 
 
 def _write_saved(model: Classifier, folder: Path, description: str, text: str, overwrite: bool,

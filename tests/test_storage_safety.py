@@ -522,3 +522,19 @@ def test_bad_run_options_are_reported_before_any_heavy_import():
     assert [r["argv"] for r in results] == BAD_RUNS
     for r in results:
         assert r["code"] == 2 and r["heavy"] == [], r
+
+
+def test_what_a_killed_save_leaves_is_cleaned_or_put_back(lora_model, tmp_path):
+    """kill -9 while writing (a half-written hidden folder) or between the two renames (the old run moved aside):
+    the next save removes the first and puts the second back before deciding anything."""
+    import sptbench
+
+    folder = sptbench.save(lora_model, tmp_path / "m")
+    first = _files(folder)
+    (tmp_path / ".m.save-abc").mkdir()
+    (tmp_path / ".m.save-abc" / "trained.safetensors").write_bytes(b"half")
+    (tmp_path / ".m.old-def").mkdir()
+    folder.rename(tmp_path / ".m.old-def" / "run")
+    with pytest.raises(SptbenchError, match="already holds a saved run"):
+        sptbench.save(lora_model, folder)
+    assert _files(folder) == first and sorted(p.name for p in tmp_path.iterdir()) == ["m"]

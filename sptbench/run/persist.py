@@ -13,6 +13,7 @@ extra, or of another shape or dtype is one SptbenchError naming the file and the
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -79,10 +80,24 @@ def write_weights(model: Classifier, folder: Path, trained_on: dict | None = Non
     return weights
 
 
+def _recover_saved(folder: Path) -> None:
+    """What a save killed midway (kill -9) left beside `folder`: a half-written `.NAME.save-*` folder is removed; a
+    saved run moved aside to `.NAME.old-*` while `folder` is missing is put back."""
+    if not folder.parent.is_dir():
+        return
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.save-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in folder.parent.glob(f".{glob.escape(folder.name)}.old-*"):
+        if (old / "run").is_dir() and not folder.exists():
+            os.replace(old / "run", folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _write_saved(model: Classifier, folder: Path, description: str, text: str, overwrite: bool,
                  manifest: dict) -> None:
     """Weights + description, together or neither: both are written to a hidden sibling folder, which then takes
     `folder`'s place by rename (an existing saved run, with `overwrite`, is moved aside first and removed after)."""
+    _recover_saved(folder)
     check_save_target(folder, overwrite)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)

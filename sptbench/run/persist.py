@@ -146,9 +146,12 @@ def read_trained_on(path: Path) -> dict | None:
     try:
         with safe_open(str(path), "pt") as f:
             text = (f.metadata() or {}).get(TRAINED_ON)
-        return json.loads(text) if text is not None else None
+        stored = json.loads(text) if text is not None else None
     except Exception as e:  # SafetensorError, OSError, JSONDecodeError: not a file of ours
         raise SptbenchError(f"{path}: unreadable metadata ({type(e).__name__})") from None
+    if stored is not None and not isinstance(stored, dict):
+        raise SptbenchError(f"{path}: metadata {TRAINED_ON} must be a mapping, got {type(stored).__name__}")
+    return stored
 
 
 def import_weights(model: Classifier, state: dict[str, torch.Tensor], path: Path) -> None:

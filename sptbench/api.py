@@ -72,14 +72,15 @@ def build_model(
     )
     classifier.tokenizer = tokenizer
     classifier.sptbench_manifest = make_manifest(m.name, cfg, info.id, info.pooling, num_labels, task, setup,
-                                                 revision=revision)
+                                                 info.weights_sha256, revision=revision)
     return classifier
 
 
-def save(model: Classifier, folder: str | Path) -> Path:
+def save(model: Classifier, folder: str | Path, *, overwrite: bool = False) -> Path:
     """Save a model from `build_model` (or `load`): its trained parameters and head (safetensors) and a manifest
-    that says how to rebuild it (method, config, backbone, head). Returns the folder (format: run/persist.py)."""
-    return save_model(model, folder)
+    that says how to rebuild it (method, config, backbone, head), both or neither, into a new or empty folder (a
+    saved run there is replaced only with `overwrite=True`). Returns the folder (format: run/persist.py)."""
+    return save_model(model, folder, overwrite=overwrite)
 
 
 def load(folder: str | Path) -> Classifier:

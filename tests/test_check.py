@@ -10,10 +10,9 @@ import yaml
 
 from sptbench.cli import results as cli_results
 from sptbench.core.errors import SptbenchError
-from sptbench.records.build import new_run_id
 from sptbench.records.io import append_record, table_path
 from sptbench.reports.check import check, format_result
-from tests.helpers import make_record
+from tests.helpers import fresh_run_id, make_record
 
 SEEDS = (13, 21, 42)
 
@@ -31,7 +30,7 @@ def rerun(records: list[dict]) -> list[dict]:
     """The same experiments run again: new run ids, same keys and metrics."""
     out = copy.deepcopy(records)
     for rec in out:
-        rec["run_id"] = new_run_id() + "ff"
+        rec["run_id"] = fresh_run_id()
     return out
 
 

@@ -193,12 +193,12 @@ def test_run_with_prompt_head_records_it(name, data_dir, tmp_path):
     method = {"tiny-bert": "lora", "tiny-roberta": "prompt_tuning", "tiny-deberta": "adapter", "tiny-gpt2": "lpt",
               "tiny-mpnet": "p_tuning_v2", "tiny-llama": "spt", "tiny-deberta-v1": "p_tuning_v2"}[name]
     args = ["run", "--method", method, "--task", "sst2", "--shots", "16", "--model", name, "--head", "prompt",
-            "--max-steps", "2", "--eval-every", "2", "--data-dir", str(data_dir), "--results-dir", str(tmp_path),
-            "--quiet"]
+            "--max-steps", "2", "--eval-every", "2", "--data-dir", str(data_dir), "--results-dir",
+            str(tmp_path / "r"), "--quiet"]
     if name == "tiny-bert":
         args += ["--prompt-loss", "vocab", "--save-dir", str(tmp_path / "saved")]
     assert main(args) == 0
-    (rec,) = read_records([tmp_path / "v1"])
+    (rec,) = read_records([tmp_path / "r" / "v1"])
     assert validate_record(rec) == []
     assert rec["head"] == {"kind": "prompt", "loss": "vocab" if name == "tiny-bert" else "label_words",
                            "template_name": "default", "template": "<s1> It was <mask> .",

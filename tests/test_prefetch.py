@@ -175,5 +175,5 @@ def test_a_saved_run_is_rebuilt_at_its_revision(monkeypatch, tmp_path):
 
     cfg = build_config(get_method("lora"), {})
     made = persist.make_manifest("lora", cfg, "org/some-model", "cls", 2, None, None, revision="v2")
-    assert made["backbone"] == {"id": "org/some-model", "pooling": "cls", "revision": "v2"}
+    assert made["backbone"] == {"id": "org/some-model", "pooling": "cls", "weights_sha256": None, "revision": "v2"}
     assert seen == ["0123abcd", None]

@@ -11,9 +11,9 @@ from sptbench.core.argtypes import nonempty, nonneg_float, positive_float, posit
 from sptbench.core.errors import SptbenchError
 from sptbench.core.run_schema import LOCAL_RESULTS_DIR
 from sptbench.records.io import (
+    check_output,
     dump_record,
     find_record,
-    holds_records,
     read_records,
     table_files,
     validate_paths,
@@ -82,8 +82,10 @@ def _check_output(args: argparse.Namespace) -> None:
         raise SptbenchError("--readme and --block go together")
     read = {f.resolve() for f in table_files(_paths(args))}
     for flag, target in (("--out", args.out), ("--readme", args.readme)):
-        if target is not None and (Path(target).resolve() in read or holds_records(Path(target))):
+        if target is not None and Path(target).resolve() in read:
             raise SptbenchError(f"{flag} {target} is a results table: not overwritten (write to another file)")
+        if target is not None:
+            check_output(target, flag)
     if args.readme:
         check_readme_block(args.readme, args.block)
 

@@ -101,7 +101,6 @@ def _config_mapping(where: str, key: str, value) -> dict:
 
 def cmd_run(args) -> int:
     from sptbench.core.run_schema import RunSpec, TrainConfig, default_of, flag_fields
-    from sptbench.run.runner import run
 
     run_fields = flag_fields(RunSpec)
     actions = {a.dest: a for a in args.run_actions}
@@ -127,9 +126,11 @@ def cmd_run(args) -> int:
         from sptbench.data.locate import env_data_path
 
         values["data_dir"] = env_data_path()
-    from sptbench.training.loop import STOCK_SETTINGS
+    train_overrides = {}
+    if args.stock:
+        from sptbench.training.loop import STOCK_SETTINGS
 
-    train_overrides = dict(STOCK_SETTINGS) if args.stock else {}
+        train_overrides.update(STOCK_SETTINGS)
     train_overrides.update(_config_mapping(where, "train", file_cfg.get("train")))
     train_overrides.update({f.name: getattr(args, f.name) for f in flag_fields(TrainConfig)
                             if getattr(args, f.name) is not None})
@@ -139,6 +140,11 @@ def cmd_run(args) -> int:
         raise SptbenchError("run needs --method and --task (or a --config file that sets them)")
     spec = RunSpec(**values, method_overrides=method_overrides, train_overrides=train_overrides,
                    progress=not args.quiet)
+    from sptbench.run.checks import check_run
+
+    check_run(spec)  # a bad option is one line before torch, transformers and peft load (seconds each)
+    from sptbench.run.runner import run
+
     outcome = run(spec)
     from sptbench.training.loop import world
 

@@ -203,7 +203,8 @@ class RunSpec:
     device: str = option("auto", help="auto: CUDA when there is one", choices=DEVICES, key="training",
                          sweep=("device",))
     dtype: str = option("fp32", help="bf16: autocast", choices=DTYPES, key="training", sweep=("dtype",))
-    save_dir: str | None = option(help="also write the trained parameters + head (safetensors) here", type=nonempty,
+    save_dir: str | None = option(help="also write the trained parameters + head (safetensors) and the record to this "
+                                  "new or empty folder (outside --results-dir)", type=nonempty,
                                   not_in_key="an extra output")
     overwrite: bool = option(False, help="let --save-dir replace a saved run already there", boolean=True,
                              not_in_key="an extra output's permission")

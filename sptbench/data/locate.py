@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from sptbench.core.errors import SptbenchError
+from sptbench.core.paths import check_name
 from sptbench.data.specs import TaskSpec
 
 DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
@@ -54,11 +55,12 @@ def task_folder(spec: TaskSpec, roots: list[Path]) -> Path | None:
         return own
     if not roots:
         return None
+    name = check_name(spec.name, "task")  # names from a spec stay inside the data dir
     for root in roots:
-        if (root / spec.name / spec.mirror["train"]).is_file():
-            return root / spec.name
+        if (root / name / spec.mirror["train"]).is_file():
+            return root / name
     if len(roots) == 1:
-        return roots[0] / spec.name  # the reader names the missing file
+        return roots[0] / name  # the reader names the missing file
     raise SptbenchError(f"no data folder holds {spec.name}/{spec.mirror['train']}; searched: "
                         f"{', '.join(map(str, roots))}")
 
@@ -68,15 +70,16 @@ def lm_bff_folder(spec: TaskSpec, roots: list[Path], seed: int) -> Path:
     root holding `lm-bff-16-shot/<dir>/<K>-<seed>`."""
     cfg = spec.lm_bff
     split = f"{cfg['shots']}-{seed}"
+    folder = check_name(cfg["dir"], "lm_bff.dir")
     own = spec.data_folder
     if own is not None:
-        return own / cfg["dir"] / split
+        return own / folder / split
     if not roots:
         raise SptbenchError(
             f"split_source 'lm-bff' reads the published splits from <data dir>/{LM_BFF_FOLDER}: pass --data-dir or "
             f"set {DATA_PATH_ENV} (or give the task its own 'data' folder)"
         )
-    candidates = [root / LM_BFF_FOLDER / cfg["dir"] / split for root in roots]
+    candidates = [root / LM_BFF_FOLDER / folder / split for root in roots]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, unknown_choice
-from sptbench.core.paths import inside
+from sptbench.core.paths import check_name, inside
 from sptbench.data.templates import DEFAULT_TEMPLATE, parse_template
 from sptbench.records.schema import SELECTION_METRICS  # selection metric -> the metrics it averages
 
@@ -116,7 +116,9 @@ def list_tasks() -> list[str]:
 
 
 def load_spec(name: str) -> TaskSpec:
-    """Read and check `<name>.yaml` from the search path; unknown names and malformed files raise SptbenchError."""
+    """Read and check `<name>.yaml` from the search path; unknown names and malformed files raise SptbenchError. The
+    name becomes a folder under the data dir, so only a plain name (core/paths.check_name: no '..', no separator)."""
+    check_name(name, "task")
     files = spec_files()
     if name not in files:
         raise unknown_choice("task", name, files)

@@ -29,6 +29,7 @@ from typing import Any
 
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, describe, unknown_choice
+from sptbench.core.paths import check_name
 from sptbench.data.locate import (
     DATA_DIR_ENV,
     DATA_PATH_ENV,
@@ -164,7 +165,7 @@ def _empty_text_notes(empties: dict[str, list[str]], strict: bool) -> list[str]:
 
 def _read_mirror(spec: TaskSpec, folder: Path, empties: dict[str, list[str]]) -> _Source:
     """Read the task's `mirror.train` and `mirror.test` files (JSON lines) from its data folder."""
-    paths = {split: folder / spec.mirror[split] for split in ("train", "test")}
+    paths = {split: folder / check_name(spec.mirror[split], f"mirror.{split}") for split in ("train", "test")}
     for path in paths.values():
         if not path.is_file():
             raise SptbenchError(

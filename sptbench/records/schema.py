@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sptbench.core.errors import SptbenchError
+from sptbench.core.paths import RUN_ID
 
 SCHEMA_VERSION = 1
 # selection metric -> the metrics its `score` averages (task specs name one; `validate` checks records against it)
@@ -296,6 +297,9 @@ def _non_plain(value: Any, field: str) -> Iterator[str]:
 def _semantic_problems(rec: dict) -> list[str]:
     """Cross-field rules the types alone cannot say."""
     problems = []
+    run_id = rec.get("run_id")
+    if isinstance(run_id, str) and not RUN_ID.fullmatch(run_id):  # it names a folder (pending states): strict
+        problems.append(f"run_id {run_id!r} is not of the form YYYYMMDDTHHMMSS-xxxxxx (6 hex digits)")
     if rec.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version must be {SCHEMA_VERSION}, got {rec.get('schema_version')!r}")
     status, error = rec.get("status"), rec.get("error")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sptbench.core.errors import SptbenchError, describe
-from sptbench.core.run_schema import RunSpec, check_choices, check_train_config
+from sptbench.core.run_schema import RunSpec
 from sptbench.data.metrics import warm_up as warm_up_metrics
 from sptbench.data.tasks import TaskData, load_task
 from sptbench.data.templates import encode_prompt_rows, head_section, prompt_setup
@@ -25,17 +25,12 @@ from sptbench.methods.registry import (
     FitContext,
     FitResult,
     Method,
-    build_config,
-    check_config_layers,
-    coerce_overrides,
     config_dict,
-    get_method,
 )
-from sptbench.models.backbones import check_revision
 from sptbench.records.build import now_iso, run_record
-from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
-from sptbench.records.keys import setting_name
+from sptbench.records.io import append_record, dump_record
 from sptbench.run.assemble import frozen_backbone
+from sptbench.run.checks import MAX_SEED, check_run, check_seed, check_spec, train_config  # noqa: F401 (re-exported)
 from sptbench.run.persist import pending_dir, save_trained
 from sptbench.run.provenance import (
     device_label,
@@ -66,68 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def train_config(spec: RunSpec, method: Method) -> TrainConfig:
-    """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
-    overrides = {"lr": method.default_lr, **spec.train_overrides}
-    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
-    tcfg = TrainConfig(**values)
-    check_train_config(tcfg)
-    return tcfg
-
-
-MAX_SEED = 2**32  # numpy's seeds are 32-bit
-
-
-def check_seed(seed: Any) -> int:
-    """A run seed: an integer in [0, 2^32) (numpy's range), not a bool or a float."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
-        raise SptbenchError(f"seed must be an integer in [0, 2^32), got {seed!r}")
-    return seed
-
-
-def _check_path(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise SptbenchError(f"{what} must be a non-empty path, got {value!r}")
-
-
-def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
-    """Everything about a run that can be checked without data or a model (what `sptbench sweep` checks at every
-    grid point before any run): names, types and ranges of every option. Returns the method, its config, the
-    training config and the table the record will go to."""
-    from sptbench.data.specs import load_spec
-    from sptbench.data.tasks import check_protocol
-
-    for name, value in (("method", spec.method), ("task", spec.task), ("model", spec.model)):
-        if not isinstance(value, str) or not value:
-            raise SptbenchError(f"{name} must be a non-empty name, got {value!r}")
-    check_seed(spec.seed)
-    method = get_method(spec.method)
-    method.check_head(spec.head)
-    cfg = build_config(method, spec.method_overrides)
-    tcfg = train_config(spec, method)
-    check_choices(spec)  # every option with declared choices (dtype, device, pooling, head, ...)
-    _check_path(spec.results_dir, "results_dir")
-    for name in ("data_dir", "save_dir"):
-        if getattr(spec, name) is not None:
-            _check_path(getattr(spec, name), name)
-    setting = setting_name(spec.shots, spec.train_size)
-    check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
-    check_config_layers(cfg, spec.model)
-    check_revision(spec.model, spec.revision)
-    return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
-
-
-def check_save_dir(save_dir: str, overwrite: bool) -> None:
-    """`--save-dir`: a folder (or a path one can be made at) that holds no saved run, unless `overwrite`."""
-    out = Path(save_dir)
-    if out.exists() and not out.is_dir():
-        raise SptbenchError(f"--save-dir {out} is a file, not a folder")
-    held = [name for name in ("trained.safetensors", "record.yaml") if (out / name).exists()]
-    if held and not overwrite:
-        raise SptbenchError(f"--save-dir {out} already holds a saved run ({held[0]}); pass --overwrite to replace it")
-    check_writable_dir(out)
 
 
 def _recover(record: dict) -> str:
@@ -182,10 +115,7 @@ def run(spec: RunSpec) -> RunOutcome:
     git_state()  # the code this process runs: read before it runs anything
     # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
     # unwritable results folder or table, or a save folder that is a file or holds another run
-    method, cfg, tcfg, path = check_spec(spec)
-    check_appendable(path)
-    if spec.save_dir:
-        check_save_dir(spec.save_dir, spec.overwrite)
+    method, cfg, tcfg, path = check_run(spec)
     start += warm_up()  # one-time imports are no part of this run's wall_s or eval_s
     task: TaskData = load_task(
         spec.task,
@@ -333,7 +263,7 @@ def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
         saved = ""
         if model is not None and spec.save_dir:
             try:
-                save_trained(model, record, Path(spec.save_dir))
+                save_trained(model, record, Path(spec.save_dir), overwrite=spec.overwrite)
                 saved = f"; the model is saved in {spec.save_dir}"
             except (OSError, SptbenchError):
                 saved = f"; saving the model to {spec.save_dir} failed too"
@@ -343,7 +273,7 @@ def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
         ) from None
     if model is not None and spec.save_dir:
         try:
-            save_trained(model, record, Path(spec.save_dir))
+            save_trained(model, record, Path(spec.save_dir), overwrite=spec.overwrite)
         except (OSError, SptbenchError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise SptbenchError(

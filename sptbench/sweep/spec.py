@@ -74,6 +74,8 @@ class Sweep:
     # method -> config keys whose values split its selection groups (`test: selected` picks one winner per value:
     # e.g. lpt: [layer] tests each layer's dev-best learning rate, for the layer analysis)
     select_within: dict[str, list[str]] = field(default_factory=dict)
+    # run options outside the record key that the sweep gives every run (checkpoints, logger, where records go)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def selection_groups(self, method: str) -> list[tuple[str, int]]:
         """Per configuration of `method`: its selection group's label and how many configurations that group has."""
@@ -120,6 +122,7 @@ class Sweep:
                                    **({"group": group, "group_configs": group_configs}
                                       if method in self.select_within else {})},
                             defer_test=self.test == "selected",
+                            **self.options,
                         )
                     )
         return out
@@ -454,6 +457,8 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         description=raw.get("description"),
         test=test,
         select_within={m: list(k) for m, k in select_within.items()},
+        options={k: schema.option_value(f, raw[k], where) for k, f in schema.sweep_keys().items()
+                 if f.metadata["not_in_key"] and k not in Sweep.__dataclass_fields__ and raw.get(k) is not None},
     )
     for spec in sweep.specs():  # every grid point as `sptbench run` checks it (the same function)
         try:

@@ -36,6 +36,7 @@ from sptbench.methods.registry import (
 from sptbench.records.build import now_iso, run_record
 from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
 from sptbench.records.keys import canonical_json, setting_name
+from sptbench.records.runfiles import check_run_file_dir, write_run_file
 from sptbench.run.assemble import frozen_backbone
 from sptbench.run.persist import pending_dir, save_trained
 from sptbench.run.provenance import (
@@ -185,7 +186,10 @@ def run(spec: RunSpec) -> RunOutcome:
     # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
     # unwritable results folder or table, or a save folder that is a file or holds another run
     method, cfg, tcfg, path = check_spec(spec)
-    check_appendable(path)
+    if spec.record_to == "file":
+        check_run_file_dir(path)
+    else:
+        check_appendable(path)
     if spec.save_dir:
         check_save_dir(spec.save_dir, spec.overwrite)
     start += warm_up()  # one-time imports are no part of this run's wall_s or eval_s
@@ -229,7 +233,7 @@ def run(spec: RunSpec) -> RunOutcome:
         record["throughput"]["num_processes"] = world_size
     main = rank == 0
     if main:
-        _write_outputs(spec, path, record, fit.model if status == "ok" else None)
+        path = _write_outputs(spec, path, record, fit.model if status == "ok" else None)
         if checkpoints is not None:  # recorded: the resumable state has served its purpose
             checkpoints.remove()
     if status != "ok":
@@ -368,11 +372,15 @@ def _what_ran(spec: RunSpec, task: TaskData, info, setup, tcfg: TrainConfig, dev
     }
 
 
-def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
-    """Append the record (and save the model with --save-dir). Checked before the run, these can still fail (a full
-    disk, a table changed meanwhile): then the record goes to a recovery file and the error names it."""
+def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> Path:
+    """Append the record, or write it as its own file (--record-to file), and save the model with --save-dir.
+    Checked before the run, these can still fail (a full disk, a table changed meanwhile): then the record goes to a
+    recovery file and the error names it. Returns where the record went."""
     try:
-        append_record(path, record)
+        if spec.record_to == "file":
+            path = write_run_file(spec.results_dir, record)
+        else:
+            append_record(path, record)
     except (OSError, SptbenchError) as e:
         where = _recover(record)
         hint = f" (append it: cat {where} >> {path})" if where.startswith("/") else ""
@@ -396,6 +404,7 @@ def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
                 f"the record is in {path} (run {record['run_id']}), but saving the model to {spec.save_dir} failed: "
                 f"{reason}"
             ) from None
+    return path
 
 
 def training_section(tcfg: TrainConfig, device_type: str, dtype: str) -> dict:

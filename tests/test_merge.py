@@ -156,3 +156,22 @@ def test_two_submitit_local_arrays_run_each_run_once_and_merge(tmp_path, data_di
     assert sorted(r["status"] for r in results).count("ok") == 2
     assert len(read_records([tmp_path / "results"])) == 2
     assert merge_runs(sweep.results_dir).added == 2 and len(plan(sweep).todo) == 0
+
+
+def test_a_sweep_gives_its_runs_the_long_run_and_record_options(tmp_path, data_dir):
+    from sptbench.sweep.launch import cluster_spec
+    from sptbench.sweep.spec import parse_sweep
+    from tests.test_sweep import tiny_sweep
+
+    sweep = parse_sweep(tiny_sweep(tmp_path, data_dir, checkpoint_every=5, record_to="table",
+                                   gradient_checkpointing=True, logger="none"))
+    spec = sweep.specs()[0]
+    assert (spec.checkpoint_every, spec.record_to, spec.gradient_checkpointing) == (5, "table", True)
+    assert (cluster_spec(spec).checkpoint_every, cluster_spec(spec).record_to) == (5, "table")  # the file wins
+    plain = parse_sweep(tiny_sweep(tmp_path, data_dir)).specs()[0]
+    assert (plain.checkpoint_every, plain.record_to) == (None, None)
+    assert (cluster_spec(plain).checkpoint_every, cluster_spec(plain).record_to) == (2, "file")  # eval_every 2
+    for key, bad in (("checkpoint_every", 0), ("checkpoint_every", "5"), ("record_to", "cloud"),
+                     ("gradient_checkpointing", "yes")):
+        with pytest.raises(SptbenchError, match=key):
+            parse_sweep(tiny_sweep(tmp_path, data_dir, **{key: bad}))

@@ -40,7 +40,10 @@ def _kill_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(train_mod.DefaultStep, "__call__", call)
 
 
-@pytest.mark.parametrize("method", ["lora", pytest.param("prompt_tuning", marks=pytest.mark.slow)])
+SLOW_METHODS = [pytest.param(m, marks=pytest.mark.slow) for m in ("lora", "prompt_tuning")]
+
+
+@pytest.mark.parametrize("method", ["head", *SLOW_METHODS])
 def test_killed_run_resumes_to_the_identical_record(tmp_path, data_dir, monkeypatch, method):
     whole = run(spec(tmp_path / "a", data_dir, method=method)).record
     resumable = spec(tmp_path / "b", data_dir, method=method, checkpoint_every=2)
@@ -57,6 +60,63 @@ def test_killed_run_resumes_to_the_identical_record(tmp_path, data_dir, monkeypa
     assert resumed["outcome"]["resumed_at"] == [4] and "resumed_at" not in whole["outcome"]
     assert validate_record(resumed) == []
     assert not list((tmp_path / "b" / "checkpoints").rglob("*.pt"))  # recorded: the state is removed
+
+
+@pytest.mark.slow
+class Toy(torch.nn.Module):
+    """Embeddings, dropout (so the RNG matters) and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(50, 8)
+        self.drop = torch.nn.Dropout(0.3)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        m = attention_mask.unsqueeze(-1).float()
+        return self.head(self.drop((self.emb(input_ids) * m).sum(1) / m.sum(1)))
+
+
+def _toy_train(tmp_path, sampler: str, **kw):
+    import random
+
+    import numpy as np
+
+    from sptbench.data.specs import load_spec
+    from sptbench.training.resume import Checkpointing
+
+    random.seed(5), np.random.seed(5)  # as the runner seeds every stream; Toy() seeds torch
+
+    g = torch.Generator().manual_seed(1)
+    rows = [{"input_ids": torch.randint(1, 50, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist(),
+             "label": i % 2} for i in range(23)]
+    model = Toy()
+    tcfg = train_mod.TrainConfig(max_steps=9, batch_size=5, eval_every=2, lr=0.05, seed=3, sampler=sampler,
+                                 grad_accum=2)
+    ckpt = Checkpointing(tmp_path / "train-1.pt", 3)
+    res = train_mod.train(model, rows[:17], rows[17:], load_spec("sst2"), tcfg, progress=False, checkpoint=ckpt, **kw)
+    return model, res
+
+
+@pytest.mark.parametrize("sampler", ["python", "torch"])
+def test_a_killed_training_loop_resumes_bit_for_bit(tmp_path, monkeypatch, sampler):
+    import random
+
+    import numpy as np
+
+    whole, res = _toy_train(tmp_path / "a", sampler)
+    after = (random.random(), float(np.random.rand()), float(torch.rand(())))  # the RNG streams after training
+    with monkeypatch.context() as patch:
+        _kill_at(patch, 8)  # state saved at step 6 (every 3); steps 7 and 8 are done again
+        with pytest.raises(Killed):
+            _toy_train(tmp_path / "b", sampler)
+    resumed, res2 = _toy_train(tmp_path / "b", sampler)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == after
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert res2.history == res.history and res2.best_step == res.best_step and res2.resumed_at == [6]
+    assert (res2.samples_seen, res2.tokens_seen, res2.steps_run) == (res.samples_seen, res.tokens_seen, 9)
 
 
 @pytest.mark.slow

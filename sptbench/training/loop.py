@@ -347,7 +347,8 @@ def _take_step(step_fn, model, batch: dict, step: int, res: TrainResult) -> torc
         except torch.OutOfMemoryError as e:
             rows = batch["labels"].shape[0]
             if not isinstance(step_fn, DefaultStep) or not step_fn.shrink(rows):
-                raise SptbenchError(f"out of memory at step {step} (batch {rows}): {str(e).splitlines()[0]}") from None
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise SptbenchError(f"out of memory at step {step} (batch {rows}): {first}") from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             res.oom_retries.append({"step": step, "grad_accum": step_fn.grad_accum,

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from sptbench.core.errors import SptbenchError
 
 
@@ -26,7 +28,7 @@ class Monitor:
     def __init__(self, label: str, *, lines: bool = True, backend: Any = None,
                  write: Callable[[str], None] | None = None):
         self.label, self.lines, self.backend = label, lines, backend
-        self.write = write or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.write = write or (lambda text: tqdm.write(text, file=sys.stderr))  # below any progress bar
         self.t0: float | None = None
         self.first_step = 0
         self.call = 0

@@ -175,3 +175,15 @@ def test_a_sweep_gives_its_runs_the_long_run_and_record_options(tmp_path, data_d
                      ("gradient_checkpointing", "yes")):
         with pytest.raises(SptbenchError, match=key):
             parse_sweep(tiny_sweep(tmp_path, data_dir, **{key: bad}))
+
+
+def test_a_run_with_record_to_file_writes_its_own_file(tmp_path, data_dir):
+    from sptbench.run.runner import RunSpec, run
+
+    spec = RunSpec(method="head", task="rte", shots=4, seed=13, model="tiny-bert", data_dir=str(data_dir),
+                   results_dir=str(tmp_path), train_overrides={"max_steps": 2, "eval_every": 2, "batch_size": 4},
+                   progress=False, record_to="file")
+    out = run(spec)
+    assert out.table == run_file_path(tmp_path, out.record) and read_table(out.table) == [out.record]
+    assert not record_table_path(tmp_path, out.record).exists()  # the shared table is not touched
+    assert merge_runs(tmp_path).added == 1 and read_table(record_table_path(tmp_path, out.record)) == [out.record]

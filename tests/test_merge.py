@@ -44,7 +44,11 @@ def test_merge_folds_run_files_into_their_table_idempotently(tmp_path):
     report = merge_runs(tmp_path, keep=True)
     assert (report.added, report.already) == (3, 0) and report.tables == {str(table): 3}
     assert [r["run_id"] for r in read_table(table)] == [old["run_id"]] + [r["run_id"] for r in recs]
-    again = merge_runs(tmp_path)  # merged twice: still one record each; the files go
+    kept = sorted(table.parent.glob("runs/*.yaml.merged"))
+    assert len(kept) == 3 and run_files(tmp_path) == [] and len(read_records([tmp_path])) == 4  # not read twice
+    for path in kept:  # the same files merged again: still one record each; the files go
+        path.rename(path.with_name(path.name.removesuffix(".merged")))
+    again = merge_runs(tmp_path)
     assert (again.added, again.already, again.removed) == (0, 3, 3)
     assert len(read_table(table)) == 4 and run_files(tmp_path) == []
     assert merge_runs(tmp_path).added == 0 and len(read_table(table)) == 4
@@ -80,7 +84,7 @@ def test_merge_command(tmp_path, capsys):
         write_run_file(tmp_path, rec)
     assert main(["merge", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "merged 2 record(s), 0 already in their table; 2 run file(s) removed" in out
+    assert "merged 2 record(s), 0 already in their table; 2 run file(s) removed" in out, out
     assert main(["merge", str(tmp_path)]) == 0 and "merged 0 record(s)" in capsys.readouterr().out
 
 

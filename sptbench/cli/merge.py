@@ -15,8 +15,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     report = merge_runs(args.results_dir, keep=args.keep)
     for table, n in sorted(report.tables.items()):
         print(f"{table}: +{n}")
-    kept = "" if args.keep else f"; {report.removed} run file(s) removed"
-    print(f"merged {report.added} record(s), {report.already} already in their table{kept}")
+    done = "renamed *.yaml.merged" if args.keep else "removed"
+    print(f"merged {report.added} record(s), {report.already} already in their table; {report.removed} run file(s) "
+          f"{done}")
     return 0
 
 
@@ -26,5 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "merge", help="fold run files (<results>/v1/<backbone>/runs/<run_id>.yaml) into the tables; idempotent")
     p.add_argument("results_dir", nargs="?", default="results", type=nonempty,
                    help="root of the result tables (default: results)")
-    p.add_argument("--keep", action="store_true", help="leave the run files in place once merged")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the merged run files, renamed <run_id>.yaml.merged (no reader counts them)")
     p.set_defaults(func=cmd_merge)

@@ -2,7 +2,8 @@
 tables, idempotently: a record the table already holds (the same run id, the same content) is not added again, and
 a record whose run id is already taken by a different record (in the table or another file) is an error naming both
 files, found before anything is written. Appends go through records/io.py's `append_record` (validated, atomic,
-under the table's lock); a merged file is then removed (or kept, with `keep`)."""
+under the table's lock); a merged file is then removed, or with `keep` renamed to `<run_id>.yaml.merged` (which no
+reader takes for a table: a kept copy must not count twice)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from sptbench.core.errors import SptbenchError
 from sptbench.records.io import append_record, read_table, record_table_path
 from sptbench.records.runfiles import run_files
 
+MERGED_SUFFIX = ".merged"
+
 
 @dataclass
 class MergeReport:
-    """What a merge did: records appended, records the tables already held, files removed (per table)."""
+    """What a merge did: records appended, records the tables already held, files removed or renamed (per table)."""
 
     added: int = 0
     already: int = 0
-    removed: int = 0
+    removed: int = 0  # run files removed, or renamed `.merged` with `keep`
     tables: dict[str, int] = field(default_factory=dict)  # table -> records appended to it
 
 
@@ -62,7 +65,9 @@ def merge_runs(results_dir: str | Path, *, keep: bool = False) -> MergeReport:
                 ids.add(rec["run_id"])
                 report.added += 1
                 report.tables[str(table)] = report.tables.get(str(table), 0) + 1
-            if not keep:
+            if keep:
+                path.replace(path.with_name(path.name + MERGED_SUFFIX))
+            else:
                 path.unlink(missing_ok=True)
-                report.removed += 1
+            report.removed += 1
     return report

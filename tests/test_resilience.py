@@ -13,6 +13,8 @@ from sptbench.records.io import read_table
 from sptbench.records.schema import validate_record
 from sptbench.run.runner import RunSpec, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: no oversubscribed cores
+
 FAST = {"max_steps": 8, "eval_every": 3, "batch_size": 4}
 SAME = ("metrics", "params", "training", "method")
 

@@ -69,8 +69,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         array_parallelism=slurm.get("array_parallelism"),
         seen=p.seen,
     )
-    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder.parent}; records "
-          f"go to run files: `sptbench merge {sweep.results_dir}` folds them into the tables")
+    files = sweep.options.get("record_to") != "table"
+    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder.parent}"
+          + (f"; records go to run files: `sptbench merge {sweep.results_dir}` folds them in" if files else ""))
     if not (args.wait or args.cluster != "slurm"):
         return 0
     return _report_array([job.result() for job in jobs], sweep.results_dir)

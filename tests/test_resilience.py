@@ -286,3 +286,25 @@ def test_tensorboard_logger_writes_the_curves(tmp_path, data_dir):
     pytest.importorskip("tensorboard")
     run(spec(tmp_path, data_dir, logger="tensorboard", train_overrides={**FAST, "max_steps": 3}))
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_out_of_memory_in_evaluation_halves_its_batch(capsys):
+    from sptbench.data.specs import load_spec
+
+    model = Toy().eval()
+    real = model.forward
+
+    def tight(input_ids, attention_mask, token_type_ids=None):
+        if input_ids.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return real(input_ids, attention_mask)
+
+    g = torch.Generator().manual_seed(2)
+    rows = [{"input_ids": torch.randint(1, 50, (5,), generator=g).tolist(), "label": i % 2} for i in range(10)]
+    want = train_mod.evaluate(model, rows, load_spec("sst2"), 2)
+    model.forward = tight
+    assert train_mod.evaluate(model, rows, load_spec("sst2"), 16) == want
+    assert "retrying with batches of 2" in capsys.readouterr().err
+    model.forward = lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("no"))
+    with pytest.raises(SptbenchError, match="one example at a time"):
+        train_mod.evaluate(model, rows, load_spec("sst2"), 2)

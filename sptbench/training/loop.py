@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -211,7 +212,17 @@ def scored_predictions(model, encoded: list[dict], batch_size: int,
 def evaluate(model, encoded: list[dict], spec, batch_size: int, pad_id: int = 0) -> dict[str, float]:
     """The spec's metrics and `score`, plus `loss` (mean cross-entropy of the gold label) and `gold_prob` (mean
     probability of the gold label): dev ties on the score are broken on the loss (docs/statistics.md)."""
-    preds, losses, probs = scored_predictions(model, encoded, batch_size, pad_id)
+    while True:  # out of memory: half the batch (the predictions do not depend on it), down to one example
+        try:
+            preds, losses, probs = scored_predictions(model, encoded, batch_size, pad_id)
+            break
+        except torch.OutOfMemoryError:
+            if batch_size <= 1:
+                raise SptbenchError("out of memory evaluating one example at a time") from None
+            batch_size //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            tqdm.write(f"out of memory in evaluation: retrying with batches of {batch_size}", file=sys.stderr)
     metrics = compute_metrics(spec, preds, [e["label"] for e in encoded])
     metrics["loss"] = round(sum(losses) / len(losses), 6)
     metrics["gold_prob"] = round(sum(probs) / len(probs), 6)

@@ -308,3 +308,23 @@ def test_out_of_memory_in_evaluation_halves_its_batch(capsys):
     model.forward = lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("no"))
     with pytest.raises(SptbenchError, match="one example at a time"):
         train_mod.evaluate(model, rows, load_spec("sst2"), 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["spt", "spt_darts"])
+def test_a_multi_stage_run_resumes_its_last_stage_to_the_identical_record(tmp_path, data_dir, monkeypatch, method):
+    """The search stage (its own step) is recomputed from the seed; the re-training stage resumes from its file."""
+    overrides = {"search_steps": 4}
+    whole = run(spec(tmp_path / "a", data_dir, method=method, method_overrides=overrides)).record
+    resumable = spec(tmp_path / "b", data_dir, method=method, method_overrides=overrides, checkpoint_every=2)
+    with monkeypatch.context() as patch:
+        _kill_at(patch, 5)  # the re-training stage's step 5 (the search does not use the default step)
+        with pytest.raises(Killed):
+            run(resumable)
+    resumed = run(resumable).record
+    for section in SAME:
+        assert resumed[section] == whole[section], section
+    untimed = lambda extra: {k: v for k, v in extra.items() if not k.endswith("_s")}  # noqa: E731
+    assert untimed(resumed["extra"]) == untimed(whole["extra"])  # the search's gates, choice, trajectory
+    assert resumed["outcome"]["history"] == whole["outcome"]["history"]
+    assert resumed["outcome"]["resumed_at"] == [4]

@@ -328,3 +328,25 @@ def test_a_multi_stage_run_resumes_its_last_stage_to_the_identical_record(tmp_pa
     assert untimed(resumed["extra"]) == untimed(whole["extra"])  # the search's gates, choice, trajectory
     assert resumed["outcome"]["history"] == whole["outcome"]["history"]
     assert resumed["outcome"]["resumed_at"] == [4]
+
+
+@pytest.mark.slow
+def test_a_requeued_array_job_resumes_from_its_checkpoint(tmp_path, data_dir, monkeypatch):
+    """An array job killed mid-run, then requeued through submitit's `checkpoint` hook, records the uninterrupted
+    run's numbers in its own run file."""
+    pytest.importorskip("submitit")
+    from sptbench.records.runfiles import run_files
+    from sptbench.sweep.launch import RunJob, cluster_spec
+
+    whole = run(spec(tmp_path / "a", data_dir, method="head")).record
+    job_spec = cluster_spec(spec(tmp_path / "b", data_dir, method="head"))  # run file, checkpoints every eval (3)
+    job = RunJob(frozenset())
+    with monkeypatch.context() as patch:
+        _kill_at(patch, 5)
+        assert job(job_spec)["status"] == "failed"
+    summary = job.checkpoint(job_spec).result()  # what the requeued job runs
+    assert summary["status"] == "ok"
+    (path,) = run_files(tmp_path / "b")
+    (resumed,) = read_table(path)
+    assert resumed["run_id"] == summary["run_id"] and resumed["outcome"]["resumed_at"] == [3]
+    assert resumed["metrics"] == whole["metrics"] and resumed["outcome"]["history"] == whole["outcome"]["history"]

@@ -69,15 +69,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         mem_gb=slurm.get("mem"),
         cpus=slurm.get("cpus"),
         array_parallelism=slurm.get("array_parallelism"),
+        seen=p.seen,
     )
-    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder.parent}")
+    files = sweep.options.get("record_to") != "table"
+    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder.parent}"
+          + (f"; records go to run files: `sptbench merge {sweep.results_dir}` folds them in" if files else ""))
     if not (args.wait or args.cluster != "slurm"):
         return 0
-    results = [job.result() for job in jobs]
-    bad = [r for r in results if r["status"] != "ok"]
+    return _report_array([job.result() for job in jobs], sweep.results_dir)
+
+
+def _report_array(results: list[dict], results_dir: str) -> int:
+    """After waiting for an array: its failures, its counts, and its run files merged into the tables."""
+    from sptbench.records.merge import merge_runs
+
+    bad = [r for r in results if r["status"] not in ("ok", "skipped")]
+    skipped = sum(r["status"] == "skipped" for r in results)
     for r in bad:
         print(f"failed: {r['run']}: {r.get('error')}", file=sys.stderr)
-    print(f"ran {len(results)}: {len(results) - len(bad)} ok, {len(bad)} failed")
+    ran = len(results) - skipped
+    print(f"ran {ran}: {ran - len(bad)} ok, {len(bad)} failed"
+          + (f"; {skipped} left to other jobs (running or recorded)" if skipped else ""))
+    report = merge_runs(results_dir)
+    print(f"merged {report.added} record(s) into the tables")
     return 1 if bad else 0
 
 

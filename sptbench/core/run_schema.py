@@ -29,7 +29,7 @@ HEADS = ("linear", "prompt")
 PROMPT_LOSSES = ("label_words", "vocab")
 SPLIT_SOURCES = ("sample", "lm-bff")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp16")
 FROZEN_MODES = ("dropout", "eval", "cache")
 LR_SCHEDULES = ("linear", "constant", "cosine")
 DECAY_SCOPES = ("matrices", "all")
@@ -39,6 +39,8 @@ CHECKPOINT_TIE_BREAKS = ("first", "dev_loss")
 # reproduction tables (results/v1, results/tuned, ...). The packaged sweep files that write those say so themselves
 # (`results_dir: results`).
 LOCAL_RESULTS_DIR = "results/local"
+LOGGERS = ("none", "tensorboard", "wandb")
+RECORD_TO = ("table", "file")
 
 
 def option(default: Any = None, *, help: str, flag: bool = True, type: Callable | None = None,
@@ -116,7 +118,11 @@ class TrainConfig:
     seed, which is the run's) form the record's `training` section, which is one component of the record key."""
 
     max_steps: int = option(100, help="optimizer steps", type=int, key="training")
-    batch_size: int = option(16, help="training batch size", type=int, key="training")
+    batch_size: int = option(16, help="training batch size (the optimizer's; see --grad-accum)", type=int,
+                             key="training")
+    grad_accum: int = option(
+        1, help="split each batch into this many micro-batches and accumulate their gradients (the same batch in "
+        "less memory; dropout draws differ, hence in the key)", type=int, key="training")
     eval_batch_size: int = option(64, help="evaluation batch size", flag=False, key="training")
     lr: float = option(1e-3, help="learning rate, > 0 (default: the method's)", type=float, key="training")
     weight_decay: float = option(0.01, help="AdamW weight decay, >= 0", type=float, key="training")
@@ -202,7 +208,29 @@ class RunSpec:
         sweep=("train", "method_train"))
     device: str = option("auto", help="auto: CUDA when there is one", choices=DEVICES, key="training",
                          sweep=("device",))
-    dtype: str = option("fp32", help="bf16: autocast", choices=DTYPES, key="training", sweep=("dtype",))
+    dtype: str = option("fp32", help="bf16: autocast; fp16: autocast with a GradScaler (loss scaling)",
+                        choices=DTYPES, key="training", sweep=("dtype",))
+    gradient_checkpointing: bool = option(
+        False, help="recompute the trainable layers' activations in the backward pass (less memory, slower)",
+        boolean=True, sweep=("gradient_checkpointing",),
+        not_in_key="the same numbers: recomputation restores the RNG state (tests/test_resilience.py checks it)")
+    checkpoint_every: int | None = option(
+        help="save the training state every N steps (and at the end) under --checkpoint-dir; rerunning the same "
+        "run resumes from it exactly (default: no checkpoints; Slurm sweeps: at every dev evaluation)",
+        type=positive_int, sweep=("checkpoint_every",),
+        not_in_key="resumption is exact: the state, RNG and data position are restored (tests/test_resilience.py)")
+    checkpoint_dir: str | None = option(
+        help="where --checkpoint-every saves (default: <results-dir>/checkpoints)", type=nonempty,
+        sweep=("checkpoint_dir",), not_in_key="where the resumable state is kept")
+    logger: str = option("none", help="also log the training curves to tensorboard or wandb (extras; off by "
+                         "default; nothing is sent unless asked)", choices=LOGGERS, sweep=("logger",),
+                         not_in_key="logging only")
+    log_dir: str | None = option(help="the logger's folder (default: <results-dir>/logs)", type=nonempty,
+                                 sweep=("log_dir",), not_in_key="logging only")
+    record_to: str | None = option(
+        help="table: append the record to the shared table; file: write it as its own file under "
+        "<results>/v1/<backbone>/runs/ (for clusters; `sptbench merge` folds them in). Default: table here, file "
+        "in a Slurm sweep", choices=RECORD_TO, sweep=("record_to",), not_in_key="where the record goes")
     save_dir: str | None = option(help="also write the trained parameters + head (safetensors) and the record to this "
                                   "new or empty folder (outside --results-dir)", type=nonempty,
                                   not_in_key="an extra output")
@@ -236,6 +264,24 @@ def default_of(f: dataclasses.Field) -> Any:
 TRAIN_FLAGS = tuple(f.name for f in flag_fields(TrainConfig))
 
 
+def option_value(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """A value for the option `f` from a file (a sweep's one value for every run), checked as its flag would be:
+    true/false for an on/off option, one of its choices, or what its argument type accepts (same type back)."""
+    meta, ok = f.metadata, True
+    if meta["boolean"]:
+        ok = isinstance(value, bool)
+    elif meta["choices"] is not None:
+        ok = value in meta["choices"]
+    elif meta["type"] is not None:
+        try:
+            ok = not isinstance(value, bool) and meta["type"](str(value)) == value
+        except Exception:  # argparse types raise ArgumentTypeError, ValueError, ...: all mean "not valid"
+            ok = False
+    if not ok:
+        raise SptbenchError(f"{where}: '{f.name}': {value!r} is not a valid value ({meta['help']})")
+    return value
+
+
 def check_choices(obj: Any) -> None:
     """Every field of a RunSpec or TrainConfig with declared choices holds one of them (or None where allowed)."""
     for f in dataclasses.fields(obj):
@@ -249,6 +295,9 @@ def check_train_config(tcfg: TrainConfig) -> None:
     check_choices(tcfg)
     if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1 or tcfg.eval_batch_size < 1:
         raise SptbenchError("max_steps, eval_every, batch_size and eval_batch_size must be positive")
+    if not isinstance(tcfg.grad_accum, int) or not 1 <= tcfg.grad_accum <= tcfg.batch_size:
+        raise SptbenchError(f"training option 'grad_accum' must be an integer in [1, batch_size "
+                            f"{tcfg.batch_size}], got {tcfg.grad_accum}")
     for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "head_dropout"):
         value = getattr(tcfg, name)
         if value is not None and not math.isfinite(value):

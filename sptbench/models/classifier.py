@@ -88,6 +88,9 @@ class Classifier(nn.Module):
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
         self.frozen_mode = "dropout"  # how layers below the first trainable one run in training: see _frozen_part
         self.frozen_cache: dict[tuple, torch.Tensor] = {}
+        # recompute the trainable layers' activations in the backward pass (less memory); torch's checkpoint restores
+        # the RNG state for the recomputation, so dropout draws, and the numbers, are the same
+        self.gradient_checkpointing = False
 
     # -- set-up used by methods ---------------------------------------------------------------------------------
     def add_injection(self, injection: Injection) -> Injection:
@@ -148,8 +151,13 @@ class Classifier(nn.Module):
 
     def _layer_step(self, i, hidden, m, token_mask, masks: dict):
         hidden, m = self._enter_layer(i, hidden, m, token_mask)
-        return self._run_layer(i, self.layers[i], hidden, self._layer_mask(token_mask, m, hidden.dtype, masks),
-                               token_mask.shape[0]), m
+        mask = self._layer_mask(token_mask, m, hidden.dtype, masks)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._run_layer, i, self.layers[i], hidden, mask, token_mask.shape[0],
+                              use_reentrant=False), m
+        return self._run_layer(i, self.layers[i], hidden, mask, token_mask.shape[0]), m
 
     def _layer_mask(self, token_mask: torch.Tensor, m: int, dtype: torch.dtype, masks: dict) -> torch.Tensor | None:
         """The layers' attention mask for m prompt positions in front of `token_mask`, built once per forward, m and

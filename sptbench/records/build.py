@@ -85,6 +85,9 @@ def run_record(*, created: str, status: str, error: str | None, method: str, met
         "versions": versions,
         "git": git,
     }
+    for name in ("resumed_at", "oom_retries"):  # only where it happened (training.loop.TrainResult)
+        if res is not None and getattr(res, name, None):
+            record["outcome"][name] = list(getattr(res, name))
     if sweep is not None:
         record["sweep"] = sweep
     if selection is not None:

@@ -21,6 +21,7 @@ from sptbench.records.io import (
     table_path,
 )
 from sptbench.records.keys import setting_name
+from sptbench.records.runfiles import check_run_file_dir
 
 SAVED_FILES = (SAVED_WEIGHTS, SAVED_MANIFEST, SAVED_RECORD)  # a saved run's files (format: run/persist.py)
 
@@ -119,7 +120,10 @@ def check_run(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     """Everything a run checks before it loads data or a model: the options (`check_spec`), the table it appends to
     and the folder it saves to. Returns what `check_spec` returns."""
     method, cfg, tcfg, path = check_spec(spec, layers=False)
-    check_appendable(path)
+    if spec.record_to == "file":  # its own file under <results>/v1/<backbone>/runs/ (records/runfiles.py)
+        check_run_file_dir(path)
+    else:
+        check_appendable(path)
     if spec.save_dir:
         check_save_dir(spec.save_dir, spec.overwrite, spec.results_dir)
     from sptbench.models.backbones import check_revision

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.metadata
+import json
 import os
 import random
 import sys
@@ -29,6 +31,8 @@ from sptbench.methods.registry import (
 )
 from sptbench.records.build import now_iso, run_record
 from sptbench.records.io import append_record, dump_record
+from sptbench.records.keys import canonical_json
+from sptbench.records.runfiles import write_run_file
 from sptbench.run.assemble import frozen_backbone
 from sptbench.run.checks import MAX_SEED, check_run, check_seed, check_spec, train_config  # noqa: F401 (re-exported)
 from sptbench.run.persist import pending_dir, save_trained
@@ -48,6 +52,8 @@ from sptbench.training.loop import (
     train,
     world,
 )
+from sptbench.training.monitor import Monitor, make_backend
+from sptbench.training.resume import RunCheckpoints
 
 
 @dataclass
@@ -132,8 +138,14 @@ def run(spec: RunSpec) -> RunOutcome:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    ctx, info, pad_id = _fit_context(spec, task, setup, cfg, tcfg, device)
-    status, error, fit, test, eval_s = _fit_and_test(spec, method, ctx, device, pad_id)
+    checkpoints = _checkpoints(spec, tcfg, task)
+    monitor = _monitor(spec, tcfg, task)
+    ctx, info, pad_id = _fit_context(spec, task, setup, cfg, tcfg, device, checkpoints, monitor)
+    try:
+        status, error, fit, test, eval_s = _fit_and_test(spec, method, ctx, device, pad_id)
+    finally:
+        if monitor is not None:
+            monitor.close()
 
     untested = spec.defer_test and status == "ok"
     record = run_record(
@@ -152,7 +164,9 @@ def run(spec: RunSpec) -> RunOutcome:
         record["throughput"]["num_processes"] = world_size
     main = rank == 0
     if main:
-        _write_outputs(spec, path, record, fit.model if status == "ok" else None)
+        path = _write_outputs(spec, path, record, fit.model if status == "ok" else None)
+        if checkpoints is not None:  # recorded: the resumable state has served its purpose
+            checkpoints.remove()
     if status != "ok":
         raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
     return RunOutcome(record=record, table=path, model=fit.model)
@@ -168,10 +182,41 @@ def prompt_head_is_causal(spec: RunSpec) -> bool:
     return backbone_is_causal(spec.model)
 
 
-def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device) -> tuple[FitContext, Any, int]:
+def run_identity(spec: RunSpec, tcfg: TrainConfig, task: TaskData) -> str:
+    """Text naming what a run computes (its key options, training options and data): a rerun of the same run gives
+    the same, and so finds its checkpoints."""
+    keyed = {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec) if f.metadata.get("key")}
+    return canonical_json({"spec": keyed, "training": dataclasses.asdict(tcfg), "data": task.fingerprint})
+
+
+def _checkpoints(spec: RunSpec, tcfg: TrainConfig, task: TaskData) -> RunCheckpoints | None:
+    """The run's resumable state (--checkpoint-every), under --checkpoint-dir or <results>/checkpoints."""
+    if spec.checkpoint_every is None:
+        return None
+    root = spec.checkpoint_dir or Path(spec.results_dir) / "checkpoints"
+    return RunCheckpoints(root, run_identity(spec, tcfg, task), spec.checkpoint_every)
+
+
+def _monitor(spec: RunSpec, tcfg: TrainConfig, task: TaskData) -> Monitor | None:
+    """Progress lines in sweep runs (one per dev evaluation), and the --logger's curves; None when neither."""
+    lines = spec.sweep is not None and world()[0] == 0
+    if not lines and spec.logger == "none":
+        return None
+    label = f"{spec.method} {spec.task} seed {spec.seed}"
+    name = f"{spec.method}-{spec.task}-s{spec.seed}-" + hashlib.sha256(
+        run_identity(spec, tcfg, task).encode()).hexdigest()[:8]
+    backend = make_backend(spec.logger, spec.log_dir or Path(spec.results_dir) / "logs", name,
+                           {"run": json.loads(run_identity(spec, tcfg, task))}) if world()[0] == 0 else None
+    return Monitor(label, lines=lines, backend=backend)
+
+
+def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device,
+                 checkpoints: RunCheckpoints | None = None, monitor: Monitor | None = None
+                 ) -> tuple[FitContext, Any, int]:
     """What a method's fit gets: a model builder (seeded, frozen backbone on the device), the encoder and the
-    training loop bound to this run. The first model is built here: it loads the tokenizer and provenance once and
-    fails early on a bad --model. Returns the context, the backbone's provenance and the pad id."""
+    training loop bound to this run (fp16 loss scaling, checkpoints, monitor). The first model is built here: it
+    loads the tokenizer and provenance once and fails early on a bad --model. Returns the context, the backbone's
+    provenance and the pad id."""
     info_box: dict[str, Any] = {}
 
     def build_model():
@@ -181,6 +226,8 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
             quiet=not spec.progress, revision=spec.revision,
         )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
+        if spec.gradient_checkpointing:
+            model.gradient_checkpointing = True
         return model.to(device)
 
     build_model()
@@ -195,6 +242,10 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
     def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
         kw.setdefault("pad_id", pad_id)
         kw.setdefault("progress", spec.progress)
+        kw.setdefault("fp16", spec.dtype == "fp16")
+        kw.setdefault("monitor", monitor)
+        if checkpoints is not None:  # one file per training call, in call order (a method's stages)
+            kw.setdefault("checkpoint", checkpoints.next())
         return train(model, train_enc, dev_enc, task.spec, tcfg_ or tcfg, **kw)
 
     ctx = FitContext(
@@ -214,7 +265,7 @@ def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id
     """Fit (the method's stages, or one training run) and evaluate test once unless deferred. Returns (status,
     error, fit, test metrics, eval seconds); a failure a sweep records is returned, any other raises."""
     task, tcfg, encode = ctx.task, ctx.tcfg, ctx.encode
-    dtype = torch.bfloat16 if spec.dtype == "bf16" else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.dtype)
     status, error, fit, test, eval_s = "ok", None, None, {}, 0.0
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -252,11 +303,15 @@ def _what_ran(spec: RunSpec, task: TaskData, info, setup, tcfg: TrainConfig, dev
     }
 
 
-def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
-    """Append the record (and save the model with --save-dir). Checked before the run, these can still fail (a full
-    disk, a table changed meanwhile): then the record goes to a recovery file and the error names it."""
+def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> Path:
+    """Append the record, or write it as its own file (--record-to file), and save the model with --save-dir.
+    Checked before the run, these can still fail (a full disk, a table changed meanwhile): then the record goes to a
+    recovery file and the error names it. Returns where the record went."""
     try:
-        append_record(path, record)
+        if spec.record_to == "file":
+            path = write_run_file(spec.results_dir, record)
+        else:
+            append_record(path, record)
     except (OSError, SptbenchError) as e:
         where = _recover(record)
         hint = f" (append it: cat {where} >> {path})" if where.startswith("/") else ""
@@ -280,6 +335,7 @@ def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
                 f"the record is in {path} (run {record['run_id']}), but saving the model to {spec.save_dir} failed: "
                 f"{reason}"
             ) from None
+    return path
 
 
 def training_section(tcfg: TrainConfig, device_type: str, dtype: str) -> dict:

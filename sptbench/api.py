@@ -3,7 +3,7 @@
     import sptbench
     model = sptbench.build_model("lora", "minilm-l6", num_labels=2, rank=4)   # backbone frozen, LoRA applied
     batch = model.tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
-    logits = model(**batch)                                                   # (batch, num_labels)
+    logits = model(**batch).logits                                            # (batch, num_labels)
     sptbench.save(model, "out/")  ...  model = sptbench.load("out/")
 
 A thin facade: models are assembled by `sptbench/run/assemble.py` (as the CLI's are: one way to load a backbone,
@@ -43,7 +43,8 @@ def build_model(
     """A `Classifier` on `model` (an alias such as `minilm-l6`, a hub id or a folder) with `method` applied and the
     backbone frozen; `method_options` are the method's config fields (`sptbench list methods -v`).
 
-    `model(input_ids, attention_mask, token_type_ids=None)` returns (batch, num_labels) logits;
+    `model(input_ids, attention_mask, token_type_ids=None, labels=None)` returns a transformers
+    `SequenceClassifierOutput`: `.logits` (batch, num_labels) and, with labels, `.loss` (cross-entropy);
     `model.tokenizer(texts, padding=True, return_tensors="pt")` gives those inputs. The parameters to train are
     those with `requires_grad` (the method's and the linear head's). `seed` seeds torch's global RNG before the
     head and the method are initialised. `head="prompt"` reads the frozen LM head at the template's mask instead of

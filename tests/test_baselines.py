@@ -92,7 +92,7 @@ def test_only_intended_parameters_get_gradients(backbone, name):
     hooks = [m.register_forward_hook(lambda mod, args, out: ran.add(id(mod))) for m in model.modules()]
     model.train()
     ids, mask = inputs(model, tokenizer, seed=FAMILIES.index(backbone))
-    logits = model(ids, mask)
+    logits = model(ids, mask).logits
     for h in hooks:
         h.remove()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -121,7 +121,7 @@ def test_backbone_bit_identical_after_adamw_steps(name):
     model.train()
     for step in range(3):
         ids, mask = inputs(model, tokenizer, seed=step)
-        loss = torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0, 1]))
+        loss = torch.nn.functional.cross_entropy(model(ids, mask).logits, torch.tensor([0, 1, 0, 1]))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -143,16 +143,16 @@ def test_save_load_round_trip_through_files(backbone, name, tmp_path):
     model.eval()
     ids, mask = inputs(model, model.tokenizer, seed=3)
     with torch.no_grad():
-        expected = model(ids, mask)
+        expected = model(ids, mask).logits
     api.save(model, tmp_path / "saved")
     assert {f.name for f in (tmp_path / "saved").iterdir()} == {"trained.safetensors", "model.yaml"}
     loaded = api.load(tmp_path / "saved")
     other = api.build_model(name, backbone, seed=1, **options).eval()
     assert not loaded.training
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, mask), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(loaded(ids, mask).logits, expected, atol=1e-6, rtol=0)
         if model.count_parameters()["trainable_with_head"]:
-            assert not torch.allclose(other(ids, mask), expected, atol=1e-4)
+            assert not torch.allclose(other(ids, mask).logits, expected, atol=1e-4)
     assert set(model.export_state()) == {n for n, p in model.named_parameters()
                                          if p.requires_grad or (n.startswith("head.") and model.head_kind == "linear")}
 
@@ -189,14 +189,14 @@ def test_module_methods_are_identity_at_init(backbone, method):
     model.eval()
     ids, mask = random_batch(7)
     with torch.no_grad():
-        plain = model(ids, mask)
+        plain = model(ids, mask).logits
         m = get_method(method)
         m.apply(model, build_config(m))
         model.eval()
-        adapted = model(ids, mask)
+        adapted = model(ids, mask).logits
         torch.testing.assert_close(adapted, plain, atol=1e-6, rtol=0)
         helpers.perturb_trainable(model)  # and the check can fail: a non-zero update changes the logits
-        assert not torch.allclose(model(ids, mask), plain, atol=1e-4)
+        assert not torch.allclose(model(ids, mask).logits, plain, atol=1e-4)
 
 
 def test_lora_export_holds_lora_weights_and_head_only():
@@ -217,7 +217,7 @@ def test_p_tuning_v2_reparam_saves_prefixes_not_the_mlp(fresh_reparam):
     model.eval()
     ids, mask = random_batch(5)
     with torch.no_grad():
-        expected = model(ids, mask)
+        expected = model(ids, mask).logits
     state = model.export_state()
     assert set(state) == {"injections.0.prefix", "head.weight", "head.bias"}
     assert state["injections.0.prefix"].shape == (LAYERS, 2, 20, 32)
@@ -229,7 +229,7 @@ def test_p_tuning_v2_reparam_saves_prefixes_not_the_mlp(fresh_reparam):
     fresh.eval()
     assert not any(n.startswith("injections.") and n != "injections.0.prefix" for n, _ in fresh.named_parameters())
     with torch.no_grad():
-        torch.testing.assert_close(fresh(ids, mask), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(fresh(ids, mask).logits, expected, atol=1e-6, rtol=0)
     assert fresh.count_parameters()["trainable"] == LAYERS * 2 * 20 * 32
 
 
@@ -278,7 +278,7 @@ def test_layer_restriction_lets_lower_layers_skip_autograd(method):
     assert model.first_trainable_layer() == 2
     model.train()
     ids, mask = random_batch(9)
-    model(ids, mask).sum().backward()
+    model(ids, mask).logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 

@@ -103,7 +103,7 @@ def test_every_method_on_every_family(backbone, method):
     model = helpers.build(backbone, method, seed=0)
     model.train()
     ids, mask = random_batch(0)
-    F.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0, 1])).backward()
+    F.cross_entropy(model(ids, mask).logits, torch.tensor([0, 1, 0, 1])).backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert "head.weight" in with_grad
     if method != "head":
@@ -113,16 +113,16 @@ def test_every_method_on_every_family(backbone, method):
     model.eval()
     ids, mask = random_batch(1, bsz=5)
     with torch.no_grad():
-        together = model(ids, mask)
+        together = model(ids, mask).logits
         for i in range(ids.shape[0]):
             n = int(mask[i].sum())
-            torch.testing.assert_close(together[i : i + 1], model(ids[i : i + 1, :n], mask[i : i + 1, :n]),
+            torch.testing.assert_close(together[i : i + 1], model(ids[i : i + 1, :n], mask[i : i + 1, :n]).logits,
                                        atol=1e-5, rtol=0)
 
     fresh = helpers.build(backbone, method, seed=1).eval()
     with torch.no_grad():
         fresh.import_state(model.export_state())
-        torch.testing.assert_close(fresh(ids, mask), together, atol=1e-6, rtol=0)
+        torch.testing.assert_close(fresh(ids, mask).logits, together, atol=1e-6, rtol=0)
 
 
 # -- MPNet's relative position bias -------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_the_readme_example_runs_as_written(capsys):
 def test_import_sptbench_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, sptbench; print('torch' in sys.modules, "
                           "sorted(sptbench.__all__))"], capture_output=True, text=True, check=True, cwd=REPO)
-    assert out.stdout.split("\n")[0] == "False ['Trainer', '__version__', 'build_model', 'load', 'save']"
+    assert out.stdout.split("\n")[0] == "False ['Trainer', '__version__', 'build_model', 'fit', 'load', 'save']"
 
 
 def test_public_names_are_the_api_functions():

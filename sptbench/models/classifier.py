@@ -108,6 +108,14 @@ class Classifier(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.family.layers(self.backbone)
 
+    def gates(self) -> dict[int, float]:
+        """α per layer of the gated injections (SPT's search-stage model: every candidate layer; a re-trained SPT
+        model or LPT: its prompt layers at 1.0); {} for methods without gates."""
+        out: dict[int, float] = {}
+        for inj in self.injections:
+            out.update(inj.gates() or {})
+        return dict(sorted(out.items()))
+
     def freeze_backbone(self) -> None:
         for p in self.backbone.parameters():
             p.requires_grad_(False)

@@ -49,6 +49,10 @@ class Injection(nn.Module):
         """The lowest layer this injection touches (0 = the input); layers below it need no autograd."""
         return 0
 
+    def gates(self) -> dict[int, float] | None:
+        """Gate values α per layer for injections that gate their prompts (SPT), else None."""
+        return None
+
     def export_state(self) -> dict[str, torch.Tensor] | None:
         """What save writes for this injection (None: its trainable parameters as they are)."""
         return None

@@ -69,8 +69,13 @@ def seed_everything(seed: int) -> None:
 
 def train_config(spec: RunSpec, method: Method) -> TrainConfig:
     """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
-    overrides = {"lr": method.default_lr, **spec.train_overrides}
-    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
+    return make_train_config(method, spec.train_overrides, spec.seed)
+
+
+def make_train_config(method: Method, overrides: dict | None, seed: int) -> TrainConfig:
+    """Training options: the method's default lr, then `overrides` (TrainConfig's fields), coerced and checked."""
+    overrides = {"lr": method.default_lr, **(overrides or {})}
+    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": seed}
     tcfg = TrainConfig(**values)
     check_train_config(tcfg)
     return tcfg
@@ -173,6 +178,12 @@ def default_fit(method: Method, ctx: FitContext) -> FitResult:
     return FitResult(model=model, result=result)
 
 
+def fit_method(method: Method, ctx: FitContext) -> FitResult:
+    """A method's whole protocol on `ctx`: its own stages (`Method.fit`: SPT's search -> select -> re-train), or
+    apply + one training run; dev selection throughout. The runner and `sptbench.fit` both run this."""
+    return method.fit(ctx) if method.fit else default_fit(method, ctx)
+
+
 def run(spec: RunSpec) -> RunOutcome:
     """Run one configuration end to end and append its record (also for a failed run). Test is evaluated once."""
     start = time.perf_counter()
@@ -236,16 +247,24 @@ def prompt_head_is_causal(spec: RunSpec) -> bool:
 
 
 def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device) -> tuple[FitContext, Any, int]:
+    """`fit_context` for a run spec."""
+    return fit_context(task, setup, cfg, tcfg, device, model=spec.model, seed=spec.seed, pooling=spec.pooling,
+                       progress=spec.progress)
+
+
+def fit_context(task: TaskData, setup, cfg, tcfg: TrainConfig, device, *, model: str, seed: int,
+                pooling: str | None, progress: bool) -> tuple[FitContext, Any, int]:
     """What a method's fit gets: a model builder (seeded, frozen backbone on the device), the encoder and the
     training loop bound to this run. The first model is built here: it loads the tokenizer and provenance once and
     fails early on a bad --model. Returns the context, the backbone's provenance and the pad id."""
     info_box: dict[str, Any] = {}
+    backbone = model
 
     def build_model():
-        seed_everything(spec.seed)
+        seed_everything(seed)
         model, tokenizer, info = frozen_backbone(  # quiet: transformers' load report and bar off, as ours is
-            spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup,
-            quiet=not spec.progress,
+            backbone, task.spec.num_labels, pooling=pooling, head_dropout=tcfg.head_dropout, prompt=setup,
+            quiet=not progress,
         )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         return model.to(device)
@@ -261,7 +280,7 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
 
     def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
         kw.setdefault("pad_id", pad_id)
-        kw.setdefault("progress", spec.progress)
+        kw.setdefault("progress", progress)
         return train(model, train_enc, dev_enc, task.spec, tcfg_ or tcfg, **kw)
 
     ctx = FitContext(
@@ -285,7 +304,7 @@ def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id
     status, error, fit, test, eval_s = "ok", None, None, {}, 0.0
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            fit = method.fit(ctx) if method.fit else default_fit(method, ctx)
+            fit = fit_method(method, ctx)
             if not spec.defer_test:
                 test_enc = encode(task.test)
                 t0 = time.perf_counter()

@@ -43,6 +43,7 @@ def build_model(
     prompt_loss: str | None = None,
     head_dropout: float = 0.1,
     seed: int | None = None,
+    revision: str | None = None,
     **method_options: Any,
 ) -> Classifier:
     """A `Classifier` on `model` (an alias such as `minilm-l6`, a hub id or a folder) with `method` applied and the
@@ -56,6 +57,7 @@ def build_model(
     those with `requires_grad` (the method's and the linear head's). `seed` seeds torch's global RNG before the
     head and the method are initialised. `head="prompt"` reads the frozen LM head at the template's mask instead of
     a linear head: `task` names the template and label words (encode with sptbench.data.templates.encode_prompt_rows).
+    `revision`: the hub repository's commit, branch or tag (hub ids only; `save` keeps it for `load`).
     """
     m = get_method(method)
     m.check_head(head)
@@ -74,10 +76,11 @@ def build_model(
     if seed is not None:
         torch.manual_seed(seed)
     classifier, tokenizer, info = build_classifier(
-        m, cfg, model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=setup
+        m, cfg, model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=setup, revision=revision
     )
     classifier.tokenizer = tokenizer
-    classifier.sptbench_manifest = make_manifest(m.name, cfg, info.id, info.pooling, num_labels, task, setup)
+    classifier.sptbench_manifest = make_manifest(m.name, cfg, info.id, info.pooling, num_labels, task, setup,
+                                                 revision=revision)
     return classifier
 
 
@@ -109,6 +112,7 @@ def fit(
     prompt_loss: str | None = None,
     device: str = "auto",
     progress: bool = False,
+    revision: str | None = None,
     train_options: dict[str, Any] | None = None,
     **method_options: Any,
 ) -> Classifier:
@@ -132,7 +136,7 @@ def fit(
         recipe = _recipe(model_or_method, model, method_options)
     else:
         recipe = {"method": model_or_method, "config": method_options, "backbone": model, "pooling": pooling,
-                  "task": task, "head": head, "template": template, "prompt_loss": prompt_loss}
+                  "task": task, "head": head, "template": template, "prompt_loss": prompt_loss, "revision": revision}
     method = get_method(recipe["method"])
     method.check_head(recipe["head"])
     cfg = build_config(method, recipe["config"])
@@ -144,7 +148,7 @@ def fit(
     data = TaskData(spec, list(train), list(dev), [], source="python", location="", fingerprint="",
                     protocol={"name": "python"})
     ctx, info, _ = fit_context(data, setup, cfg, tcfg, resolve_device(device), model=recipe["backbone"], seed=seed,
-                               pooling=recipe["pooling"], progress=progress)
+                               pooling=recipe["pooling"], progress=progress, revision=recipe["revision"])
     if not progress:
         ctx.log = lambda msg: None
     result = fit_method(method, ctx)
@@ -152,7 +156,7 @@ def fit(
     fitted = result.model.eval()
     fitted.tokenizer = ctx.tokenizer
     fitted.sptbench_manifest = make_manifest(method.name, final, info.id, info.pooling, spec.num_labels,
-                                             recipe["task"], setup)
+                                             recipe["task"], setup, revision=recipe["revision"])
     fitted.fit_result = result
     return fitted
 
@@ -173,7 +177,7 @@ def _recipe(model: Classifier, backbone: str, options: dict) -> dict:
         setup = setup_from_record(manifest, load_spec(task))
     return {"method": manifest["method"]["name"], "config": dict(manifest["method"]["config"]),
             "backbone": manifest["backbone"]["id"], "pooling": manifest["backbone"]["pooling"], "task": task,
-            "head": head.get("kind", "linear"), "setup": setup}
+            "head": head.get("kind", "linear"), "setup": setup, "revision": manifest["backbone"].get("revision")}
 
 
 def _fit_setup(recipe: dict, spec: TaskSpec):

@@ -71,7 +71,7 @@ def test_moves_inside_abs_tol_pass_and_upward_moves_outside_fail():
     find(fresh, "lora", "sst2", 13)["metrics"]["test"]["accuracy"] += 0.005
     assert check(fresh, ref, abs_tol=0.01).ok
     assert not check(fresh, ref).ok  # default band 1e-6
-    find(fresh, "lora", "sst2", 42)["metrics"]["dev"]["accuracy"] += 0.02
+    find(fresh, "lora", "sst2", 42)["metrics"]["test"]["accuracy"] += 0.02  # (dev's score must follow its accuracy)
     result = check(fresh, ref, abs_tol=0.01)
     assert [c.verdict for c in result.moved] == ["up"]
 
@@ -145,10 +145,10 @@ def test_hardware_tol_widens_the_band_only_across_hardware():
     move = 0.02
     same, other = _on(rerun(ref), cpu_a), _on(rerun(ref), cpu_b)
     for fresh in (same, other):
-        find(fresh, "spt", "rte", 13)["metrics"]["dev"]["accuracy"] += move
+        find(fresh, "spt", "rte", 13)["metrics"]["test"]["accuracy"] += move
     # The same processor: still exact, whatever hardware_tol says.
     result = check(same, ref, abs_tol=1e-4, hardware_tol=0.05)
-    assert [c.metric for c in result.moved] == ["dev.accuracy"] and not result.cross_hardware
+    assert [c.metric for c in result.moved] == ["test.accuracy"] and not result.cross_hardware
     # Another processor: the move is inside the hardware band, and the report says the check was not exact.
     result = check(other, ref, abs_tol=1e-4, hardware_tol=0.05)
     assert result.ok and len(result.cross_hardware) == len(ref)

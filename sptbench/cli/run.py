@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import textwrap
 
 from sptbench.core import safe_yaml
@@ -125,7 +124,9 @@ def cmd_run(args) -> int:
 
     values = {f.name: pick(f) for f in run_fields}
     if values["data_dir"] is None:
-        values["data_dir"] = os.environ.get("SPTBENCH_DATA_DIR") or None
+        from sptbench.data.locate import env_data_path
+
+        values["data_dir"] = env_data_path()
     from sptbench.training.loop import STOCK_SETTINGS
 
     train_overrides = dict(STOCK_SETTINGS) if args.stock else {}
@@ -167,7 +168,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _add_schema_arguments(p, RunSpec)
     add_tasks_dir_argument(p)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="method config override (repeatable); a list field takes 9,10 or '[9, 10]' (quote brackets "
+                   "in a shell)")
     p.add_argument("--config", type=nonempty, help="YAML file of run options (format below)")
     _add_schema_arguments(p, TrainConfig)
     p.add_argument("--stock", action="store_true",

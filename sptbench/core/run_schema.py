@@ -35,6 +35,10 @@ LR_SCHEDULES = ("linear", "constant", "cosine")
 DECAY_SCOPES = ("matrices", "all")
 SAMPLERS = ("python", "torch")
 CHECKPOINT_TIE_BREAKS = ("first", "dev_loss")
+# Where a user's runs and sweeps write by default: a git-ignored folder, so that a first run never edits the committed
+# reproduction tables (results/v1, results/tuned, ...). The packaged sweep files that write those say so themselves
+# (`results_dir: results`).
+LOCAL_RESULTS_DIR = "results/local"
 
 
 def option(default: Any = None, *, help: str, flag: bool = True, type: Callable | None = None,
@@ -82,13 +86,20 @@ KEY: tuple[KeyField, ...] = (
     KeyField("train_size", lambda r: r["protocol"]["train_size"]),
     KeyField("split_source", lambda r: r["protocol"]["split_source"]),
     KeyField("seed", lambda r: r["protocol"]["seed"]),
-    KeyField("backbone", lambda r: r["backbone"]["id"]),
+    KeyField("backbone", lambda r: backbone_key(r["backbone"])),
     KeyField("pooling", lambda r: r["backbone"]["pooling"]),
     KeyField("head", lambda r: _canonical(head_of(r))),
     KeyField("data_fingerprint", lambda r: r["data"]["fingerprint"]),
     KeyField("training", lambda r: _canonical(r["training"])),
 )
 KEY_FIELDS = tuple(k.name for k in KEY)
+
+
+def backbone_key(backbone: dict) -> str:
+    """The backbone's key component: its id, with `@revision` where the run asked for one (records without the field
+    asked for none: the hub's default branch)."""
+    revision = backbone.get("requested_revision")
+    return backbone["id"] if revision is None else f"{backbone['id']}@{revision}"
 
 
 def record_key(rec: dict) -> tuple:
@@ -159,6 +170,9 @@ class RunSpec:
                                key="split_source", sweep=("split_source",))
     model: str = option("minilm-l6", help="an alias (sptbench list backbones), a hub id or a model folder",
                         type=nonempty, key="backbone", sweep=("model",))
+    revision: str | None = option(
+        help="the model repo's branch, tag or commit to load (hub ids only; default: its main branch); the resolved "
+        "commit is recorded either way", type=nonempty, key="backbone", sweep=("revision",))
     pooling: str | None = option(help="default: from the backbone", choices=POOLINGS, key="pooling",
                                  sweep=("pooling",))
     head: str = option("linear", help="linear: a fresh linear layer on the pooled tokens; prompt: the pretrained LM "
@@ -170,9 +184,15 @@ class RunSpec:
     template: str | None = option(help="prompt head: the task's template by name (default: its first)",
                                   type=nonempty, key="head", sweep=("template",))
     data_dir: str | None = option(
-        help="local mirror folder (default: $SPTBENCH_DATA_DIR, else the Hugging Face hub)", type=nonempty,
+        help="local data folders, searched in order (A:B; default: $SPTBENCH_DATA_PATH, then $SPTBENCH_DATA_DIR, "
+        "else the Hugging Face hub; a task spec's own `data` folder wins)", type=nonempty,
         not_in_key="where the data is read from; the data itself is keyed by its fingerprint", sweep=("data_dir",))
-    results_dir: str = option("results", help="root of the result tables", type=nonempty,
+    strict_data: bool = option(
+        False, help="refuse data with empty texts (default: keep them, counted in the record's data notes)",
+        boolean=True, sweep=("strict_data",),
+        not_in_key="it only refuses: a run it lets through reads the same rows, so records the same numbers")
+    results_dir: str = option(LOCAL_RESULTS_DIR, help="root of the result tables (git-ignored by default: the "
+                              "committed tables are written by the packaged sweep files)", type=nonempty,
                               not_in_key="where the record goes", sweep=("results_dir",))
     method_overrides: dict[str, Any] = option(
         help="method options (--set KEY=VALUE)", flag=False, factory=dict, key="method_config",

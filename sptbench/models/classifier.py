@@ -63,13 +63,14 @@ class PromptHead(nn.Module):
                 input_ids: torch.Tensor) -> torch.Tensor:
         at = self.read_positions(token_mask, input_ids)
         read = tokens[torch.arange(tokens.shape[0], device=tokens.device), at]
-        vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
-        words = vocab[:, self.label_word_ids]
-        if self.calibration is not None:  # contextual calibration (zero_shot): p(word) / p(word | content-free)
-            words = words.float() - self.calibration.to(words.device)
-        if self.training and self.loss == "vocab":
+        if self.training and self.loss == "vocab":  # the whole vocabulary, at the one position read
+            vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
+            words = vocab[:, self.label_word_ids]
             rest = vocab.float().index_fill(1, self.label_word_ids, float("-inf")).logsumexp(-1, keepdim=True)
             return torch.cat([words.float(), rest], 1)
+        words = self.family.word_logits(backbone, self.lm_head, read, self.label_word_ids)  # (batch, words)
+        if self.calibration is not None:  # contextual calibration (zero_shot): p(word) / p(word | content-free)
+            words = words.float() - self.calibration.to(words.device)
         return words
 
 
@@ -235,9 +236,13 @@ class Classifier(nn.Module):
     def _embed(self, input_ids, token_mask, token_type_ids, bsz):
         prompts = [inj.input_prompt(bsz) for inj in self.injections]  # no walrus: torch.compile traces this
         prompts = [p for p in prompts if p is not None]
-        if not prompts:
+        offsets = [inj.input_offset(token_mask) for inj in self.injections]
+        offsets = [o for o in offsets if o is not None]
+        if not prompts and not offsets:
             return self.family.embed(self.backbone, input_ids, None, token_type_ids, token_mask), 0
         words = self.family.word_embeddings(self.backbone)(input_ids)
+        for offset in offsets:
+            words = words + offset.to(words.dtype)
         embeds = torch.cat([p.to(words.dtype) for p in prompts] + [words], 1)
         m = embeds.shape[1] - words.shape[1]
         if token_type_ids is not None:

@@ -17,6 +17,8 @@ from typing import Any
 from sptbench.core.errors import SptbenchError
 
 SCHEMA_VERSION = 1
+# selection metric -> the metrics its `score` averages (task specs name one; `validate` checks records against it)
+SELECTION_METRICS: dict[str, tuple[str, ...]] = {"accuracy": ("accuracy",), "f1": ("f1",), "acc_f1": ("accuracy", "f1")}
 TABLE_DIR = f"v{SCHEMA_VERSION}"
 
 _ABSENT = object()  # a field without an example value (left out of `example_record`)
@@ -91,6 +93,8 @@ RECORD: tuple[Field, ...] = (
         Field("id", "str", "roberta-large", key=True),
         Field("family", "str", "roberta"),
         Field("revision", **_STR_NULL, example=None),
+        # the revision the run asked for (`--revision`, sweep `revision`); absent or null: the hub's default
+        Field("requested_revision", **_STR_NULL, required=False),
         Field("weights_sha256", **_STR_NULL, example=None),
         _choice("pooling", ("cls", "mean", "last"), "cls", key=True),
         Field("num_parameters", "int", 355_359_744),
@@ -314,6 +318,26 @@ def _semantic_problems(rec: dict) -> list[str]:
         problems.append("an ok run must have test metrics (or selection.tested: false)")
     if selection is not None and (not isinstance(selection, dict) or not isinstance(selection.get("tested"), bool)):
         problems.append("field 'selection' must be a mapping with a boolean 'tested'")
+    return problems + _score_problems(metrics)
+
+
+def _score_problems(metrics: Any) -> list[str]:
+    """`dev.score` and `test.score`, where present with the selection metric's parts, equal its value (the mean of
+    its parts)."""
+    if not isinstance(metrics, dict):
+        return []
+    selection = metrics.get("selection_metric")
+    parts = SELECTION_METRICS.get(selection) if isinstance(selection, str) else None
+    problems = []
+    for split in ("dev", "test"):
+        values = metrics.get(split)
+        if (not isinstance(values, dict) or not _is_number(values.get("score")) or parts is None
+                or not all(_is_number(values.get(p)) for p in parts)):
+            continue
+        expected = sum(values[p] for p in parts) / len(parts)
+        if not math.isclose(values["score"], expected, rel_tol=1e-9, abs_tol=1e-12):
+            problems.append(f"metrics.{split}.score is {values['score']}, but its selection metric '{selection}' is "
+                            f"{expected}: the score must equal metrics.{split}[selection_metric]")
     return problems
 
 

@@ -81,12 +81,13 @@ def import_weights(model: Classifier, state: dict[str, torch.Tensor], path: Path
 
 
 def make_manifest(method: str, cfg: Any, backbone_id: str, pooling: str, num_labels: int, task: str | None,
-                  setup) -> dict:
-    """The manifest of a model built by `sptbench.build_model` (what `save` writes as model.yaml)."""
+                  setup, revision: str | None = None) -> dict:
+    """The manifest of a model built by `sptbench.build_model` (what `save` writes as model.yaml); `revision`: the
+    hub revision the backbone was loaded at (rebuilt at the same one), where one was asked for."""
     return {
         "sptbench_model": MANIFEST_VERSION,
         "method": {"name": method, "config": config_dict(cfg)},
-        "backbone": {"id": backbone_id, "pooling": pooling},
+        "backbone": {"id": backbone_id, "pooling": pooling, **({"revision": revision} if revision else {})},
         "num_labels": num_labels,
         "task": {"name": task} if task is not None else None,
         "head": head_section(setup),
@@ -101,7 +102,8 @@ def manifest_from_record(record: dict) -> dict:
         "sptbench_model": MANIFEST_VERSION,
         "run_id": record.get("run_id"),  # names the run in errors about its head
         "method": {"name": record["method"]["name"], "config": final or record["method"]["config"]},
-        "backbone": {"id": record["backbone"]["id"], "pooling": record["backbone"]["pooling"]},
+        "backbone": {"id": record["backbone"]["id"], "pooling": record["backbone"]["pooling"],
+                     **({"revision": rev} if (rev := record["backbone"].get("requested_revision")) else {})},
         "num_labels": None,
         "task": {"name": record["task"]["name"]},
         "head": record.get("head"),
@@ -149,7 +151,7 @@ def rebuild(manifest: dict, path: Path, *, quiet: bool = False) -> tuple[Classif
         model, tokenizer, _ = build_classifier(
             method, cfg, manifest["backbone"]["id"], spec.num_labels if num_labels is None else int(num_labels),
             pooling=manifest["backbone"]["pooling"], prompt=setup_from_record(manifest, spec) if spec else None,
-            quiet=quiet,
+            quiet=quiet, revision=manifest["backbone"].get("revision"),
         )
     except (KeyError, TypeError) as e:
         raise SptbenchError(f"{path}: malformed saved model ({type(e).__name__}: {e})") from None

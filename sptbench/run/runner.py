@@ -31,6 +31,7 @@ from sptbench.methods.registry import (
     config_dict,
     get_method,
 )
+from sptbench.models.backbones import check_revision
 from sptbench.records.build import now_iso, run_record
 from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
 from sptbench.records.keys import setting_name
@@ -119,6 +120,7 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
     setting = setting_name(spec.shots, spec.train_size)
     check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
     check_config_layers(cfg, spec.model)
+    check_revision(spec.model, spec.revision)
     return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
 
 
@@ -203,6 +205,7 @@ def run(spec: RunSpec) -> RunOutcome:
         seed=spec.seed,
         split_source=spec.split_source,
         train_size=spec.train_size,
+        strict_data=spec.strict_data,
     )
     setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template, causal=prompt_head_is_causal(spec))
     accelerator = _device(spec.device)
@@ -249,11 +252,11 @@ def prompt_head_is_causal(spec: RunSpec) -> bool:
 def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device) -> tuple[FitContext, Any, int]:
     """`fit_context` for a run spec."""
     return fit_context(task, setup, cfg, tcfg, device, model=spec.model, seed=spec.seed, pooling=spec.pooling,
-                       progress=spec.progress)
+                       progress=spec.progress, revision=spec.revision)
 
 
 def fit_context(task: TaskData, setup, cfg, tcfg: TrainConfig, device, *, model: str, seed: int,
-                pooling: str | None, progress: bool) -> tuple[FitContext, Any, int]:
+                pooling: str | None, progress: bool, revision: str | None = None) -> tuple[FitContext, Any, int]:
     """What a method's fit gets: a model builder (seeded, frozen backbone on the device), the encoder and the
     training loop bound to this run. The first model is built here: it loads the tokenizer and provenance once and
     fails early on a bad --model. Returns the context, the backbone's provenance and the pad id."""
@@ -264,7 +267,7 @@ def fit_context(task: TaskData, setup, cfg, tcfg: TrainConfig, device, *, model:
         seed_everything(seed)
         model, tokenizer, info = frozen_backbone(  # quiet: transformers' load report and bar off, as ours is
             backbone, task.spec.num_labels, pooling=pooling, head_dropout=tcfg.head_dropout, prompt=setup,
-            quiet=not progress,
+            quiet=not progress, revision=revision,
         )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         return model.to(device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -61,9 +62,11 @@ class Sweep:
     seeds: list[int]
     configs: dict[str, list[tuple[dict, dict]]]  # method -> [(method overrides, train overrides)], grid order
     split_source: str = _default("split_source")
+    revision: str | None = None  # the model repo's commit, branch or tag (hub ids)
     pooling: str | None = None
     heads: list[tuple[str, str | None, str | None]] = field(default_factory=lambda: [(_default("head"), None, None)])
     data_dir: str | None = None
+    strict_data: bool = False
     results_dir: str = _default("results_dir")
     device: str = _default("device")
     dtype: str = _default("dtype")
@@ -105,11 +108,13 @@ class Sweep:
                             train_size=train_size,
                             split_source=self.split_source,
                             model=self.model,
+                            revision=self.revision,
                             pooling=self.pooling,
                             head=head,
                             prompt_loss=prompt_loss,
                             template=template,
                             data_dir=self.data_dir,
+                            strict_data=self.strict_data,
                             results_dir=self.results_dir,
                             method_overrides=dict(method_overrides),
                             train_overrides=dict(train_overrides),
@@ -240,6 +245,8 @@ def _checked_keys(raw: Any, where: str, overrides: dict[str, Any] | None) -> dic
     for key in _STRING_KEYS:
         if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
             raise SptbenchError(f"{where}: '{key}' must be a non-empty string, got {raw[key]!r}")
+    if not isinstance(raw.get("strict_data", False), bool):
+        raise SptbenchError(f"{where}: 'strict_data' must be true or false, got {raw['strict_data']!r}")
     return raw
 
 
@@ -362,17 +369,22 @@ def _configs(raw: dict, methods: list[str], tasks: list[str], where: str) -> dic
     return configs
 
 
-def _data_dir(raw: dict, split_source: str, where: str) -> Any:
-    """The file's (or --data-dir's) data folder as given; it must exist, and the lm-bff splits need one."""
+def _data_dir(raw: dict, tasks: list[str], split_source: str, where: str) -> str | None:
+    """The file's (or --data-dir's) data folders (A:B), absolute, so that jobs started elsewhere (Slurm) read the
+    same; each must exist, and the lm-bff splits need one unless every task has its own data folder."""
+    from sptbench.data.locate import data_roots
+    from sptbench.data.specs import load_spec
+
     data_dir = raw.get("data_dir")
-    if split_source == "lm-bff" and not data_dir:
+    if split_source == "lm-bff" and not data_dir and any(load_spec(t).data is None for t in tasks):
         raise SptbenchError(
             f"{where}: split_source 'lm-bff' reads the published splits from a local mirror: "
-            "set data_dir, pass --data-dir or set SPTBENCH_DATA_DIR"
+            "set data_dir, pass --data-dir or set SPTBENCH_DATA_PATH"
         )
-    if data_dir is not None and not Path(str(data_dir)).expanduser().is_dir():
-        raise SptbenchError(f"{where}: data dir '{data_dir}' does not exist or is not a folder")
-    return data_dir
+    try:
+        return os.pathsep.join(map(str, data_roots(data_dir) if data_dir else [])) or None
+    except SptbenchError as e:
+        raise SptbenchError(f"{where}: {e}") from None
 
 
 def _slurm(raw: dict, where: str) -> dict[str, Any]:
@@ -424,7 +436,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     methods = _methods_for_heads(methods, heads, registry, every, where)
     _check_protocols(tasks, regimes, seeds, split_source, where)
     configs = _configs(raw, methods, tasks, where)
-    data_dir = _data_dir(raw, split_source, where)
+    data_dir = _data_dir(raw, tasks, split_source, where)
     slurm = _slurm(raw, where)
     launcher = raw.get("launcher") or Sweep.launcher
     require_launcher(launcher)
@@ -442,10 +454,12 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         seeds=seeds,
         configs=configs,
         split_source=split_source,
+        revision=raw.get("revision"),
         pooling=raw.get("pooling"),
         heads=heads,
         # absolute, so that jobs started elsewhere (Slurm) read and write the same folders
-        data_dir=str(Path(str(data_dir)).expanduser().resolve()) if data_dir else None,
+        data_dir=data_dir,
+        strict_data=raw.get("strict_data") or False,
         results_dir=str(Path(str(raw.get("results_dir") or _default("results_dir"))).expanduser().resolve()),
         device=raw.get("device") or _default("device"),
         dtype=raw.get("dtype") or _default("dtype"),

@@ -229,17 +229,17 @@ def build_optimizer(
     decay_scope: str = "matrices",
 ):
     """AdamW (`decay_scope` "matrices": no decay on biases and norms; "all": decay everything) with linear warmup
-    and the `schedule` after it."""
+    and the `schedule` after it. A parameter with an attribute `sptbench_lr` (set by its method, e.g. DePT's
+    low-rank pair; a method option, so in the record key) gets that learning rate instead of `lr`."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise SptbenchError("the method left no trainable parameters")
-    if decay_scope == "all":
-        groups = [{"params": params, "weight_decay": weight_decay}]
-    else:
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    groups: dict[tuple[float, float], list] = {}  # (weight decay, lr) -> parameters, in first-seen order
+    for p in params:
+        decay = weight_decay if decay_scope == "all" or p.ndim >= 2 else 0.0
+        groups.setdefault((decay, getattr(p, "sptbench_lr", lr)), []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "weight_decay": wd, "lr": group_lr} for (wd, group_lr), ps in groups.items()], lr=lr)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, max_steps, warmup_ratio, schedule)
     )

@@ -192,7 +192,7 @@ def test_prefix_tuning_trains_through_the_mlp_and_folds_into_plain_prefixes(back
         torch.testing.assert_close(m.injections[0].prefix, prefixes, atol=0, rtol=0)
         assert m.count_parameters()["trainable"] == m.count_parameters()["stored"] - HEAD == plain
         with torch.no_grad():
-            torch.testing.assert_close(m(ids, mask), trained, atol=1e-6, rtol=0)
+            torch.testing.assert_close(m(ids, mask).logits, trained, atol=1e-6, rtol=0)
     assert not torch.allclose(prefixes, api.build_model("prefix_tuning", backbone, seed=1, prefix_len=4,
                                                         mlp_hidden=16).injections[0].all_prefixes())
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sptbench.families.base import load_families
+from sptbench.testing import tiny_families
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying for 25 s
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
 # every tiny backbone the discovered families declare (sptbench/families/<arch>.py), in listing order
-TINY_FAMILIES = [name for entry in load_families().values() for name in entry.tiny_configs]
+TINY_FAMILIES = tiny_families()
 
 
 @pytest.fixture(scope="session")

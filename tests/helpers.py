@@ -6,6 +6,7 @@ import itertools
 import random
 from datetime import datetime, timedelta, timezone
 
+from sptbench import testing
 from sptbench.records.schema import example_record
 
 _RNG = random.Random(20261202)  # seeded: a failing test fails the same way on a rerun
@@ -34,39 +35,8 @@ def make_record(**overrides) -> dict:
     return rec
 
 
-def build(backbone: str, method: str, overrides: dict | None = None, seed: int = 0):
-    """Load a tiny backbone, freeze it and apply `method`, as the runner does (global RNG seeded for the head/init)."""
-    import torch
-
-    from sptbench.methods.registry import build_config, get_method
-    from sptbench.run.assemble import build_classifier
-
-    torch.manual_seed(seed)
-    m = get_method(method)
-    return build_classifier(m, build_config(m, overrides), backbone, 2)[0]
-
-
-def random_batch(seed: int, bsz: int, max_len: int):
-    """Fresh random token ids, right-padded with random lengths (the first example fills the batch): (ids, mask)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, max_len + 1, (bsz,), generator=g)
-    lengths[0] = max_len
-    mask = (torch.arange(max_len)[None] < lengths[:, None]).long()
-    ids = torch.randint(999, 30000, (bsz, max_len), generator=g) * mask  # pad id 0
-    return ids, mask
-
-
-def perturb_trainable(model, scale: float = 0.2, seed: int = 1) -> None:
-    """Move every trainable parameter off its init (zero-init adapters, LoRA, gates would make checks trivial)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
+# one definition each, shared with the installed generated tests (sptbench/testing)
+build, random_batch, perturb_trainable = testing.build, testing.random_batch, testing.perturb_trainable
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -79,3 +49,12 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def classifier_output(logits, labels=None):
+    """What `Classifier.forward` returns, for toy models given to the training loop (it reads `.loss`, `.logits`)."""
+    import torch.nn.functional as F
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+    return SequenceClassifierOutput(loss=loss, logits=logits)

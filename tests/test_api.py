@@ -38,7 +38,7 @@ def test_the_readme_example_runs_as_written(capsys):
 def test_import_sptbench_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, sptbench; print('torch' in sys.modules, "
                           "sorted(sptbench.__all__))"], capture_output=True, text=True, check=True, cwd=REPO)
-    assert out.stdout.split("\n")[0] == "False ['__version__', 'build_model', 'load', 'save']"
+    assert out.stdout.split("\n")[0] == "False ['Trainer', '__version__', 'build_model', 'fit', 'load', 'save']"
 
 
 def test_public_names_are_the_api_functions():
@@ -73,7 +73,7 @@ def test_prompt_head_models_save_and_load(tmp_path):
     loaded = api.load(api.save(model, tmp_path / "m"))
     assert loaded.head_kind == "prompt"
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**enc), model(**enc), atol=1e-6, rtol=0)
+        torch.testing.assert_close(loaded(**enc).logits, model(**enc).logits, atol=1e-6, rtol=0)
 
 
 def test_load_reads_a_save_dir_run_and_refuses_other_folders(saved_runs, tmp_path):
@@ -81,7 +81,7 @@ def test_load_reads_a_save_dir_run_and_refuses_other_folders(saved_runs, tmp_pat
     loaded = api.load(folder)
     enc = loaded.tokenizer(["a short premise", "and another"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**enc), trained(**enc), atol=1e-6, rtol=0)
+        torch.testing.assert_close(loaded(**enc).logits, trained(**enc).logits, atol=1e-6, rtol=0)
     with pytest.raises(SptbenchError, match="no saved model here"):
         api.load(tmp_path)
     (tmp_path / "model.yaml").write_text("method: lora\n")

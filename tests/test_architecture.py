@@ -20,7 +20,7 @@ SRC = REPO / "sptbench"
 
 # bottom to top (docs/architecture.md); "api" is sptbench/api.py, the facade, and "sptbench" the package root
 LAYERS = ("core", "records", "data", "families", "models", "training", "methods", "run", "reports", "sweep", "cli",
-          "api", "sptbench")
+          "api", "trainer", "testing", "sptbench")
 # packages that may import only these (besides themselves), whatever their rank says
 ONLY = {
     "core": set(),

@@ -33,7 +33,7 @@ def test_layer_loop_equals_stock_forward(name):
     lengths = torch.randint(3, 20, (4,)).tolist()
     batch = random_batch(len(tok), lengths)
     with torch.no_grad():
-        ours = model(**batch)
+        ours = model(**batch).logits
         stock = model.backbone(**batch).last_hidden_state
         expected = model.head(pool(stock, batch["attention_mask"].bool(), model.pooling))
     assert ours.shape == (4, 3)
@@ -47,9 +47,9 @@ def test_batch_invariance(name):
     lengths = [17, 4, 11, 1]
     batch = random_batch(len(tok), lengths, pair=name != "tiny-gpt2")
     with torch.no_grad():
-        together = model(**batch)
+        together = model(**batch).logits
         for i, n in enumerate(lengths):
-            alone = model(**{k: v[i : i + 1, :n] for k, v in batch.items()})
+            alone = model(**{k: v[i : i + 1, :n] for k, v in batch.items()}).logits
             torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -58,7 +58,7 @@ def test_forward_backward_all_families(name):
     model, tok, _ = load_backbone(name, num_labels=2)
     model.train()
     batch = random_batch(len(tok), [9, 5, 7])
-    loss = torch.nn.functional.cross_entropy(model(**batch), torch.tensor([0, 1, 1]))
+    loss = torch.nn.functional.cross_entropy(model(**batch).logits, torch.tensor([0, 1, 1]))
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert "head.weight" in grads and grads["head.weight"].abs().sum() > 0
@@ -74,7 +74,7 @@ def test_frozen_backbone_runs_without_autograd():
     seen = []
     for layer in model.layers:
         layer.register_forward_hook(lambda m, i, o: seen.append(torch.is_grad_enabled()))
-    out = model(**random_batch(len(tok), [6, 3]))
+    out = model(**random_batch(len(tok), [6, 3])).logits
     assert seen == [False] * len(model.layers)
     assert out.requires_grad  # the head still trains
 
@@ -297,7 +297,7 @@ def test_decoders_are_invariant_to_the_padding_side(name):
         for k in right:
             left[k][i, -n:] = right[k][i, :n]
     with torch.no_grad():
-        torch.testing.assert_close(model(**left), model(**right), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(**left).logits, model(**right).logits, atol=1e-5, rtol=1e-5)
 
 
 def _smollm2_installed() -> bool:
@@ -328,7 +328,7 @@ def test_smollm2_from_pypi_gguf_equals_transformers_llama():
     stock = AutoModelForCausalLM.from_pretrained(folder).eval()
     batch = tok(["a gripping, beautifully acted film", "dull"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        ours = model(batch["input_ids"], batch["attention_mask"])
+        ours = model(batch["input_ids"], batch["attention_mask"]).logits
         hidden = stock.model(**batch).last_hidden_state
         expected = model.head(pool(hidden, batch["attention_mask"].bool(), "last"))
         logits = stock(**batch).logits

@@ -61,7 +61,7 @@ def test_floor_backpropagates_through_every_layer_and_nothing_trains_but_the_shi
     assert model.first_trainable_layer() == 0
     batch = synthetic_batch(Shape(batch=2, seq_len=8), 30522, torch.device("cpu"))
     model.train()
-    loss = model(batch["input_ids"], batch["attention_mask"]).sum()
+    loss = model(batch["input_ids"], batch["attention_mask"]).logits.sum()
     loss.backward()
     assert shift.grad is not None and shift.grad.abs().sum() > 0
     assert all(p.grad is None for n, p in model.backbone.named_parameters() if not n.endswith("bench_shift"))

@@ -60,7 +60,7 @@ def test_compiled_logits_and_gradients_equal_eager(method):
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     grads = []
     for forward in (model, compiled):
-        logits = forward(**batch)
+        logits = forward(**batch).logits
         F.cross_entropy(logits, labels).backward()
         grads.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
         model.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
-"""Families: discovery (one module per architecture registers its Family and tiny configs, sptbench/families/), every
-registered method on every tiny family (generated), and MPNet's relative position bias through prompt positions and
-key/value prefixes (sptbench/families/mpnet.py)."""
+"""Families: discovery (one module per architecture registers its Family and tiny configs, sptbench/families/), and
+MPNet's relative position bias through prompt positions and key/value prefixes (sptbench/families/mpnet.py). Every
+registered method on every tiny family is generated in sptbench/testing/test_methods.py."""
 
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ import torch.nn.functional as F
 from sptbench.core.errors import SptbenchError
 from sptbench.families import base
 from sptbench.families.base import family_for, family_modules, load_families
-from sptbench.methods.registry import load_methods
 from tests import helpers
-from tests.conftest import TINY_FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -92,37 +90,6 @@ def test_a_new_family_is_one_file_and_a_broken_one_fails_loudly(tmp_path, monkey
     finally:
         for name in ("sptbench.families.toy", "sptbench.families.broken"):
             sys.modules.pop(name, None)
-
-
-@pytest.mark.parametrize("method", sorted(name for name, m in load_methods().items() if "linear" in m.heads))
-@pytest.mark.parametrize("backbone", TINY_FAMILIES)
-def test_every_method_on_every_family(backbone, method):
-    """Forward and backward (the head and the method's parameters get gradients), batch invariance under right
-    padding, and a save -> load round trip onto a freshly built model; every method that works with the linear head
-    (tests/test_heads.py covers the prompt head, and `zero_shot`, which trains nothing)."""
-    model = helpers.build(backbone, method, seed=0)
-    model.train()
-    ids, mask = random_batch(0)
-    F.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0, 1])).backward()
-    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    assert "head.weight" in with_grad
-    if method != "head":
-        assert with_grad - {"head.weight", "head.bias"}, "the method's parameters got no gradient"
-
-    helpers.perturb_trainable(model)
-    model.eval()
-    ids, mask = random_batch(1, bsz=5)
-    with torch.no_grad():
-        together = model(ids, mask)
-        for i in range(ids.shape[0]):
-            n = int(mask[i].sum())
-            torch.testing.assert_close(together[i : i + 1], model(ids[i : i + 1, :n], mask[i : i + 1, :n]),
-                                       atol=1e-5, rtol=0)
-
-    fresh = helpers.build(backbone, method, seed=1).eval()
-    with torch.no_grad():
-        fresh.import_state(model.export_state())
-        torch.testing.assert_close(fresh(ids, mask), together, atol=1e-6, rtol=0)
 
 
 # -- MPNet's relative position bias -------------------------------------------------------------------------------

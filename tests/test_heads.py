@@ -70,7 +70,7 @@ def test_prompt_head_equals_stock_lm_logits(name, method):
     seed = 7 + TINY_FAMILIES.index(name) * 10 + [None, "lora", "adapter"].index(method)
     ids, mask = random_prompt_batch(seed, tok, causal, [9, 4, 13, 2])
     with torch.no_grad():
-        ours = model(ids, mask)
+        ours = model(ids, mask).logits
     expected = stock_label_logits(name, ids, mask, model.head.label_word_ids, causal, tok.mask_token_id)
     assert ours.shape == (4, 2)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
@@ -94,7 +94,7 @@ def test_prompt_methods_read_the_template_mask_and_are_batch_invariant(name, met
 
     model.head.register_forward_pre_hook(capture)
     with torch.no_grad():
-        together = model(ids, mask)
+        together = model(ids, mask).logits
     # the head sees the token positions only (prompts cut off) and reads the template's mask / last real token
     assert seen["n"] == ids.shape[1]
     expected_at = mask.sum(1) - 1 if causal else (ids == tok.mask_token_id).long().argmax(1)
@@ -103,10 +103,10 @@ def test_prompt_methods_read_the_template_mask_and_are_batch_invariant(name, met
     for left in sides:
         ids_p, mask_p = random_prompt_batch(100 + PROMPT_METHODS.index(method), tok, causal, lengths, left=left)
         with torch.no_grad():
-            padded = model(ids_p, mask_p)
+            padded = model(ids_p, mask_p).logits
             for i in range(len(lengths)):
                 real = mask_p[i].bool()
-                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real])
+                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real]).logits
                 torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(padded, together, atol=1e-5, rtol=1e-5)
 
@@ -118,7 +118,7 @@ def test_vocab_loss_is_cross_entropy_over_the_vocabulary():
     model.train()
     model.head.lm_head.eval()  # the comparison below runs the head alone: same (no) dropout
     torch.manual_seed(0)
-    logits = model(ids, mask)
+    logits = model(ids, mask).logits
     assert logits.shape == (2, 3)  # the label words + the rest of the vocabulary
     hidden = {}
     model.head.lm_head.register_forward_hook(lambda m, i, o: hidden.update(vocab=o))
@@ -128,7 +128,7 @@ def test_vocab_loss_is_cross_entropy_over_the_vocabulary():
     target = model.head.label_word_ids[labels]
     torch.testing.assert_close(F.cross_entropy(logits, labels), F.cross_entropy(vocab, target))
     model.eval()
-    assert model(ids, mask).shape == (2, 2)  # evaluation compares the label words only
+    assert model(ids, mask).logits.shape == (2, 2)  # evaluation compares the label words only
 
 
 def test_truncation_keeps_template_and_mask():
@@ -273,7 +273,7 @@ def test_contextual_calibration_makes_the_content_free_input_uniform(monkeypatch
     [row] = encode_prompt_rows([{"label": 0, "sentence": "N/A"}], model.tokenizer, setup, spec.max_length, causal=True)
     ids = torch.tensor([row["input_ids"]])
     with torch.no_grad():
-        probs = model(ids, torch.ones_like(ids)).softmax(-1)[0]
+        probs = model(ids, torch.ones_like(ids)).logits.softmax(-1)[0]
     assert probs.tolist() == pytest.approx([0.5, 0.5], abs=1e-5)
 
 
@@ -284,12 +284,12 @@ def test_causal_prompt_head_computes_only_the_label_words(name, monkeypatch):
     model.eval()
     ids, mask = random_prompt_batch(31 + TINY_FAMILIES.index(name), tok, True, [6, 11, 3])
     with torch.no_grad():
-        sliced = model(ids, mask)
+        sliced = model(ids, mask).logits
         head = model.head
         full = head.family.lm_logits(model.backbone, head.lm_head, torch.randn(1, 1, head.lm_head.in_features))
         calls = []
         monkeypatch.setattr(head.lm_head, "forward", lambda x: calls.append(x.shape) or full)
-        again = model(ids, mask)
+        again = model(ids, mask).logits
     assert calls == []  # the vocabulary-sized head was never called
     torch.testing.assert_close(again, sliced)
     expected = stock_label_logits(name, ids, mask, head.label_word_ids, True, tok.mask_token_id)

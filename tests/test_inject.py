@@ -55,7 +55,7 @@ def test_prompt_tuning_equals_peft_prompt_tuning(backbone):
     ).eval()
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(model.injections[0].prompt)
-        ours = model(ids, mask)
+        ours = model(ids, mask).logits
         hidden = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
         assert hidden.shape[1] == m + ids.shape[1]
         reference = model.head(pool(hidden[:, m:], mask.bool(), model.pooling))
@@ -81,7 +81,7 @@ def test_p_tuning_v2_on_a_decoder_equals_stock_model_with_a_prefix_cache(backbon
         assert k.shape == v.shape == (bsz, kv_heads, 5, head_dim)  # (batch, key/value heads, p, head_dim)
         cache.update(k.detach().contiguous(), v.detach().contiguous(), i)
     with torch.no_grad():
-        ours = model(ids, mask)
+        ours = model(ids, mask).logits
         hidden = ref(
             input_ids=ids,
             attention_mask=torch.cat([torch.ones(bsz, 5, dtype=mask.dtype), mask], 1),  # covers p + n
@@ -246,11 +246,11 @@ def test_kv_prefix_reaches_every_layer(backbone):
     ids, mask = random_batch(5)
     prefix = model.injections[0].prefix
     with torch.no_grad():
-        base = model(ids, mask)
+        base = model(ids, mask).logits
         for layer in range(len(model.layers)):
             saved = prefix[layer].clone()
             prefix[layer, 1] += 1.0  # values only
-            assert not torch.allclose(model(ids, mask), base, atol=1e-5), f"layer {layer} prefix had no effect"
+            assert not torch.allclose(model(ids, mask).logits, base, atol=1e-5), f"layer {layer} prefix had no effect"
             prefix[layer] = saved
 
 
@@ -268,10 +268,10 @@ def test_only_methods_with_prefixes_change_the_attention(backbone):
     assert not _prefix_path_installed(model)
     ids, mask = random_batch(7)
     with torch.no_grad():
-        stock = model(ids, mask)
+        stock = model(ids, mask).logits
         inject.enable_prefixes(model.backbone, model.family)
         assert _prefix_path_installed(model)
-        torch.testing.assert_close(model(ids, mask), stock, atol=0, rtol=0)
+        torch.testing.assert_close(model(ids, mask).logits, stock, atol=0, rtol=0)
     assert _prefix_path_installed(build(backbone, "p_tuning_v2", {"prefix_len": 2}))
 
 

@@ -152,5 +152,5 @@ def test_real_mpnet_base_loads_with_mean_pooling_and_verified_weights():
     enc = tok(["a gripping, beautifully shot film", "dull"], padding=True, return_tensors="pt")
     with torch.no_grad():
         stock = model.backbone(**enc).last_hidden_state
-        torch.testing.assert_close(model(**enc), model.head(pool(stock, enc["attention_mask"].bool(), "mean")),
+        torch.testing.assert_close(model(**enc).logits, model.head(pool(stock, enc["attention_mask"].bool(), "mean")),
                                    atol=1e-5, rtol=1e-5)

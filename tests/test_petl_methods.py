@@ -31,7 +31,7 @@ def test_prompt_head_batch_invariant_with_gradients(name, method):
     lengths = [11, 3, 7]
     ids, mask = random_prompt_batch(200 + METHODS.index(method), tok, causal, lengths)
     model.train()
-    torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0])).backward()
+    torch.nn.functional.cross_entropy(model(ids, mask).logits, torch.tensor([0, 1, 0])).backward()
     grads = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert grads and all(p.requires_grad for n, p in model.named_parameters() if n in grads)
     helpers.perturb_trainable(model)
@@ -39,10 +39,10 @@ def test_prompt_head_batch_invariant_with_gradients(name, method):
     for left in [False, True] if causal else [False]:
         ids_p, mask_p = random_prompt_batch(300, tok, causal, lengths, left=left)
         with torch.no_grad():
-            padded = model(ids_p, mask_p)
+            padded = model(ids_p, mask_p).logits
             for i in range(len(lengths)):
                 real = mask_p[i].bool()
-                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real])
+                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real]).logits
                 torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -54,12 +54,12 @@ def test_identity_at_init_with_the_prompt_head(name, method):
     model, tok = build_prompt(name, method)
     ids, mask = random_prompt_batch(17, tok, model.family.causal, [9, 4, 13])
     with torch.no_grad():
-        ours = model(ids, mask)
+        ours = model(ids, mask).logits
         expected = stock_label_logits(name, ids, mask, model.head.label_word_ids, model.family.causal,
                                       tok.mask_token_id)
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
         helpers.perturb_trainable(model)  # and the check can fail
-        assert not torch.allclose(model(ids, mask), expected, atol=1e-4)
+        assert not torch.allclose(model(ids, mask).logits, expected, atol=1e-4)
 
 
 # -- parameter counts by hand -------------------------------------------------------------------------------------
@@ -175,13 +175,13 @@ def test_prefix_tuning_trains_through_the_mlp_and_folds_into_plain_prefixes(back
     inj = model.injections[0]
     ids, mask = helpers.random_batch(4, bsz=3, max_len=8)
     model.train()
-    torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 1])).backward()
+    torch.nn.functional.cross_entropy(model(ids, mask).logits, torch.tensor([0, 1, 1])).backward()
     grads = {n for n, p in inj.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert grads == {"embedding", "mlp_in.weight", "mlp_in.bias", "mlp_out.weight", "mlp_out.bias"}
     helpers.perturb_trainable(model)
     model.eval()
     with torch.no_grad():
-        trained = model(ids, mask)
+        trained = model(ids, mask).logits
         prefixes = inj.all_prefixes().clone()
     api.save(model, tmp_path / "saved")
     loaded = api.load(tmp_path / "saved")
@@ -192,7 +192,7 @@ def test_prefix_tuning_trains_through_the_mlp_and_folds_into_plain_prefixes(back
         torch.testing.assert_close(m.injections[0].prefix, prefixes, atol=0, rtol=0)
         assert m.count_parameters()["trainable"] == m.count_parameters()["stored"] - HEAD == plain
         with torch.no_grad():
-            torch.testing.assert_close(m(ids, mask), trained, atol=1e-6, rtol=0)
+            torch.testing.assert_close(m(ids, mask).logits, trained, atol=1e-6, rtol=0)
     assert not torch.allclose(prefixes, api.build_model("prefix_tuning", backbone, seed=1, prefix_len=4,
                                                         mlp_hidden=16).injections[0].all_prefixes())
 
@@ -218,7 +218,7 @@ def test_dept_equals_the_stock_model_fed_its_prompt_and_updated_embeddings(backb
     ids, mask = helpers.random_batch(6, bsz=3, max_len=9)
     bsz, n = ids.shape
     with torch.no_grad():
-        ours = model(ids, mask)
+        ours = model(ids, mask).logits
         update = 4.0 * (inj.lora_embedding_A @ inj.lora_embedding_B)[:n]  # alpha 8 / sqrt(4)
         words = model.family.word_embeddings(model.backbone)(ids) + update
         embeds = torch.cat([inj.prompt.expand(bsz, -1, -1), words], 1)
@@ -227,7 +227,7 @@ def test_dept_equals_the_stock_model_fed_its_prompt_and_updated_embeddings(backb
         reference = model.head(pool(hidden, mask.bool(), model.pooling))
         torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
         inj.lora_embedding_B.zero_()  # and the update matters
-        assert not torch.allclose(model(ids, mask), ours, atol=1e-4)
+        assert not torch.allclose(model(ids, mask).logits, ours, atol=1e-4)
 
 
 def test_dept_update_starts_at_zero_and_skips_padding():
@@ -262,7 +262,7 @@ def test_dept_trains_a_and_b_at_their_own_learning_rate():
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     model.train()
     ids, mask = helpers.random_batch(2, bsz=4, max_len=7)
-    torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 0, 1])).backward()
+    torch.nn.functional.cross_entropy(model(ids, mask).logits, torch.tensor([0, 1, 0, 1])).backward()
     optimizer.step()
     for name, p in model.named_parameters():
         if name in before:

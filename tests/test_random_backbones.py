@@ -81,4 +81,4 @@ def test_a_random_backbone_loads_with_the_bpe_tokenizer(monkeypatch):
     assert model.head.label_word_ids.tolist() == [tok.convert_tokens_to_ids(w) for w in ("Ġterrible", "Ġgreat")]
     batch = tok(["It was <mask> .", "A fine film . It was <mask> ."], padding=True, return_tensors="pt")
     with torch.no_grad():
-        assert model(batch["input_ids"], batch["attention_mask"]).shape == (2, 2)
+        assert model(batch["input_ids"], batch["attention_mask"]).logits.shape == (2, 2)

@@ -200,7 +200,7 @@ def test_the_docs_example_method_is_discovered_and_passes_the_generated_tests(tm
     """docs/methods.md's example, dropped into a method package as one file, with no list edited anywhere."""
     import sys
 
-    from tests import test_baselines, test_families
+    from sptbench.testing import test_methods
 
     _package(tmp_path, "sptb_new_methods", {"deep_prompt": docs_example()})
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -210,12 +210,12 @@ def test_the_docs_example_method_is_discovered_and_passes_the_generated_tests(tm
         assert "deep_prompt" in load_methods(refresh=True)
         assert build_config(get_method("deep_prompt"), {"layers": "1,3"}).layers == [1, 3]
         test_every_config_field_has_a_default_and_help("deep_prompt")
-        test_baselines.test_parameter_counts_follow_what_the_method_declares("deep_prompt")
-        test_baselines.test_backbone_bit_identical_after_adamw_steps("deep_prompt")
-        test_baselines.test_save_load_round_trip_through_files("tiny-bert", "deep_prompt", tmp_path)
+        test_methods.test_parameter_counts_follow_what_the_method_declares("deep_prompt")
+        test_methods.test_backbone_bit_identical_after_adamw_steps("deep_prompt")
+        test_methods.test_save_load_round_trip_through_files("tiny-bert", "deep_prompt", tmp_path)
         for backbone in ("tiny-bert", "tiny-gpt2"):
-            test_baselines.test_only_intended_parameters_get_gradients(backbone, "deep_prompt")
-            test_families.test_every_method_on_every_family(backbone, "deep_prompt")
+            test_methods.test_only_intended_parameters_get_gradients(backbone, "deep_prompt")
+            test_methods.test_every_method_on_every_family(backbone, "deep_prompt")
     finally:
         for name in [m for m in sys.modules if m.split(".")[0] == "sptb_new_methods"]:
             del sys.modules[name]

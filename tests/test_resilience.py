@@ -12,6 +12,7 @@ from sptbench.core.errors import SptbenchError
 from sptbench.records.io import read_table
 from sptbench.records.schema import validate_record
 from sptbench.run.runner import RunSpec, run
+from tests.helpers import classifier_output
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: no oversubscribed cores
 
@@ -66,7 +67,7 @@ def test_killed_run_resumes_to_the_identical_record(tmp_path, data_dir, monkeypa
 
 @pytest.mark.slow
 class Toy(torch.nn.Module):
-    """Embeddings, dropout (so the RNG matters) and a linear head."""
+    """Embeddings, dropout (so the RNG matters) and a linear head, with the Classifier's forward protocol."""
 
     def __init__(self):
         super().__init__()
@@ -75,9 +76,9 @@ class Toy(torch.nn.Module):
         self.drop = torch.nn.Dropout(0.3)
         self.head = torch.nn.Linear(8, 2)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         m = attention_mask.unsqueeze(-1).float()
-        return self.head(self.drop((self.emb(input_ids) * m).sum(1) / m.sum(1)))
+        return classifier_output(self.head(self.drop((self.emb(input_ids) * m).sum(1) / m.sum(1))), labels)
 
 
 def _toy_train(tmp_path, sampler: str, **kw):
@@ -188,8 +189,8 @@ def test_accumulated_gradient_equals_the_whole_batch_gradient():
             super().__init__()
             self.m = model
 
-        def forward(self, input_ids, attention_mask):
-            return self.m(torch.nn.functional.pad(input_ids, (0, 6 - input_ids.shape[1])))
+        def forward(self, input_ids, attention_mask, labels=None):
+            return classifier_output(self.m(torch.nn.functional.pad(input_ids, (0, 6 - input_ids.shape[1]))), labels)
 
     wrap = Wrap()
     gen = torch.Generator().manual_seed(1)
@@ -294,10 +295,10 @@ def test_out_of_memory_in_evaluation_halves_its_batch(capsys):
     model = Toy().eval()
     real = model.forward
 
-    def tight(input_ids, attention_mask, token_type_ids=None):
+    def tight(input_ids, attention_mask, token_type_ids=None, labels=None):
         if input_ids.shape[0] > 3:
             raise torch.OutOfMemoryError("CUDA out of memory.")
-        return real(input_ids, attention_mask)
+        return real(input_ids, attention_mask, labels=labels)
 
     g = torch.Generator().manual_seed(2)
     rows = [{"input_ids": torch.randint(1, 50, (5,), generator=g).tolist(), "label": i % 2} for i in range(10)]

@@ -84,7 +84,7 @@ def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
     model, _ = load_trained(tmp_path / "saved")
     batch = {"input_ids": torch.randint(1000, 5000, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch), out.model.eval()(**batch))
+        torch.testing.assert_close(model(**batch).logits, out.model.eval()(**batch).logits)
 
 
 def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
@@ -97,7 +97,7 @@ def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
     model, _ = load_trained(tmp_path / "saved")
     batch = {"input_ids": torch.randint(1000, 5000, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch), out.model.eval()(**batch))
+        torch.testing.assert_close(model(**batch).logits, out.model.eval()(**batch).logits)
 
 
 def test_git_dirty_means_the_code_differs_not_the_results(tmp_path):

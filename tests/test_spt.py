@@ -48,7 +48,7 @@ def encode(tokenizer, texts):
 
 
 def ce_loss(model, batch):
-    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
@@ -141,18 +141,18 @@ def test_hard_gates_at_every_layer_equal_deep_generated_prompts(backbones, famil
     with torch.no_grad():
         inj.gate_logits.fill_(60.0)  # sigmoid(60) == 1.0 in float32: hard gates
     ref = direct_forward(model, {i: (inj.generators[str(i)], 1.0) for i in range(4)}, ids, mask, types)
-    torch.testing.assert_close(model(ids, mask, types), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(ids, mask, types).logits, ref, atol=1e-5, rtol=1e-5)
     # the same with hard gates (gated=False), the re-training form
     hard, _ = backbones(family)
     hard.eval()
     spt.apply_spt(hard, cfg_spt(layers="0,1,2,3"))
     spt.gates_of(hard).generators.load_state_dict(inj.generators.state_dict())
     hard.head.load_state_dict(model.head.state_dict())
-    torch.testing.assert_close(hard(ids, mask, types), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hard(ids, mask, types).logits, ref, atol=1e-5, rtol=1e-5)
     # and a gate that is not hard changes the result (the test can fail)
     with torch.no_grad():
         inj.gate_logits.fill_(0.0)
-    assert not torch.allclose(model(ids, mask, types), ref, atol=1e-3)
+    assert not torch.allclose(model(ids, mask, types).logits, ref, atol=1e-3)
 
 
 def test_gate_only_at_the_input_is_prompt_tuning_with_a_generator(backbones):
@@ -167,7 +167,7 @@ def test_gate_only_at_the_input_is_prompt_tuning_with_a_generator(backbones):
     alpha = float(torch.sigmoid(inj.gate_logits[0].detach()))
     assert 0.05 < alpha < 0.95
     ref = direct_forward(model, {0: (inj.generators["0"], alpha)}, ids, mask, types)
-    torch.testing.assert_close(model(ids, mask, types), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(ids, mask, types).logits, ref, atol=1e-5, rtol=1e-5)
     # the prompt enters once: re-inserting at layer 2 as well is a different model
     ref2 = direct_forward(model, {0: (inj.generators["0"], alpha), 2: (inj.generators["0"], 1.0)}, ids, mask, types)
     assert not torch.allclose(ref, ref2, atol=1e-4)
@@ -190,9 +190,9 @@ def test_batch_invariance_right_padded_mixed_lengths(backbones, family):
     randomize_(spt.gates_of(model), seed=1)
     ids, mask, types = encode(tok, TEXTS)
     assert (mask == 0).any()
-    batched = model(ids, mask, types)
+    batched = model(ids, mask, types).logits
     for i, text in enumerate(TEXTS):
-        alone = model(*encode(tok, [text]))
+        alone = model(*encode(tok, [text])).logits
         torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-5, rtol=0)
 
 
@@ -280,7 +280,7 @@ def test_second_order_gate_gradient_matches_the_exact_unrolled_gradient(backbone
         g_train = torch.autograd.grad(ce_loss(model, d1), weights, create_graph=True)  # depends on the gates
         unrolled = {names[id(w)]: w - xi * g for w, g in zip(weights, g_train, strict=True)}
         inputs = (d2["input_ids"], d2["attention_mask"], d2["token_type_ids"])
-        logits = torch.func.functional_call(model, unrolled, inputs)
+        logits = torch.func.functional_call(model, unrolled, inputs).logits
     (exact,) = torch.autograd.grad(F.cross_entropy(logits, d2["labels"]), gates)
     (first_order,) = torch.autograd.grad(ce_loss(model, d2), gates)
     torch.testing.assert_close(approx, exact, rtol=1e-3, atol=1e-7)
@@ -452,8 +452,8 @@ def test_fit_end_to_end_on_tiny_bert(fit_context, method_name, overrides):
     rebuilt.import_state(state)
     rebuilt.eval(), out.model.eval()
     batch = make_batch(ctx.tokenizer, TEXTS, [0, 1, 1, 0])
-    torch.testing.assert_close(rebuilt(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
-                               out.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
+    torch.testing.assert_close(rebuilt(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits,
+                               out.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits)
 
 
 def test_fit_with_fixed_layers_skips_the_search(fit_context):
@@ -560,13 +560,13 @@ def test_stochastic_gate_straight_through_reaches_the_logits_and_evaluation_is_d
     assert any(0 < float(x.round().mean()) < 1 for x in gates)  # sampled per example
     model.eval()
     ids, mask, types = encode(tok, TEXTS)
-    first, second = model(ids, mask, types), model(ids, mask, types)
+    first, second = model(ids, mask, types).logits, model(ids, mask, types).logits
     assert torch.equal(first, second)
     deterministic, _ = backbones("tiny-bert")
     spt.apply_spt(deterministic, cfg_spt())
     deterministic.load_state_dict(model.state_dict())
     deterministic.eval()
-    torch.testing.assert_close(first, deterministic(ids, mask, types))  # evaluation mixes with α itself
+    torch.testing.assert_close(first, deterministic(ids, mask, types).logits)  # evaluation mixes with α itself
 
 
 def test_stochastic_gate_temperature_is_annealed_over_the_search(fit_context):
@@ -628,9 +628,9 @@ def test_naive_generator_reads_the_summary_token(backbones, family):
     torch.testing.assert_close(gen(changed, mask), out)
     model.eval()
     ids, amask, types = encode(tok, TEXTS)
-    batched = model(ids, amask, types)
+    batched = model(ids, amask, types).logits
     for i, text in enumerate(TEXTS):
-        torch.testing.assert_close(batched[i:i + 1], model(*encode(tok, [text])), atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched[i:i + 1], model(*encode(tok, [text])).logits, atol=1e-5, rtol=0)
 
 
 def test_plot_layers_curves_and_chosen_layers(tmp_path):

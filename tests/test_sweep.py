@@ -31,7 +31,7 @@ from sptbench.sweep.claims import claim, claim_name, claims_dir
 from sptbench.sweep.launch import run_local, submit
 from sptbench.sweep.plan import plan, spec_key
 from sptbench.sweep.spec import load_sweep, parse_sweep
-from tests.helpers import fresh_run_id
+from tests.helpers import classifier_output, fresh_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128}
@@ -489,9 +489,9 @@ class Toy(torch.nn.Module):
         self.emb = torch.nn.Embedding(50, 8)
         self.head = torch.nn.Linear(8, 2)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         m = attention_mask.unsqueeze(-1).float()
-        return self.head((self.emb(input_ids) * m).sum(1) / m.sum(1))
+        return classifier_output(self.head((self.emb(input_ids) * m).sum(1) / m.sum(1)), labels)
 
 
 def _toy_data():

@@ -240,7 +240,7 @@ def test_evaluate_records_dev_loss_and_gold_probability():
     model.eval()
     with torch.no_grad():
         for r in rows:
-            logits = model(torch.tensor([r["input_ids"]]), torch.ones(1, len(r["input_ids"]), dtype=torch.long))
+            logits = model(torch.tensor([r["input_ids"]]), torch.ones(1, len(r["input_ids"]), dtype=torch.long)).logits
             losses.append(float(nn.functional.cross_entropy(logits, torch.tensor([r["label"]]))))
             probs.append(float(logits.softmax(-1)[0, r["label"]]))
     assert got["loss"] == pytest.approx(sum(losses) / len(losses), abs=2e-6)

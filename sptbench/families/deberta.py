@@ -89,7 +89,7 @@ def _deberta_config(vocab_size: int, **sizes):
 
 register_family(
     DebertaFamily("deberta", causal=False, default_pooling="cls", lora_targets=("in_proj",),
-                  attn_implementation="eager"),
+                  key_value_targets=("in_proj",), attn_implementation="eager"),
     label="DeBERTa",
     listing_order=25,
     tiny_configs={"tiny-deberta-v1": lambda v: _deberta_config(v, **TINY_SIZES)},

@@ -80,7 +80,7 @@ def content_free_log_probs(ctx: FitContext, model: Classifier) -> list[float]:
         for row in encoded:
             ids = torch.tensor([row["input_ids"]], device=device)
             probs.append(model(**model_inputs({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, device))
-                         .float().softmax(-1)[0])
+                         .logits.float().softmax(-1)[0])
     return [round(float(x), 6) for x in torch.stack(probs).mean(0).log()]
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the protocol's types, without importing torch with the regi
 
 METHOD_PACKAGES = ("sptbench.methods",)  # every module (or method folder) in these is imported
 ENTRY_POINT_GROUP = "sptbench.methods"  # entry points of installed packages, each loaded
-TRAINS = ("added", "backbone", "nothing")
+TRAINS = ("added", "subset", "backbone", "nothing")
 
 
 @dataclass
@@ -79,8 +79,11 @@ class Method:
     default_lr: float = 1e-3  # the learning rate a run uses unless --lr says otherwise
     heads: tuple[str, ...] = ("linear", "prompt")  # the heads (--head) the method works with
     # what trains besides the linear head: "added" = the parameters `apply` adds (the backbone stays frozen),
-    # "backbone" = the backbone's own parameters (finetune), "nothing" (head, zero_shot). The generated tests check it.
-    trains: Literal["added", "backbone", "nothing"] = "added"
+    # "subset" = the backbone's own parameters whose names `subset` accepts, and nothing added (BitFit: the biases),
+    # "backbone" = all of the backbone's own (finetune), "nothing" (head, zero_shot). The generated tests check it.
+    trains: Literal["added", "subset", "backbone", "nothing"] = "added"
+    # trains="subset": a predicate on a backbone parameter's name (as `model.backbone.named_parameters()` gives it)
+    subset: Callable[[str], bool] | None = None
 
     def check_head(self, head: str) -> None:
         """A one-line error when the method does not work with this head (e.g. `head` trains the linear one)."""
@@ -101,15 +104,20 @@ def register_method(
     default_lr: float = 1e-3,
     heads: tuple[str, ...] = ("linear", "prompt"),
     trains: str = "added",
+    subset: Callable[[str], bool] | None = None,
 ) -> None:
-    """Register a method under `name` (once; a second registration of the same name is a bug)."""
+    """Register a method under `name` (once; a second registration of the same name is a bug). `trains="subset"`
+    declares which backbone parameters `apply` makes trainable with `subset(name) -> bool` on their names in
+    `model.backbone.named_parameters()`; the generated tests (sptbench/testing) check exactly those train."""
     if name in METHODS and METHODS[name].apply is not apply:
         raise RuntimeError(f"method '{name}' is registered twice")
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config for '{name}' must be a dataclass")
     if trains not in TRAINS:
         raise ValueError(f"method '{name}': trains must be one of {TRAINS}, got {trains!r}")
-    METHODS[name] = Method(name, config_cls, apply, description, fit, default_lr, tuple(heads), trains)
+    if (trains == "subset") != (subset is not None) or (subset is not None and not callable(subset)):
+        raise ValueError(f"method '{name}': trains='subset' and a callable subset=... go together")
+    METHODS[name] = Method(name, config_cls, apply, description, fit, default_lr, tuple(heads), trains, subset)
 
 
 def method_modules() -> list[str]:

@@ -4,7 +4,9 @@ layer, or the prompt head (the frozen pretrained LM head read at the template's 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from sptbench.core.errors import SptbenchError
 from sptbench.families.base import Family
@@ -110,6 +112,14 @@ class Classifier(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.family.layers(self.backbone)
 
+    def gates(self) -> dict[int, float]:
+        """α per layer of the gated injections (SPT's search-stage model: every candidate layer; a re-trained SPT
+        model or LPT: its prompt layers at 1.0); {} for methods without gates."""
+        out: dict[int, float] = {}
+        for inj in self.injections:
+            out.update(inj.gates() or {})
+        return dict(sorted(out.items()))
+
     def freeze_backbone(self) -> None:
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -131,8 +141,20 @@ class Classifier(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------------------
     def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """`logits` (batch, num_labels) and, with `labels`, `loss`: the cross-entropy of the float logits (the
+        training loop's loss). A transformers `ModelOutput` (as peft's and transformers' classifiers return), so
+        that `transformers.Trainer` reads `loss` and `logits` by name; `out.logits` is the tensor."""
+        logits = self.logits(input_ids, attention_mask, token_type_ids)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.to(logits.device))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """The (batch, num_labels) logits (the prompt head in training with loss `vocab`: one more column)."""
         token_mask = attention_mask.bool()
         bsz = input_ids.shape[0]
         upto = self.first_trainable_layer() if self.training and torch.is_grad_enabled() else 0

@@ -57,6 +57,10 @@ class Injection(nn.Module):
         override must never return a layer above one the injection touches (docs/methods.md)."""
         return 0
 
+    def gates(self) -> dict[int, float] | None:
+        """Gate values α per layer for injections that gate their prompts (SPT), else None."""
+        return None
+
     def export_state(self) -> dict[str, torch.Tensor] | None:
         """What save writes for this injection (None: its trainable parameters as they are)."""
         return None

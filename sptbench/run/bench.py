@@ -134,7 +134,7 @@ def measure(
 
     def train_step():
         with autocast:
-            loss = F.cross_entropy(forward(**inputs).float(), batch["labels"])
+            loss = F.cross_entropy(forward(**inputs).logits.float(), batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()

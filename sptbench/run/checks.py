@@ -28,8 +28,13 @@ SAVED_FILES = (SAVED_WEIGHTS, SAVED_MANIFEST, SAVED_RECORD)  # a saved run's fil
 
 def train_config(spec: RunSpec, method: Method) -> TrainConfig:
     """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
-    overrides = {"lr": method.default_lr, **spec.train_overrides}
-    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
+    return make_train_config(method, spec.train_overrides, spec.seed)
+
+
+def make_train_config(method: Method, overrides: dict | None, seed: int) -> TrainConfig:
+    """Training options: the method's default lr, then `overrides` (TrainConfig's fields), coerced and checked."""
+    overrides = {"lr": method.default_lr, **(overrides or {})}
+    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": seed}
     tcfg = TrainConfig(**values)
     check_train_config(tcfg)
     return tcfg

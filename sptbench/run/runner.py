@@ -34,7 +34,14 @@ from sptbench.records.io import append_record, dump_record
 from sptbench.records.keys import canonical_json
 from sptbench.records.runfiles import write_run_file
 from sptbench.run.assemble import frozen_backbone
-from sptbench.run.checks import MAX_SEED, check_run, check_seed, check_spec, train_config  # noqa: F401 (re-exported)
+from sptbench.run.checks import (  # noqa: F401 (re-exported)
+    MAX_SEED,
+    check_run,
+    check_seed,
+    check_spec,
+    make_train_config,
+    train_config,
+)
 from sptbench.run.persist import pending_dir, save_trained
 from sptbench.run.provenance import (
     device_label,
@@ -112,6 +119,12 @@ def default_fit(method: Method, ctx: FitContext) -> FitResult:
     method.apply(model, ctx.method_cfg)
     result = ctx.train(model, ctx.encode(ctx.task.train), ctx.encode(ctx.task.dev))
     return FitResult(model=model, result=result)
+
+
+def fit_method(method: Method, ctx: FitContext) -> FitResult:
+    """A method's whole protocol on `ctx`: its own stages (`Method.fit`: SPT's search -> select -> re-train), or
+    apply + one training run; dev selection throughout. The runner and `sptbench.fit` both run this."""
+    return method.fit(ctx) if method.fit else default_fit(method, ctx)
 
 
 def run(spec: RunSpec) -> RunOutcome:
@@ -213,20 +226,31 @@ def _monitor(spec: RunSpec, tcfg: TrainConfig, task: TaskData) -> Monitor | None
 def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device,
                  checkpoints: RunCheckpoints | None = None, monitor: Monitor | None = None
                  ) -> tuple[FitContext, Any, int]:
+    """`fit_context` for a run spec."""
+    return fit_context(task, setup, cfg, tcfg, device, model=spec.model, seed=spec.seed, pooling=spec.pooling,
+                       progress=spec.progress, revision=spec.revision, fp16=spec.dtype == "fp16",
+                       gradient_checkpointing=spec.gradient_checkpointing, checkpoints=checkpoints, monitor=monitor)
+
+
+def fit_context(task: TaskData, setup, cfg, tcfg: TrainConfig, device, *, model: str, seed: int,
+                pooling: str | None, progress: bool, revision: str | None = None, fp16: bool = False,
+                gradient_checkpointing: bool = False, checkpoints: RunCheckpoints | None = None,
+                monitor: Monitor | None = None) -> tuple[FitContext, Any, int]:
     """What a method's fit gets: a model builder (seeded, frozen backbone on the device), the encoder and the
     training loop bound to this run (fp16 loss scaling, checkpoints, monitor). The first model is built here: it
     loads the tokenizer and provenance once and fails early on a bad --model. Returns the context, the backbone's
     provenance and the pad id."""
     info_box: dict[str, Any] = {}
+    backbone = model
 
     def build_model():
-        seed_everything(spec.seed)
+        seed_everything(seed)
         model, tokenizer, info = frozen_backbone(  # quiet: transformers' load report and bar off, as ours is
-            spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup,
-            quiet=not spec.progress, revision=spec.revision,
+            backbone, task.spec.num_labels, pooling=pooling, head_dropout=tcfg.head_dropout, prompt=setup,
+            quiet=not progress, revision=revision,
         )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
-        if spec.gradient_checkpointing:
+        if gradient_checkpointing:
             model.gradient_checkpointing = True
         return model.to(device)
 
@@ -241,8 +265,8 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
 
     def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
         kw.setdefault("pad_id", pad_id)
-        kw.setdefault("progress", spec.progress)
-        kw.setdefault("fp16", spec.dtype == "fp16")
+        kw.setdefault("progress", progress)
+        kw.setdefault("fp16", fp16)
         kw.setdefault("monitor", monitor)
         if checkpoints is not None:  # one file per training call, in call order (a method's stages)
             kw.setdefault("checkpoint", checkpoints.next())
@@ -269,7 +293,7 @@ def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id
     status, error, fit, test, eval_s = "ok", None, None, {}, 0.0
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            fit = method.fit(ctx) if method.fit else default_fit(method, ctx)
+            fit = fit_method(method, ctx)
             if not spec.defer_test:
                 test_enc = encode(task.test)
                 t0 = time.perf_counter()

@@ -105,8 +105,7 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str = "c
 
 def loss_on(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     device = next(model.parameters()).device
-    logits = model(**model_inputs(batch, device))
-    return F.cross_entropy(logits.float(), batch["labels"].to(device))
+    return model(**model_inputs(batch, device), labels=batch["labels"].to(device)).loss
 
 
 def lr_multiplier(step: int, max_steps: int, warmup_ratio: float, schedule: str = "linear") -> float:
@@ -191,7 +190,7 @@ def scored_predictions(model, encoded: list[dict], batch_size: int,
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = _collate([encoded[i] for i in idx], pad_id)
-        logits = model(**model_inputs(batch, device)).float()
+        logits = model(**model_inputs(batch, device)).logits.float()
         labels = batch["labels"].to(logits.device)
         logp = F.log_softmax(logits, dim=-1).gather(1, labels[:, None])[:, 0]
         rows = zip(logits.argmax(-1).tolist(), (-logp).tolist(), logp.exp().tolist(), strict=True)

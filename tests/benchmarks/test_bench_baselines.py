@@ -79,7 +79,7 @@ def run(benchmark, model: nn.Module, batch, name: str) -> None:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(ids, mask), labels).backward()
+        nn.functional.cross_entropy(model(ids, mask).logits, labels).backward()
         opt.step()
 
     benchmark.group = f"train step, minilm-l6, batch {BATCH}, length {SEQ}"

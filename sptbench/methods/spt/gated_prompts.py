@@ -112,5 +112,10 @@ class GatedPrompts(Injection):
     def first_layer(self) -> int:
         return self.prompt_layers[0]
 
+    def gates(self) -> dict[int, float]:
+        """α per prompt layer (the deterministic gate, sigmoid(logit / temperature)); hard prompts: 1.0 each."""
+        return {layer: round(float(a), 6) for layer, a in zip(self.prompt_layers, self.alphas().detach().cpu(),
+                                                                strict=True)}
+
     def extra_repr(self) -> str:
         return f"layers={list(self.prompt_layers)}, num_tokens={self.num_tokens}, gated={self.gated}, gate={self.gate}"

@@ -158,11 +158,17 @@ def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
             f"{where}: field 'text_columns' lists {len(text_columns)} columns {list(text_columns)}; a task has one "
             f"text or a pair (at most {MAX_TEXT_COLUMNS})"
         )
+    labels = _str_tuple(raw, "labels", where)
+    if len(labels) < 2:  # one class: every prediction right, an accuracy of 1.0 that says nothing
+        raise SptbenchError(f"{where}: field 'labels' must list at least 2 classes, got {list(labels)}")
+    if "label" in text_columns:  # rows hold the texts and their class under "label": one name cannot be both
+        raise SptbenchError(f"{where}: field 'text_columns' must not name 'label' (the rows' class column); "
+                            "map the source column to another name under 'columns'")
     spec = TaskSpec(
         name=name,
         version=version,
         text_columns=text_columns,
-        labels=_str_tuple(raw, "labels", where),
+        labels=labels,
         metrics=_str_tuple(raw, "metrics", where),
         selection_metric=_field(raw, "selection_metric", str, where),
         max_length=_field(raw, "max_length", int, where),
@@ -295,8 +301,8 @@ def _check_spec(spec: TaskSpec, where: str) -> None:
         raise SptbenchError(
             f"{where}: metric 'f1' is binary (positive class = label 1); this task has {spec.num_labels}"
         )
-    if spec.max_length < 1:
-        raise SptbenchError(f"{where}: field 'max_length' must be positive")
+    if isinstance(spec.max_length, bool) or spec.max_length < 1:  # `true` is no length
+        raise SptbenchError(f"{where}: field 'max_length' must be a positive integer, got {spec.max_length!r}")
     _hub_section(spec.hub, where)
     for section in ("hub", "lm_bff"):
         mapping = getattr(spec, section)

@@ -190,6 +190,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return False
             raise ValueError(value)
         if annotation in (int, float, str):
+            if isinstance(value, bool):  # YAML's `true` is not the number 1 (nor the text "True")
+                raise ValueError(value)
             if annotation is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return annotation(value)

@@ -69,6 +69,9 @@ def seed_everything(seed: int) -> None:
 
 def train_config(spec: RunSpec, method: Method) -> TrainConfig:
     """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
+    if "seed" in spec.train_overrides:  # the run's seed is one option, not also a training one that would lose
+        raise SptbenchError(f"'seed' is a run option, not a training one: give it as seed: "
+                            f"{spec.train_overrides['seed']!r} (or --seed), not under train:")
     overrides = {"lr": method.default_lr, **spec.train_overrides}
     values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
     tcfg = TrainConfig(**values)

@@ -147,3 +147,102 @@ def test_task_spec_values_that_would_train_nonsense_are_refused(tmp_path, monkey
     user_task(tmp_path, monkeypatch, RTE_SPEC.replace(*edit))
     with pytest.raises(SptbenchError, match=needle):
         specs.load_spec("rte")
+
+
+# ------------------------------------------------------------------------------------- lengths and sizes
+
+
+@pytest.mark.parametrize("extra, spec_edit, needle", [
+    (["--method", "prompt_tuning", "--set", "num_tokens=600"], None, "600 prompt tokens"),
+    ([], ("max_length: 256", "max_length: 4096"), "4096 tokens = 4096 positions, more than the backbone's 512"),
+    ([], ("max_length: 256", "max_length: 2"), "max_length 2 leaves no room for text"),
+    (["--method", "prompt_tuning"], ("max_length: 256", "max_length: 500"), "500 tokens + 20 prompt tokens = 520"),
+])
+def test_max_length_fits_special_tokens_and_positions_with_prompts(mirror, tmp_path, monkeypatch, capsys,
+                                                                   no_training, extra, spec_edit, needle):
+    argv = run_args(mirror, tmp_path)
+    if extra:
+        argv[argv.index("--method") + 1: argv.index("--method") + 2] = []  # the method comes from `extra`
+        argv.remove("--method")
+    if spec_edit:
+        user_task(tmp_path, monkeypatch, RTE_SPEC.replace(*spec_edit))
+    code, _, err = cli([*argv, *extra], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not list((tmp_path / "results").rglob("*.yaml")) if (tmp_path / "results").exists() else True
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["params", "--method", "head", "--num-labels", "1000000000"], "num_labels=1,000,000,000 needs"),
+    (["params", "--method", "lora", "--set", "rank=1000000000"], "rank=1,000,000,000"),
+    (["params", "--method", "adapter", "--set", "bottleneck=1000000000"], "bottleneck=1,000,000,000"),
+    (["params", "--method", "prompt_tuning", "--set", "num_tokens=1000000000"], "num_tokens=1,000,000,000"),
+    (["params", "--method", "p_tuning_v2", "--set", "prefix_len=1000000000"], "prefix_len=1,000,000,000"),
+])
+def test_huge_allocations_are_refused_with_the_number(capsys, argv, needle):
+    code, _, err = cli([*argv, "--model", "tiny-bert"], capsys)
+    assert_one_line_error(code, err, needle, "GiB), more than this machine's")
+
+
+def test_sizes_that_fit_are_not_refused(capsys):
+    code, out, err = cli(["params", "--method", "lora", "--set", "rank=64", "--model", "tiny-bert"], capsys)
+    assert code == 0, err
+    assert "| lora" in out
+
+
+def test_bench_seq_len_counts_prompt_tokens_and_out_below_a_file(tmp_path, capsys):
+    bench = ["bench", "--model", "tiny-bert", "--batch", "1", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+    code, _, err = cli([*bench, "--method", "prompt_tuning", "--seq-len", "500"], capsys)
+    assert_one_line_error(code, err, "--seq-len with prompt_tuning: 500 tokens + 20 prompt tokens")
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli([*bench, "--method", "lora", "--out", str(tmp_path / "file" / "b.yaml")], capsys)
+    assert_one_line_error(code, err, "is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+# ------------------------------------------------------------------------------------- the Python API
+
+
+@pytest.mark.parametrize("kwargs, error, needle", [
+    ({"num_labels": "2"}, TypeError, "num_labels must be an int, got str"),
+    ({"num_labels": 2.0}, TypeError, "num_labels must be an int, got float"),
+    ({"num_labels": True}, TypeError, "num_labels must be an int, got bool"),
+    ({"num_labels": -3}, ValueError, "num_labels must be at least 2"),
+    ({"num_labels": 1}, ValueError, "num_labels must be at least 2"),
+    ({"num_labels": 0}, ValueError, "num_labels must be at least 2"),
+    ({"model": None}, TypeError, "model must be a str"),
+    ({"method": None}, TypeError, "method must be a str"),
+    ({"seed": -1}, ValueError, "seed must be in"),
+    ({"seed": 2**70}, ValueError, "seed must be in"),
+    ({"seed": 1.5}, TypeError, "seed must be an int"),
+    ({"rank": True}, ValueError, "'rank' expects int"),
+    ({"rank": 10**9}, ValueError, "rank=1,000,000,000"),
+    ({"num_labels": 10**9}, ValueError, "num_labels=1,000,000,000"),
+])
+def test_api_misuse_raises_value_or_type_errors_naming_the_argument(kwargs, error, needle):
+    import sptbench
+
+    args = {"method": "lora", "model": "tiny-bert", **kwargs}
+    with pytest.raises(error, match=needle):
+        sptbench.build_model(**args)
+
+
+def test_api_load_save_and_forward_misuse():
+    import torch
+
+    import sptbench
+
+    for folder, error in ((None, TypeError), (3, TypeError), ("", ValueError)):
+        with pytest.raises(error, match="folder"):
+            sptbench.load(folder)
+    with pytest.raises(TypeError, match="model must be a model"):
+        sptbench.save(None, "x")
+    model = sptbench.build_model("prompt_tuning", "tiny-bert", seed=0)
+    for shape in ((0, 5), (2, 0)):
+        empty = torch.zeros(shape, dtype=torch.long)
+        with pytest.raises(ValueError, match="input_ids must be a non-empty"):
+            model(empty, empty)
+    ids = torch.randint(1000, 2000, (2, 7), generator=torch.Generator().manual_seed(3))
+    assert model(ids, torch.ones_like(ids)).shape == (2, 2)
+    with pytest.raises(ValueError, match="493 tokens \\+ 20 prompt tokens = 513 positions"):
+        model.check_length(493)
+    model.check_length(492)

@@ -83,7 +83,7 @@ def cmd_params(args) -> int:
             skipped.append(f"{name}: {e}")
             continue
         cfg = build_config(method, parse_sets(args.set))
-        check_config_layers(cfg, args.model)  # before loading weights, as `run` does
+        check_config_layers(cfg, args.model, num_labels if setup is None else None)  # before weights, as `run`
         model, _, _ = build_classifier(method, cfg, args.model, num_labels, prompt=setup)
         c = model.count_parameters()
         rows.append(

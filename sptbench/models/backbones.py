@@ -329,17 +329,26 @@ def backbone_is_causal(name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def backbone_layers(name: str) -> int | None:
-    """The number of layers of a backbone, from its config alone (no weights): for checking method options against
-    it before a run (e.g. SPT's top_k). None when that needs the hub (the run itself checks it then)."""
+def backbone_dims(name: str) -> tuple[int, int] | None:
+    """(hidden size, layers) of a backbone, from its config alone (no weights): for checking method options against
+    it before a run (SPT's top_k, the memory a rank or bottleneck asks for). None when that needs the hub (the run
+    itself checks it then)."""
     if name in TINY_CONFIGS:
-        return TINY_CONFIGS[name](1).num_hidden_layers
+        config = TINY_CONFIGS[name](1)
+        return int(config.hidden_size), int(config.num_hidden_layers)
     if name in GGUF_ALIASES:
         return None  # known once dequantised: the run checks it then
     folder = minilm_path() if name == MINILM_ALIAS else Path(name).expanduser()
     if not (folder / "config.json").is_file():
         return None
     try:
-        return int(_hf("AutoConfig").from_pretrained(str(folder)).num_hidden_layers)
+        config = _hf("AutoConfig").from_pretrained(str(folder))
+        return int(config.hidden_size), int(config.num_hidden_layers)
     except (OSError, ValueError, TypeError, AttributeError):
         return None  # the run's own loading reports what is wrong with the folder
+
+
+def backbone_layers(name: str) -> int | None:
+    """The number of layers of a backbone, from its config alone (see `backbone_dims`)."""
+    dims = backbone_dims(name)
+    return dims[1] if dims else None

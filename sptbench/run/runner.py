@@ -115,8 +115,9 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
         if getattr(spec, name) is not None:
             _check_path(getattr(spec, name), name)
     setting = setting_name(spec.shots, spec.train_size)
-    check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
-    check_config_layers(cfg, spec.model)
+    task_spec = load_spec(spec.task)
+    check_protocol(task_spec, spec.shots, spec.seed, spec.split_source, spec.train_size)
+    check_config_layers(cfg, spec.model, None if spec.head == "prompt" else task_spec.num_labels)
     return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
 
 
@@ -253,7 +254,7 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
         return model.to(device)
 
-    build_model()
+    check_max_length(build_model(), info_box["tokenizer"], task.spec)
     tokenizer, info = info_box["tokenizer"], info_box["info"]
     pad_id = tokenizer.pad_token_id or 0
 
@@ -263,6 +264,7 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
         return encode_rows(rows, tokenizer, task.spec)
 
     def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
+        model.check_length(task.spec.max_length, f"task '{task.spec.name}' max_length")  # the method's prompts too
         kw.setdefault("pad_id", pad_id)
         kw.setdefault("progress", spec.progress)
         return train(model, train_enc, dev_enc, task.spec, tcfg_ or tcfg, **kw)
@@ -280,6 +282,17 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
     return ctx, info, pad_id
 
 
+def check_max_length(model, tokenizer, spec) -> None:
+    """The task's max_length leaves room for text after the tokenizer's special tokens (at least one token per text
+    column) and fits the backbone's positions: both checked before any training."""
+    special = tokenizer.num_special_tokens_to_add(pair=len(spec.text_columns) == 2)
+    need = special + len(spec.text_columns)
+    if spec.max_length < need:
+        raise SptbenchError(f"task '{spec.name}' max_length {spec.max_length} leaves no room for text: the "
+                            f"tokenizer adds {special} special tokens; use at least {need}")
+    model.check_length(spec.max_length, f"task '{spec.name}' max_length")
+
+
 def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id: int) -> tuple:
     """Fit (the method's stages, or one training run) and evaluate test once unless deferred. Returns (status,
     error, fit, test metrics, eval seconds); a failure a sweep records is returned, any other raises."""
@@ -290,6 +303,7 @@ def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             fit = method.fit(ctx) if method.fit else default_fit(method, ctx)
             if not spec.defer_test:
+                fit.model.check_length(task.spec.max_length, f"task '{task.spec.name}' max_length")
                 test_enc = encode(task.test)
                 t0 = time.perf_counter()
                 test = evaluate(fit.model, test_enc, task.spec, tcfg.eval_batch_size, pad_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 from contextlib import contextmanager
 
 import pytest
@@ -246,3 +247,105 @@ def test_api_load_save_and_forward_misuse():
     with pytest.raises(ValueError, match="493 tokens \\+ 20 prompt tokens = 513 positions"):
         model.check_length(493)
     model.check_length(492)
+
+
+# ------------------------------------------------------------------------------------- sweeps and models, dry
+
+
+def _sweep_file(tmp_path, mirror, **over) -> str:
+    import yaml
+
+    raw = {"name": "s", "methods": ["head"], "tasks": ["rte"], "shots": 4, "seeds": [13], "model": "tiny-bert",
+           "data_dir": str(mirror), "results_dir": str(tmp_path / "results"), **over}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"model": "tiny-bertt"}, "Did you mean 'tiny-bert'?"),
+    ({"model": "./no/such/folder"}, "does not exist"),
+    ({"model": "org/na me"}, "a hub id org/name"),
+    ({"device": "cuda"}, "no CUDA device"),
+    ({"template": "default"}, "prompt head only"),
+    ({"prompt_loss": "vocab"}, "prompt head only"),
+    ({"train": {"lr": [1e-3, 0.001]}}, "0.001 is listed twice"),
+    ({"shots": [4, 4]}, "4 is listed twice"),
+    ({"method_set": {"lora": {"rank": [2, 2]}}, "methods": ["lora"]}, "2 is listed twice"),
+])
+def test_sweep_dry_run_checks_models_devices_templates_and_repeats(mirror, tmp_path, capsys, no_training, monkeypatch,
+                                                                    over, needle):
+    if over.get("device") == "cuda":
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    code, _, err = cli(["sweep", _sweep_file(tmp_path, mirror, **over), "--dry-run"], capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_a_million_point_grid_is_counted_and_refused_in_seconds(mirror, tmp_path, capsys, no_training):
+    import time
+
+    from sptbench.sweep.bounds import MAX_RUNS
+
+    grid = {"lr": [round(1e-5 * (i + 1), 8) for i in range(1000)], "weight_decay": [i / 1000 for i in range(1000)]}
+    t0 = time.perf_counter()
+    code, _, err = cli(["sweep", _sweep_file(tmp_path, mirror, train=grid), "--dry-run"], capsys)
+    assert_one_line_error(code, err, f"the grid has 1,000,000 runs, more than the limit of {MAX_RUNS:,}")
+    assert time.perf_counter() - t0 < 30
+
+
+def test_a_sweep_parses_each_task_spec_once(mirror, tmp_path, capsys, monkeypatch):
+    """100 grid points, each checked (twice: parsing and preflight) and planned, read the task spec file once."""
+    import time
+
+    reads = []
+    real = safe_yaml.read_text
+    monkeypatch.setattr(safe_yaml, "read_text", lambda path, *a, **k: (reads.append(str(path)), real(path, *a, **k))[1])
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "rte.yaml").write_text(RTE_SPEC)
+    settled = time.time() - 10  # an mtime older than the file system's clock tick: its version is known
+    os.utime(folder / "rte.yaml", (settled, settled))
+    os.utime(folder, (settled, settled))
+    path = _sweep_file(tmp_path, mirror, train={"lr": [round(1e-4 * (i + 1), 6) for i in range(100)]},
+                       tasks_dir=[str(folder)])
+    code, out, err = cli(["sweep", path, "--dry-run"], capsys)
+    assert code == 0, err
+    assert "100 runs" in out
+    assert reads.count(str(folder / "rte.yaml")) == 1, Counter(reads)
+
+
+def test_params_template_needs_the_prompt_head(capsys):
+    code, _, err = cli(["params", "--method", "lora", "--model", "tiny-bert", "--template", "default"], capsys)
+    assert_one_line_error(code, err, "prompt head only")
+
+
+@pytest.mark.parametrize("model, needle", [
+    ("sentence-transformers/all-MiniLM-L6-v3", "Did you mean 'minilm-l6'?"),
+    ("someone/tiny-bert", "Did you mean 'tiny-bert'?"),
+])
+def test_offline_hub_ids_fail_fast_with_did_you_mean(mirror, tmp_path, capsys, no_training, monkeypatch, model,
+                                                     needle):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = run_args(mirror, tmp_path)
+    argv[argv.index("tiny-bert")] = model
+    t0 = time.perf_counter()
+    code, _, err = cli(argv, capsys)
+    assert_one_line_error(code, err, "the hub cannot be asked (HF_HUB_OFFLINE is set)", needle)
+    assert time.perf_counter() - t0 < 20
+
+
+def test_no_network_is_found_in_seconds_for_hub_data(tmp_path, monkeypatch):
+    """No offline variable, no connection (the endpoint refuses): one quick attempt, then the one-line error."""
+    import sptbench.core.hub as hub
+    from sptbench.data.tasks import load_task
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    hub._unreachable.cache_clear()
+    with pytest.raises(SptbenchError, match=r"no local data folder and the hub cannot be asked \(127\.0\.0\.1"):
+        load_task("rte", data_dir=None, shots=4, seed=13)
+    hub._unreachable.cache_clear()

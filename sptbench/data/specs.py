@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib.resources
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +87,28 @@ def task_search_path() -> list[Path]:
 
 def spec_files() -> dict[str, tuple[Any, bool]]:
     """Every findable task: name -> (its spec file, whether it comes from a user folder). The first folder of the
-    search path that holds `<name>.yaml` wins; the packaged specs come last."""
+    search path that holds `<name>.yaml` wins; the packaged specs come last. Listed again only when a folder
+    changes (its mtime: a file added, removed or renamed), not on every look-up."""
+    folders = [*((f, True) for f in task_search_path()), (_specs_root(), False)]
+    try:
+        version = tuple((str(f), f.stat().st_mtime_ns) for f, _ in folders)
+    except (AttributeError, OSError):  # a Traversable without stat: list it now
+        version = None
+    if version is None or not all(_settled(mtime) for _, mtime in version):
+        return dict(_list_specs.__wrapped__(tuple(folders), None))
+    return dict(_list_specs(tuple(folders), version))
+
+
+def _settled(mtime_ns: int) -> bool:
+    """Whether a modification time is old enough to identify a version: file systems stamp times at a coarse
+    clock tick, so a change within the same tick as the last one could keep the time (git's "racy" files)."""
+    return time.time_ns() - mtime_ns > 2_000_000_000
+
+
+@functools.lru_cache(maxsize=32)
+def _list_specs(folders: tuple, version: tuple | None) -> dict[str, tuple[Any, bool]]:
     found: dict[str, tuple[Any, bool]] = {}
-    for folder, user in [*((f, True) for f in task_search_path()), (_specs_root(), False)]:
+    for folder, user in folders:
         for entry in sorted(folder.iterdir(), key=lambda e: e.name):
             name = entry.name[: -len(".yaml")]
             if entry.name.endswith(".yaml") and name and name not in found and entry.is_file():
@@ -111,6 +132,19 @@ def load_spec(name: str) -> TaskSpec:
     if name not in files:
         raise unknown_choice("task", name, files)
     entry = files[name][0]
+    try:  # parsed once per file version: a sweep checks every grid point against its task's spec
+        stat = entry.stat()
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except (AttributeError, OSError):  # a packaged Traversable without stat, or a file gone: read it now
+        version = None
+    if version is None or not _settled(version[0]):
+        return _parse_spec.__wrapped__(name, entry, None)
+    return _parse_spec(name, entry, version)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_spec(name: str, entry: Any, version: tuple | None) -> TaskSpec:
+    """`load_spec` for one version of one file (TaskSpec is frozen: sharing it is safe)."""
     where = str(entry)
     text = safe_yaml.read_text(entry, "task spec")
     raw = safe_yaml.load_one(text, where)

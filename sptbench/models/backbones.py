@@ -9,16 +9,19 @@ causal LM for GPT-2) and the Classifier reads that head, frozen, at the template
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sptbench.core.errors import SptbenchError, unknown_choice
+from sptbench.core.hub import hub_unavailable
 from sptbench.data.templates import PromptSetup, label_word_ids
 from sptbench.families.base import family_for, load_families
 from sptbench.models.gguf_backbones import GGUF_BACKBONES
@@ -214,6 +217,49 @@ def _missing_lm_head(name: str, lm_model, missing: set[str]) -> None:
         )
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@functools.lru_cache(maxsize=256)
+def check_backbone_name(name: str) -> None:
+    """Before any work: `name` is an alias, an existing model folder, or a hub id by its syntax (`org/name`); a
+    near miss of an alias (`tiny-bertt`) is a typo, not a hub id. Loading checks the rest."""
+    if name in BACKBONES:
+        return
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise SptbenchError(f"model folder {local} has no config.json (not a transformers model folder)")
+        return
+    if local.exists():
+        raise SptbenchError(f"--model {name} is a file, not a model folder")
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        raise SptbenchError(f"model folder {name} does not exist")
+    close = difflib.get_close_matches(name, BACKBONES, n=1, cutoff=0.8)
+    if ("/" not in name and close) or not _HUB_ID.match(name) or ".." in name or "--" in name:
+        raise unknown_choice("backbone (an alias, a model folder or a hub id org/name)", name, BACKBONES)
+
+
+def _hub_lookup(name: str, revision: str | None) -> dict:
+    """Fail fast when a hub id cannot be fetched: not in the local cache while the hub is offline or unreachable
+    (a quick check, not transformers' ~25 s of retries). Returns extra loading options (cached: no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    except ValueError:  # an id the hub's own syntax refuses
+        cached = False
+    reason = hub_unavailable()
+    if reason is None:
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    close = difflib.get_close_matches(name.rsplit("/", 1)[-1].lower(), BACKBONES, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise SptbenchError(f"backbone '{name}' is not a local folder nor in the hub cache, and the hub cannot be asked "
+                        f"({reason}).{hint} Aliases: {', '.join(BACKBONES)}")
+
+
 def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -234,8 +280,9 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
     source = str(folder) if folder else name
     if folder is not None and (folder / "config.json").is_file():
         _check_tokenizer_files(folder)
+    hub = _hub_lookup(name, revision) if folder is None else {}
     try:
-        kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+        kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, **hub)
         config = AutoConfig.from_pretrained(source, **kwargs)
         attn = family_for(config).attn_implementation  # fails early, before downloading weights
         if lm:  # the LM head must come from the checkpoint: a freshly initialised one is an error, not a warning

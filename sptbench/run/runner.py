@@ -31,6 +31,7 @@ from sptbench.methods.registry import (
     config_dict,
     get_method,
 )
+from sptbench.models.backbones import check_backbone_name
 from sptbench.records.build import now_iso, run_record
 from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
 from sptbench.records.keys import setting_name
@@ -105,8 +106,11 @@ def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
         if not isinstance(value, str) or not value:
             raise SptbenchError(f"{name} must be a non-empty name, got {value!r}")
     check_seed(spec.seed)
+    check_backbone_name(spec.model)
     method = get_method(spec.method)
     method.check_head(spec.head)
+    if spec.head != "prompt" and (spec.template is not None or spec.prompt_loss is not None):
+        raise SptbenchError("template and prompt_loss apply to the prompt head only (--head prompt)")
     cfg = build_config(method, spec.method_overrides)
     tcfg = train_config(spec, method)
     check_choices(spec)  # every option with declared choices (dtype, device, pooling, head, ...)
@@ -185,6 +189,7 @@ def run(spec: RunSpec) -> RunOutcome:
     # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
     # unwritable results folder or table, or a save folder that is a file or holds another run
     method, cfg, tcfg, path = check_spec(spec)
+    resolve_device(spec.device)  # `cuda` where there is none (a sweep checks it where it runs: launcher local)
     check_appendable(path)
     if spec.save_dir:
         check_save_dir(spec.save_dir, spec.overwrite)

@@ -349,3 +349,92 @@ def test_no_network_is_found_in_seconds_for_hub_data(tmp_path, monkeypatch):
     with pytest.raises(SptbenchError, match=r"no local data folder and the hub cannot be asked \(127\.0\.0\.1"):
         load_task("rte", data_dir=None, shots=4, seed=13)
     hub._unreachable.cache_clear()
+
+
+# ------------------------------------------------------------------------------------- model folders from others
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A tiny BERT model folder (safetensors weights, the MiniLM tokenizer): tests copy it before damaging it."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sptbench.models.backbones import minilm_path
+
+    folder = tmp_path_factory.mktemp("models") / "good"
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    torch.manual_seed(3)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _config_edit(**changes):
+    def edit(folder):
+        import json
+
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return edit
+
+
+def _pooling(data: bytes):
+    def edit(folder):
+        (folder / "1_Pooling").mkdir()
+        (folder / "1_Pooling" / "config.json").write_bytes(data)
+    return edit
+
+
+def _truncate(folder):
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _malicious_pickle(folder):
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {folder / 'PWNED'}",))
+
+    (folder / "model.safetensors").unlink()
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(2, 2), "x": Payload()}, folder / "pytorch_model.bin")
+
+
+FOLDER_DAMAGE = {
+    "100,000 layers": (_config_edit(num_hidden_layers=100_000), "says 100,000 layers; the weights hold 2"),
+    "hidden size": (_config_edit(hidden_size=64), "says hidden size 64; the weights' embeddings have 32"),
+    "vocabulary": (_config_edit(vocab_size=100), "says a vocabulary of 100"),
+    "huge intermediate": (_config_edit(intermediate_size=10**7), "sizes imply ~1,28"),
+    "pooling not JSON": (_pooling(b"{not json"), "1_Pooling/config.json:1: not valid JSON"),
+    "pooling a list": (_pooling(b"[1, 2]"), "expected a JSON object of pooling modes, got list"),
+    "pooling not UTF-8": (_pooling(b"\xff\xfe{}"), "1_Pooling/config.json:1: not UTF-8 text"),
+    "truncated safetensors": (_truncate, "model.safetensors: not a readable safetensors file"),
+    "malicious pickle": (_malicious_pickle, "pytorch_model.bin: refused: it holds pickled objects"),
+}
+
+
+@pytest.mark.parametrize("damage", list(FOLDER_DAMAGE))
+def test_damaged_model_folders_are_one_line_before_building(model_folder, tmp_path, mirror, capsys, no_training,
+                                                            damage):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    edit, needle = FOLDER_DAMAGE[damage]
+    edit(folder)
+    argv = run_args(mirror, tmp_path)
+    argv[argv.index("tiny-bert")] = str(folder)
+    with deadline(60):
+        code, _, err = cli(argv, capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (folder / "PWNED").exists()
+
+
+def test_an_intact_model_folder_loads(model_folder):
+    from sptbench.models.backbones import load_backbone
+
+    model, _, info = load_backbone(str(model_folder), 2)
+    assert info.num_parameters == sum(p.numel() for p in model.backbone.parameters()) and len(model.layers) == 2

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.core.hub import hub_unavailable
+from sptbench.core.safe_yaml import read_text
 from sptbench.data.templates import PromptSetup, label_word_ids
 from sptbench.families.base import family_for, load_families
 from sptbench.models.gguf_backbones import GGUF_BACKBONES
@@ -174,7 +175,12 @@ def _pooling_from_folder(folder: Path) -> str | None:
     cfg = folder / "1_Pooling" / "config.json"
     if not cfg.is_file():
         return None
-    modes = json.loads(cfg.read_text())
+    try:
+        modes = json.loads(read_text(cfg, "sentence-transformers pooling config"))
+    except json.JSONDecodeError as e:
+        raise SptbenchError(f"{cfg}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(modes, dict):
+        raise SptbenchError(f"{cfg}: expected a JSON object of pooling modes, got {type(modes).__name__}")
     if modes.get("pooling_mode_mean_tokens"):
         return "mean"
     if modes.get("pooling_mode_cls_token"):
@@ -280,6 +286,10 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
     source = str(folder) if folder else name
     if folder is not None and (folder / "config.json").is_file():
         _check_tokenizer_files(folder)
+        from sptbench.models.folder_check import check_config_matches_weights
+
+        check_config_matches_weights(folder, AutoConfig.from_pretrained(str(folder), revision=revision,
+                                                                        trust_remote_code=trust_remote_code))
     hub = _hub_lookup(name, revision) if folder is None else {}
     try:
         kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, **hub)

@@ -438,3 +438,87 @@ def test_an_intact_model_folder_loads(model_folder):
 
     model, _, info = load_backbone(str(model_folder), 2)
     assert info.num_parameters == sum(p.numel() for p in model.backbone.parameters()) and len(model.layers) == 2
+
+
+# ------------------------------------------------------------------------------------- reports and printing
+
+
+def test_plot_gates_with_a_chosen_layer_beyond_the_candidates_is_one_line(tmp_path, capsys):
+    from sptbench.records.io import dump_record
+    from tests.helpers import make_record
+
+    rec = make_record(method__name="spt")
+    rec["extra"] = {"alpha": [0.1, 0.2], "candidate_layers": [0, 1], "chosen_layers": [7]}
+    table = tmp_path / "t.yaml"
+    table.write_text(dump_record(rec))
+    code, _, err = cli(["plot", "gates", str(table), "--out", str(tmp_path / "g.png")], capsys)
+    assert_one_line_error(code, err, "chosen_layers has layer 7, which is not a candidate layer")
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("command", [["table"], ["validate"]])
+def test_an_unreadable_table_is_one_line(tmp_path, capsys, monkeypatch, command):
+    """As a user who may not read one of the tables (simulated: the tests run as root, who may read anything)."""
+    import builtins
+    import pathlib
+
+    from sptbench.records.io import dump_record
+    from tests.helpers import make_record
+
+    folder = tmp_path / "results" / "v1" / "tiny-bert"
+    folder.mkdir(parents=True)
+    secret = folder / "4shot.yaml"
+    secret.write_text(dump_record(make_record()))
+
+    def refuse(opener):
+        def opened(file, *args, **kwargs):
+            if str(file) == str(secret):
+                raise PermissionError(13, "Permission denied", str(file))
+            return opener(file, *args, **kwargs)
+        return opened
+
+    monkeypatch.setattr(builtins, "open", refuse(builtins.open))
+    monkeypatch.setattr(pathlib.Path, "open", refuse(pathlib.Path.open))
+    code, out, err = cli([*command, str(tmp_path / "results")], capsys)
+    if command == ["validate"]:  # a problem it reports, as any other
+        assert code == 1 and "Traceback" not in err, err
+        assert "4shot.yaml: cannot read results table: Permission denied\n1 problem(s)" in out
+    else:
+        assert_one_line_error(code, err, "4shot.yaml: cannot read results table: Permission denied")
+
+
+ESCAPES = ["\x1b[2J\x1b]0;pwned\x07", "\x9b31m", "a\rb", "x\x08y"]
+
+
+@pytest.mark.parametrize("evil", ESCAPES)
+def test_control_characters_from_files_are_printed_escaped(tmp_path, monkeypatch, capsys, evil):
+    from sptbench.records.io import dump_record
+    from tests.helpers import make_record
+
+    table = tmp_path / "t.yaml"
+    table.write_text(dump_record(make_record(method__name=f"m{evil}")))
+    code, out, err = cli(["table", str(table)], capsys)
+    assert code == 0, err
+    import json
+
+    user_task(tmp_path, monkeypatch, RTE_SPEC.replace("not_entailment", json.dumps("not" + evil)))  # YAML escapes
+    code, listed, err = cli(["list", "tasks"], capsys)
+    assert code == 0, err
+    for text in (out, listed):
+        assert not any(ord(c) < 32 and c not in "\t\n" or 127 <= ord(c) < 160 for c in text), repr(text)
+    escaped = evil.encode("unicode_escape").decode()
+    assert escaped in listed
+    assert escaped in out or "\r" in evil  # tabulate shows a carriage return as a line break in its cell
+
+
+def test_a_model_yaml_with_a_non_string_backbone_is_one_line(tmp_path):
+    import sptbench
+
+    folder = tmp_path / "saved"
+    sptbench.save(sptbench.build_model("lora", "tiny-bert", seed=0), folder)
+    manifest = folder / "model.yaml"
+    text = manifest.read_text()
+    assert "id: tiny-bert" in text
+    manifest.write_text(text.replace("id: tiny-bert", "id: 5", 1))
+    with pytest.raises(SptbenchError, match="backbone must be an alias, a hub id or a folder"):
+        sptbench.load(folder)

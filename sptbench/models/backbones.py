@@ -336,6 +336,8 @@ def load_backbone(
     provenance. `quiet`: no transformers load report or progress bar."""
     from sptbench.models.classifier import POOLINGS, Classifier, PromptHead
 
+    if not isinstance(name, str) or not name.strip():  # e.g. from an edited model.yaml
+        raise SptbenchError(f"backbone must be an alias, a hub id or a folder (a string), got {name!r}")
     if pooling is not None and pooling not in POOLINGS:
         raise unknown_choice("pooling", pooling, POOLINGS)
     if name.startswith("tiny-") and name not in TINY_CONFIGS:

@@ -522,3 +522,8 @@ def test_a_model_yaml_with_a_non_string_backbone_is_one_line(tmp_path):
     manifest.write_text(text.replace("id: tiny-bert", "id: 5", 1))
     with pytest.raises(SptbenchError, match="backbone must be an alias, a hub id or a folder"):
         sptbench.load(folder)
+
+
+def test_an_empty_tasks_dir_is_not_the_current_folder(capsys):
+    code, _, err = cli(["list", "tasks", "--tasks-dir", ""], capsys)
+    assert_one_line_error(code, err, "--tasks-dir", "must not be empty")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sptbench.core import safe_yaml
+from sptbench.core.argtypes import nonempty
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.data.templates import DEFAULT_TEMPLATE, parse_template
 
@@ -170,7 +171,7 @@ def apply_tasks_dirs(dirs: Sequence[str] | None, what: str = "--tasks-dir") -> N
 def add_tasks_dir_argument(parser: argparse.ArgumentParser) -> None:
     """`--tasks-dir DIR` (repeatable) on a subcommand that resolves task names."""
     parser.add_argument(
-        "--tasks-dir", dest="tasks_dir", action="append", metavar="DIR",
+        "--tasks-dir", dest="tasks_dir", action="append", metavar="DIR", type=nonempty,  # "" is not the cwd
         help=f"a folder of task YAMLs searched before ${TASKS_PATH_ENV} and the packaged specs (repeatable; "
         "docs/tasks.md)",
     )

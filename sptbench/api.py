@@ -38,6 +38,7 @@ def build_model(
     prompt_loss: str | None = None,
     head_dropout: float = 0.1,
     seed: int | None = None,
+    revision: str | None = None,
     **method_options: Any,
 ) -> Classifier:
     """A `Classifier` on `model` (an alias such as `minilm-l6`, a hub id or a folder) with `method` applied and the
@@ -48,6 +49,7 @@ def build_model(
     those with `requires_grad` (the method's and the linear head's). `seed` seeds torch's global RNG before the
     head and the method are initialised. `head="prompt"` reads the frozen LM head at the template's mask instead of
     a linear head: `task` names the template and label words (encode with sptbench.data.templates.encode_prompt_rows).
+    `revision`: the hub repository's commit, branch or tag (hub ids only; `save` keeps it for `load`).
     """
     _check_arguments(method=method, model=model, num_labels=num_labels, seed=seed)
     m = get_method(method)
@@ -68,10 +70,11 @@ def build_model(
     if seed is not None:
         torch.manual_seed(seed)
     classifier, tokenizer, info = build_classifier(
-        m, cfg, model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=setup
+        m, cfg, model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=setup, revision=revision
     )
     classifier.tokenizer = tokenizer
-    classifier.sptbench_manifest = make_manifest(m.name, cfg, info.id, info.pooling, num_labels, task, setup)
+    classifier.sptbench_manifest = make_manifest(m.name, cfg, info.id, info.pooling, num_labels, task, setup,
+                                                 info.weights_sha256, revision=revision)
     return classifier
 
 
@@ -99,13 +102,14 @@ def _check_folder(folder: Any, caller: str) -> None:
         raise ValueError(f"{caller}: folder must not be empty")
 
 
-def save(model: Classifier, folder: str | Path) -> Path:
+def save(model: Classifier, folder: str | Path, *, overwrite: bool = False) -> Path:
     """Save a model from `build_model` (or `load`): its trained parameters and head (safetensors) and a manifest
-    that says how to rebuild it (method, config, backbone, head). Returns the folder (format: run/persist.py)."""
+    that says how to rebuild it (method, config, backbone, head), both or neither, into a new or empty folder (a
+    saved run there is replaced only with `overwrite=True`). Returns the folder (format: run/persist.py)."""
     if not isinstance(model, Classifier):
         raise TypeError(f"save: model must be a model from sptbench.build_model or load, got {type(model).__name__}")
     _check_folder(folder, "save")
-    return save_model(model, folder)
+    return save_model(model, folder, overwrite=overwrite)
 
 
 def load(folder: str | Path) -> Classifier:

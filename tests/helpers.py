@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from datetime import datetime, timedelta, timezone
 
-from sptbench.records.build import new_run_id
 from sptbench.records.schema import example_record
 
 _RNG = random.Random(20261202)  # seeded: a failing test fails the same way on a rerun
+_SECONDS = itertools.count()  # every made run id distinct: a fresh second each, in the strict run-id pattern
+_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def fresh_run_id() -> str:
+    """A run id of the strict pattern (core/paths.RUN_ID), distinct from every other one this process makes."""
+    stamp = _EPOCH + timedelta(seconds=next(_SECONDS))
+    return f"{stamp.strftime('%Y%m%dT%H%M%S')}-{_RNG.randrange(16**6):06x}"
 
 
 def make_record(**overrides) -> dict:
     """A schema-valid record with a fresh run id and random metrics; `a__b=v` sets rec["a"]["b"] = v."""
     rec = example_record()
-    rec["run_id"] = new_run_id() + f"{_RNG.randrange(16**6):06x}"
+    rec["run_id"] = fresh_run_id()
     acc = round(_RNG.uniform(0.5, 0.95), 4)
     rec["metrics"] = {"selection_metric": "accuracy", "dev": {"accuracy": acc, "score": acc}, "test": {"accuracy": acc}}
     for name, value in overrides.items():

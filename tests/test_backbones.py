@@ -214,7 +214,7 @@ def test_the_unused_pooler_is_neither_kept_nor_counted(name):
     assert not any("pooler" in n for n, _ in model.named_parameters())
     stock = type(model.backbone)(model.backbone.config)  # the stock base model, pooler and all
     pooler = sum(p.numel() for n, p in stock.named_parameters() if n.startswith("pooler."))
-    assert pooler == (0 if name in ("tiny-deberta", "tiny-gpt2", "tiny-llama") else 32 * 32 + 32)
+    assert pooler == (0 if name in ("tiny-deberta", "tiny-deberta-v1", "tiny-gpt2", "tiny-llama") else 32 * 32 + 32)
     assert info.num_parameters == sum(p.numel() for p in stock.parameters()) - pooler
     model.freeze_backbone()
     method = get_method("finetune")
@@ -275,7 +275,7 @@ def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path
     with pytest.raises(SptbenchError) as err:
         family_for(XLMRobertaConfig())
     assert str(err.value) == ("unsupported backbone family 'xlm-roberta' (config.model_type); supported model types: "
-                              "bert, deberta-v2, gpt2, llama, mpnet, roberta")
+                              "bert, deberta, deberta-v2, gpt2, llama, mpnet, roberta")
     folder = tmp_path / "xlmr"
     XLMRobertaConfig(vocab_size=len(minilm_tokenizer)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)

@@ -10,10 +10,9 @@ import yaml
 
 from sptbench.cli import results as cli_results
 from sptbench.core.errors import SptbenchError
-from sptbench.records.build import new_run_id
 from sptbench.records.io import append_record, table_path
 from sptbench.reports.check import check, format_result
-from tests.helpers import make_record
+from tests.helpers import fresh_run_id, make_record
 
 SEEDS = (13, 21, 42)
 
@@ -31,7 +30,7 @@ def rerun(records: list[dict]) -> list[dict]:
     """The same experiments run again: new run ids, same keys and metrics."""
     out = copy.deepcopy(records)
     for rec in out:
-        rec["run_id"] = new_run_id() + "ff"
+        rec["run_id"] = fresh_run_id()
     return out
 
 
@@ -71,7 +70,7 @@ def test_moves_inside_abs_tol_pass_and_upward_moves_outside_fail():
     find(fresh, "lora", "sst2", 13)["metrics"]["test"]["accuracy"] += 0.005
     assert check(fresh, ref, abs_tol=0.01).ok
     assert not check(fresh, ref).ok  # default band 1e-6
-    find(fresh, "lora", "sst2", 42)["metrics"]["dev"]["accuracy"] += 0.02
+    find(fresh, "lora", "sst2", 42)["metrics"]["test"]["accuracy"] += 0.02  # (dev's score must follow its accuracy)
     result = check(fresh, ref, abs_tol=0.01)
     assert [c.verdict for c in result.moved] == ["up"]
 
@@ -145,10 +144,10 @@ def test_hardware_tol_widens_the_band_only_across_hardware():
     move = 0.02
     same, other = _on(rerun(ref), cpu_a), _on(rerun(ref), cpu_b)
     for fresh in (same, other):
-        find(fresh, "spt", "rte", 13)["metrics"]["dev"]["accuracy"] += move
+        find(fresh, "spt", "rte", 13)["metrics"]["test"]["accuracy"] += move
     # The same processor: still exact, whatever hardware_tol says.
     result = check(same, ref, abs_tol=1e-4, hardware_tol=0.05)
-    assert [c.metric for c in result.moved] == ["dev.accuracy"] and not result.cross_hardware
+    assert [c.metric for c in result.moved] == ["test.accuracy"] and not result.cross_hardware
     # Another processor: the move is inside the hardware band, and the report says the check was not exact.
     result = check(other, ref, abs_tol=1e-4, hardware_tol=0.05)
     assert result.ok and len(result.cross_hardware) == len(ref)

@@ -31,7 +31,13 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("method", list(load_methods()))
+# breaks inside a library's code, not ours: expected to fail until the library changes (strict: a fix shows up)
+LIBRARY_BREAKS = {"dora": "peft 0.21's DoRA forward calls dequantize_module_weight, whose "
+                          "`type(weight).__module__.startswith(...)` dynamo does not trace (one break per DoRA layer)"}
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xfail(reason=LIBRARY_BREAKS[m], strict=True))
+                                    if m in LIBRARY_BREAKS else m for m in load_methods()])
 def test_training_forward_is_one_graph(method):
     model = helpers.build("tiny-bert", method).train()
     explained = torch._dynamo.explain(model)(**padded_batch(seed=11))

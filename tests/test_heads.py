@@ -191,14 +191,14 @@ def test_params_prompt_tuning_trains_the_prompt_alone(capsys):
 @pytest.mark.parametrize("name", TINY_FAMILIES)
 def test_run_with_prompt_head_records_it(name, data_dir, tmp_path):
     method = {"tiny-bert": "lora", "tiny-roberta": "prompt_tuning", "tiny-deberta": "adapter", "tiny-gpt2": "lpt",
-              "tiny-mpnet": "p_tuning_v2", "tiny-llama": "spt"}[name]
+              "tiny-mpnet": "p_tuning_v2", "tiny-llama": "spt", "tiny-deberta-v1": "p_tuning_v2"}[name]
     args = ["run", "--method", method, "--task", "sst2", "--shots", "16", "--model", name, "--head", "prompt",
-            "--max-steps", "2", "--eval-every", "2", "--data-dir", str(data_dir), "--results-dir", str(tmp_path),
-            "--quiet"]
+            "--max-steps", "2", "--eval-every", "2", "--data-dir", str(data_dir), "--results-dir",
+            str(tmp_path / "r"), "--quiet"]
     if name == "tiny-bert":
         args += ["--prompt-loss", "vocab", "--save-dir", str(tmp_path / "saved")]
     assert main(args) == 0
-    (rec,) = read_records([tmp_path / "v1"])
+    (rec,) = read_records([tmp_path / "r" / "v1"])
     assert validate_record(rec) == []
     assert rec["head"] == {"kind": "prompt", "loss": "vocab" if name == "tiny-bert" else "label_words",
                            "template_name": "default", "template": "<s1> It was <mask> .",
@@ -275,3 +275,22 @@ def test_contextual_calibration_makes_the_content_free_input_uniform(monkeypatch
     with torch.no_grad():
         probs = model(ids, torch.ones_like(ids)).softmax(-1)[0]
     assert probs.tolist() == pytest.approx([0.5, 0.5], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_causal_prompt_head_computes_only_the_label_words(name, monkeypatch):
+    """Causal LMs' linear LM head is sliced to the label words at eval (never the vocabulary), with the same logits."""
+    model, tok = build(name, None)
+    model.eval()
+    ids, mask = random_prompt_batch(31 + TINY_FAMILIES.index(name), tok, True, [6, 11, 3])
+    with torch.no_grad():
+        sliced = model(ids, mask)
+        head = model.head
+        full = head.family.lm_logits(model.backbone, head.lm_head, torch.randn(1, 1, head.lm_head.in_features))
+        calls = []
+        monkeypatch.setattr(head.lm_head, "forward", lambda x: calls.append(x.shape) or full)
+        again = model(ids, mask)
+    assert calls == []  # the vocabulary-sized head was never called
+    torch.testing.assert_close(again, sliced)
+    expected = stock_label_logits(name, ids, mask, head.label_word_ids, True, tok.mask_token_id)
+    torch.testing.assert_close(sliced, expected, atol=1e-5, rtol=1e-5)

@@ -197,6 +197,48 @@ def test_deberta_prefix_gets_content_to_content_score_only():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+def test_deberta_v1_prefix_gets_content_to_content_score_only():
+    """DeBERTa (v1, fused in_proj and query/value biases): token-token scores keep their relative-position terms;
+    prefix keys score q.k / sqrt(3d) only; without a prefix the patched forward is the stock one."""
+    p, bsz, n, heads, d = 2, 2, 6, 4, 8
+    model = build("tiny-deberta-v1", "p_tuning_v2", {"prefix_len": p})
+    encoder = model.backbone.encoder
+    attn = model.family.self_attention(model.layers[1])
+    assert attn.relative_attention and set(attn.pos_att_type) == {"c2p", "p2c"}
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # non-zero biases, so that a forgotten one shows
+        attn.q_bias.normal_(generator=g)
+        attn.v_bias.normal_(generator=g)
+    hidden = torch.randn(bsz, n, 32, generator=g)
+    key_mask = torch.tensor([[1] * n, [1] * 4 + [0] * 2], dtype=torch.bool)
+    mask = model.family.layer_mask(key_mask, hidden.dtype)
+    rel_pos, rel_emb = encoder.get_rel_pos(hidden), encoder.get_rel_embedding()
+    pk, pv = (t.detach() for t in model.injections[0].kv_prefix(1, bsz))
+    with torch.no_grad():
+        stock_out, stock_probs = attn._sptbench_original_forward(hidden, mask, True, None, rel_pos, rel_emb)
+        torch.testing.assert_close(attn(hidden, mask, True, None, rel_pos, rel_emb)[0], stock_out, atol=0, rtol=0)
+        attn._sptbench_prefix = (pk, pv)
+        try:
+            out, probs = attn(hidden, mask, output_attentions=True, relative_pos=rel_pos, rel_embeddings=rel_emb)
+        finally:
+            attn._sptbench_prefix = None
+        tokens = probs[..., p:]
+        torch.testing.assert_close(tokens / tokens.sum(-1, keepdim=True), stock_probs, atol=1e-5, rtol=0)
+        # by hand: q, k, v from the fused projection (per head [q | k | v]), biases on q and v
+        qkv = attn.in_proj(hidden).view(bsz, n, heads, 3 * d).transpose(1, 2)
+        q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
+        q = (q + attn.q_bias.view(heads, d)[None, :, None]) / math.sqrt(3 * d)
+        v = v + attn.v_bias.view(heads, d)[None, :, None]
+        token_scores = q @ k.transpose(-1, -2) + attn.disentangled_att_bias(q, k, rel_pos, rel_emb, 3)
+        scores = torch.cat([q @ pk.transpose(-1, -2), token_scores], -1)
+        visible = F.pad(key_mask, (p, 0), value=True)[:, None, None, :]
+        expected_probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        torch.testing.assert_close(probs, expected_probs, atol=1e-6, rtol=0)
+        expected = (expected_probs @ torch.cat([pv, v], 2)).transpose(1, 2).reshape(bsz, n, heads * d)
+    assert out.shape == stock_out.shape == (bsz, n, 32)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("backbone", FAMILIES)
 def test_kv_prefix_reaches_every_layer(backbone):
     """Perturbing only layer l's prefix changes the logits for every l (no layer is skipped)."""

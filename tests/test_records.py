@@ -140,7 +140,7 @@ def test_append_refuses_invalid_record_and_duplicate_run_id(tmp_path):
 def _append_many(path: str, worker: int, count: int) -> None:
     """Child process: append `count` records to one table."""
     for i in range(count):
-        append_record(path, make_record(run_id=f"w{worker}-{i:03d}", protocol__seed=i))
+        append_record(path, make_record(run_id=f"20260101T{worker:06d}-{i:06x}", protocol__seed=i))
 
 
 def test_concurrent_appends_lose_nothing(tmp_path):
@@ -153,7 +153,7 @@ def test_concurrent_appends_lose_nothing(tmp_path):
         p.join(timeout=60)
         assert p.exitcode == 0
     ids = [r["run_id"] for r in read_table(path)]
-    assert sorted(ids) == sorted(f"w{w}-{i:03d}" for w in range(2) for i in range(20))
+    assert sorted(ids) == sorted(f"20260101T{w:06d}-{i:06x}" for w in range(2) for i in range(20))
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
@@ -182,19 +182,25 @@ def test_malformed_table_names_file_and_line_and_stays_identical(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_interrupted_write_leaves_old_table(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, raised", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                           (OSError(28, "No space left on device"), SptbenchError)])
+def test_interrupted_write_leaves_old_table(tmp_path, monkeypatch, error, raised):
+    """Half the record is written, then the write fails: the table is cut back to what it was."""
     path = tmp_path / "t.yaml"
     append_record(path, make_record())
     before = path.read_bytes()
+    real_write = os.write
 
-    def boom(*args):
-        raise KeyboardInterrupt
+    def half_then_fail(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise error
 
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(os, "write", half_then_fail)
+    with pytest.raises(raised):
         append_record(path, make_record())
+    monkeypatch.undo()
     assert path.read_bytes() == before
-    assert [f.name for f in tmp_path.iterdir() if f.suffix == ".tmp"] == []
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".") and not f.name.endswith(".lock")] == []
 
 
 def test_non_mapping_document_is_an_error(tmp_path):

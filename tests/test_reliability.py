@@ -542,7 +542,8 @@ def test_outputs_never_replace_records_or_protected_files(tmp_path, capsys):
     for seed in (13, 21):
         for method in ("spt", "lpt"):
             rec = make_record(method__name=method, protocol__seed=seed)
-            rec["metrics"]["test"] = {"accuracy": rng.random(), "score": rng.random()}
+            acc = rng.random()
+            rec["metrics"]["test"] = {"accuracy": acc, "score": acc}
             append_record(table, rec)
     append_record(other, make_record())
     before = {p: p.read_bytes() for p in (table, other)}

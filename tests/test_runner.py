@@ -80,7 +80,7 @@ def test_interrupted_run_leaves_no_record(tmp_path, data_dir, monkeypatch):
 def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
     from sptbench.run.persist import load_trained
 
-    out = run(spec(tmp_path, data_dir, method="finetune", save_dir=str(tmp_path / "saved")))
+    out = run(spec(tmp_path / "r", data_dir, method="finetune", save_dir=str(tmp_path / "saved")))
     model, _ = load_trained(tmp_path / "saved")
     batch = {"input_ids": torch.randint(1000, 5000, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
     with torch.no_grad():
@@ -90,7 +90,8 @@ def test_save_and_reload_gives_identical_logits(tmp_path, data_dir):
 def test_saved_spt_run_rebuilds_its_chosen_layers(tmp_path, data_dir):
     from sptbench.run.persist import load_trained
 
-    out = run(spec(tmp_path, data_dir, method="spt", save_dir=str(tmp_path / "saved"), method_overrides={"top_k": 2}))
+    out = run(spec(tmp_path / "r", data_dir, method="spt", save_dir=str(tmp_path / "saved"),
+                   method_overrides={"top_k": 2}))
     chosen = out.record["extra"]["chosen_layers"]
     assert len(chosen) == 2 and out.record["extra"]["final_config"]["layers"] == chosen
     model, _ = load_trained(tmp_path / "saved")

@@ -23,6 +23,7 @@ VARIANTS = {
     "train_size": ({}, None, 100),
     "split_source": ({"shots": 16}, "sample", "lm-bff"),
     "model": ({}, "tiny-bert", "tiny-roberta"),
+    "revision": ({"model": "org/some-model"}, None, "0123abcd"),
     "head": ({"model": "tiny-roberta"}, "linear", "prompt"),
     "prompt_loss": ({"head": "prompt"}, "label_words", "vocab"),
     "template": ({"head": "prompt", "task": "trec"}, "default", "causal"),

@@ -31,6 +31,7 @@ from sptbench.sweep.claims import claim, claim_name, claims_dir
 from sptbench.sweep.launch import run_local, submit
 from sptbench.sweep.plan import plan, spec_key
 from sptbench.sweep.spec import load_sweep, parse_sweep
+from tests.helpers import fresh_run_id
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 128}
@@ -68,7 +69,11 @@ def write(tmp_path: Path, raw: dict, name: str = "sweep.yaml") -> Path:
 @pytest.mark.parametrize(
     "name, runs",
     [("cpu-16shot", 270), ("cpu-1k", 105), ("paper-16shot", 450), ("paper-full", 400), ("cpu-16shot-tuned", 585),
-     ("cpu-1k-tuned", 216), ("mpnet-16shot", 99)],
+     ("cpu-1k-tuned", 216), ("mpnet-16shot", 99), ("paper-16shot-deberta", 1250),
+     # the paper's tables per backbone, with their learning-rate grids (5-8 s each to check every grid point)
+     *(pytest.param(name, runs, marks=pytest.mark.slow) for name, runs in (
+         ("paper-16shot-roberta", 1250), ("paper-16shot-gpt2", 1250), ("paper-full-roberta", 1200),
+         ("paper-full-deberta", 1200), ("paper-full-gpt2", 1200)))],
 )
 def test_ready_sweeps_expand_to_their_counts(name, runs, data_dir):
     sweep = load_sweep(REPO / "sweeps" / f"{name}.yaml", overrides={"data_dir": str(data_dir)})
@@ -275,7 +280,7 @@ def test_interrupted_run_leaves_no_record_and_the_sweep_resumes(tmp_path, data_d
 
 def fixture_record(lr: float, dev: float, test: float, seed: int = 13, index: int | None = None, created: str = ""):
     rec = copy.deepcopy(example_record())
-    rec["run_id"] = f"{seed}-{lr}-{index}-{created}"
+    rec["run_id"] = fresh_run_id()  # the strict pattern; distinct per record
     rec["created"] = created or rec["created"]
     rec["protocol"]["seed"] = seed
     rec["training"]["lr"] = lr
@@ -311,7 +316,6 @@ def test_a_dev_selected_table_has_one_row_per_method_and_says_what_won(tmp_path,
     for seed in (13, 21, 42):
         for layer, lr in itertools.product((1, 4), (0.1, 0.3)):
             rec = fixture_record(lr, dev=rng.random(), test=rng.random(), seed=seed)
-            rec["run_id"] += f"-{layer}"
             rec["method"]["config"] = {**rec["method"]["config"], "layer": layer}
             records.append(rec)
     chosen = select_by_dev(records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -461,6 +462,14 @@ def test_hub_revision_is_passed_only_when_the_spec_names_one(monkeypatch: pytest
 
     monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
+    pin = specs.load_spec("sst2").hub["revision"]  # GLUE is pinned (issue 40): the pin reaches `datasets`
+    assert pin and len(pin) == 40
+    assert tasks.load_task("sst2", shots=2).location == f"hf:nyu-mll/glue/sst2@{pin}"
+    assert calls == [("nyu-mll/glue", "sst2", "train", pin), ("nyu-mll/glue", "sst2", "validation", pin)]
+    calls.clear()
+    unpinned = specs.load_spec("sst2")
+    unpinned = dataclasses.replace(unpinned, hub={**unpinned.hub, "revision": None})
+    monkeypatch.setattr(tasks, "load_spec", lambda name: unpinned)  # a spec without a pin passes none
     assert tasks.load_task("sst2", shots=2).location == "hf:nyu-mll/glue/sst2"
     assert calls == [("nyu-mll/glue", "sst2", "train", None), ("nyu-mll/glue", "sst2", "validation", None)]
 
@@ -494,7 +503,7 @@ def test_the_parquet_export_layout_loads_with_the_pinned_datasets(tmp_path: Path
 
 
 def test_hub_section_rejects_unknown_keys_and_an_empty_revision(tmp_path: Path, monkeypatch) -> None:
-    good = (REPO / "tasks" / "sst2.yaml").read_text()
+    good = re.sub(r"(?m)^  revision: .*\n", "", (REPO / "tasks" / "sst2.yaml").read_text())  # the pinned one
     user_folder(tmp_path, monkeypatch, ("sst2.yaml", good.replace("  name: sst2\n", "  name: sst2\n  revison: x\n")))
     with pytest.raises(SptbenchError, match=r"sst2\.yaml: unknown key 'hub.revison'; known: path, name, revision"):
         specs.load_spec("sst2")
@@ -643,7 +652,7 @@ def test_docs_describe_every_key_the_loader_accepts() -> None:
     [
         ("prompt:\n", "promt:\n", "unknown key 'promt'; known: name, version"),
         ("  test: test.jsonl\n", "  test: test.jsonl\n  dev: d.jsonl\n", "unknown key 'mirror.dev'; known: train"),
-        ("  dir: SST-2\n", "  dir: SST-2\n  shots: 16\n", "unknown key 'lm_bff.shots'; known: dir, format"),
+        ("  dir: SST-2\n", "  dir: SST-2\n  shot: 16\n", "unknown key 'lm_bff.shot'; known: dir, format"),
         ("  label_words:", "  1: x\n  label_words:", "unknown key 'prompt.1'; known: template"),
     ],
 )

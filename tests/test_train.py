@@ -45,7 +45,7 @@ def stock_model(ours, backbone: str, method: str, cfg):
 
     tokenizer_len = ours.backbone.get_input_embeddings().num_embeddings
     config = TINY_CONFIGS[backbone](tokenizer_len)
-    config._attn_implementation = "eager" if config.model_type == "deberta-v2" else "sdpa"
+    config._attn_implementation = "eager" if config.model_type in ("deberta", "deberta-v2") else "sdpa"
     encoder = AutoModel.from_config(config)
     drop_pooler(encoder)  # as load_backbone does: the pooler is unused
     base = {k.replace(".base_layer", ""): v for k, v in ours.backbone.state_dict().items() if "lora_" not in k}

@@ -19,7 +19,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import yaml
 
     from sptbench.methods.registry import load_methods
+    from sptbench.records.io import check_output, check_writable_dir, write_text_atomic
 
+    if args.out:  # before any measuring: the output never replaces a results table or a saved run, and can be written
+        check_output(args.out, "--out")
+        check_writable_dir(Path(args.out).parent)
     methods = list(load_methods()) if args.method == "all" else [args.method]
     overrides = parse_sets(args.set)
     if overrides and len(methods) > 1:
@@ -42,9 +46,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     print(format_table(records))
     if args.out:
-        from sptbench.records.io import write_text_atomic
-
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SptbenchError(f"cannot create the folder of {args.out}: {err.strerror or err}") from None
         write_text_atomic(args.out, yaml.safe_dump_all(records, sort_keys=False, explicit_start=True, width=120))
         print(f"wrote {args.out} ({len(records)} record(s))")
     return 0

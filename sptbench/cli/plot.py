@@ -11,7 +11,7 @@ ORDER = 30  # place in `sptbench --help`
 
 
 def cmd_plot(args) -> int:
-    from sptbench.records.io import read_records
+    from sptbench.records.io import check_output, read_records
     from sptbench.records.schema import require_valid
     from sptbench.reports.plots import plot_gate_trajectories, plot_gates, plot_layers
 
@@ -22,6 +22,7 @@ def cmd_plot(args) -> int:
     if args.view == "trajectory" and args.by is not None:
         raise SptbenchError("--by applies to the heatmap view; the trajectory view has one panel per run")
     out = args.out or f"{args.what}.png"
+    check_output(out, "--out")
     records = require_valid(read_records(args.paths))
     if args.what == "layers":
         plot_layers(records, out)

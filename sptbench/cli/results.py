@@ -9,10 +9,11 @@ from pathlib import Path
 
 from sptbench.core.argtypes import nonempty, nonneg_float, positive_float, positive_int
 from sptbench.core.errors import SptbenchError
+from sptbench.core.run_schema import LOCAL_RESULTS_DIR
 from sptbench.records.io import (
+    check_output,
     dump_record,
     find_record,
-    holds_records,
     read_records,
     table_files,
     validate_paths,
@@ -34,8 +35,14 @@ def _names(values: list[str] | None) -> list[str] | None:
 
 
 def _paths(args: argparse.Namespace) -> list[Path]:
-    """The table paths given, else `<results-dir>/v1`."""
-    return [Path(p) for p in args.paths] or [Path(args.results_dir) / TABLE_DIR]
+    """The table paths given, else `<results-dir>/v1` (which must exist: one line saying what to name instead)."""
+    if args.paths:
+        return [Path(p) for p in args.paths]
+    default = Path(args.results_dir) / TABLE_DIR
+    if not default.exists():
+        raise SptbenchError(f"no records in {default} (where `run` and `sweep` write by default) yet; name tables or "
+                            "folders, e.g. results/v1 for the committed reproduction")
+    return [default]
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -75,8 +82,10 @@ def _check_output(args: argparse.Namespace) -> None:
         raise SptbenchError("--readme and --block go together")
     read = {f.resolve() for f in table_files(_paths(args))}
     for flag, target in (("--out", args.out), ("--readme", args.readme)):
-        if target is not None and (Path(target).resolve() in read or holds_records(Path(target))):
+        if target is not None and Path(target).resolve() in read:
             raise SptbenchError(f"{flag} {target} is a results table: not overwritten (write to another file)")
+        if target is not None:
+            check_output(target, flag)
     if args.readme:
         check_readme_block(args.readme, args.block)
 
@@ -105,7 +114,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Paired differences of two methods, or of a declared family of pairs, over the (task, seed) cells both sides
     have (sptbench/reports/compare.py, docs/statistics.md)."""
     from sptbench.records.keys import setting_name
-    from sptbench.reports.compare import Family, compare_family, load_family, parse_side, render, render_family
+    from sptbench.reports.compare import (
+        Family,
+        compare_family,
+        few_pairs_warning,
+        load_family,
+        parse_side,
+        render,
+        render_family,
+    )
 
     family = None
     if args.family or args.pair:
@@ -127,6 +144,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     pairs = family.pairs if family else [(parse_side(args.a), parse_side(args.b))]
     comps, skipped = compare_family(records, pairs, tasks=_names(args.tasks), select=args.select_by_dev)
     effects = tuple(args.effect or (1.0, 2.0))
+    for warning in filter(None, map(few_pairs_warning, comps)):
+        print(f"sptbench compare: {warning}", file=sys.stderr)
     _emit(args, render_family(comps, family.name, family.alpha, skipped) if family else render(comps[0], effects))
     return 0
 
@@ -169,7 +188,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", type=nonempty,
                         help="table files or directories (default: <results-dir>/v1)")
-    parser.add_argument("--results-dir", default="results", type=nonempty, help="results root (default: results)")
+    parser.add_argument("--results-dir", default=LOCAL_RESULTS_DIR, type=nonempty,
+                        help=f"results root, read when no PATHS are given (default: {LOCAL_RESULTS_DIR}, where `run` "
+                        "and `sweep` write by default)")
 
 
 def _add_table(subparsers: argparse._SubParsersAction) -> None:
@@ -238,7 +259,8 @@ def _add_check(subparsers: argparse._SubParsersAction) -> None:
 def _add_show(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="print one record as YAML")
     p.add_argument("run_id", help="run id (or a unique prefix)")
-    p.add_argument("--results-dir", default="results", type=nonempty, help="results root (default: results)")
+    p.add_argument("--results-dir", default="results", type=nonempty,
+                   help="results root, searched recursively (default: results: the committed tables and your own)")
     p.set_defaults(func=cmd_show)
 
 

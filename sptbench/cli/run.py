@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import textwrap
 
 from sptbench.core import safe_yaml
@@ -102,7 +101,6 @@ def _config_mapping(where: str, key: str, value) -> dict:
 
 def cmd_run(args) -> int:
     from sptbench.core.run_schema import RunSpec, TrainConfig, default_of, flag_fields
-    from sptbench.run.runner import run
 
     run_fields = flag_fields(RunSpec)
     actions = {a.dest: a for a in args.run_actions}
@@ -125,10 +123,14 @@ def cmd_run(args) -> int:
 
     values = {f.name: pick(f) for f in run_fields}
     if values["data_dir"] is None:
-        values["data_dir"] = os.environ.get("SPTBENCH_DATA_DIR") or None
-    from sptbench.training.loop import STOCK_SETTINGS
+        from sptbench.data.locate import env_data_path
 
-    train_overrides = dict(STOCK_SETTINGS) if args.stock else {}
+        values["data_dir"] = env_data_path()
+    train_overrides = {}
+    if args.stock:
+        from sptbench.training.loop import STOCK_SETTINGS
+
+        train_overrides.update(STOCK_SETTINGS)
     train_overrides.update(_config_mapping(where, "train", file_cfg.get("train")))
     train_overrides.update({f.name: getattr(args, f.name) for f in flag_fields(TrainConfig)
                             if getattr(args, f.name) is not None})
@@ -138,6 +140,11 @@ def cmd_run(args) -> int:
         raise SptbenchError("run needs --method and --task (or a --config file that sets them)")
     spec = RunSpec(**values, method_overrides=method_overrides, train_overrides=train_overrides,
                    progress=not args.quiet)
+    from sptbench.run.checks import check_run
+
+    check_run(spec)  # a bad option is one line before torch, transformers and peft load (seconds each)
+    from sptbench.run.runner import run
+
     outcome = run(spec)
     from sptbench.training.loop import world
 
@@ -167,7 +174,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _add_schema_arguments(p, RunSpec)
     add_tasks_dir_argument(p)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method config override (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="method config override (repeatable); a list field takes 9,10 or '[9, 10]' (quote brackets "
+                   "in a shell)")
     p.add_argument("--config", type=nonempty, help="YAML file of run options (format below)")
     _add_schema_arguments(p, TrainConfig)
     p.add_argument("--stock", action="store_true",

@@ -7,7 +7,6 @@ the launchers (launch.py) and the test-once protocol (test_once.py); dev selecti
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,11 +21,14 @@ ORDER = 80  # place in `sptbench --help`
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Expand, validate, skip what is recorded, then dry-run, run here, or submit a job array."""
-    data_dir = args.data_dir or os.environ.get("SPTBENCH_DATA_DIR")
-    overrides = {"data_dir": data_dir, "results_dir": args.results_dir, "launcher": args.launcher}
+    from sptbench.data.locate import env_data_path
+
+    data_dir = args.data_dir or env_data_path()
+    overrides = {"data_dir": data_dir, "results_dir": args.results_dir, "launcher": args.launcher,
+                 "strict_data": args.strict_data or None}
     sweep = restrict(load_sweep(args.sweep, overrides=overrides), args.tasks, args.methods)
     slurm = {**sweep.slurm, **{k: getattr(args, k) for k in SLURM_KEYS if getattr(args, k, None) is not None}}
-    p = plan(sweep, retry_failed=args.retry_failed)
+    p = plan(sweep, retry_failed=args.retry_failed, eta_from=args.eta_from)
     parallel = int(slurm.get("array_parallelism") or 1) if sweep.launcher == "slurm" else 1
     print(format_plan(sweep, p, parallel))
     if sweep.test == "selected":
@@ -67,15 +69,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         mem_gb=slurm.get("mem"),
         cpus=slurm.get("cpus"),
         array_parallelism=slurm.get("array_parallelism"),
+        seen=p.seen,
     )
-    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder.parent}")
+    files = sweep.options.get("record_to") != "table"
+    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder.parent}"
+          + (f"; records go to run files: `sptbench merge {sweep.results_dir}` folds them in" if files else ""))
     if not (args.wait or args.cluster != "slurm"):
         return 0
-    results = [job.result() for job in jobs]
-    bad = [r for r in results if r["status"] != "ok"]
+    return _report_array([job.result() for job in jobs], sweep.results_dir)
+
+
+def _report_array(results: list[dict], results_dir: str) -> int:
+    """After waiting for an array: its failures, its counts, and its run files merged into the tables."""
+    from sptbench.records.merge import merge_runs
+
+    bad = [r for r in results if r["status"] not in ("ok", "skipped")]
+    skipped = sum(r["status"] == "skipped" for r in results)
     for r in bad:
         print(f"failed: {r['run']}: {r.get('error')}", file=sys.stderr)
-    print(f"ran {len(results)}: {len(results) - len(bad)} ok, {len(bad)} failed")
+    ran = len(results) - skipped
+    print(f"ran {ran}: {ran - len(bad)} ok, {len(bad)} failed"
+          + (f"; {skipped} left to other jobs (running or recorded)" if skipped else ""))
+    report = merge_runs(results_dir)
+    print(f"merged {report.added} record(s) into the tables")
     return 1 if bad else 0
 
 
@@ -89,10 +105,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan (counts, ETA) and run nothing")
     p.add_argument("--launcher", choices=LAUNCHERS, help="local: one after another here (default); slurm: submitit")
     p.add_argument("--results-dir", type=nonempty,
-                   help="root of the result tables (default: the file's results_dir, else results)")
+                   help="root of the result tables (default: the file's results_dir, else results/local, git-ignored)")
     p.add_argument("--data-dir", type=nonempty,
-                   help="local data mirror (default: $SPTBENCH_DATA_DIR, else the file's data_dir)")
+                   help="local data folders, searched in order (A:B; default: $SPTBENCH_DATA_PATH, then "
+                   "$SPTBENCH_DATA_DIR, else the file's data_dir)")
+    p.add_argument("--strict-data", action="store_true",
+                   help="refuse data with empty texts (default: the file's strict_data, else keep and count them)")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded only as failed")
+    p.add_argument("--eta-from", nargs="+", type=nonempty, metavar="BENCH.yaml",
+                   help="`sptbench bench` records of the hardware the runs will use: the ETA of runs nothing measured "
+                   "on their backbone is scaled from them (backbone size, budget, method cost)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tasks", nargs="+", type=nonempty, metavar="TASK",
                    help="only these of the file's tasks (default: all); e.g. one part per machine")

@@ -29,12 +29,18 @@ HEADS = ("linear", "prompt")
 PROMPT_LOSSES = ("label_words", "vocab")
 SPLIT_SOURCES = ("sample", "lm-bff")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp16")
 FROZEN_MODES = ("dropout", "eval", "cache")
 LR_SCHEDULES = ("linear", "constant", "cosine")
 DECAY_SCOPES = ("matrices", "all")
 SAMPLERS = ("python", "torch")
 CHECKPOINT_TIE_BREAKS = ("first", "dev_loss")
+# Where a user's runs and sweeps write by default: a git-ignored folder, so that a first run never edits the committed
+# reproduction tables (results/v1, results/tuned, ...). The packaged sweep files that write those say so themselves
+# (`results_dir: results`).
+LOCAL_RESULTS_DIR = "results/local"
+LOGGERS = ("none", "tensorboard", "wandb")
+RECORD_TO = ("table", "file")
 
 
 def option(default: Any = None, *, help: str, flag: bool = True, type: Callable | None = None,
@@ -82,13 +88,20 @@ KEY: tuple[KeyField, ...] = (
     KeyField("train_size", lambda r: r["protocol"]["train_size"]),
     KeyField("split_source", lambda r: r["protocol"]["split_source"]),
     KeyField("seed", lambda r: r["protocol"]["seed"]),
-    KeyField("backbone", lambda r: r["backbone"]["id"]),
+    KeyField("backbone", lambda r: backbone_key(r["backbone"])),
     KeyField("pooling", lambda r: r["backbone"]["pooling"]),
     KeyField("head", lambda r: _canonical(head_of(r))),
     KeyField("data_fingerprint", lambda r: r["data"]["fingerprint"]),
     KeyField("training", lambda r: _canonical(r["training"])),
 )
 KEY_FIELDS = tuple(k.name for k in KEY)
+
+
+def backbone_key(backbone: dict) -> str:
+    """The backbone's key component: its id, with `@revision` where the run asked for one (records without the field
+    asked for none: the hub's default branch)."""
+    revision = backbone.get("requested_revision")
+    return backbone["id"] if revision is None else f"{backbone['id']}@{revision}"
 
 
 def record_key(rec: dict) -> tuple:
@@ -105,7 +118,11 @@ class TrainConfig:
     seed, which is the run's) form the record's `training` section, which is one component of the record key."""
 
     max_steps: int = option(100, help="optimizer steps", type=int, key="training")
-    batch_size: int = option(16, help="training batch size", type=int, key="training")
+    batch_size: int = option(16, help="training batch size (the optimizer's; see --grad-accum)", type=int,
+                             key="training")
+    grad_accum: int = option(
+        1, help="split each batch into this many micro-batches and accumulate their gradients (the same batch in "
+        "less memory; dropout draws differ, hence in the key)", type=int, key="training")
     eval_batch_size: int = option(64, help="evaluation batch size", flag=False, key="training")
     lr: float = option(1e-3, help="learning rate, > 0 (default: the method's)", type=float, key="training")
     weight_decay: float = option(0.01, help="AdamW weight decay, >= 0", type=float, key="training")
@@ -159,6 +176,9 @@ class RunSpec:
                                key="split_source", sweep=("split_source",))
     model: str = option("minilm-l6", help="an alias (sptbench list backbones), a hub id or a model folder",
                         type=nonempty, key="backbone", sweep=("model",))
+    revision: str | None = option(
+        help="the model repo's branch, tag or commit to load (hub ids only; default: its main branch); the resolved "
+        "commit is recorded either way", type=nonempty, key="backbone", sweep=("revision",))
     pooling: str | None = option(help="default: from the backbone", choices=POOLINGS, key="pooling",
                                  sweep=("pooling",))
     head: str = option("linear", help="linear: a fresh linear layer on the pooled tokens; prompt: the pretrained LM "
@@ -170,9 +190,15 @@ class RunSpec:
     template: str | None = option(help="prompt head: the task's template by name (default: its first)",
                                   type=nonempty, key="head", sweep=("template",))
     data_dir: str | None = option(
-        help="local mirror folder (default: $SPTBENCH_DATA_DIR, else the Hugging Face hub)", type=nonempty,
+        help="local data folders, searched in order (A:B; default: $SPTBENCH_DATA_PATH, then $SPTBENCH_DATA_DIR, "
+        "else the Hugging Face hub; a task spec's own `data` folder wins)", type=nonempty,
         not_in_key="where the data is read from; the data itself is keyed by its fingerprint", sweep=("data_dir",))
-    results_dir: str = option("results", help="root of the result tables", type=nonempty,
+    strict_data: bool = option(
+        False, help="refuse data with empty texts (default: keep them, counted in the record's data notes)",
+        boolean=True, sweep=("strict_data",),
+        not_in_key="it only refuses: a run it lets through reads the same rows, so records the same numbers")
+    results_dir: str = option(LOCAL_RESULTS_DIR, help="root of the result tables (git-ignored by default: the "
+                              "committed tables are written by the packaged sweep files)", type=nonempty,
                               not_in_key="where the record goes", sweep=("results_dir",))
     method_overrides: dict[str, Any] = option(
         help="method options (--set KEY=VALUE)", flag=False, factory=dict, key="method_config",
@@ -182,8 +208,31 @@ class RunSpec:
         sweep=("train", "method_train"))
     device: str = option("auto", help="auto: CUDA when there is one", choices=DEVICES, key="training",
                          sweep=("device",))
-    dtype: str = option("fp32", help="bf16: autocast", choices=DTYPES, key="training", sweep=("dtype",))
-    save_dir: str | None = option(help="also write the trained parameters + head (safetensors) here", type=nonempty,
+    dtype: str = option("fp32", help="bf16: autocast; fp16: autocast with a GradScaler (loss scaling)",
+                        choices=DTYPES, key="training", sweep=("dtype",))
+    gradient_checkpointing: bool = option(
+        False, help="recompute the trainable layers' activations in the backward pass (less memory, slower)",
+        boolean=True, sweep=("gradient_checkpointing",),
+        not_in_key="the same numbers: recomputation restores the RNG state (tests/test_resilience.py checks it)")
+    checkpoint_every: int | None = option(
+        help="save the training state every N steps (and at the end) under --checkpoint-dir; rerunning the same "
+        "run resumes from it exactly (default: no checkpoints; Slurm sweeps: at every dev evaluation)",
+        type=positive_int, sweep=("checkpoint_every",),
+        not_in_key="resumption is exact: the state, RNG and data position are restored (tests/test_resilience.py)")
+    checkpoint_dir: str | None = option(
+        help="where --checkpoint-every saves (default: <results-dir>/checkpoints)", type=nonempty,
+        sweep=("checkpoint_dir",), not_in_key="where the resumable state is kept")
+    logger: str = option("none", help="also log the training curves to tensorboard or wandb (extras; off by "
+                         "default; nothing is sent unless asked)", choices=LOGGERS, sweep=("logger",),
+                         not_in_key="logging only")
+    log_dir: str | None = option(help="the logger's folder (default: <results-dir>/logs)", type=nonempty,
+                                 sweep=("log_dir",), not_in_key="logging only")
+    record_to: str | None = option(
+        help="table: append the record to the shared table; file: write it as its own file under "
+        "<results>/v1/<backbone>/runs/ (for clusters; `sptbench merge` folds them in). Default: table here, file "
+        "in a Slurm sweep", choices=RECORD_TO, sweep=("record_to",), not_in_key="where the record goes")
+    save_dir: str | None = option(help="also write the trained parameters + head (safetensors) and the record to this "
+                                  "new or empty folder (outside --results-dir)", type=nonempty,
                                   not_in_key="an extra output")
     overwrite: bool = option(False, help="let --save-dir replace a saved run already there", boolean=True,
                              not_in_key="an extra output's permission")
@@ -215,6 +264,24 @@ def default_of(f: dataclasses.Field) -> Any:
 TRAIN_FLAGS = tuple(f.name for f in flag_fields(TrainConfig))
 
 
+def option_value(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """A value for the option `f` from a file (a sweep's one value for every run), checked as its flag would be:
+    true/false for an on/off option, one of its choices, or what its argument type accepts (same type back)."""
+    meta, ok = f.metadata, True
+    if meta["boolean"]:
+        ok = isinstance(value, bool)
+    elif meta["choices"] is not None:
+        ok = value in meta["choices"]
+    elif meta["type"] is not None:
+        try:
+            ok = not isinstance(value, bool) and meta["type"](str(value)) == value
+        except Exception:  # argparse types raise ArgumentTypeError, ValueError, ...: all mean "not valid"
+            ok = False
+    if not ok:
+        raise SptbenchError(f"{where}: '{f.name}': {value!r} is not a valid value ({meta['help']})")
+    return value
+
+
 def check_choices(obj: Any) -> None:
     """Every field of a RunSpec or TrainConfig with declared choices holds one of them (or None where allowed)."""
     for f in dataclasses.fields(obj):
@@ -228,6 +295,9 @@ def check_train_config(tcfg: TrainConfig) -> None:
     check_choices(tcfg)
     if tcfg.max_steps < 1 or tcfg.eval_every < 1 or tcfg.batch_size < 1 or tcfg.eval_batch_size < 1:
         raise SptbenchError("max_steps, eval_every, batch_size and eval_batch_size must be positive")
+    if not isinstance(tcfg.grad_accum, int) or not 1 <= tcfg.grad_accum <= tcfg.batch_size:
+        raise SptbenchError(f"training option 'grad_accum' must be an integer in [1, batch_size "
+                            f"{tcfg.batch_size}], got {tcfg.grad_accum}")
     for name in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "head_dropout"):
         value = getattr(tcfg, name)
         if value is not None and not math.isfinite(value):

@@ -22,19 +22,21 @@ from typing import Any
 from sptbench.core import safe_yaml
 from sptbench.core.argtypes import nonempty
 from sptbench.core.errors import SptbenchError, unknown_choice
+from sptbench.core.paths import check_name, inside
 from sptbench.data.templates import DEFAULT_TEMPLATE, parse_template
+from sptbench.records.schema import SELECTION_METRICS  # selection metric -> the metrics it averages
 
 TASKS_PATH_ENV = "SPTBENCH_TASKS_PATH"
 MAX_TEXT_COLUMNS = 2  # a text or a text pair: the tokenizer takes (text, text_pair), a third would be text_target
 # The keys a spec may have (docs/tasks.md documents each); anything else is a typo and an error.
 SPEC_KEYS = ("name", "version", "text_columns", "labels", "metrics", "selection_metric", "max_length", "hub", "mirror",
-             "lm_bff", "prompt")
+             "data", "lm_bff", "prompt")
 HUB_KEYS = ("path", "name", "revision", "splits", "columns", "label_column", "labels", "note")
 MIRROR_KEYS = ("train", "test", "note")
-LM_BFF_KEYS = ("dir", "format", "header", "dev", "columns", "label_column", "labels", "note")
+LM_BFF_KEYS = ("dir", "format", "header", "dev", "shots", "seeds", "columns", "label_column", "labels", "note")
+LM_BFF_SHOTS = 16  # the published LM-BFF splits: K = 16 per class, five seeds (a spec's lm_bff may name its own)
+LM_BFF_SEEDS = (13, 21, 42, 87, 100)
 KNOWN_METRICS = ("accuracy", "f1")
-# selection metric -> the metrics it averages
-SELECTION_METRICS: dict[str, tuple[str, ...]] = {"accuracy": ("accuracy",), "f1": ("f1",), "acc_f1": ("accuracy", "f1")}
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,20 @@ class TaskSpec:
     metrics: tuple[str, ...]
     selection_metric: str
     max_length: int
-    hub: dict
+    hub: dict | None  # None: a local-only task (its data from its own folder or a data dir)
     mirror: dict
     lm_bff: dict | None = None
     prompt: dict | None = None  # {templates: {name: text}, label_words: (word per label)}; see docs/heads.md
     path: str | None = None  # the spec file it was read from (recorded as task.spec_path)
     sha256: str | None = None  # of that file's bytes (recorded as task.spec_sha256)
+    data: str | None = None  # the task's own data folder, as the spec names it (relative to the spec file)
+
+    @property
+    def data_folder(self) -> Path | None:
+        """The task's own data folder (absolute; checked to stay inside the spec's folder), or None."""
+        if self.data is None or self.path is None:
+            return None
+        return inside(Path(self.path).parent, self.data, what=f"{self.path}: field 'data'")
 
     @property
     def num_labels(self) -> int:
@@ -128,7 +138,9 @@ def list_tasks() -> list[str]:
 
 
 def load_spec(name: str) -> TaskSpec:
-    """Read and check `<name>.yaml` from the search path; unknown names and malformed files raise SptbenchError."""
+    """Read and check `<name>.yaml` from the search path; unknown names and malformed files raise SptbenchError. The
+    name becomes a folder under the data dir, so only a plain name (core/paths.check_name: no '..', no separator)."""
+    check_name(name, "task")
     files = spec_files()
     if name not in files:
         raise unknown_choice("task", name, files)
@@ -150,7 +162,10 @@ def _parse_spec(name: str, entry: Any, version: tuple | None) -> TaskSpec:
     text = safe_yaml.read_text(entry, "task spec")
     raw = safe_yaml.load_one(text, where)
     spec = _spec_from_raw(raw, name, where)
-    return dataclasses.replace(spec, path=where, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    spec = dataclasses.replace(spec, path=where, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    if spec.data is not None:
+        _ = spec.data_folder  # a folder that leaves the spec's folder (by '..' or a symlink) is refused here
+    return spec
 
 
 def apply_tasks_dirs(dirs: Sequence[str] | None, what: str = "--tasks-dir") -> None:
@@ -207,9 +222,10 @@ def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
         metrics=_str_tuple(raw, "metrics", where),
         selection_metric=_field(raw, "selection_metric", str, where),
         max_length=_field(raw, "max_length", int, where),
-        hub=_field(raw, "hub", dict, where),
+        hub=_field(raw, "hub", dict, where) if raw.get("hub") is not None else None,
         mirror=_field(raw, "mirror", dict, where),
         lm_bff=_lm_bff_section(raw.get("lm_bff"), where),
+        data=_data_section(raw.get("data"), where),
     )
     spec = dataclasses.replace(spec, prompt=_prompt_section(raw.get("prompt"), spec, where))
     _check_spec(spec, where)
@@ -257,12 +273,34 @@ def _lm_bff_section(section: Any, where: str) -> dict | None:
     for key in ("header", "dev"):
         if not isinstance(section.get(key, False), bool):
             raise SptbenchError(f"{where}: field 'lm_bff.{key}' must be true or false")
+    shots, seeds = section.get("shots", LM_BFF_SHOTS), section.get("seeds", list(LM_BFF_SEEDS))
+    if not _positive_int(shots):
+        raise SptbenchError(f"{where}: field 'lm_bff.shots' must be an integer >= 1 (K per class), got {shots!r}")
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(_positive_int(x) or x == 0 for x in seeds)):
+        raise SptbenchError(f"{where}: field 'lm_bff.seeds' must be a non-empty list of distinct integers >= 0")
     _section_types(section, "lm_bff", where)
     if not section.get("header"):  # header-less files: columns are field positions
         positions = [*section["columns"].values(), section["label_column"]]
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in positions):
             raise SptbenchError(f"{where}: 'lm_bff' without a header maps columns to field positions (integers >= 0)")
-    return {**section, "labels": {str(k): v for k, v in section["labels"].items()}}
+    labels = {str(k): v for k, v in section["labels"].items()}
+    return {**section, "shots": shots, "seeds": tuple(seeds), "labels": labels}
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _data_section(value: Any, where: str) -> str | None:
+    """The optional `data`: the task's own data folder, a relative path below the spec's folder (no '..')."""
+    if value is None:
+        return None
+    parts = str(value).replace("\\", "/").split("/") if isinstance(value, str) else []
+    if not parts or Path(value).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise SptbenchError(f"{where}: field 'data' must be a folder relative to the spec file, inside its folder "
+                            f"(no '..', not absolute), got {value!r}")
+    return value
 
 
 def _section_types(section: dict, label: str, where: str) -> None:
@@ -338,7 +376,8 @@ def _check_spec(spec: TaskSpec, where: str) -> None:
         )
     if isinstance(spec.max_length, bool) or spec.max_length < 1:  # `true` is no length
         raise SptbenchError(f"{where}: field 'max_length' must be a positive integer, got {spec.max_length!r}")
-    _hub_section(spec.hub, where)
+    if spec.hub is not None:
+        _hub_section(spec.hub, where)
     for section in ("hub", "lm_bff"):
         mapping = getattr(spec, section)
         if mapping is not None:

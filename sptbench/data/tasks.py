@@ -1,10 +1,12 @@
 """A task's data as one run uses it (its spec: data/specs.py): load a source, map labels, split by protocol.
 
 A spec is data, not code (lm-evaluation-harness style). `load_task` reads the training pool and the test set
-from a local mirror (`--data-dir` / SPTBENCH_DATA_DIR) or the Hugging Face hub, then splits the pool by protocol:
+from the task's own data folder (its spec's `data`), else the first folder of the data search path that holds the
+task (`--data-dir A:B`, else $SPTBENCH_DATA_PATH then $SPTBENCH_DATA_DIR), else the Hugging Face hub; then it splits
+the pool by protocol:
 
 - few-shot (`shots=K`, LM-BFF): K per class for train and another, disjoint K per class for dev, seeded;
-- LM-BFF published splits (`split_source="lm-bff"`, K=16, seeds 13/21/42/87/100), read as-is;
+- LM-BFF published splits (`split_source="lm-bff"`, K=16, seeds 13/21/42/87/100, or the spec's own), read as-is;
 - fixed train size (`train_size=N`, the "1k regime"): N sampled from the pool, seeded; dev as in full data;
 - full data: dev carved from the pool with a fixed seed (never the run seed), train = the rest.
 The test set is always the task's test split, untouched.
@@ -19,7 +21,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +30,19 @@ from typing import Any
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, describe, unknown_choice
 from sptbench.core.hub import hub_unavailable, offline_env
-from sptbench.data.specs import TaskSpec, list_tasks, load_spec
+from sptbench.core.paths import check_name
+from sptbench.data.locate import (
+    DATA_DIR_ENV,
+    DATA_PATH_ENV,
+    LM_BFF_FOLDER,
+    data_roots,
+    empty_text_note,
+    lm_bff_folder,
+    task_folder,
+)
+from sptbench.data.specs import LM_BFF_SEEDS, TaskSpec, list_tasks, load_spec  # noqa: F401 (LM_BFF_SEEDS: for callers)
 
-DATA_DIR_ENV = "SPTBENCH_DATA_DIR"
 SPLIT_SOURCES = ("sample", "lm-bff")
-LM_BFF_FOLDER = "lm-bff-16-shot"
-LM_BFF_SHOTS = 16
-LM_BFF_SEEDS = (13, 21, 42, 87, 100)
 DEV_SEED = 0  # full-data / train-size dev carving: fixed, so every run seed sees the same dev set
 DEV_FRACTION = 0.1
 DEV_MAX = 1000
@@ -80,27 +87,27 @@ def load_task(
     seed: int = 13,
     split_source: str = "sample",
     train_size: int | None = None,
+    strict_data: bool = False,
 ) -> TaskData:
-    """Load a task's train/dev/test for one protocol and seed; deterministic for (task, protocol, seed, source)."""
+    """Load a task's train/dev/test for one protocol and seed; deterministic for (task, protocol, seed, source).
+    Rows with an empty text are kept and counted in the notes; `strict_data` refuses them instead (one line)."""
     spec = load_spec(name)
     check_protocol(spec, shots, seed, split_source, train_size)
-    root = _resolve_data_dir(data_dir)
-    if split_source == "lm-bff" and root is None:
-        raise SptbenchError(
-            f"split_source 'lm-bff' reads the published splits from <data dir>/{LM_BFF_FOLDER}: "
-            f"pass --data-dir or set {DATA_DIR_ENV}"
-        )
-    source = _read_mirror(spec, root) if root is not None else _read_hub(spec)
+    roots = data_roots(data_dir)
+    folder = task_folder(spec, roots)
+    empties: dict[str, list[str]] = {}
+    source = _read_mirror(spec, folder, empties) if folder is not None else _read_hub(spec, empties)
     notes = list(source.notes)
     location = source.location
     if split_source == "lm-bff":
-        folder = root / LM_BFF_FOLDER / spec.lm_bff["dir"] / f"{LM_BFF_SHOTS}-{seed}"
-        train, dev, split_notes = _lm_bff_split(spec, folder, source.pool, seed)
+        splits = lm_bff_folder(spec, roots, seed)
+        train, dev, split_notes = _lm_bff_split(spec, splits, source.pool, seed, empties)
         notes += split_notes + _overlap_notes(spec, train + dev, source.test)
-        location = f"{location} (train/dev: {folder})"
+        location = f"{location} (train/dev: {splits})"
     else:
         train_idx, dev_idx = _sample_split(spec, source.pool, shots, seed, train_size)
         train, dev = [source.pool[i] for i in train_idx], [source.pool[i] for i in dev_idx]
+    notes += _empty_text_notes(empties, strict_data)
     protocol = {
         "shots": shots,
         "train_size": train_size,
@@ -138,47 +145,49 @@ def check_protocol(spec: TaskSpec, shots: int | None, seed: int, split_source: s
     if spec.lm_bff is None:
         with_splits = [t for t in list_tasks() if load_spec(t).lm_bff is not None]
         raise SptbenchError(f"task '{spec.name}' has no LM-BFF splits; tasks with them: {', '.join(with_splits)}")
-    if shots != LM_BFF_SHOTS:
-        raise SptbenchError(f"split_source 'lm-bff' needs shots={LM_BFF_SHOTS} (the published splits are 16-shot)")
-    if seed not in LM_BFF_SEEDS:
+    k, seeds = spec.lm_bff["shots"], spec.lm_bff["seeds"]
+    if shots != k:
+        raise SptbenchError(f"split_source 'lm-bff' needs shots={k} (task '{spec.name}''s splits are {k}-shot)")
+    if seed not in seeds:
         raise SptbenchError(
-            f"the LM-BFF splits exist for seeds {', '.join(map(str, LM_BFF_SEEDS))} only, not seed {seed}"
+            f"the LM-BFF splits of task '{spec.name}' exist for seeds {', '.join(map(str, seeds))} only, "
+            f"not seed {seed}"
         )
 
 
-def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    """The local mirror to use: the argument, else $SPTBENCH_DATA_DIR, else None (the hub)."""
-    chosen = data_dir if data_dir is not None else (os.environ.get(DATA_DIR_ENV) or None)
-    if chosen is None:
-        return None
-    root = Path(chosen).expanduser()
-    if not root.is_dir():
-        raise SptbenchError(f"data dir '{root}' does not exist or is not a folder")
-    return root.resolve()
+def _empty_text_notes(empties: dict[str, list[str]], strict: bool) -> list[str]:
+    """One note per file read that has rows with an empty text; with `strict`, the first such row is an error."""
+    for label, wheres in empties.items():
+        if strict and wheres:
+            raise SptbenchError(f"{wheres[0]}: empty text ({len(wheres)} row(s) of {label} have one; refused by "
+                                "--strict-data, else kept and counted in the record's data notes)")
+    return [empty_text_note(label, wheres) for label, wheres in empties.items() if wheres]
 
 
-def _read_mirror(spec: TaskSpec, root: Path) -> _Source:
-    """Read `<root>/<task>/{train,test}.jsonl` (the README's mirror layout)."""
-    folder = root / spec.name
-    paths = {split: folder / spec.mirror[split] for split in ("train", "test")}
+def _read_mirror(spec: TaskSpec, folder: Path, empties: dict[str, list[str]]) -> _Source:
+    """Read the task's `mirror.train` and `mirror.test` files (JSON lines) from its data folder."""
+    paths = {split: folder / check_name(spec.mirror[split], f"mirror.{split}") for split in ("train", "test")}
     for path in paths.values():
         if not path.is_file():
             raise SptbenchError(
-                f"missing file {path}: a data dir must hold <task>/train.jsonl and <task>/test.jsonl for each task"
+                f"missing file {path}: a task's data folder must hold its {spec.mirror['train']} and "
+                f"{spec.mirror['test']}"
             )
     note = spec.mirror.get("note")
     return _Source(
-        pool=read_jsonl(paths["train"], spec),
-        test=read_jsonl(paths["test"], spec),
+        pool=read_jsonl(paths["train"], spec, empties),
+        test=read_jsonl(paths["test"], spec, empties),
         kind="mirror",
         location=str(folder),
         notes=[note] if note else [],
     )
 
 
-def read_jsonl(path: Path, spec: TaskSpec) -> list[Row]:
-    """Read mirror rows; plain `json` (not `datasets`) so that a bad line is reported by file and line."""
+def read_jsonl(path: Path, spec: TaskSpec, empties: dict[str, list[str]] | None = None) -> list[Row]:
+    """Read mirror rows; plain `json` (not `datasets`) so that a bad line is reported by file and line. Rows with an
+    empty text are listed (file:line) in `empties[str(path)]`."""
     rows = []
+    empty = [] if empties is None else empties.setdefault(str(path), [])
     for lineno, line in enumerate(_read_data_text(path).split("\n"), start=1):  # not splitlines(): U+2028 is text
         if not line.strip():
             continue
@@ -189,7 +198,7 @@ def read_jsonl(path: Path, spec: TaskSpec) -> list[Row]:
             raise SptbenchError(f"{where}: malformed JSON line ({getattr(exc, 'msg', 'nested too deeply')})") from None
         if not isinstance(raw, dict):
             raise SptbenchError(f"{where}: expected a JSON object per line")
-        rows.append(_make_row(spec, {c: raw.get(c) for c in spec.text_columns}, raw.get("label"), where))
+        rows.append(_make_row(spec, {c: raw.get(c) for c in spec.text_columns}, raw.get("label"), where, empty))
     if not rows:
         raise SptbenchError(f"{path}: no rows (an empty data file)")
     return rows
@@ -204,19 +213,27 @@ def _read_data_text(path: Path, encoding: str = "utf-8") -> str:
     return safe_yaml.decode_utf8(data, str(path), encoding)
 
 
-def _make_row(spec: TaskSpec, texts: dict[str, Any], label_name: Any, where: str) -> Row:
-    """Build one row (text columns + label id), checking texts are strings and the label is known."""
+def _make_row(spec: TaskSpec, texts: dict[str, Any], label_name: Any, where: str, empty: list[str]) -> Row:
+    """Build one row (text columns + label id), checking texts are strings and the label is known; a row with an
+    empty (or blank) text is kept and its place appended to `empty`."""
     for column, text in texts.items():
         if not isinstance(text, str):
             raise SptbenchError(f"{where}: column '{column}' is missing or not a string")
+    if any(not text.strip() for text in texts.values()):
+        empty.append(where)
     if label_name not in spec.labels:
         raise SptbenchError(f"{where}: unknown label {label_name!r}; task '{spec.name}' has {list(spec.labels)}")
     return {**texts, "label": spec.labels.index(label_name)}
 
 
-def _read_hub(spec: TaskSpec) -> _Source:
+def _read_hub(spec: TaskSpec, empties: dict[str, list[str]]) -> _Source:
     """Read the pool and test set from the Hugging Face hub, mapping hub columns and labels to ours."""
     hub = spec.hub
+    if hub is None:
+        raise SptbenchError(
+            f"task '{spec.name}' is local-only (no hub source in {spec.path}): give it a data folder (its spec's "
+            f"'data', --data-dir or ${DATA_PATH_ENV}) holding {spec.name}/{spec.mirror['train']}"
+        )
     hub_id = hub["path"] + (f"/{hub['name']}" if hub.get("name") else "")
     revision = hub.get("revision")
     # no offline variable set and no connection: say so now, not after datasets' retries (with one set, datasets
@@ -235,20 +252,21 @@ def _read_hub(spec: TaskSpec) -> _Source:
     except Exception as exc:  # network, auth, missing dataset: all mean "this source is unavailable"
         raise SptbenchError(
             f"hub source failed for task '{spec.name}' ({hub_id}): {describe(exc)}. "
-            f"Pass --data-dir or set {DATA_DIR_ENV} to a local mirror."
+            f"Pass --data-dir or set {DATA_PATH_ENV} (or {DATA_DIR_ENV}) to a local mirror."
         ) from exc
     note = hub.get("note")
     return _Source(
-        pool=hub_rows(spec, loaded["train"], f"{hub_id}[{hub['splits']['train']}]"),
-        test=hub_rows(spec, loaded["test"], f"{hub_id}[{hub['splits']['test']}]"),
+        pool=hub_rows(spec, loaded["train"], f"{hub_id}[{hub['splits']['train']}]", empties),
+        test=hub_rows(spec, loaded["test"], f"{hub_id}[{hub['splits']['test']}]", empties),
         kind="hub",
         location=f"hf:{hub_id}" + (f"@{revision}" if revision else ""),
         notes=[note] if note else [],
     )
 
 
-def hub_rows(spec: TaskSpec, dataset: Any, where: str) -> list[Row]:
+def hub_rows(spec: TaskSpec, dataset: Any, where: str, empties: dict[str, list[str]] | None = None) -> list[Row]:
     """Map a hub split (an iterable of dicts with `column_names`) to our rows via `spec.hub`."""
+    empty = [] if empties is None else empties.setdefault(where, [])
     columns = spec.hub["columns"]
     label_column = spec.hub.get("label_column", "label")
     needed = [columns[c] for c in spec.text_columns] + [label_column]
@@ -261,7 +279,8 @@ def hub_rows(spec: TaskSpec, dataset: Any, where: str) -> list[Row]:
         value = raw[label_column]
         if value not in labels:
             raise SptbenchError(f"{where} row {i}: hub label {value!r} is not in the spec's hub.labels")
-        rows.append(_make_row(spec, {c: raw[columns[c]] for c in spec.text_columns}, labels[value], f"{where} row {i}"))
+        texts = {c: raw[columns[c]] for c in spec.text_columns}
+        rows.append(_make_row(spec, texts, labels[value], f"{where} row {i}", empty))
     if not rows:
         raise SptbenchError(f"{where}: no rows (an empty split)")
     return rows
@@ -330,16 +349,17 @@ def _check_shots(spec: TaskSpec, groups: list[list[int]], shots: int, what: str,
         )
 
 
-def _lm_bff_split(spec: TaskSpec, folder: Path, pool: list[Row], seed: int) -> tuple[list[Row], list[Row], list[str]]:
+def _lm_bff_split(spec: TaskSpec, folder: Path, pool: list[Row], seed: int,
+                  empties: dict[str, list[str]]) -> tuple[list[Row], list[Row], list[str]]:
     """Read a published LM-BFF split; where no dev file exists (MNLI), sample dev from the pool instead."""
     cfg = spec.lm_bff
-    train = read_lm_bff(folder / f"train.{cfg['format']}", spec)
+    train = read_lm_bff(folder / f"train.{cfg['format']}", spec, empties)
     notes = [cfg["note"]] if cfg.get("note") else []
     if cfg.get("dev", True):
-        return train, read_lm_bff(folder / f"dev.{cfg['format']}", spec), notes
+        return train, read_lm_bff(folder / f"dev.{cfg['format']}", spec, empties), notes
     dev = _dev_excluding(spec, pool, train, seed)
     notes.append(
-        f"lm-bff: {spec.name} has no published dev split; dev = {LM_BFF_SHOTS} per class sampled from the "
+        f"lm-bff: {spec.name} has no published dev split; dev = {spec.lm_bff['shots']} per class sampled from the "
         f"training pool (seed {seed}), excluding texts in the published train split"
     )
     return train, dev, notes
@@ -350,16 +370,18 @@ def _dev_excluding(spec: TaskSpec, pool: list[Row], train: list[Row], seed: int)
     taken = {_text_key(spec, row) for row in train}
     candidates = [row for row in pool if _text_key(spec, row) not in taken]
     groups = _indices_by_class(candidates, spec.num_labels)
-    _check_shots(spec, groups, LM_BFF_SHOTS, "pool (for the missing LM-BFF dev)", per_class=1)
+    shots = spec.lm_bff["shots"]
+    _check_shots(spec, groups, shots, "pool (for the missing LM-BFF dev)", per_class=1)
     rng = random.Random(seed)
-    return [candidates[i] for members in groups for i in rng.sample(members, LM_BFF_SHOTS)]
+    return [candidates[i] for members in groups for i in rng.sample(members, shots)]
 
 
-def read_lm_bff(path: Path, spec: TaskSpec) -> list[Row]:
+def read_lm_bff(path: Path, spec: TaskSpec, empties: dict[str, list[str]] | None = None) -> list[Row]:
     """Read one LM-BFF split file (tsv with header, or header-less `label,text` csv) into our rows."""
     if not path.is_file():
         raise SptbenchError(f"missing file {path}: expected the LM-BFF 16-shot splits under <data dir>/{LM_BFF_FOLDER}")
     cfg = spec.lm_bff
+    empty = [] if empties is None else empties.setdefault(str(path), [])
     # utf-8-sig: MRPC's header starts with a byte-order mark
     with io.StringIO(_read_data_text(path, "utf-8-sig"), newline="") as handle:
         if cfg["format"] == "tsv":
@@ -376,7 +398,8 @@ def read_lm_bff(path: Path, spec: TaskSpec) -> list[Row]:
                         f"{where}: expected at least {max(positions.values()) + 1} fields, got {len(record)}"
                     )
                 label = cfg["labels"].get(record[positions["label"]], record[positions["label"]])
-                rows.append(_make_row(spec, {c: record[positions[c]] for c in spec.text_columns}, label, where))
+                texts = {c: record[positions[c]] for c in spec.text_columns}
+                rows.append(_make_row(spec, texts, label, where, empty))
         except csv.Error as exc:
             raise SptbenchError(f"{path}:{reader.line_num}: malformed {cfg['format']} ({exc})") from None
     if not rows:

@@ -46,6 +46,8 @@ class Family:
     causal: bool
     default_pooling: str  # cls | mean | last
     lora_targets: tuple[str, ...]  # peft target module names for the query and value projections
+    # the key and value projections inside a layer (ia3 scales their outputs); a fused qkv projection is named alone
+    key_value_targets: tuple[str, ...] = ()
     lm_head_name: str = "cls"  # the LM head's attribute on the *ForMaskedLM / *LMHeadModel (the prompt head)
     attn_implementation: str = "sdpa"  # what transformers loads the backbone with (eager: its own attention only)
 
@@ -129,6 +131,17 @@ class Family:
         """Vocabulary logits of final hidden states (after `final`), as the stock LM model computes them."""
         return head(hidden)
 
+    def word_logits(self, backbone: nn.Module, head: nn.Module, hidden: torch.Tensor, word_ids: torch.Tensor
+                    ) -> torch.Tensor:
+        """The logits of `word_ids` only: a plain linear LM head (GPT-2, Llama: the tied embeddings) is sliced to those
+        rows, so the vocabulary is never computed; other heads (encoders' transform + decoder) compute it, then pick."""
+        from torch import nn as torch_nn
+        from torch.nn import functional as F
+
+        if type(head) is torch_nn.Linear and type(self).lm_logits is Family.lm_logits:
+            return F.linear(hidden, head.weight[word_ids], None if head.bias is None else head.bias[word_ids])
+        return self.lm_logits(backbone, head, hidden)[..., word_ids]
+
     def check_config(self, config) -> None:
         """Refuse (one-line SptbenchError) a config of this model type that the family cannot run."""
 
@@ -160,6 +173,9 @@ class FamilyEntry:
     listing_order: int  # where the family comes in listings (lower first)
     tiny_configs: Mapping[str, ConfigFactory] = field(default_factory=dict)  # `--model tiny-<x>`: in-process, seeded
     random_configs: Mapping[str, ConfigFactory] = field(default_factory=dict)  # full-size, random (`*-random`)
+    # hub id -> the random config with its sizes: what planning (causal or not, layers, size for the ETA) knows of
+    # that checkpoint without reading the hub
+    checkpoints: Mapping[str, str] = field(default_factory=dict)
 
 
 FAMILIES: dict[str, FamilyEntry] = {}  # model_type -> entry, filled by `register_family`
@@ -173,9 +189,11 @@ def register_family(
     listing_order: int,
     tiny_configs: Mapping[str, ConfigFactory] | None = None,
     random_configs: Mapping[str, ConfigFactory] | None = None,
+    checkpoints: Mapping[str, str] | None = None,
 ) -> None:
     """Register `family` for `config.model_type == family.name`, with its tiny (and full-size random) configs by
-    backbone name. Once: a second family for the same model type, or a config name two families claim, is a bug."""
+    backbone name, and the hub checkpoints a random config mirrors (`checkpoints`: hub id -> random config name).
+    Once: a second family for the same model type, or a config name two families claim, is a bug."""
     old = FAMILIES.get(family.name)
     if old is not None and old.family is not family:
         raise RuntimeError(f"family '{family.name}' is registered twice")
@@ -185,8 +203,10 @@ def register_family(
                 raise RuntimeError(
                     f"backbone '{name}' is declared by families '{other.family.name}' and '{family.name}'"
                 )
+    if set((checkpoints or {}).values()) - set(random_configs or {}):
+        raise RuntimeError(f"family '{family.name}': checkpoints must name its own random configs")
     FAMILIES[family.name] = FamilyEntry(family, label, listing_order, dict(tiny_configs or {}),
-                                        dict(random_configs or {}))
+                                        dict(random_configs or {}), dict(checkpoints or {}))
 
 
 def family_modules() -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sptbench.families.base import TINY_SIZES, Family, register_family, transformers_class
 
 register_family(
-    Family("bert", causal=False, default_pooling="cls", lora_targets=("query", "value")),
+    Family("bert", causal=False, default_pooling="cls", lora_targets=("query", "value"),
+           key_value_targets=("key", "value")),
     label="BERT",
     listing_order=10,
     tiny_configs={

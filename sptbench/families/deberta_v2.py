@@ -101,6 +101,7 @@ class DebertaV2Family(Family):
 register_family(
     DebertaV2Family(
         "deberta-v2", causal=False, default_pooling="cls", lora_targets=("query_proj", "value_proj"),
+        key_value_targets=("key_proj", "value_proj"),
         attn_implementation="eager",
     ),
     label="DeBERTa-v2",

@@ -1,5 +1,5 @@
 """GPT-2: a causal decoder (pooling on the last real token), its own module names, positions that count real tokens
-only, the final LayerNorm; the `tiny-gpt2` config."""
+only, the final LayerNorm; the `tiny-gpt2` config and the full-size random `gpt2-large-random`."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ class GPT2Family(Family):
 
 
 register_family(
-    GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",), lm_head_name="lm_head"),
+    GPT2Family("gpt2", causal=True, default_pooling="last", lora_targets=("c_attn",),
+               key_value_targets=("c_attn",), lm_head_name="lm_head"),
     label="GPT-2",
     listing_order=50,
     tiny_configs={
@@ -64,4 +65,19 @@ register_family(
             eos_token_id=102,
         ),
     },
+    # GPT2-large's sizes and vocabulary, random weights (no download), with the in-process byte-level BPE tokenizer
+    # (sptbench/models/bpe.py: <s> 0, <pad> 1, </s> 2): speed and memory checks at the paper's model size
+    random_configs={
+        "gpt2-large-random": lambda v: transformers_class("GPT2Config")(
+            vocab_size=max(v, 50257),
+            n_positions=1024,
+            n_embd=1280,
+            n_layer=36,
+            n_head=20,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        ),
+    },
+    checkpoints={"gpt2-large": "gpt2-large-random", "openai-community/gpt2-large": "gpt2-large-random"},
 )

@@ -56,6 +56,7 @@ class LlamaFamily(Family):
 
 register_family(
     LlamaFamily("llama", causal=True, default_pooling="last", lora_targets=("q_proj", "v_proj"),
+                key_value_targets=("k_proj", "v_proj"),
                 lm_head_name="lm_head"),
     label="Llama",
     listing_order=60,

@@ -72,7 +72,7 @@ class MPNetFamily(Family):
 
 
 register_family(
-    MPNetFamily("mpnet", causal=False, default_pooling="cls", lora_targets=("q", "v"),
+    MPNetFamily("mpnet", causal=False, default_pooling="cls", lora_targets=("q", "v"), key_value_targets=("k", "v"),
                 attn_implementation="eager", lm_head_name="lm_head"),
     label="MPNet",
     listing_order=40,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from sptbench.families.base import TINY_SIZES, Family, register_family, transformers_class
 
 register_family(
-    Family("roberta", causal=False, default_pooling="cls", lora_targets=("query", "value"), lm_head_name="lm_head"),
+    Family("roberta", causal=False, default_pooling="cls", lora_targets=("query", "value"),
+           key_value_targets=("key", "value"), lm_head_name="lm_head"),
     label="RoBERTa",
     listing_order=20,
     tiny_configs={
@@ -15,8 +16,8 @@ register_family(
         ),
     },
     # Full-size random configs (no download): speed and memory checks at the paper's model size
-    # (scripts/gpu_check.sh). RoBERTa-large's sizes and vocabulary; the MiniLM tokenizer's ids all fall inside that
-    # vocabulary.
+    # (scripts/gpu_check.sh). RoBERTa-large's sizes and vocabulary; its tokenizer is the in-process byte-level BPE
+    # (sptbench/models/bpe.py), whose ids all fall inside that vocabulary.
     random_configs={
         "roberta-large-random": lambda v: transformers_class("RobertaConfig")(
             vocab_size=max(v, 50265),
@@ -27,7 +28,8 @@ register_family(
             max_position_embeddings=514,
             type_vocab_size=1,
             layer_norm_eps=1e-5,
-            pad_token_id=0,  # the MiniLM tokenizer's pad id (as tiny-roberta)
+            pad_token_id=1,  # <pad>, as RoBERTa's (and the in-process BPE tokenizer's)
         ),
     },
+    checkpoints={"roberta-large": "roberta-large-random", "FacebookAI/roberta-large": "roberta-large-random"},
 )

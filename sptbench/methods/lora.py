@@ -54,6 +54,11 @@ def target_names(model: Classifier, targets: list[str] | tuple[str, ...], layers
 
 
 def apply(model: Classifier, cfg: LoraMethodConfig) -> None:
+    inject_lora(model, cfg)
+
+
+def inject_lora(model: Classifier, cfg: LoraMethodConfig, use_dora: bool = False) -> None:
+    """peft's LoRA layers (DoRA's with `use_dora`) on the targets in the chosen layers; only they train."""
     from peft import LoraConfig, inject_adapter_in_model
     from transformers.pytorch_utils import Conv1D
 
@@ -69,6 +74,7 @@ def apply(model: Classifier, cfg: LoraMethodConfig) -> None:
         target_modules=names,
         fan_in_fan_out=transposed.pop(),
         bias="none",
+        use_dora=use_dora,
     )
     inject_adapter_in_model(config, model.backbone)
     # peft marks its own parameters trainable; make sure nothing else in the backbone does.

@@ -174,7 +174,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
         return _coerce(value, args[0], key)
     if origin in (list, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = _list_items(value, key) if isinstance(value, str) else list(value)
         inner = args[0] if args else str
         out = [_coerce(v.strip() if isinstance(v, str) else v, inner, key) for v in items if v != ""]
         return tuple(out) if origin is tuple else out
@@ -206,6 +206,19 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def _hints(config_cls: type) -> tuple[dict[str, Any], frozenset[str]]:
     """A config class's resolved field types and field names (resolving them costs ~1 ms: a sweep asks per point)."""
     return typing.get_type_hints(config_cls), frozenset(f.name for f in dataclasses.fields(config_cls))
+
+
+def _list_items(text: str, key: str) -> list[Any]:
+    """A list field's `--set` value: `9,10`, `9` or YAML flow `[9, 10]` / `[]` (brackets: parsed as YAML)."""
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return text.split(",")
+    from sptbench.core import safe_yaml
+
+    items = safe_yaml.load_one(text, f"--set {key}")
+    if not isinstance(items, list):
+        raise SptbenchError(f"'{key}' expects a list (9,10 or [9, 10]), got '{text}'")
+    return items
 
 
 def coerce_overrides(config_cls: type, overrides: dict[str, Any] | None, kind: str) -> dict[str, Any]:

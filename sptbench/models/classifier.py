@@ -62,13 +62,14 @@ class PromptHead(nn.Module):
                 input_ids: torch.Tensor) -> torch.Tensor:
         at = self.read_positions(token_mask, input_ids)
         read = tokens[torch.arange(tokens.shape[0], device=tokens.device), at]
-        vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
-        words = vocab[:, self.label_word_ids]
-        if self.calibration is not None:  # contextual calibration (zero_shot): p(word) / p(word | content-free)
-            words = words.float() - self.calibration.to(words.device)
-        if self.training and self.loss == "vocab":
+        if self.training and self.loss == "vocab":  # the whole vocabulary, at the one position read
+            vocab = self.family.lm_logits(backbone, self.lm_head, read.unsqueeze(1)).squeeze(1)  # (batch, vocab)
+            words = vocab[:, self.label_word_ids]
             rest = vocab.float().index_fill(1, self.label_word_ids, float("-inf")).logsumexp(-1, keepdim=True)
             return torch.cat([words.float(), rest], 1)
+        words = self.family.word_logits(backbone, self.lm_head, read, self.label_word_ids)  # (batch, words)
+        if self.calibration is not None:  # contextual calibration (zero_shot): p(word) / p(word | content-free)
+            words = words.float() - self.calibration.to(words.device)
         return words
 
 
@@ -90,6 +91,9 @@ class Classifier(nn.Module):
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
         self.frozen_mode = "dropout"  # how layers below the first trainable one run in training: see _frozen_part
         self.frozen_cache: dict[tuple, torch.Tensor] = {}
+        # recompute the trainable layers' activations in the backward pass (less memory); torch's checkpoint restores
+        # the RNG state for the recomputation, so dropout draws, and the numbers, are the same
+        self.gradient_checkpointing = False
 
     # -- set-up used by methods ---------------------------------------------------------------------------------
     def add_injection(self, injection: Injection) -> Injection:
@@ -176,8 +180,13 @@ class Classifier(nn.Module):
 
     def _layer_step(self, i, hidden, m, token_mask, masks: dict):
         hidden, m = self._enter_layer(i, hidden, m, token_mask)
-        return self._run_layer(i, self.layers[i], hidden, self._layer_mask(token_mask, m, hidden.dtype, masks),
-                               token_mask.shape[0]), m
+        mask = self._layer_mask(token_mask, m, hidden.dtype, masks)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._run_layer, i, self.layers[i], hidden, mask, token_mask.shape[0],
+                              use_reentrant=False), m
+        return self._run_layer(i, self.layers[i], hidden, mask, token_mask.shape[0]), m
 
     def _layer_mask(self, token_mask: torch.Tensor, m: int, dtype: torch.dtype, masks: dict) -> torch.Tensor | None:
         """The layers' attention mask for m prompt positions in front of `token_mask`, built once per forward, m and
@@ -242,9 +251,13 @@ class Classifier(nn.Module):
     def _embed(self, input_ids, token_mask, token_type_ids, bsz):
         prompts = [inj.input_prompt(bsz) for inj in self.injections]  # no walrus: torch.compile traces this
         prompts = [p for p in prompts if p is not None]
-        if not prompts:
+        offsets = [inj.input_offset(token_mask) for inj in self.injections]
+        offsets = [o for o in offsets if o is not None]
+        if not prompts and not offsets:
             return self.family.embed(self.backbone, input_ids, None, token_type_ids, token_mask), 0
         words = self.family.word_embeddings(self.backbone)(input_ids)
+        for offset in offsets:
+            words = words + offset.to(words.dtype)
         embeds = torch.cat([p.to(words.dtype) for p in prompts] + [words], 1)
         m = embeds.shape[1] - words.shape[1]
         if token_type_ids is not None:

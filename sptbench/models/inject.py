@@ -2,7 +2,8 @@
 
 Three ways in, written once for all families:
 - input prompts: vectors prepended to the token embeddings before the embedding module (positions, LayerNorm
-  and dropout applied to them as to tokens, exactly as peft's prompt tuning does);
+  and dropout applied to them as to tokens, exactly as peft's prompt tuning does), and input offsets: vectors added
+  to the tokens' own embeddings there (DePT's low-rank update);
 - hidden-state prompts at layer l: the prompt hidden states that enter layer l (inserted, or replacing the prompt
   positions propagated from layer l-1), as in deep prompt tuning, LPT and SPT;
 - key/value prefixes at layer l: extra keys and values seen by every query, no query rows of their own and no
@@ -31,6 +32,11 @@ class Injection(nn.Module):
         """(batch, m, hidden) vectors prepended to the token embeddings, or None."""
         return None
 
+    def input_offset(self, token_mask: torch.Tensor) -> torch.Tensor | None:
+        """(batch, n, hidden) added to the token embeddings (word embeddings, before positions, LayerNorm and dropout),
+        or None. `token_mask` is the (batch, n) padding mask, either padding side (DePT: a row per token position)."""
+        return None
+
     def layer_prompt(
         self, layer: int, tokens: torch.Tensor, token_mask: torch.Tensor, prompt: torch.Tensor | None
     ) -> torch.Tensor | None:
@@ -46,7 +52,9 @@ class Injection(nn.Module):
         return None
 
     def first_layer(self) -> int:
-        """The lowest layer this injection touches (0 = the input); layers below it need no autograd."""
+        """The lowest layer whose input this injection changes (0 = the input, the default: always correct, only
+        slower). Layers below it run without autograd (with `frozen_layers: cache`, once per example), so an
+        override must never return a layer above one the injection touches (docs/methods.md)."""
         return 0
 
     def export_state(self) -> dict[str, torch.Tensor] | None:

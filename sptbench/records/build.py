@@ -85,6 +85,9 @@ def run_record(*, created: str, status: str, error: str | None, method: str, met
         "versions": versions,
         "git": git,
     }
+    for name in ("resumed_at", "oom_retries"):  # only where it happened (training.loop.TrainResult)
+        if res is not None and getattr(res, name, None):
+            record["outcome"][name] = list(getattr(res, name))
     if sweep is not None:
         record["sweep"] = sweep
     if selection is not None:
@@ -94,14 +97,14 @@ def run_record(*, created: str, status: str, error: str | None, method: str, met
 
 def planned_record(*, method: str, method_config: dict, task: str, task_version: int, shots: int | None,
                    train_size: int | None, split_source: str, seed: int, backbone: str, pooling: str | None,
-                   head: dict, training: dict) -> dict:
+                   head: dict, training: dict, revision: str | None = None) -> dict:
     """The sections of the record a planned run will write, as far as they are known before it runs (enough for its
     record key; the data fingerprint is known once the data is loaded)."""
     return {
         "method": {"name": method, "config": method_config},
         "task": {"name": task, "version": task_version},
         "protocol": {"shots": shots, "train_size": train_size, "split_source": split_source, "seed": seed},
-        "backbone": {"id": backbone, "pooling": pooling},
+        "backbone": {"id": backbone, "pooling": pooling, "requested_revision": revision},
         "head": head,
         "data": {"fingerprint": None},
         "training": training,

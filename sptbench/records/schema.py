@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sptbench.core.errors import SptbenchError
+from sptbench.core.paths import RUN_ID
 
 SCHEMA_VERSION = 1
+# selection metric -> the metrics its `score` averages (task specs name one; `validate` checks records against it)
+SELECTION_METRICS: dict[str, tuple[str, ...]] = {"accuracy": ("accuracy",), "f1": ("f1",), "acc_f1": ("accuracy", "f1")}
 TABLE_DIR = f"v{SCHEMA_VERSION}"
 
 _ABSENT = object()  # a field without an example value (left out of `example_record`)
@@ -91,6 +94,8 @@ RECORD: tuple[Field, ...] = (
         Field("id", "str", "roberta-large", key=True),
         Field("family", "str", "roberta"),
         Field("revision", **_STR_NULL, example=None),
+        # the revision the run asked for (`--revision`, sweep `revision`); absent or null: the hub's default
+        Field("requested_revision", **_STR_NULL, required=False),
         Field("weights_sha256", **_STR_NULL, example=None),
         _choice("pooling", ("cls", "mean", "last"), "cls", key=True),
         Field("num_parameters", "int", 355_359_744),
@@ -292,6 +297,9 @@ def _non_plain(value: Any, field: str) -> Iterator[str]:
 def _semantic_problems(rec: dict) -> list[str]:
     """Cross-field rules the types alone cannot say."""
     problems = []
+    run_id = rec.get("run_id")
+    if isinstance(run_id, str) and not RUN_ID.fullmatch(run_id):  # it names a folder (pending states): strict
+        problems.append(f"run_id {run_id!r} is not of the form YYYYMMDDTHHMMSS-xxxxxx (6 hex digits)")
     if rec.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version must be {SCHEMA_VERSION}, got {rec.get('schema_version')!r}")
     status, error = rec.get("status"), rec.get("error")
@@ -314,6 +322,26 @@ def _semantic_problems(rec: dict) -> list[str]:
         problems.append("an ok run must have test metrics (or selection.tested: false)")
     if selection is not None and (not isinstance(selection, dict) or not isinstance(selection.get("tested"), bool)):
         problems.append("field 'selection' must be a mapping with a boolean 'tested'")
+    return problems + _score_problems(metrics)
+
+
+def _score_problems(metrics: Any) -> list[str]:
+    """`dev.score` and `test.score`, where present with the selection metric's parts, equal its value (the mean of
+    its parts)."""
+    if not isinstance(metrics, dict):
+        return []
+    selection = metrics.get("selection_metric")
+    parts = SELECTION_METRICS.get(selection) if isinstance(selection, str) else None
+    problems = []
+    for split in ("dev", "test"):
+        values = metrics.get(split)
+        if (not isinstance(values, dict) or not _is_number(values.get("score")) or parts is None
+                or not all(_is_number(values.get(p)) for p in parts)):
+            continue
+        expected = sum(values[p] for p in parts) / len(parts)
+        if not math.isclose(values["score"], expected, rel_tol=1e-9, abs_tol=1e-12):
+            problems.append(f"metrics.{split}.score is {values['score']}, but its selection metric '{selection}' is "
+                            f"{expected}: the score must equal metrics.{split}[selection_metric]")
     return problems
 
 

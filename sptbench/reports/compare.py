@@ -23,6 +23,8 @@ from sptbench.reports.selection import partial_grid_notes
 from sptbench.reports.stats import ALPHA, Blocked, blocked_stats, holm, mde, pairs_needed
 from sptbench.reports.tables import cell_metric
 
+MIN_PAIRS = 5  # below this many (task, seed) pairs the interval and p-values mean little: the output warns
+
 
 @dataclass(frozen=True)
 class Side:
@@ -277,6 +279,15 @@ ESTIMAND = ("estimand: the mean over these tasks of each task's expected differe
             "zero_method pratt (docs/statistics.md).")
 
 
+def few_pairs_warning(comp: Comparison) -> str | None:
+    """A warning when the comparison rests on fewer than MIN_PAIRS pairs (None otherwise)."""
+    n = comp.overall.n
+    if n >= MIN_PAIRS:
+        return None
+    return (f"warning: {comp.a} - {comp.b} rests on {n} pair(s), fewer than {MIN_PAIRS}: its interval and p-values "
+            "are too wide or too unstable to support a claim; add seeds or tasks")
+
+
 def _notes(comp: Comparison) -> str:
     notes = "".join(f"\n- {note}" for note in comp.partial + comp.ties)
     if comp.missing:
@@ -291,6 +302,8 @@ def render(comp: Comparison, effects: tuple[float, ...] = (1.0, 2.0)) -> str:
 
     rows = [[name, *stats_cells(s)] for name, s in [*comp.per_task.items(), ("**all**", comp.overall)]]
     head = f"{comp.a} - {comp.b}: paired test-score differences in points (a positive mean favours {comp.a})\n\n"
+    if (warning := few_pairs_warning(comp)) is not None:
+        head = f"**{warning}**\n\n" + head
     table = tabulate(rows, headers=["task", *STATS_HEADERS], tablefmt="github", disable_numparse=True)
     notes = f"\n\n- {ESTIMAND}\n- {power_note(comp.overall, effects=effects)}"
     return head + table + notes + _notes(comp) + "\n"
@@ -319,5 +332,6 @@ def render_family(comps: list[Comparison], name: str = "", alpha: float = ALPHA,
              f"power at alpha/m = {alpha / m:.3g} (two-sided blocked t, noncentral t).",
              ]
     notes += [f"left out (not recorded): {s}" for s in skipped]
+    notes += [f"**{w}**" for c in comps if (w := few_pairs_warning(c)) is not None]
     notes += list(dict.fromkeys(note for c in comps for note in c.partial + c.ties))  # a side's note once
     return table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -22,12 +22,13 @@ def frozen_backbone(
     head_dropout: float = 0.1,
     prompt: PromptSetup | None = None,
     quiet: bool = False,
+    revision: str | None = None,
 ) -> tuple[Classifier, Any, BackboneInfo]:
     """A backbone (alias, hub id or folder) as a `Classifier` with a fresh head and every backbone parameter
     frozen: the starting point of every method. Returns the model, its tokenizer and provenance. `quiet`: no
-    transformers load report or progress bar."""
+    transformers load report or progress bar. `revision`: the hub repository's commit, branch or tag."""
     classifier, tokenizer, info = load_backbone(
-        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt, quiet=quiet
+        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt, quiet=quiet, revision=revision
     )
     classifier.freeze_backbone()
     return classifier, tokenizer, info
@@ -43,10 +44,11 @@ def build_classifier(
     head_dropout: float = 0.1,
     prompt: PromptSetup | None = None,
     quiet: bool = False,
+    revision: str | None = None,
 ) -> tuple[Classifier, Any, BackboneInfo]:
     """`frozen_backbone` with `method` applied with its config `cfg` (see `registry.build_config`)."""
     classifier, tokenizer, info = frozen_backbone(
-        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt, quiet=quiet
+        model, num_labels, pooling=pooling, head_dropout=head_dropout, prompt=prompt, quiet=quiet, revision=revision
     )
     method.apply(classifier, cfg)
     return classifier, tokenizer, info

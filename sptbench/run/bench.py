@@ -126,7 +126,8 @@ def measure(
     forward = torch.compile(model) if compile else model
 
     device = batch["input_ids"].device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)  # fp16 unscaled: throughput only
+    autocast = torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=half is not None)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     optimizer, scheduler = build_optimizer(model.parameters(), lr, 0.01, shape.warmup + shape.steps, 0.06)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.metadata
+import json
 import os
 import random
 import sys
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from sptbench.core.errors import SptbenchError, describe
-from sptbench.core.run_schema import RunSpec, check_choices, check_train_config
+from sptbench.core.run_schema import RunSpec
 from sptbench.data.metrics import warm_up as warm_up_metrics
 from sptbench.data.tasks import TaskData, load_task
 from sptbench.data.templates import encode_prompt_rows, head_section, prompt_setup
@@ -25,17 +27,14 @@ from sptbench.methods.registry import (
     FitContext,
     FitResult,
     Method,
-    build_config,
-    check_config_layers,
-    coerce_overrides,
     config_dict,
-    get_method,
 )
-from sptbench.models.backbones import check_backbone_name
 from sptbench.records.build import now_iso, run_record
-from sptbench.records.io import append_record, check_appendable, check_writable_dir, dump_record, table_path
-from sptbench.records.keys import setting_name
+from sptbench.records.io import append_record, dump_record
+from sptbench.records.keys import canonical_json
+from sptbench.records.runfiles import write_run_file
 from sptbench.run.assemble import frozen_backbone
+from sptbench.run.checks import MAX_SEED, check_run, check_seed, check_spec, train_config  # noqa: F401 (re-exported)
 from sptbench.run.persist import pending_dir, save_trained
 from sptbench.run.provenance import (
     device_label,
@@ -53,6 +52,8 @@ from sptbench.training.loop import (
     train,
     world,
 )
+from sptbench.training.monitor import Monitor, make_backend
+from sptbench.training.resume import RunCheckpoints
 
 
 @dataclass
@@ -66,74 +67,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def train_config(spec: RunSpec, method: Method) -> TrainConfig:
-    """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
-    if "seed" in spec.train_overrides:  # the run's seed is one option, not also a training one that would lose
-        raise SptbenchError(f"'seed' is a run option, not a training one: give it as seed: "
-                            f"{spec.train_overrides['seed']!r} (or --seed), not under train:")
-    overrides = {"lr": method.default_lr, **spec.train_overrides}
-    values = coerce_overrides(TrainConfig, overrides, "training option") | {"seed": spec.seed}
-    tcfg = TrainConfig(**values)
-    check_train_config(tcfg)
-    return tcfg
-
-
-MAX_SEED = 2**32  # numpy's seeds are 32-bit
-
-
-def check_seed(seed: Any) -> int:
-    """A run seed: an integer in [0, 2^32) (numpy's range), not a bool or a float."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
-        raise SptbenchError(f"seed must be an integer in [0, 2^32), got {seed!r}")
-    return seed
-
-
-def _check_path(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise SptbenchError(f"{what} must be a non-empty path, got {value!r}")
-
-
-def check_spec(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
-    """Everything about a run that can be checked without data or a model (what `sptbench sweep` checks at every
-    grid point before any run): names, types and ranges of every option. Returns the method, its config, the
-    training config and the table the record will go to."""
-    from sptbench.data.specs import load_spec
-    from sptbench.data.tasks import check_protocol
-
-    for name, value in (("method", spec.method), ("task", spec.task), ("model", spec.model)):
-        if not isinstance(value, str) or not value:
-            raise SptbenchError(f"{name} must be a non-empty name, got {value!r}")
-    check_seed(spec.seed)
-    check_backbone_name(spec.model)
-    method = get_method(spec.method)
-    method.check_head(spec.head)
-    if spec.head != "prompt" and (spec.template is not None or spec.prompt_loss is not None):
-        raise SptbenchError("template and prompt_loss apply to the prompt head only (--head prompt)")
-    cfg = build_config(method, spec.method_overrides)
-    tcfg = train_config(spec, method)
-    check_choices(spec)  # every option with declared choices (dtype, device, pooling, head, ...)
-    _check_path(spec.results_dir, "results_dir")
-    for name in ("data_dir", "save_dir"):
-        if getattr(spec, name) is not None:
-            _check_path(getattr(spec, name), name)
-    setting = setting_name(spec.shots, spec.train_size)
-    task_spec = load_spec(spec.task)
-    check_protocol(task_spec, spec.shots, spec.seed, spec.split_source, spec.train_size)
-    check_config_layers(cfg, spec.model, None if spec.head == "prompt" else task_spec.num_labels)
-    return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
-
-
-def check_save_dir(save_dir: str, overwrite: bool) -> None:
-    """`--save-dir`: a folder (or a path one can be made at) that holds no saved run, unless `overwrite`."""
-    out = Path(save_dir)
-    if out.exists() and not out.is_dir():
-        raise SptbenchError(f"--save-dir {out} is a file, not a folder")
-    held = [name for name in ("trained.safetensors", "record.yaml") if (out / name).exists()]
-    if held and not overwrite:
-        raise SptbenchError(f"--save-dir {out} already holds a saved run ({held[0]}); pass --overwrite to replace it")
-    check_writable_dir(out)
 
 
 def _recover(record: dict) -> str:
@@ -188,11 +121,8 @@ def run(spec: RunSpec) -> RunOutcome:
     git_state()  # the code this process runs: read before it runs anything
     # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
     # unwritable results folder or table, or a save folder that is a file or holds another run
-    method, cfg, tcfg, path = check_spec(spec)
+    method, cfg, tcfg, path = check_run(spec)
     resolve_device(spec.device)  # `cuda` where there is none (a sweep checks it where it runs: launcher local)
-    check_appendable(path)
-    if spec.save_dir:
-        check_save_dir(spec.save_dir, spec.overwrite)
     start += warm_up()  # one-time imports are no part of this run's wall_s or eval_s
     task: TaskData = load_task(
         spec.task,
@@ -201,6 +131,7 @@ def run(spec: RunSpec) -> RunOutcome:
         seed=spec.seed,
         split_source=spec.split_source,
         train_size=spec.train_size,
+        strict_data=spec.strict_data,
     )
     setup = prompt_setup(task.spec, spec.head, spec.prompt_loss, spec.template, causal=prompt_head_is_causal(spec))
     accelerator = _device(spec.device)
@@ -208,8 +139,14 @@ def run(spec: RunSpec) -> RunOutcome:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    ctx, info, pad_id = _fit_context(spec, task, setup, cfg, tcfg, device)
-    status, error, fit, test, eval_s = _fit_and_test(spec, method, ctx, device, pad_id)
+    checkpoints = _checkpoints(spec, tcfg, task)
+    monitor = _monitor(spec, tcfg, task)
+    ctx, info, pad_id = _fit_context(spec, task, setup, cfg, tcfg, device, checkpoints, monitor)
+    try:
+        status, error, fit, test, eval_s = _fit_and_test(spec, method, ctx, device, pad_id)
+    finally:
+        if monitor is not None:
+            monitor.close()
 
     untested = spec.defer_test and status == "ok"
     record = run_record(
@@ -228,7 +165,9 @@ def run(spec: RunSpec) -> RunOutcome:
         record["throughput"]["num_processes"] = world_size
     main = rank == 0
     if main:
-        _write_outputs(spec, path, record, fit.model if status == "ok" else None)
+        path = _write_outputs(spec, path, record, fit.model if status == "ok" else None)
+        if checkpoints is not None:  # recorded: the resumable state has served its purpose
+            checkpoints.remove()
     if status != "ok":
         raise SptbenchError(f"run failed and was recorded as failed in {path}: {error}")
     return RunOutcome(record=record, table=path, model=fit.model)
@@ -244,19 +183,52 @@ def prompt_head_is_causal(spec: RunSpec) -> bool:
     return backbone_is_causal(spec.model)
 
 
-def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device) -> tuple[FitContext, Any, int]:
+def run_identity(spec: RunSpec, tcfg: TrainConfig, task: TaskData) -> str:
+    """Text naming what a run computes (its key options, training options and data): a rerun of the same run gives
+    the same, and so finds its checkpoints."""
+    keyed = {f.name: getattr(spec, f.name) for f in dataclasses.fields(RunSpec) if f.metadata.get("key")}
+    return canonical_json({"spec": keyed, "training": dataclasses.asdict(tcfg), "data": task.fingerprint})
+
+
+def _checkpoints(spec: RunSpec, tcfg: TrainConfig, task: TaskData) -> RunCheckpoints | None:
+    """The run's resumable state (--checkpoint-every), under --checkpoint-dir or <results>/checkpoints."""
+    if spec.checkpoint_every is None:
+        return None
+    root = spec.checkpoint_dir or Path(spec.results_dir) / "checkpoints"
+    return RunCheckpoints(root, run_identity(spec, tcfg, task), spec.checkpoint_every)
+
+
+def _monitor(spec: RunSpec, tcfg: TrainConfig, task: TaskData) -> Monitor | None:
+    """Progress lines in sweep runs (one per dev evaluation), and the --logger's curves; None when neither."""
+    lines = spec.sweep is not None and world()[0] == 0
+    if not lines and spec.logger == "none":
+        return None
+    label = f"{spec.method} {spec.task} seed {spec.seed}"
+    name = f"{spec.method}-{spec.task}-s{spec.seed}-" + hashlib.sha256(
+        run_identity(spec, tcfg, task).encode()).hexdigest()[:8]
+    backend = make_backend(spec.logger, spec.log_dir or Path(spec.results_dir) / "logs", name,
+                           {"run": json.loads(run_identity(spec, tcfg, task))}) if world()[0] == 0 else None
+    return Monitor(label, lines=lines, backend=backend)
+
+
+def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, device,
+                 checkpoints: RunCheckpoints | None = None, monitor: Monitor | None = None
+                 ) -> tuple[FitContext, Any, int]:
     """What a method's fit gets: a model builder (seeded, frozen backbone on the device), the encoder and the
-    training loop bound to this run. The first model is built here: it loads the tokenizer and provenance once and
-    fails early on a bad --model. Returns the context, the backbone's provenance and the pad id."""
+    training loop bound to this run (fp16 loss scaling, checkpoints, monitor). The first model is built here: it
+    loads the tokenizer and provenance once and fails early on a bad --model. Returns the context, the backbone's
+    provenance and the pad id."""
     info_box: dict[str, Any] = {}
 
     def build_model():
         seed_everything(spec.seed)
         model, tokenizer, info = frozen_backbone(  # quiet: transformers' load report and bar off, as ours is
             spec.model, task.spec.num_labels, pooling=spec.pooling, head_dropout=tcfg.head_dropout, prompt=setup,
-            quiet=not spec.progress,
+            quiet=not spec.progress, revision=spec.revision,
         )
         info_box.update(tokenizer=tokenizer, info=info, causal=model.family.causal)
+        if spec.gradient_checkpointing:
+            model.gradient_checkpointing = True
         return model.to(device)
 
     check_max_length(build_model(), info_box["tokenizer"], task.spec)
@@ -272,6 +244,10 @@ def _fit_context(spec: RunSpec, task: TaskData, setup, cfg, tcfg: TrainConfig, d
         model.check_length(task.spec.max_length, f"task '{task.spec.name}' max_length")  # the method's prompts too
         kw.setdefault("pad_id", pad_id)
         kw.setdefault("progress", spec.progress)
+        kw.setdefault("fp16", spec.dtype == "fp16")
+        kw.setdefault("monitor", monitor)
+        if checkpoints is not None:  # one file per training call, in call order (a method's stages)
+            kw.setdefault("checkpoint", checkpoints.next())
         return train(model, train_enc, dev_enc, task.spec, tcfg_ or tcfg, **kw)
 
     ctx = FitContext(
@@ -302,7 +278,7 @@ def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id
     """Fit (the method's stages, or one training run) and evaluate test once unless deferred. Returns (status,
     error, fit, test metrics, eval seconds); a failure a sweep records is returned, any other raises."""
     task, tcfg, encode = ctx.task, ctx.tcfg, ctx.encode
-    dtype = torch.bfloat16 if spec.dtype == "bf16" else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.dtype)
     status, error, fit, test, eval_s = "ok", None, None, {}, 0.0
     try:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -341,18 +317,22 @@ def _what_ran(spec: RunSpec, task: TaskData, info, setup, tcfg: TrainConfig, dev
     }
 
 
-def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
-    """Append the record (and save the model with --save-dir). Checked before the run, these can still fail (a full
-    disk, a table changed meanwhile): then the record goes to a recovery file and the error names it."""
+def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> Path:
+    """Append the record, or write it as its own file (--record-to file), and save the model with --save-dir.
+    Checked before the run, these can still fail (a full disk, a table changed meanwhile): then the record goes to a
+    recovery file and the error names it. Returns where the record went."""
     try:
-        append_record(path, record)
+        if spec.record_to == "file":
+            path = write_run_file(spec.results_dir, record)
+        else:
+            append_record(path, record)
     except (OSError, SptbenchError) as e:
         where = _recover(record)
         hint = f" (append it: cat {where} >> {path})" if where.startswith("/") else ""
         saved = ""
         if model is not None and spec.save_dir:
             try:
-                save_trained(model, record, Path(spec.save_dir))
+                save_trained(model, record, Path(spec.save_dir), overwrite=spec.overwrite)
                 saved = f"; the model is saved in {spec.save_dir}"
             except (OSError, SptbenchError):
                 saved = f"; saving the model to {spec.save_dir} failed too"
@@ -362,13 +342,14 @@ def _write_outputs(spec: RunSpec, path: Path, record: dict, model) -> None:
         ) from None
     if model is not None and spec.save_dir:
         try:
-            save_trained(model, record, Path(spec.save_dir))
+            save_trained(model, record, Path(spec.save_dir), overwrite=spec.overwrite)
         except (OSError, SptbenchError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise SptbenchError(
                 f"the record is in {path} (run {record['run_id']}), but saving the model to {spec.save_dir} failed: "
                 f"{reason}"
             ) from None
+    return path
 
 
 def training_section(tcfg: TrainConfig, device_type: str, dtype: str) -> dict:

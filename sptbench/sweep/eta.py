@@ -1,6 +1,8 @@
 """A sweep's ETA: each run to do is estimated from the recorded times of ok runs like it (same method and backbone,
-the same task and setting where there are some), scaled to its training budget, else `DEFAULT_RUN_S`. Also the
-matching rules resume shares with it (a spec's pooling and device against a record's).
+the same task and setting where there are some; else any method on the backbone: its measured cost), scaled to its
+training budget, else `DEFAULT_RUN_S`. Where the sweep's own folder says nothing, the records of the whole results
+tree are asked (`results_tree`). Also the matching rules resume shares with it (a spec's pooling and device against
+a record's).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from sptbench.core.errors import SptbenchError
@@ -17,7 +20,15 @@ if TYPE_CHECKING:  # the runner imports torch; the CLI imports this module befor
     from sptbench.run.runner import RunSpec
     from sptbench.sweep.spec import Sweep
 
-DEFAULT_RUN_S = 120.0  # ETA of a run with no recorded run of the same method on the same backbone
+DEFAULT_RUN_S = 120.0  # ETA of a run with no recorded run on the same backbone
+
+
+def results_tree(results_dir: str | Path) -> Path:
+    """The root of the results tree a results folder belongs to: its highest ancestor (or itself) named `results`
+    (`results/local` and `results/tuned` belong to `results`), else the folder itself."""
+    path = Path(results_dir).resolve()
+    tops = [p for p in (path, *path.parents) if p.name == "results"]
+    return tops[-1] if tops else path
 
 
 def _setting(rec: dict) -> str:
@@ -42,12 +53,15 @@ class _Timing(NamedTuple):
 
 def wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
     """Recorded times of ok runs by (method, task, backbone, setting), (method, task, backbone), (method, backbone,
-    setting), (method, backbone): the same method on another backbone says little about this one's time."""
+    setting), (method, backbone), then any method's by (backbone, setting) and (backbone): the backbone's measured
+    cost. The same method on another backbone says little about this one's time."""
     levels: list[tuple[str, dict]] = [
         ("method/task/backbone/setting", defaultdict(list)),
         ("method/task/backbone", defaultdict(list)),
         ("method/backbone/setting", defaultdict(list)),
         ("method/backbone", defaultdict(list)),
+        ("backbone/setting (any method)", defaultdict(list)),
+        ("backbone (any method)", defaultdict(list)),
     ]
     for rec in records:
         time = rec.get("time") or {}
@@ -62,7 +76,7 @@ def wall_index(records: Iterable[dict]) -> list[tuple[str, dict]]:
         entry = _Timing(wall, min(float(eval_s), wall), _train_samples(rec.get("training") or {}),
                         min(test_s, eval_s), throughput.get("device"))
         m, t, b, st = rec["method"]["name"], rec["task"]["name"], rec["backbone"]["id"], _setting(rec)
-        for (_, index), key in zip(levels, ((m, t, b, st), (m, t, b), (m, b, st), (m, b)), strict=True):
+        for (_, index), key in zip(levels, ((m, t, b, st), (m, t, b), (m, b, st), (m, b), (b, st), (b,)), strict=True):
             index[key].append(entry)
     return levels
 
@@ -83,6 +97,8 @@ def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = 
         (spec.method, spec.task, spec.model),
         (spec.method, spec.model, setting),
         (spec.method, spec.model),
+        (spec.model, setting),
+        (spec.model,),
     )
 
     skip_test = getattr(spec, "defer_test", False)
@@ -96,7 +112,8 @@ def estimate_s(spec, index: list[tuple[str, dict]], train_samples: int | None = 
     for (rule, level), key in zip(index, keys, strict=True):
         if level.get(key):
             here = [t for t in level[key] if t.device == device]
-            factor = None if spec.task in key else _task_factor(index[0][1], spec.task, spec.model, setting, scaled)
+            with_task = spec.task in key[1:2]
+            factor = None if with_task else _task_factor(index[0][1], spec.task, spec.model, setting, scaled)
             if factor is not None:
                 rule += " x task factor"
             if device is not None and not here:

@@ -1,9 +1,13 @@
 """Launching a sweep's runs: here, one after another (`run_local`; processes given the same runs share them through
-claims, sptbench/sweep/claims.py), or as a submitit (Slurm) job array (`submit`, one `run_job` per run).
+claims, sptbench/sweep/claims.py), or as a submitit (Slurm) job array (`submit`, one `RunJob` per run). Array jobs
+claim their run as local processes do (a resubmitted array skips what is running or recorded), write their record as
+a file of its own (records/runfiles.py; `sptbench merge` folds them in), save resumable checkpoints, and are requeued
+by submitit at their time limit or on preemption, resuming from the last checkpoint (training/resume.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,13 +25,13 @@ from sptbench.sweep.spec import require_launcher, run_label
 def _recorded_since(spec, key: tuple, seen: frozenset[str]) -> bool:
     """A record of `spec` (plan key `key`; ok or failed) that was not there when the sweep was planned: another
     process ran it."""
-    from sptbench.records.io import read_table, table_path
+    from sptbench.records.io import read_records, table_path
+    from sptbench.records.runfiles import runs_dir
 
     path = table_path(spec.results_dir, spec.model, setting_name(spec.shots, spec.train_size))
-    if not path.is_file():
-        return False
+    places = [p for p in (path, runs_dir(path)) if p.exists()]  # the table and the records not merged yet
     return any(r["run_id"] not in seen and record_plan_key(r) == key and device_matches(spec, r)
-               and pooling_matches(spec, r) for r in read_table(path))
+               and pooling_matches(spec, r) for r in read_records(places))
 
 
 @contextmanager
@@ -89,15 +93,44 @@ def _run_one(spec, i: int, n: int, failures: list, run, tqdm) -> None:
         tqdm.write(f"[{i}/{n}] {run_label(spec)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
 
 
-def run_job(spec) -> dict:
-    """One array job: run `spec` (its record lands in the shared table) and return a short summary."""
+def run_job(spec, seen: frozenset[str] | None = None) -> dict:
+    """One array job: run `spec` unless another job holds or has recorded it (with `seen`, the run ids recorded when
+    the array was planned: sptbench/sweep/claims.py), and return a short summary."""
     from sptbench.run.runner import run
 
-    try:
-        rec = run(spec).record
-    except Exception as e:  # reported in the job's result, like a run recorded as failed
-        return {"run": run_label(spec), "status": "failed", "error": str(e) or type(e).__name__}
+    with _claimed(spec, seen) as taken:
+        if taken is not None:
+            return {"run": run_label(spec), "status": "skipped", "error": taken}
+        try:
+            rec = run(spec).record
+        except Exception as e:  # reported in the job's result, like a run recorded as failed
+            return {"run": run_label(spec), "status": "failed", "error": str(e) or type(e).__name__}
     return {"run": run_label(spec), "status": rec["status"], "run_id": rec["run_id"], "test": rec["metrics"]["test"]}
+
+
+class RunJob:
+    """The callable of an array job: `run_job` with the plan's `seen`, and submitit's `checkpoint` hook: at the time
+    limit or on preemption submitit calls it and requeues the same job, which resumes from its last checkpoint."""
+
+    def __init__(self, seen: frozenset[str] | None = None):
+        self.seen = seen
+
+    def __call__(self, spec) -> dict:
+        return run_job(spec, self.seen)
+
+    def checkpoint(self, spec):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(RunJob(self.seen), spec)
+
+
+def cluster_spec(spec):
+    """A run as an array job runs it: its record as its own file and checkpoints at every dev evaluation, unless the
+    sweep says otherwise (record_to, checkpoint_every)."""
+    from sptbench.core.run_schema import TrainConfig
+
+    every = spec.checkpoint_every or int(spec.train_overrides.get("eval_every", TrainConfig.eval_every))
+    return dataclasses.replace(spec, record_to=spec.record_to or "file", checkpoint_every=every)
 
 
 def submit(
@@ -112,9 +145,11 @@ def submit(
     mem_gb: int | None = None,
     cpus: int | None = None,
     array_parallelism: int | None = None,
+    seen: frozenset[str] | None = None,
 ) -> list:
-    """Submit one submitit job array (one job per run). `cluster="local"`: submitit's local executor (one process
-    per job, here); `cluster="debug"`: in this process, one after another (for tests and debugging)."""
+    """Submit one submitit job array (one job per run, `cluster_spec`; with `seen`, claimed as `run_job` says).
+    `cluster="local"`: submitit's local executor (one process per job, here); `cluster="debug"`: in this process,
+    one after another (for tests and debugging)."""
     require_launcher("slurm")
     import submitit
 
@@ -124,4 +159,4 @@ def submit(
     params["slurm_partition"] = partition
     params["slurm_array_parallelism"] = array_parallelism
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return executor.map_array(run_job, specs)
+    return executor.map_array(RunJob(seen), [cluster_spec(spec) for spec in specs])

@@ -24,9 +24,11 @@ from sptbench.sweep.eta import (
     estimate_s,
     format_duration,
     pooling_matches,
+    results_tree,
     spec_train_samples,
     wall_index,
 )
+from sptbench.sweep.eta_scale import SCALED, Scaler, bench_label, read_bench
 from sptbench.sweep.spec import Sweep
 
 
@@ -57,6 +59,7 @@ def spec_record(spec) -> dict:
         method=spec.method, method_config=config_dict(build_config(method, spec.method_overrides)),
         task=spec.task, task_version=task.version, shots=spec.shots, train_size=spec.train_size,
         split_source=spec.split_source, seed=spec.seed, backbone=spec.model, pooling=spec.pooling,
+        revision=spec.revision,
         head=head_section(
             prompt_setup(task, spec.head, spec.prompt_loss, spec.template, causal=prompt_head_is_causal(spec))),
         training=training_section(train_config(spec, method), "", spec.dtype),
@@ -86,9 +89,13 @@ class Plan:
     seen: frozenset[str] = frozenset()  # the run ids recorded when planned (what another process adds is new)
 
 
-def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool = False) -> Plan:
+def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool = False,
+         eta_from: list[str] | None = None) -> Plan:
     """Split the sweep's runs into done / failed / to run (matching records on their key minus the data fingerprint;
-    the device only when the sweep names one) and estimate the time of the rest."""
+    the device only when the sweep names one) and estimate the time of the rest: from recorded runs of the same
+    method and backbone in the sweep's folder, else in the whole results tree (eta.py), else scaled from a bench file
+    (`eta_from`) or other backbones (eta_scale.py)."""
+    from_disk = records is None
     if records is None:
         root = Path(sweep.results_dir) / TABLE_DIR
         records = read_records([root]) if root.is_dir() else []
@@ -107,13 +114,34 @@ def plan(sweep: Sweep, records: list[dict] | None = None, *, retry_failed: bool 
             todo.append(spec)
     index = wall_index(records)
     here = device_here(sweep)
+    scaler = Scaler(records, read_bench(eta_from) if eta_from else None, here, bench_label(eta_from or []))
     eta, rules = 0.0, Counter()
+    tree_index = None
     for spec in todo:
         seconds, rule = estimate_s(spec, index, spec_train_samples(spec), here)
+        if rule == "default" and from_disk:  # the sweep's folder knows nothing of it: the whole results tree
+            tree_index = tree_index if tree_index is not None else wall_index(_tree_records(sweep, records))
+            seconds, rule = estimate_s(spec, tree_index, spec_train_samples(spec), here)
+            rule += "" if rule == "default" else f" in {results_tree(sweep.results_dir)}"
+        if rule == "default":
+            seconds, rule = scaler.estimate(spec) or (seconds, rule)
         eta += seconds
         rules[rule] += 1
     return Plan(runs=runs, done=done, failed=failed, todo=todo, eta_s=eta, eta_rules=rules,
                 seen=frozenset(r["run_id"] for r in records))
+
+
+def _tree_records(sweep: Sweep, own: list[dict]) -> list[dict]:
+    """The ok records of the sweep's backbone anywhere under its results tree (those of its own folder aside); the
+    ETA is best-effort, so a tree with unreadable tables gives none."""
+    seen, tree = {r.get("run_id") for r in own}, results_tree(sweep.results_dir)
+    if tree == Path(sweep.results_dir).resolve():
+        return []  # the sweep's folder is the whole tree
+    try:
+        records = read_records([tree])
+    except SptbenchError:
+        return []
+    return [r for r in records if r.get("run_id") not in seen and (r.get("backbone") or {}).get("id") == sweep.model]
 
 
 def format_plan(sweep: Sweep, p: Plan, parallel: int = 1) -> str:
@@ -130,7 +158,6 @@ def format_plan(sweep: Sweep, p: Plan, parallel: int = 1) -> str:
     heads = "" if sweep.heads == [("linear", None, None)] else (
         f"{len(sweep.heads)} head(s) ({', '.join('/'.join(x for x in h if x) for h in sweep.heads)}) x "
     )
-    rules = ", ".join(f"{n} by {rule}" for rule, n in p.eta_rules.most_common())
     eta = f"ETA {format_duration(p.eta_s)} sequential"
     if parallel > 1:
         eta += f", ~{format_duration(p.eta_s / parallel)} with {parallel} jobs at once"
@@ -140,9 +167,37 @@ def format_plan(sweep: Sweep, p: Plan, parallel: int = 1) -> str:
         table,
         f"{len(p.runs)} runs: {len(p.done)} done, {len(p.failed)} failed before (skipped; --retry-failed reruns them), "
         f"{len(p.todo)} to run",
-        f"{eta}" + (f" (estimates: {rules}; default {DEFAULT_RUN_S:.0f} s/run)" if p.todo else ""),
+        eta + (f" ({eta_sources(p.eta_rules)})" if p.todo else ""),
+        *(f"  {n} {kind} {rule}" for kind, rule, n in _eta_lines(p.eta_rules)),
     ]
     return "\n".join(lines)
+
+
+def _kind(rule: str) -> str:
+    return "default" if rule == "default" else "estimated" if rule.startswith(SCALED) else "measured"
+
+
+def eta_sources(rules: Counter) -> str:
+    """How many of the runs to do each kind of figure estimated: measured (recorded runs of the same method and
+    backbone), estimated (scaled from elsewhere), default (nothing to go by)."""
+    counts = Counter()
+    for rule, n in rules.items():
+        counts[_kind(rule)] += n
+    return ", ".join(f"{counts[k]} {k}" for k in ("measured", "estimated", "default") if counts[k])
+
+
+def _eta_lines(rules: Counter) -> list[tuple[str, str, int]]:
+    """(kind, source, runs) per rule: which figures are measured and which estimated, and from what."""
+    out = []
+    for rule, n in rules.most_common():
+        kind = _kind(rule)
+        if kind == "default":
+            rule = (f"at {DEFAULT_RUN_S:.0f} s/run: nothing measured to scale (pass --eta-from BENCH.yaml, a "
+                    "`sptbench bench` run on the hardware these runs will use)")
+        elif kind == "measured":
+            rule = f"from recorded runs ({rule})"
+        out.append((kind, rule, n))
+    return out
 
 
 def preflight(sweep: Sweep, specs: list) -> None:
@@ -160,6 +215,6 @@ def preflight(sweep: Sweep, specs: list) -> None:
     for task, shots, size, seed in sorted({(s.task, s.shots, s.train_size, s.seed) for s in specs}, key=str):
         try:
             load_task(task, data_dir=sweep.data_dir, shots=shots, seed=seed, split_source=sweep.split_source,
-                      train_size=size)
+                      train_size=size, strict_data=sweep.strict_data)
         except SptbenchError as e:
             raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None

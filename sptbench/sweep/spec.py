@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,8 @@ from sptbench.core import run_schema as schema
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.records.keys import canonical_json, setting_name
-from sptbench.sweep.bounds import check_distinct, check_grid_size
+from sptbench.sweep.bounds import check_grid_size
+from sptbench.sweep.values import as_grid, as_values, distinct_names, per_method, positive_ints
 
 # The keys of a sweep file: its own, then those that give a run's fields (declared in sptbench/core/run_schema.py, as a
 # value, a list of values for an axis, or a per-method mapping), then how it runs.
@@ -62,9 +64,11 @@ class Sweep:
     seeds: list[int]
     configs: dict[str, list[tuple[dict, dict]]]  # method -> [(method overrides, train overrides)], grid order
     split_source: str = _default("split_source")
+    revision: str | None = None  # the model repo's commit, branch or tag (hub ids)
     pooling: str | None = None
     heads: list[tuple[str, str | None, str | None]] = field(default_factory=lambda: [(_default("head"), None, None)])
     data_dir: str | None = None
+    strict_data: bool = False
     results_dir: str = _default("results_dir")
     device: str = _default("device")
     dtype: str = _default("dtype")
@@ -75,6 +79,8 @@ class Sweep:
     # method -> config keys whose values split its selection groups (`test: selected` picks one winner per value:
     # e.g. lpt: [layer] tests each layer's dev-best learning rate, for the layer analysis)
     select_within: dict[str, list[str]] = field(default_factory=dict)
+    # run options outside the record key that the sweep gives every run (checkpoints, logger, where records go)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def selection_groups(self, method: str) -> list[tuple[str, int]]:
         """Per configuration of `method`: its selection group's label and how many configurations that group has."""
@@ -106,11 +112,13 @@ class Sweep:
                             train_size=train_size,
                             split_source=self.split_source,
                             model=self.model,
+                            revision=self.revision,
                             pooling=self.pooling,
                             head=head,
                             prompt_loss=prompt_loss,
                             template=template,
                             data_dir=self.data_dir,
+                            strict_data=self.strict_data,
                             results_dir=self.results_dir,
                             method_overrides=dict(method_overrides),
                             train_overrides=dict(train_overrides),
@@ -121,6 +129,7 @@ class Sweep:
                                    **({"group": group, "group_configs": group_configs}
                                       if method in self.select_within else {})},
                             defer_test=self.test == "selected",
+                            **self.options,
                         )
                     )
         return out
@@ -131,65 +140,6 @@ def run_label(spec) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
-
-
-def _values(raw: Any, where: str) -> list:
-    """A scalar or a non-empty list of values (a list is a grid)."""
-    if isinstance(raw, list):
-        if not raw:
-            raise SptbenchError(f"{where}: empty grid (an empty list); give at least one value")
-        check_distinct(raw, where)
-        return list(raw)
-    return [raw]
-
-
-def _grid(mapping: Any, where: str) -> list[dict]:
-    """Every combination of a `{key: value or [values]}` mapping, in grid order (the last key varies fastest)."""
-    if mapping is None:
-        return [{}]
-    if not isinstance(mapping, dict):
-        raise SptbenchError(f"{where} must be a mapping of option -> value or [values], got {type(mapping).__name__}")
-    axes = [[(key, v) for v in _values(value, f"{where}.{key}")] for key, value in mapping.items()]
-    return [dict(combo) for combo in itertools.product(*axes)]
-
-
-def _ints(raw: Any, where: str, allow_none: bool = False) -> list:
-    values = _values(raw, where)
-    for v in values:
-        if v is None and allow_none:
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise SptbenchError(f"{where}: expected positive integers, got {v!r}")
-    return values
-
-
-def _names(raw: Any, where: str) -> list[str]:
-    values = _values(raw, where)
-    bad = [v for v in values if not isinstance(v, str)]
-    if bad:
-        raise SptbenchError(f"{where}: expected names, got {bad[0]!r}")
-    dup = [v for v, n in Counter(values).items() if n > 1]
-    if dup:
-        raise SptbenchError(f"{where}: '{dup[0]}' is listed twice")
-    return values
-
-
-def _per_method(raw: Any, key: str, methods: list[str], where: str, kind: str = "mapping") -> dict[str, Any]:
-    """A `{method: options}` mapping over the sweep's methods; `kind` says what each method's options are."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SptbenchError(f"{where}: '{key}' must be a mapping of method -> options")
-    extra = [m for m in raw if m not in methods]
-    if extra:
-        names = ", ".join(methods)
-        raise SptbenchError(f"{where}: {key} names method '{extra[0]}', which is not in 'methods' ({names})")
-    for m, options in raw.items():
-        if kind == "mapping" and options is not None and not isinstance(options, dict):
-            raise SptbenchError(f"{where}: {key}.{m} must be a mapping of option -> value or [values]")
-        if kind == "list" and not isinstance(options, list):
-            raise SptbenchError(f"{where}: {key}.{m} must be a list of grid keys")
-    return raw
 
 
 def require_launcher(launcher: str) -> None:
@@ -210,9 +160,9 @@ def _heads(raw: dict, tasks: list[str], where: str) -> list[tuple[str, str | Non
     from sptbench.data.specs import load_spec
     from sptbench.data.templates import prompt_setup
 
-    kinds = _values(_default("head") if raw.get("head") is None else raw["head"], f"{where}: head")
-    losses = _values(raw.get("prompt_loss"), f"{where}: prompt_loss")
-    templates = _values(raw.get("template"), f"{where}: template")
+    kinds = as_values(_default("head") if raw.get("head") is None else raw["head"], f"{where}: head")
+    losses = as_values(raw.get("prompt_loss"), f"{where}: prompt_loss")
+    templates = as_values(raw.get("template"), f"{where}: template")
     if "prompt" not in kinds and (raw.get("template") is not None or raw.get("prompt_loss") is not None):
         raise SptbenchError(f"{where}: template and prompt_loss apply to the prompt head only (head: prompt)")
     combos: list[tuple[str, str | None, str | None]] = []
@@ -244,6 +194,8 @@ def _checked_keys(raw: Any, where: str, overrides: dict[str, Any] | None) -> dic
     for key in _STRING_KEYS:
         if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
             raise SptbenchError(f"{where}: '{key}' must be a non-empty string, got {raw[key]!r}")
+    if not isinstance(raw.get("strict_data", False), bool):
+        raise SptbenchError(f"{where}: 'strict_data' must be true or false, got {raw['strict_data']!r}")
     return raw
 
 
@@ -260,8 +212,8 @@ def _tasks(raw: dict, where: str) -> list[str]:
     from sptbench.data.specs import apply_tasks_dirs, list_tasks
 
     if raw.get("tasks_dir") is not None:  # user task folders: searched first, here and in every worker (env var)
-        apply_tasks_dirs(_names(raw["tasks_dir"], f"{where}: tasks_dir"), f"{where}: tasks_dir")
-    tasks = _names(raw["tasks"], f"{where}: tasks")
+        apply_tasks_dirs(distinct_names(raw["tasks_dir"], f"{where}: tasks_dir"), f"{where}: tasks_dir")
+    tasks = distinct_names(raw["tasks"], f"{where}: tasks")
     known_tasks = list_tasks()
     for t in tasks:
         if t not in known_tasks:
@@ -272,7 +224,7 @@ def _tasks(raw: dict, where: str) -> list[str]:
 def _methods(raw: dict, where: str, registry: dict) -> list[str]:
     """The methods, each registered; `methods: all` is every registered one (`_methods_for_heads` then keeps those
     that work with the sweep's heads)."""
-    methods = sorted(registry) if raw["methods"] == "all" else _names(raw["methods"], f"{where}: methods")
+    methods = sorted(registry) if raw["methods"] == "all" else distinct_names(raw["methods"], f"{where}: methods")
     for m in methods:
         if m not in registry:
             raise unknown_choice(f"method in {where}", m, registry)
@@ -283,7 +235,7 @@ def _seeds(raw: dict, where: str) -> list[int]:
     """The seeds: distinct, each one a run accepts."""
     from sptbench.run.runner import check_seed
 
-    seeds = _values(raw["seeds"], f"{where}: seeds")
+    seeds = as_values(raw["seeds"], f"{where}: seeds")
     for seed in seeds:
         try:
             check_seed(seed)
@@ -296,8 +248,8 @@ def _seeds(raw: dict, where: str) -> list[int]:
 
 def _regimes(raw: dict, where: str) -> list[tuple[int | None, int | None]]:
     """(shots, train_size) per regime: the `shots` ones, then the `train_size` ones; neither: full data."""
-    shots = _ints(raw["shots"], f"{where}: shots") if raw.get("shots") is not None else []
-    sizes = _ints(raw["train_size"], f"{where}: train_size") if raw.get("train_size") is not None else []
+    shots = positive_ints(raw["shots"], f"{where}: shots") if raw.get("shots") is not None else []
+    sizes = positive_ints(raw["train_size"], f"{where}: train_size") if raw.get("train_size") is not None else []
     return [(k, None) for k in shots] + [(None, n) for n in sizes] or [(None, None)]
 
 
@@ -344,14 +296,14 @@ def _configs(raw: dict, methods: list[str], tasks: list[str], where: str) -> dic
     shared_train = raw.get("train")
     if shared_train is not None and not isinstance(shared_train, dict):
         raise SptbenchError(f"{where}: 'train' must be a mapping of training option -> value or [values]")
-    method_train = _per_method(raw.get("method_train"), "method_train", methods, where)
-    method_set = _per_method(raw.get("method_set"), "method_set", methods, where)
+    method_train = per_method(raw.get("method_train"), "method_train", methods, where)
+    method_set = per_method(raw.get("method_set"), "method_set", methods, where)
     configs: dict[str, list[tuple[dict, dict]]] = {}
     for m in methods:
         method = get_method(m)
-        set_grid = _grid(method_set.get(m), f"{where}: method_set.{m}")
+        set_grid = as_grid(method_set.get(m), f"{where}: method_set.{m}")
         train_raw = {**(shared_train or {}), **(method_train.get(m) or {})}
-        train_grid = _grid(train_raw, f"{where}: train (for {m})")
+        train_grid = as_grid(train_raw, f"{where}: train (for {m})")
         for overrides in set_grid:
             try:
                 build_config(method, overrides)
@@ -366,17 +318,22 @@ def _configs(raw: dict, methods: list[str], tasks: list[str], where: str) -> dic
     return configs
 
 
-def _data_dir(raw: dict, split_source: str, where: str) -> Any:
-    """The file's (or --data-dir's) data folder as given; it must exist, and the lm-bff splits need one."""
+def _data_dir(raw: dict, tasks: list[str], split_source: str, where: str) -> str | None:
+    """The file's (or --data-dir's) data folders (A:B), absolute, so that jobs started elsewhere (Slurm) read the
+    same; each must exist, and the lm-bff splits need one unless every task has its own data folder."""
+    from sptbench.data.locate import data_roots
+    from sptbench.data.specs import load_spec
+
     data_dir = raw.get("data_dir")
-    if split_source == "lm-bff" and not data_dir:
+    if split_source == "lm-bff" and not data_dir and any(load_spec(t).data is None for t in tasks):
         raise SptbenchError(
             f"{where}: split_source 'lm-bff' reads the published splits from a local mirror: "
-            "set data_dir, pass --data-dir or set SPTBENCH_DATA_DIR"
+            "set data_dir, pass --data-dir or set SPTBENCH_DATA_PATH"
         )
-    if data_dir is not None and not Path(str(data_dir)).expanduser().is_dir():
-        raise SptbenchError(f"{where}: data dir '{data_dir}' does not exist or is not a folder")
-    return data_dir
+    try:
+        return os.pathsep.join(map(str, data_roots(data_dir) if data_dir else [])) or None
+    except SptbenchError as e:
+        raise SptbenchError(f"{where}: {e}") from None
 
 
 def _slurm(raw: dict, where: str) -> dict[str, Any]:
@@ -395,7 +352,7 @@ def _slurm(raw: dict, where: str) -> dict[str, Any]:
 
 def _select_within(raw: dict, methods: list[str], configs: dict, where: str) -> dict[str, list[str]]:
     """`select_within`: per method, grid keys of that method."""
-    select_within = _per_method(raw.get("select_within"), "select_within", methods, where, kind="list")
+    select_within = per_method(raw.get("select_within"), "select_within", methods, where, kind="list")
     for m, keys in select_within.items():
         known = {k for mo, t in configs[m] for k in (*mo, *t)}
         if not isinstance(keys, list) or not all(isinstance(k, str) and k in known for k in keys):
@@ -435,7 +392,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     _check_protocols(tasks, regimes, seeds, split_source, where)
     check_grid_size(raw, methods, len(regimes) * len(tasks) * len(heads) * len(seeds), where)  # before building it
     configs = _configs(raw, methods, tasks, where)
-    data_dir = _data_dir(raw, split_source, where)
+    data_dir = _data_dir(raw, tasks, split_source, where)
     slurm = _slurm(raw, where)
     launcher = raw.get("launcher") or Sweep.launcher
     require_launcher(launcher)
@@ -455,10 +412,12 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         seeds=seeds,
         configs=configs,
         split_source=split_source,
+        revision=raw.get("revision"),
         pooling=raw.get("pooling"),
         heads=heads,
         # absolute, so that jobs started elsewhere (Slurm) read and write the same folders
-        data_dir=str(Path(str(data_dir)).expanduser().resolve()) if data_dir else None,
+        data_dir=data_dir,
+        strict_data=raw.get("strict_data") or False,
         results_dir=str(Path(str(raw.get("results_dir") or _default("results_dir"))).expanduser().resolve()),
         device=raw.get("device") or _default("device"),
         dtype=raw.get("dtype") or _default("dtype"),
@@ -467,6 +426,8 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         description=raw.get("description"),
         test=test,
         select_within={m: list(k) for m, k in select_within.items()},
+        options={k: schema.option_value(f, raw[k], where) for k, f in schema.sweep_keys().items()
+                 if f.metadata["not_in_key"] and k not in Sweep.__dataclass_fields__ and raw.get(k) is not None},
     )
     for spec in sweep.specs():  # every grid point as `sptbench run` checks it (the same function)
         try:

@@ -60,6 +60,8 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
     from sptbench.run.provenance import resolve_device
     from sptbench.training.loop import encode_rows, evaluate
 
+    # every folder this reads or deletes is checked first: run ids come from a table, which is data from others
+    folders = [pending_dir(results_dir, r["run_id"]) for r in candidates]
     [winner] = [r for r in select_by_dev(candidates) if r.get("status") == "ok"]
     folder = pending_dir(results_dir, winner["run_id"])
     if not (folder / "trained.safetensors").is_file():
@@ -84,8 +86,8 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
     ranked = sorted(candidates, key=lambda r: (grid_position(r), r["run_id"]))
     record = tested_record(winner, ranked, test=test, eval_s=eval_s, n_test=len(task.test))
     append_record(record_table_path(results_dir, record), record)
-    for r in candidates:
-        shutil.rmtree(pending_dir(results_dir, r["run_id"]), ignore_errors=True)
+    for pending in folders:
+        shutil.rmtree(pending, ignore_errors=True)
     log(f"tested the dev-selected configuration of {winner['method']['name']}/{winner['task']['name']} seed "
         f"{p['seed']}: sweep config {grid_position(winner):.0f}, "
         f"best dev {winner['metrics']['dev'].get('score', nan):.4f} of {len(candidates)} configurations; "

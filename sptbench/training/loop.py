@@ -9,10 +9,12 @@ multi-stage methods (SPT-DARTS' alternating search) reuse them instead of writin
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import random
+import sys
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,11 @@ from sptbench.core.run_schema import (  # declared there
     check_train_config,
 )
 from sptbench.data.metrics import compute_metrics
+from sptbench.training.batches import _collate, forever, micro_batches, shard
+from sptbench.training.batches import encode_rows as encode_rows  # public here too
+from sptbench.training.batches import iterate_batches as iterate_batches
+from sptbench.training.batches import torch_epochs as torch_epochs
+from sptbench.training.resume import Checkpointing, load_state, load_trainable, rng_state, save_state, set_rng_state
 
 # What a plain PyTorch loop does (scripts/stock_loop.py): constant learning rate, no clipping, no head dropout,
 # weight decay on every parameter, DataLoader's shuffle. `sptbench run --stock` applies them.
@@ -51,104 +58,12 @@ class TrainResult:
     eval_time_s: float = 0.0
     samples_seen: int = 0
     tokens_seen: int = 0  # real (unpadded) tokens
+    resumed_at: list[int] = field(default_factory=list)  # steps a rerun resumed from (training/resume.py)
+    oom_retries: list[dict] = field(default_factory=list)  # out of memory: the step retried in smaller micro-batches
 
 
 class NonFiniteLoss(SptbenchError):
     """The loss became NaN or inf: the run stops and is recorded as failed."""
-
-
-def encode_rows(rows: list[dict], tokenizer, spec) -> list[dict]:
-    """Tokenise rows once (truncated to the task's max length); padding happens per batch."""
-    columns = [[row[c] for row in rows] for c in spec.text_columns]
-    enc = tokenizer(*columns, truncation=True, max_length=spec.max_length)
-    out = []
-    for i, row in enumerate(rows):
-        item = {"input_ids": enc["input_ids"][i], "label": int(row["label"])}
-        if "token_type_ids" in enc:
-            item["token_type_ids"] = enc["token_type_ids"][i]
-        out.append(item)
-    return out
-
-
-def _collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    types = torch.zeros((len(items), width), dtype=torch.long) if "token_type_ids" in items[0] else None
-    for i, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[i, :n] = torch.tensor(it["input_ids"])
-        mask[i, :n] = 1
-        if types is not None:
-            types[i, :n] = torch.tensor(it["token_type_ids"])
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([it["label"] for it in items])}
-    if types is not None:
-        batch["token_type_ids"] = types
-    return batch
-
-
-def iterate_batches(
-    encoded: list[dict],
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int,
-    group_by_length: bool,
-    pad_id: int = 0,
-    order: list[int] | None = None,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch of padded batches. Length grouping sorts within shuffled chunks of 50 batches (as HF's sampler).
-    `order`: the epoch's shuffled order, drawn by the caller (the "torch" sampler); else shuffled with `seed`."""
-    rng = random.Random(seed)
-    if order is None:
-        order = list(range(len(encoded)))
-        if shuffle:
-            rng.shuffle(order)
-    if group_by_length:
-        chunk = batch_size * 50
-        order = [
-            i
-            for start in range(0, len(order), chunk)
-            for i in sorted(order[start : start + chunk], key=lambda j: -len(encoded[j]["input_ids"]))
-        ]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if shuffle and group_by_length:
-        rng.shuffle(batches)
-    for idx in batches:
-        yield _collate([encoded[i] for i in idx], pad_id)
-
-
-def torch_epochs(n: int, seed: int) -> Iterator[list[int]]:
-    """The epoch orders of `DataLoader(range(n), shuffle=True, generator=torch.Generator().manual_seed(seed))`:
-    each epoch's iterator first draws its base seed from the generator, then `RandomSampler` a permutation, and
-    one more (the empty remainder slice of `num_samples % n`) when the epoch is exhausted.
-    Our own copy (checked against DataLoader in tests/test_train.py) because the trainer batches tokenised rows
-    itself and must not consume the global RNG the way a DataLoader without a generator would."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-        order = torch.randperm(n, generator=generator).tolist()
-        torch.randperm(n, generator=generator)
-        yield order
-
-
-def forever(
-    encoded: list[dict], batch_size: int, *, seed: int, group_by_length: bool, pad_id: int = 0, sampler: str = "python"
-):
-    """Endless shuffled batches, a new order every epoch (`sampler`: see TrainConfig.sampler)."""
-    orders = torch_epochs(len(encoded), seed) if sampler == "torch" else None
-    epoch = 0
-    while True:
-        yield from iterate_batches(
-            encoded,
-            batch_size,
-            shuffle=True,
-            seed=seed * 1000 + epoch,
-            group_by_length=group_by_length,
-            pad_id=pad_id,
-            order=next(orders) if orders is not None else None,
-        )
-        epoch += 1
 
 
 def world() -> tuple[int, int]:
@@ -159,16 +74,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def shard(batch: dict[str, torch.Tensor], rank: int, world_size: int) -> dict[str, torch.Tensor]:
-    """This rank's contiguous part of a global batch, trimmed to its own longest sequence."""
-    n = batch["labels"].shape[0]
-    per = -(-n // world_size)
-    lo, hi = min(n, rank * per), min(n, (rank + 1) * per)
-    part = {k: v[lo:hi] for k, v in batch.items()}
-    width = int(part["attention_mask"].sum(1).max()) if hi > lo else 1
-    return {k: (v[:, :width] if v.ndim == 2 else v) for k, v in part.items()}
 
 
 def all_reduce_grads(params: list[torch.Tensor], bucket_numel: int = 1 << 24) -> None:
@@ -230,17 +135,17 @@ def build_optimizer(
     decay_scope: str = "matrices",
 ):
     """AdamW (`decay_scope` "matrices": no decay on biases and norms; "all": decay everything) with linear warmup
-    and the `schedule` after it."""
+    and the `schedule` after it. A parameter with an attribute `sptbench_lr` (set by its method, e.g. DePT's
+    low-rank pair; a method option, so in the record key) gets that learning rate instead of `lr`."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise SptbenchError("the method left no trainable parameters")
-    if decay_scope == "all":
-        groups = [{"params": params, "weight_decay": weight_decay}]
-    else:
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    groups: dict[tuple[float, float], list] = {}  # (weight decay, lr) -> parameters, in first-seen order
+    for p in params:
+        decay = weight_decay if decay_scope == "all" or p.ndim >= 2 else 0.0
+        groups.setdefault((decay, getattr(p, "sptbench_lr", lr)), []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "weight_decay": wd, "lr": group_lr} for (wd, group_lr), ps in groups.items()], lr=lr)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, max_steps, warmup_ratio, schedule)
     )
@@ -307,7 +212,17 @@ def scored_predictions(model, encoded: list[dict], batch_size: int,
 def evaluate(model, encoded: list[dict], spec, batch_size: int, pad_id: int = 0) -> dict[str, float]:
     """The spec's metrics and `score`, plus `loss` (mean cross-entropy of the gold label) and `gold_prob` (mean
     probability of the gold label): dev ties on the score are broken on the loss (docs/statistics.md)."""
-    preds, losses, probs = scored_predictions(model, encoded, batch_size, pad_id)
+    while True:  # out of memory: half the batch (the predictions do not depend on it), down to one example
+        try:
+            preds, losses, probs = scored_predictions(model, encoded, batch_size, pad_id)
+            break
+        except torch.OutOfMemoryError:
+            if batch_size <= 1:
+                raise SptbenchError("out of memory evaluating one example at a time") from None
+            batch_size //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            tqdm.write(f"out of memory in evaluation: retrying with batches of {batch_size}", file=sys.stderr)
     metrics = compute_metrics(spec, preds, [e["label"] for e in encoded])
     metrics["loss"] = round(sum(losses) / len(losses), 6)
     metrics["gold_prob"] = round(sum(probs) / len(probs), 6)
@@ -325,30 +240,69 @@ def _restore(model, snap: dict[str, torch.Tensor]) -> None:
             params[n].copy_(t)
 
 
-def default_step(params, tcfg: TrainConfig, sharded: bool, rank: int, world_size: int):
-    """One optimizer step on a batch (AdamW with the run's schedule and clipping); in a data-parallel launch on this
-    rank's shard, its loss scaled by the shard's share of the batch and the gradients summed over ranks."""
-    optimizer, scheduler = optimizer_for(params, tcfg)
-    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+class DefaultStep:
+    """One optimizer step on a batch: AdamW with the run's schedule and clipping; the batch's gradient accumulated
+    over `grad_accum` micro-batches (each one's loss scaled by its share of the batch); under fp16, a GradScaler.
+    In a data-parallel launch, this rank's shard of the batch, the gradients summed over ranks."""
 
-    def step_fn(model, batch, step):
-        if sharded:
-            part = shard(batch, rank, world_size)
-            share = part["labels"].shape[0] / batch["labels"].shape[0]
-            loss = loss_on(model, part) * share if share else torch.zeros((), device=trainable[0].device)
-            if share:
-                loss.backward()
-            all_reduce_grads(trainable)
+    def __init__(self, params, tcfg: TrainConfig, sharded: bool, rank: int, world_size: int, fp16: bool = False):
+        self.optimizer, self.scheduler = optimizer_for(params, tcfg)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.max_grad_norm, self.grad_accum = tcfg.max_grad_norm, tcfg.grad_accum
+        self.sharded, self.rank, self.world_size = sharded, rank, world_size
+        self.scaler = torch.amp.GradScaler(self.trainable[0].device.type) if fp16 else None
+
+    def __call__(self, model, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        part = shard(batch, self.rank, self.world_size) if self.sharded else batch
+        n, losses = batch["labels"].shape[0], []
+        for micro in micro_batches(part, self.grad_accum) if part["labels"].shape[0] else []:
+            loss = loss_on(model, micro)
+            if micro["labels"].shape[0] != n:
+                loss = loss * (micro["labels"].shape[0] / n)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            losses.append(loss.detach())
+        if self.sharded:
+            all_reduce_grads(self.trainable)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.trainable, self.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
         else:
-            loss = loss_on(model, batch)
-            loss.backward()
-        clip_gradients(trainable, tcfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+            self.optimizer.step()
+        with warnings.catch_warnings():  # the schedule counts steps, skipped ones too (a GradScaler's first)
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not losses:
+            return torch.zeros((), device=self.trainable[0].device)
+        return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
-    return step_fn
+    def shrink(self, batch_rows: int) -> bool:
+        """After an out-of-memory error: twice the accumulation (half the micro-batch), if a micro-batch still has
+        more than one row. The failed step's partial gradients are dropped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if -(-batch_rows // self.grad_accum) <= 1:
+            return False
+        self.grad_accum *= 2
+        return True
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "grad_accum": self.grad_accum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.grad_accum = state["grad_accum"]
+
+
+def default_step(params, tcfg: TrainConfig, sharded: bool, rank: int, world_size: int, fp16: bool = False):
+    """The step `train` takes unless a method gives its own (`DefaultStep`)."""
+    return DefaultStep(params, tcfg, sharded, rank, world_size, fp16)
 
 
 def _mean_loss(losses: list[torch.Tensor], sharded: bool) -> float:
@@ -359,6 +313,57 @@ def _mean_loss(losses: list[torch.Tensor], sharded: bool) -> float:
 
         dist.all_reduce(stacked)
     return float(stacked.mean())
+
+
+@dataclass
+class _Loop:
+    """The loop's own state between steps (what a checkpoint holds besides the model, the step and the RNG)."""
+
+    res: TrainResult
+    best_score: tuple = (-math.inf, -math.inf)
+    best_snap: dict | None = None
+    bad_evals: int = 0
+    losses: list = field(default_factory=list)
+    finished: bool = False
+
+    def save(self, ckpt: Checkpointing, model, step_fn) -> None:
+        save_state(ckpt.path, {
+            "step": self.res.steps_run, "trainable": _snapshot(model), "step_fn": step_fn.state_dict(),
+            "rng": rng_state(), "result": dataclasses.asdict(self.res), "best_score": list(self.best_score),
+            "best_snap": self.best_snap, "bad_evals": self.bad_evals, "losses": list(self.losses),
+            "finished": self.finished,
+        })
+
+    @classmethod
+    def resume(cls, ckpt: Checkpointing, model, step_fn) -> _Loop | None:
+        state = load_state(ckpt.path)
+        if state is None:
+            return None
+        load_trainable(model, state["trainable"], ckpt.path)
+        step_fn.load_state_dict(state["step_fn"])
+        set_rng_state(state["rng"])
+        device = next(model.parameters()).device
+        loop = cls(TrainResult(**state["result"]), tuple(state["best_score"]), state["best_snap"], state["bad_evals"],
+                   [t.to(device) for t in state["losses"]], state["finished"])
+        loop.res.resumed_at.append(state["step"])
+        return loop
+
+
+def _take_step(step_fn, model, batch: dict, step: int, res: TrainResult) -> torch.Tensor:
+    """`step_fn` on the batch; out of memory, the default step retries it in micro-batches half as big (recorded in
+    `res.oom_retries`) until one row per micro-batch."""
+    while True:
+        try:
+            return step_fn(model, batch, step)
+        except torch.OutOfMemoryError as e:
+            rows = batch["labels"].shape[0]
+            if not isinstance(step_fn, DefaultStep) or not step_fn.shrink(rows):
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise SptbenchError(f"out of memory at step {step} (batch {rows}): {first}") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            res.oom_retries.append({"step": step, "grad_accum": step_fn.grad_accum,
+                                    "micro_batch": -(-rows // step_fn.grad_accum)})
 
 
 def train(
@@ -373,13 +378,19 @@ def train(
     params=None,
     pad_id: int = 0,
     progress: bool = True,
+    fp16: bool = False,
+    checkpoint: Checkpointing | None = None,
+    monitor=None,
 ) -> TrainResult:
     """Train for `tcfg.max_steps`, evaluating on dev every `eval_every` steps; ends with the best dev checkpoint.
 
     In a data-parallel launch (`world()` > 1) every rank draws the same global batch; the default step trains on this
     rank's shard of it and sums the gradients over ranks (each shard's loss is scaled by its share of the batch), so
     the update is the single-process one. A custom `step_fn` gets the whole batch on every rank (no speed-up, same
-    result). Samples and tokens count the global batch."""
+    result). Samples and tokens count the global batch. `fp16`: the default step scales the loss (GradScaler).
+    `checkpoint`: the default step's loop (no custom `step_fn` or `on_eval`, whose state is the method's) saves its
+    state there every `checkpoint.every` steps and at the end, and resumes from it (training/resume.py).
+    `monitor`: told the start step and every evaluation (training/monitor.py)."""
     if not train_enc or not dev_enc:
         raise SptbenchError("training needs a non-empty train and dev split")
     check_train_config(tcfg)
@@ -389,52 +400,77 @@ def train(
     model.train()
     rank, world_size = world()
     sharded = world_size > 1 and step_fn is None
+    if checkpoint is not None and (step_fn is not None or on_eval is not None):
+        checkpoint = None
     if step_fn is None:
-        step_fn = default_step(params if params is not None else model.parameters(), tcfg, sharded, rank, world_size)
-    res = TrainResult(best_step=None, best_dev={}, steps_run=0, stopped_early=False)
-    best_score, best_snap, bad_evals = (-math.inf, -math.inf), None, 0
-    batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id,
-                      sampler=tcfg.sampler)
-    bar = tqdm(total=tcfg.max_steps, desc="train", disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
-    losses: list[torch.Tensor] = []
-    for step in range(1, tcfg.max_steps + 1):
-        batch = next(batches)
-        t0 = time.perf_counter()
-        loss = step_fn(model, batch, step)
-        res.train_time_s += time.perf_counter() - t0
-        res.samples_seen += batch["labels"].shape[0]
-        res.tokens_seen += int(batch["attention_mask"].sum())
-        losses.append(torch.as_tensor(loss))
-        res.steps_run = step
-        bar.update(1)
-        if step % tcfg.eval_every and step != tcfg.max_steps:
-            continue
-        mean_loss = _mean_loss(losses, sharded)
-        losses.clear()
-        if not math.isfinite(mean_loss):
-            bar.close()
-            raise NonFiniteLoss(f"loss became {mean_loss} by step {step}; lower the learning rate (--lr)")
-        t0 = time.perf_counter()
-        dev = evaluate(model, dev_enc, spec, tcfg.eval_batch_size, pad_id)
-        res.eval_time_s += time.perf_counter() - t0
-        res.history.append({"step": step, "train_loss": round(mean_loss, 6), **{f"dev_{k}": v for k, v in dev.items()}})
-        bar.set_postfix(loss=f"{mean_loss:.4f}", dev=f"{dev['score']:.4f}")
-        if on_eval is not None:
-            on_eval(step, dev)
-        rank_now = (dev["score"], -dev["loss"] if tcfg.checkpoint_tie_break == "dev_loss" else 0.0)
-        if rank_now > best_score:
-            best_score, best_snap, bad_evals = rank_now, _snapshot(model), 0
-            res.best_step, res.best_dev = step, dev
-        else:
-            bad_evals += 1
-            if tcfg.patience is not None and bad_evals >= tcfg.patience:
-                res.stopped_early = True
-                break
-    bar.close()
-    if best_snap is not None:
-        _restore(model, best_snap)
+        step_fn = default_step(params if params is not None else model.parameters(), tcfg, sharded, rank, world_size,
+                               fp16)
+    loop = _Loop.resume(checkpoint, model, step_fn) if checkpoint is not None else None
+    loop = loop or _Loop(TrainResult(best_step=None, best_dev={}, steps_run=0, stopped_early=False))
+    if monitor is not None:
+        monitor.start(loop.res.steps_run)
+    if not loop.finished:
+        _run_steps(model, train_enc, dev_enc, spec, tcfg, loop, step_fn, on_eval, pad_id, progress and rank == 0,
+                   sharded, checkpoint if rank == 0 else None, monitor)
+    if loop.best_snap is not None:
+        _restore(model, loop.best_snap)
     if hasattr(model, "frozen_cache"):
         model.frozen_cache.clear()
     model.eval()
-    return res
+    return loop.res
 
+
+def _run_steps(model, train_enc, dev_enc, spec, tcfg: TrainConfig, loop: _Loop, step_fn, on_eval, pad_id: int,
+               progress: bool, sharded: bool, checkpoint: Checkpointing | None, monitor) -> None:
+    """The steps from `loop`'s position to the end or an early stop, with the dev evaluations and checkpoints."""
+    res = loop.res
+    batches = forever(train_enc, tcfg.batch_size, seed=tcfg.seed, group_by_length=tcfg.group_by_length, pad_id=pad_id,
+                      sampler=tcfg.sampler, skip=res.steps_run)
+    bar = tqdm(total=tcfg.max_steps, initial=res.steps_run, desc="train", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    for step in range(res.steps_run + 1, tcfg.max_steps + 1):
+        batch = next(batches)
+        t0 = time.perf_counter()
+        loss = _take_step(step_fn, model, batch, step, res)
+        res.train_time_s += time.perf_counter() - t0
+        res.samples_seen += batch["labels"].shape[0]
+        res.tokens_seen += int(batch["attention_mask"].sum())
+        loop.losses.append(torch.as_tensor(loss))
+        res.steps_run = step
+        bar.update(1)
+        if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
+            _evaluate_step(model, dev_enc, spec, tcfg, loop, step, on_eval, pad_id, sharded, bar, monitor)
+        loop.finished = res.stopped_early or step == tcfg.max_steps
+        if checkpoint is not None and (loop.finished or step % checkpoint.every == 0):
+            loop.save(checkpoint, model, step_fn)
+        if res.stopped_early:
+            break
+    bar.close()
+
+
+def _evaluate_step(model, dev_enc, spec, tcfg: TrainConfig, loop: _Loop, step: int, on_eval, pad_id: int,
+                   sharded: bool, bar, monitor) -> None:
+    """A dev evaluation: history, best-on-dev snapshot, patience."""
+    res = loop.res
+    mean_loss = _mean_loss(loop.losses, sharded)
+    loop.losses.clear()
+    if not math.isfinite(mean_loss):
+        bar.close()
+        raise NonFiniteLoss(f"loss became {mean_loss} by step {step}; lower the learning rate (--lr)")
+    t0 = time.perf_counter()
+    dev = evaluate(model, dev_enc, spec, tcfg.eval_batch_size, pad_id)
+    res.eval_time_s += time.perf_counter() - t0
+    res.history.append({"step": step, "train_loss": round(mean_loss, 6), **{f"dev_{k}": v for k, v in dev.items()}})
+    bar.set_postfix(loss=f"{mean_loss:.4f}", dev=f"{dev['score']:.4f}")
+    if on_eval is not None:
+        on_eval(step, dev)
+    rank_now = (dev["score"], -dev["loss"] if tcfg.checkpoint_tie_break == "dev_loss" else 0.0)
+    if rank_now > loop.best_score:
+        loop.best_score, loop.best_snap, loop.bad_evals = rank_now, _snapshot(model), 0
+        res.best_step, res.best_dev = step, dev
+    else:
+        loop.bad_evals += 1
+        if tcfg.patience is not None and loop.bad_evals >= tcfg.patience:
+            res.stopped_early = True
+    if monitor is not None:
+        monitor.eval(step, tcfg.max_steps, mean_loss, dev, max(loop.best_score[0], dev["score"]))

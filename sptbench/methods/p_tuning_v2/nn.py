@@ -57,6 +57,12 @@ class KVPrefix(Injection):
         with torch.no_grad():
             return {"prefix": self.all_prefixes()}
 
+    def fold(self) -> None:
+        """Replace the MLP by the prefixes it computes (Li & Liang: the reparameterisation is dropped after training);
+        the model's outputs stay the same. Without the MLP: nothing to do."""
+        if self.reparameterized:
+            self.import_state(self.export_state())
+
     def import_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load stored prefixes; a reparameterized injection drops its MLP and uses them directly from now on."""
         if set(state) != {"prefix"}:

@@ -196,8 +196,8 @@ def test_bench_seq_len_counts_prompt_tokens_and_out_below_a_file(tmp_path, capsy
     assert_one_line_error(code, err, "--seq-len with prompt_tuning: 500 tokens + 20 prompt tokens")
     (tmp_path / "file").write_text("x")
     code, _, err = cli([*bench, "--method", "lora", "--out", str(tmp_path / "file" / "b.yaml")], capsys)
-    assert_one_line_error(code, err, "is a file, not a folder")
-    assert (tmp_path / "file").read_text() == "x"
+    assert_one_line_error(code, err, str(tmp_path / "file"))
+    assert "not a folder" in err and (tmp_path / "file").read_text() == "x"
 
 
 # ------------------------------------------------------------------------------------- the Python API

@@ -272,8 +272,8 @@ def _hub_lookup(name: str, revision: str | None) -> dict:
         return {"local_files_only": True}
     close = difflib.get_close_matches(name.rsplit("/", 1)[-1].lower(), BACKBONES, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise SptbenchError(f"backbone '{name}' is not a local folder nor in the hub cache, and the hub cannot be asked "
-                        f"({reason}).{hint} Aliases: {', '.join(BACKBONES)}")
+    raise SptbenchError(f"could not load backbone from hub id '{name}': not a local folder nor in the hub cache, "
+                        f"and the hub cannot be asked ({reason}).{hint} Aliases: {', '.join(BACKBONES)}")
 
 
 def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):

@@ -23,7 +23,7 @@ import torch
 from sptbench.core.errors import SptbenchError
 from sptbench.data.specs import TaskSpec
 from sptbench.data.templates import prompt_setup, setup_from_record
-from sptbench.methods.registry import build_config, get_method
+from sptbench.methods.registry import build_config, check_config_layers, get_method
 from sptbench.models.classifier import Classifier
 from sptbench.run.assemble import build_classifier
 from sptbench.run.persist import load_model, make_manifest, save_model
@@ -59,9 +59,11 @@ def build_model(
     a linear head: `task` names the template and label words (encode with sptbench.data.templates.encode_prompt_rows).
     `revision`: the hub repository's commit, branch or tag (hub ids only; `save` keeps it for `load`).
     """
+    _check_arguments(method=method, model=model, num_labels=num_labels, seed=seed)
     m = get_method(method)
     m.check_head(head)
     cfg = build_config(m, method_options)
+    check_config_layers(cfg, model, num_labels if head == "linear" and task is None else None)
     setup = None
     if head != "linear" or task is not None:
         from sptbench.data.specs import load_spec
@@ -84,16 +86,44 @@ def build_model(
     return classifier
 
 
+def _check_arguments(*, method: Any, model: Any, num_labels: Any, seed: Any) -> None:
+    """build_model's arguments, each named in a TypeError (wrong type) or ValueError (out of range) before any work."""
+    for name, value in (("method", method), ("model", model)):
+        if not isinstance(value, str):
+            raise TypeError(f"build_model: {name} must be a str, got {type(value).__name__} {value!r}")
+        if not value.strip():
+            raise ValueError(f"build_model: {name} must not be empty")
+    if not isinstance(num_labels, int) or isinstance(num_labels, bool):
+        raise TypeError(f"build_model: num_labels must be an int, got {type(num_labels).__name__} {num_labels!r}")
+    if num_labels < 2:
+        raise ValueError(f"build_model: num_labels must be at least 2, got {num_labels}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise TypeError(f"build_model: seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    if seed is not None and not 0 <= seed < 2**63:  # torch.manual_seed's range
+        raise ValueError(f"build_model: seed must be in [0, 2^63), got {seed}")
+
+
+def _check_folder(folder: Any, caller: str) -> None:
+    if not isinstance(folder, (str, Path)):
+        raise TypeError(f"{caller}: folder must be a str or Path, got {type(folder).__name__} {folder!r}")
+    if not str(folder).strip():
+        raise ValueError(f"{caller}: folder must not be empty")
+
+
 def save(model: Classifier, folder: str | Path, *, overwrite: bool = False) -> Path:
     """Save a model from `build_model` (or `load`): its trained parameters and head (safetensors) and a manifest
     that says how to rebuild it (method, config, backbone, head), both or neither, into a new or empty folder (a
     saved run there is replaced only with `overwrite=True`). Returns the folder (format: run/persist.py)."""
+    if not isinstance(model, Classifier):
+        raise TypeError(f"save: model must be a model from sptbench.build_model or load, got {type(model).__name__}")
+    _check_folder(folder, "save")
     return save_model(model, folder, overwrite=overwrite)
 
 
 def load(folder: str | Path) -> Classifier:
     """Rebuild a saved model in eval mode, with its tokenizer as `model.tokenizer`: a folder of `save`, or of
     `sptbench run --save-dir`."""
+    _check_folder(folder, "load")
     return load_model(folder)
 
 

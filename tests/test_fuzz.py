@@ -380,3 +380,109 @@ def test_fuzz_load_trained_is_exact_or_refused(tmp_path_factory, saved, data):
     assert rebuilt.keys() == state.keys()
     for name, tensor in state.items():
         assert rebuilt[name].dtype == tensor.dtype and torch.equal(rebuilt[name], tensor), name
+
+
+# ------------------------------------------------------------------------------------- issue 38: inputs checked
+
+
+@FUZZ
+@given(data=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True), values, min_size=1, max_size=6),
+       pick=st.integers(0, 100), nested=st.booleans(), again=values)
+def test_fuzz_duplicate_yaml_keys_are_refused_at_their_line(data, pick, nested, again):
+    """A mapping with one key written twice (at the top or one level down) is refused naming the second line."""
+    from sptbench.core import safe_yaml
+
+    TRIED["duplicate keys"] += 1
+    key = sorted(data)[pick % len(data)]
+    body = yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
+    extra = yaml.safe_dump({key: again}, default_flow_style=False)
+    if nested:  # the same duplicate inside a mapping under `outer:`
+        body = "outer:\n" + "".join(f"  {line}\n" for line in body.splitlines())
+        extra = "".join(f"  {line}\n" for line in extra.splitlines())
+    text = body + extra
+    line = body.count("\n") + 1
+    with pytest.raises(SptbenchError, match=rf"^f\.yaml:{line}: duplicate key '{key}'"):
+        safe_yaml.load_one(text, "f.yaml")
+
+
+def _single_options():
+    """`run`'s options that take one value (not --set or --tasks-dir, which repeat), with a valid value each."""
+    import argparse
+
+    from sptbench.cli.main import build_parser
+
+    parser = build_parser()
+    run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    out = []
+    for action in run._actions:
+        if not action.option_strings or isinstance(action, (argparse._AppendAction, argparse._HelpAction)):
+            continue
+        value = [] if action.nargs == 0 else [str(action.choices[0]) if action.choices else "3"]
+        out.append((action.option_strings[-1], value))
+    return out
+
+
+SINGLE_OPTIONS = _single_options()
+
+
+@FUZZ
+@given(option=st.sampled_from(SINGLE_OPTIONS), other=st.sampled_from(SINGLE_OPTIONS), spelled=st.booleans())
+def test_fuzz_any_single_option_given_twice_is_refused(capsys, option, other, spelled):
+    TRIED["repeated options"] += 1
+    flag, value = option
+    second = [f"{flag}={value[0]}"] if spelled and value else [flag, *value]
+    argv = ["run", flag, *value, *other[0:1], *other[1], *second]
+    code, _, err = cli(argv, capsys)
+    assert_clean(code, err, ok=())
+    assert "given twice" in err or "were both given" in err, err
+
+
+@FUZZ
+@given(num_labels=st.none() | st.booleans() | st.floats() | st.text(max_size=3) | st.integers(-5, 1),
+       seed=st.none() | st.integers(-(2**70), -1) | st.integers(2**63, 2**70) | st.floats() | st.text(max_size=2))
+def test_fuzz_api_arguments_raise_typed_errors_naming_them(num_labels, seed):
+    import sptbench
+
+    TRIED["api arguments"] += 1
+    for kwargs, name in (({"num_labels": num_labels}, "num_labels"), ({"seed": seed}, "seed")):
+        if name == "seed" and seed is None:
+            continue
+        with pytest.raises((TypeError, ValueError), match=rf"build_model: {name} must"):
+            sptbench.build_model("lora", "tiny-bert", **kwargs)
+
+
+@FUZZ
+@given(lengths=st.lists(st.integers(1, 400), min_size=1, max_size=4), methods=st.integers(1, 3),
+       seeds=st.integers(1, 5))
+def test_fuzz_grid_sizes_are_counted_before_they_are_built(lengths, methods, seeds):
+    """The count is the product of the axes: refused above the limit (without building), else what `specs` gives."""
+    from sptbench.sweep.bounds import MAX_RUNS, check_grid_size
+
+    TRIED["grid sizes"] += 1
+    train = {f"k{i}": list(range(n)) if n > 1 else 0 for i, n in enumerate(lengths)}
+    names = [f"m{i}" for i in range(methods)]
+    total = methods * seeds
+    for n in lengths:
+        total *= n
+    if total > MAX_RUNS:
+        with pytest.raises(SptbenchError, match=f"the grid has {total:,} runs"):
+            check_grid_size({"train": train}, names, seeds, "s.yaml")
+    else:
+        check_grid_size({"train": train}, names, seeds, "s.yaml")
+
+
+@FUZZ
+@given(text=st.text(alphabet=st.characters(max_codepoint=0x1FF), max_size=40))
+def test_fuzz_printed_text_has_no_control_characters(text):
+    import io
+
+    from sptbench.cli.main import EscapingWriter
+
+    TRIED["escaped output"] += 1
+    sink = io.StringIO()
+    EscapingWriter(sink).write(text)
+    printed = sink.getvalue()
+    assert not any((ord(c) < 32 and c not in "\t\n") or 127 <= ord(c) < 160 for c in printed)
+    assert printed.count("\n") == text.count("\n")
+    control = lambda c: (ord(c) < 32 and c not in "\t\n") or 127 <= ord(c) < 160  # noqa: E731
+    assert printed == "".join(repr(c)[1:-1] if control(c) else c for c in text)

@@ -121,7 +121,7 @@ def test_poolings_are_distinct_table_rows():
     assert len(table.rows) == 2 and all("pooling" in row for row in table.rows)
 
 
-def test_pooling_and_device_split_the_plan(tmp_path):
+def test_pooling_and_device_split_the_plan(tmp_path, monkeypatch):
     """A sweep that names a pooling (or a device) does not take a run with another one for done."""
     from sptbench.sweep.plan import plan
     from sptbench.sweep.spec import parse_sweep
@@ -137,6 +137,7 @@ def test_pooling_and_device_split_the_plan(tmp_path):
     assert len(plan(parse_sweep(raw), [rec]).done) == 1  # no pooling / device named: any
     assert len(plan(parse_sweep({**raw, "pooling": "mean", "device": "cpu"}), [rec]).done) == 1
     assert len(plan(parse_sweep({**raw, "pooling": "cls"}), [rec]).todo) == 1
+    monkeypatch.setattr("sptbench.sweep.spec._check_local_device", lambda device: None)  # as if CUDA were here
     assert len(plan(parse_sweep({**raw, "device": "cuda"}), [rec]).todo) == 1
 
 

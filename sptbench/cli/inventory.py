@@ -63,6 +63,8 @@ def cmd_params(args) -> int:
 
     if args.method == "all" and args.set:
         raise SptbenchError("--set overrides one method's config: name the method (--method M), not all")
+    if (args.template or args.prompt_loss) and args.head != "prompt":
+        raise SptbenchError("--template and --prompt-loss apply to the prompt head only (--head prompt)")
     names = sorted(load_methods()) if args.method == "all" else [args.method]
     setup, num_labels = None, args.num_labels
     if args.head == "prompt" or args.task:  # the prompt head reads the task's label words (default: sst2's)
@@ -83,7 +85,7 @@ def cmd_params(args) -> int:
             skipped.append(f"{name}: {e}")
             continue
         cfg = build_config(method, parse_sets(args.set))
-        check_config_layers(cfg, args.model)  # before loading weights, as `run` does
+        check_config_layers(cfg, args.model, num_labels if setup is None else None)  # before weights, as `run`
         model, _, _ = build_classifier(method, cfg, args.model, num_labels, prompt=setup)
         c = model.count_parameters()
         rows.append(

@@ -34,11 +34,38 @@ def build_parser() -> Parser:
     return parser
 
 
+# Control characters (C0 but tab and newline, DEL, C1) as their escapes: text from files (a task's label, a
+# record's method name) must not move the cursor, recolour or retitle the user's terminal when printed.
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160)) if chr(c) not in "\t\n"}
+
+
+class EscapingWriter:
+    """A text stream that writes control characters escaped; everything else is the wrapped stream's."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(text.translate(_CONTROLS))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
         return e.code if isinstance(e.code, int) else 2
+    stdout, sys.stdout = sys.stdout, EscapingWriter(sys.stdout)
+    try:
+        return _dispatch(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _dispatch(args) -> int:
     try:
         apply_tasks_dirs(getattr(args, "tasks_dir", None))
         return args.func(args)

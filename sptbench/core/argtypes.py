@@ -30,6 +30,28 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 (argparse's signature)
+        """As argparse, but an option given twice is an error (`--seed 13 --seed 21` would silently mean 21), but for
+        the repeatable ones (`append`, `count`). Each subparser checks its own options the same way."""
+        argv = sys.argv[1:] if args is None else list(args)
+        self._refuse_repeats(argv)
+        return super().parse_known_args(argv, namespace)
+
+    def _refuse_repeats(self, argv: list[str]) -> None:
+        seen: dict[int, str] = {}
+        for token in argv:
+            if token == "--":
+                break
+            action = self._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("-") else None
+            if action is None or isinstance(action, (argparse._AppendAction, argparse._CountAction)):
+                continue
+            if id(action) in seen:
+                first = seen[id(action)]
+                again = token.split("=", 1)[0]
+                same = f"{again} was given twice" if first == again else f"{first} and {again} were both given"
+                self.error(f"{same}; give it once")
+            seen[id(action)] = token.split("=", 1)[0]
+
     def error(self, message: str) -> NoReturn:
         """One line (no usage block): `sptbench run: error: ... (see --help)`, exit 2."""
         print(f"{self.prog}: error: {one_line(' '.join(message.split()))} (see {self.prog} --help)", file=sys.stderr)

@@ -15,6 +15,11 @@ class SptbenchError(Exception):
         super().__init__(one_line(str(message)))
 
 
+class InvalidValue(SptbenchError, ValueError):
+    """A user error that is also a `ValueError` (what Python API callers catch): a value out of range or of the
+    wrong kind, named in the message."""
+
+
 def one_line(text: str) -> str:
     """`text` with line breaks and other control characters escaped (`\\n`), so that it prints as one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -1,8 +1,10 @@
 """Reading YAML someone else handed over (run configs, sweep files, task specs, saved records, results tables).
 
 Data only (the safe loader: no tags that build objects), and at a bounded cost: the file is read up to a size limit,
-aliases (`*name`, which can expand a few KB into billions of nodes) and very deep nesting are refused, non-UTF-8
-bytes are named by line. Every problem is one `SptbenchError` naming the file (and line where there is one).
+only from a regular file (a FIFO or a device would block or never end), aliases (`*name`, which can expand a few KB
+into billions of nodes) and very deep nesting are refused, a key given twice in one mapping is refused (YAML's "last
+wins" would silently drop the first), non-UTF-8 bytes are named by line.
+Every problem is one `SptbenchError` naming the file (and line where there is one).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ MAX_DEPTH = 64  # nesting levels; records go 4 deep
 
 def read_text(path: Any, what: str, max_bytes: int = MAX_FILE_BYTES) -> str:
     """The UTF-8 text of `path` (a Path or importlib Traversable), refusing files over `max_bytes` without reading
-    more than that (a FIFO or /dev/zero stops at the limit too)."""
+    more than that; anything but a regular file is refused before it is opened (a FIFO would block opening it).
+    `/dev/stdin`, a character device, is refused too."""
+    if isinstance(path, Path) and path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise SptbenchError(f"{path}: cannot read {what}: {kind}")
     try:
         with path.open("rb") as handle:
             data = handle.read(max_bytes + 1)
@@ -58,7 +64,8 @@ def yaml_error(where: str, err: yaml.YAMLError) -> SptbenchError:
 
 
 def _check_node(root: yaml.Node, where: str, max_depth: int) -> None:
-    """Refuse aliases (a node reached twice) and nesting deeper than `max_depth`; linear in the nodes, no recursion."""
+    """Refuse aliases (a node reached twice), nesting deeper than `max_depth` and a key given twice in one mapping;
+    linear in the nodes, no recursion."""
     seen: set[int] = set()
     stack = [(root, 1)]
     while stack:
@@ -73,7 +80,21 @@ def _check_node(root: yaml.Node, where: str, max_depth: int) -> None:
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
+            _check_keys(node, where)
             stack.extend((item, depth + 1) for pair in node.value for item in pair)
+
+
+def _check_keys(node: yaml.MappingNode, where: str) -> None:
+    """A mapping's scalar keys are distinct (as written: `1` and `"1"` are different keys, as YAML reads them)."""
+    first: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in first:
+            seen = first[(key.tag, key.value)]
+            raise SptbenchError(f"{where}:{line}: duplicate key '{key.value}' (first given on line {seen})")
+        first[(key.tag, key.value)] = line
 
 
 def iter_documents(text: str, where: str, max_depth: int = MAX_DEPTH) -> Iterator[tuple[int, Any]]:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib.resources
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sptbench.core import safe_yaml
+from sptbench.core.argtypes import nonempty
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.core.paths import check_name, inside
 from sptbench.data.templates import DEFAULT_TEMPLATE, parse_template
@@ -95,9 +98,28 @@ def task_search_path() -> list[Path]:
 
 def spec_files() -> dict[str, tuple[Any, bool]]:
     """Every findable task: name -> (its spec file, whether it comes from a user folder). The first folder of the
-    search path that holds `<name>.yaml` wins; the packaged specs come last."""
+    search path that holds `<name>.yaml` wins; the packaged specs come last. Listed again only when a folder
+    changes (its mtime: a file added, removed or renamed), not on every look-up."""
+    folders = [*((f, True) for f in task_search_path()), (_specs_root(), False)]
+    try:
+        version = tuple((str(f), f.stat().st_mtime_ns) for f, _ in folders)
+    except (AttributeError, OSError):  # a Traversable without stat: list it now
+        version = None
+    if version is None or not all(_settled(mtime) for _, mtime in version):
+        return dict(_list_specs.__wrapped__(tuple(folders), None))
+    return dict(_list_specs(tuple(folders), version))
+
+
+def _settled(mtime_ns: int) -> bool:
+    """Whether a modification time is old enough to identify a version: file systems stamp times at a coarse
+    clock tick, so a change within the same tick as the last one could keep the time (git's "racy" files)."""
+    return time.time_ns() - mtime_ns > 2_000_000_000
+
+
+@functools.lru_cache(maxsize=32)
+def _list_specs(folders: tuple, version: tuple | None) -> dict[str, tuple[Any, bool]]:
     found: dict[str, tuple[Any, bool]] = {}
-    for folder, user in [*((f, True) for f in task_search_path()), (_specs_root(), False)]:
+    for folder, user in folders:
         for entry in sorted(folder.iterdir(), key=lambda e: e.name):
             name = entry.name[: -len(".yaml")]
             if entry.name.endswith(".yaml") and name and name not in found and entry.is_file():
@@ -123,6 +145,19 @@ def load_spec(name: str) -> TaskSpec:
     if name not in files:
         raise unknown_choice("task", name, files)
     entry = files[name][0]
+    try:  # parsed once per file version: a sweep checks every grid point against its task's spec
+        stat = entry.stat()
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except (AttributeError, OSError):  # a packaged Traversable without stat, or a file gone: read it now
+        version = None
+    if version is None or not _settled(version[0]):
+        return _parse_spec.__wrapped__(name, entry, None)
+    return _parse_spec(name, entry, version)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_spec(name: str, entry: Any, version: tuple | None) -> TaskSpec:
+    """`load_spec` for one version of one file (TaskSpec is frozen: sharing it is safe)."""
     where = str(entry)
     text = safe_yaml.read_text(entry, "task spec")
     raw = safe_yaml.load_one(text, where)
@@ -151,7 +186,7 @@ def apply_tasks_dirs(dirs: Sequence[str] | None, what: str = "--tasks-dir") -> N
 def add_tasks_dir_argument(parser: argparse.ArgumentParser) -> None:
     """`--tasks-dir DIR` (repeatable) on a subcommand that resolves task names."""
     parser.add_argument(
-        "--tasks-dir", dest="tasks_dir", action="append", metavar="DIR",
+        "--tasks-dir", dest="tasks_dir", action="append", metavar="DIR", type=nonempty,  # "" is not the cwd
         help=f"a folder of task YAMLs searched before ${TASKS_PATH_ENV} and the packaged specs (repeatable; "
         "docs/tasks.md)",
     )
@@ -173,11 +208,17 @@ def _spec_from_raw(raw: Any, name: str, where: str) -> TaskSpec:
             f"{where}: field 'text_columns' lists {len(text_columns)} columns {list(text_columns)}; a task has one "
             f"text or a pair (at most {MAX_TEXT_COLUMNS})"
         )
+    labels = _str_tuple(raw, "labels", where)
+    if len(labels) < 2:  # one class: every prediction right, an accuracy of 1.0 that says nothing
+        raise SptbenchError(f"{where}: field 'labels' must list at least 2 classes, got {list(labels)}")
+    if "label" in text_columns:  # rows hold the texts and their class under "label": one name cannot be both
+        raise SptbenchError(f"{where}: field 'text_columns' must not name 'label' (the rows' class column); "
+                            "map the source column to another name under 'columns'")
     spec = TaskSpec(
         name=name,
         version=version,
         text_columns=text_columns,
-        labels=_str_tuple(raw, "labels", where),
+        labels=labels,
         metrics=_str_tuple(raw, "metrics", where),
         selection_metric=_field(raw, "selection_metric", str, where),
         max_length=_field(raw, "max_length", int, where),
@@ -333,8 +374,8 @@ def _check_spec(spec: TaskSpec, where: str) -> None:
         raise SptbenchError(
             f"{where}: metric 'f1' is binary (positive class = label 1); this task has {spec.num_labels}"
         )
-    if spec.max_length < 1:
-        raise SptbenchError(f"{where}: field 'max_length' must be positive")
+    if isinstance(spec.max_length, bool) or spec.max_length < 1:  # `true` is no length
+        raise SptbenchError(f"{where}: field 'max_length' must be a positive integer, got {spec.max_length!r}")
     if spec.hub is not None:
         _hub_section(spec.hub, where)
     for section in ("hub", "lm_bff"):

@@ -29,6 +29,7 @@ from typing import Any
 
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, describe, unknown_choice
+from sptbench.core.hub import hub_unavailable, offline_env
 from sptbench.core.paths import check_name
 from sptbench.data.locate import (
     DATA_DIR_ENV,
@@ -235,6 +236,12 @@ def _read_hub(spec: TaskSpec, empties: dict[str, list[str]]) -> _Source:
         )
     hub_id = hub["path"] + (f"/{hub['name']}" if hub.get("name") else "")
     revision = hub.get("revision")
+    # no offline variable set and no connection: say so now, not after datasets' retries (with one set, datasets
+    # reads its cache, or fails at once)
+    reason = None if offline_env("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") else hub_unavailable()
+    if reason is not None:
+        raise SptbenchError(f"task '{spec.name}' has no local data folder and the hub cannot be asked ({reason}). "
+                            f"Pass --data-dir or set {DATA_DIR_ENV} to a local mirror.")
     try:
         import datasets
 

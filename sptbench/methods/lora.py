@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # peft, transformers and torch load when a model is built, no
 class LoraMethodConfig:
     """LoRA."""
 
-    rank: int = field(default=8, metadata={"help": "r, the rank of the update B A"})
+    rank: int = field(default=8, metadata={"size": True, "help": "r, the rank of the update B A"})
     alpha: float = field(default=16.0, metadata={"help": "the update is scaled by alpha / r (peft's default scaling)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the input of the LoRA branch"})
     targets: list[str] | None = field(default=None, metadata={

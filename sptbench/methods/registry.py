@@ -14,6 +14,7 @@ loud `SptbenchError` naming it, never a method that silently disappears.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
 import sys
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
-from sptbench.core.errors import SptbenchError, describe, unknown_choice
+from sptbench.core.errors import InvalidValue, SptbenchError, describe, unknown_choice
+from sptbench.core.limits import check_allocation
 
 if TYPE_CHECKING:  # the protocol's types, without importing torch with the registry
     from sptbench.core.run_schema import TrainConfig
@@ -198,12 +200,20 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return False
             raise ValueError(value)
         if annotation in (int, float, str):
+            if isinstance(value, bool):  # YAML's `true` is not the number 1 (nor the text "True")
+                raise ValueError(value)
             if annotation is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return annotation(value)
     except (TypeError, ValueError):
-        raise SptbenchError(f"'{key}' expects {getattr(annotation, '__name__', annotation)}, got '{value}'") from None
+        raise InvalidValue(f"'{key}' expects {getattr(annotation, '__name__', annotation)}, got '{value}'") from None
     return value
+
+
+@functools.lru_cache(maxsize=128)
+def _hints(config_cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A config class's resolved field types and field names (resolving them costs ~1 ms: a sweep asks per point)."""
+    return typing.get_type_hints(config_cls), frozenset(f.name for f in dataclasses.fields(config_cls))
 
 
 def _list_items(text: str, key: str) -> list[Any]:
@@ -221,8 +231,7 @@ def _list_items(text: str, key: str) -> list[Any]:
 
 def coerce_overrides(config_cls: type, overrides: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     """`overrides` checked against the dataclass's fields and coerced to their types (one clear error each)."""
-    hints = typing.get_type_hints(config_cls)
-    fields = {f.name for f in dataclasses.fields(config_cls)}
+    hints, fields = _hints(config_cls)
     out = {}
     for key, value in (overrides or {}).items():
         if key not in fields:
@@ -240,15 +249,37 @@ def build_config(method: Method, overrides: dict[str, Any] | None = None) -> Any
     return cfg
 
 
-def check_config_layers(cfg: Any, model: str) -> None:
+def check_config_layers(cfg: Any, model: str, num_labels: int | None = None) -> None:
     """Before any weights load: a config's layer choices (its `check_layers`, where it has one) fit `model`'s
-    depth, where the depth is known from the model's name or config alone (`backbones.backbone_layers`)."""
-    from sptbench.models.backbones import backbone_layers
+    depth, and its sizes (and a linear head for `num_labels`) fit this machine's memory, where the backbone's
+    dimensions are known from its name or config alone (`backbones.backbone_dims`)."""
+    from sptbench.models.backbones import backbone_dims
 
-    layers = backbone_layers(model)  # for every method: it also says when the backbone's package is missing
+    dims = backbone_dims(model)  # for every method: it also says when the backbone's package is missing
+    if dims is None:
+        return
+    hidden, layers = dims
     check_layers = getattr(cfg, "check_layers", None)
-    if check_layers is not None and layers is not None:
+    if check_layers is not None:
         check_layers(layers)
+    check_config_sizes(cfg, hidden, layers)
+    if num_labels is not None:
+        check_allocation(f"a linear head for num_labels={num_labels:,}", hidden * num_labels)
+
+
+# A `size` field (metadata {"size": True}: a rank, bottleneck, prompt length) adds at most this many hidden-wide
+# parameter rows per unit per layer: LoRA's A and B on a few targets, two adapters' down and up projections, keys and
+# values of a prefix. An upper bound: what it refuses could never be built, and only such values.
+ROWS_PER_SIZE_UNIT = 8
+
+
+def check_config_sizes(cfg: Any, hidden: int, layers: int) -> None:
+    """Refuse a config whose size fields ask for more parameters than this machine's memory holds."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("size") and isinstance(value, int):
+            check_allocation(f"{f.name}={value:,} (on {layers} layers of width {hidden})",
+                             value * hidden * max(layers, 1) * ROWS_PER_SIZE_UNIT, bound=True)
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

@@ -9,16 +9,20 @@ causal LM for GPT-2) and the Classifier reads that head, frozen, at the template
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sptbench.core.errors import SptbenchError, unknown_choice
+from sptbench.core.hub import hub_unavailable
+from sptbench.core.safe_yaml import read_text
 from sptbench.data.templates import PromptSetup, label_word_ids
 from sptbench.families.base import family_for, load_families
 from sptbench.models.gguf_backbones import GGUF_BACKBONES
@@ -176,7 +180,12 @@ def _pooling_from_folder(folder: Path) -> str | None:
     cfg = folder / "1_Pooling" / "config.json"
     if not cfg.is_file():
         return None
-    modes = json.loads(cfg.read_text())
+    try:
+        modes = json.loads(read_text(cfg, "sentence-transformers pooling config"))
+    except json.JSONDecodeError as e:
+        raise SptbenchError(f"{cfg}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(modes, dict):
+        raise SptbenchError(f"{cfg}: expected a JSON object of pooling modes, got {type(modes).__name__}")
     if modes.get("pooling_mode_mean_tokens"):
         return "mean"
     if modes.get("pooling_mode_cls_token"):
@@ -224,6 +233,49 @@ def _missing_lm_head(name: str, lm_model, missing: set[str]) -> None:
         )
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@functools.lru_cache(maxsize=256)
+def check_backbone_name(name: str) -> None:
+    """Before any work: `name` is an alias, an existing model folder, or a hub id by its syntax (`org/name`); a
+    near miss of an alias (`tiny-bertt`) is a typo, not a hub id. Loading checks the rest."""
+    if name in BACKBONES:
+        return
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise SptbenchError(f"model folder {local} has no config.json (not a transformers model folder)")
+        return
+    if local.exists():
+        raise SptbenchError(f"--model {name} is a file, not a model folder")
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        raise SptbenchError(f"model folder {name} does not exist")
+    close = difflib.get_close_matches(name, BACKBONES, n=1, cutoff=0.8)
+    if ("/" not in name and close) or not _HUB_ID.match(name) or ".." in name or "--" in name:
+        raise unknown_choice("backbone (an alias, a model folder or a hub id org/name)", name, BACKBONES)
+
+
+def _hub_lookup(name: str, revision: str | None) -> dict:
+    """Fail fast when a hub id cannot be fetched: not in the local cache while the hub is offline or unreachable
+    (a quick check, not transformers' ~25 s of retries). Returns extra loading options (cached: no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json", revision=revision), str)
+    except ValueError:  # an id the hub's own syntax refuses
+        cached = False
+    reason = hub_unavailable()
+    if reason is None:
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    close = difflib.get_close_matches(name.rsplit("/", 1)[-1].lower(), BACKBONES, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise SptbenchError(f"could not load backbone from hub id '{name}': not a local folder nor in the hub cache, "
+                        f"and the hub cannot be asked ({reason}).{hint} Aliases: {', '.join(BACKBONES)}")
+
+
 def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bool = False):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -244,8 +296,13 @@ def _pretrained(name: str, revision: str | None, trust_remote_code: bool, lm: bo
     source = str(folder) if folder else name
     if folder is not None and (folder / "config.json").is_file():
         _check_tokenizer_files(folder)
+        from sptbench.models.folder_check import check_config_matches_weights
+
+        check_config_matches_weights(folder, AutoConfig.from_pretrained(str(folder), revision=revision,
+                                                                        trust_remote_code=trust_remote_code))
+    hub = _hub_lookup(name, revision) if folder is None else {}
     try:
-        kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+        kwargs = dict(revision=revision, trust_remote_code=trust_remote_code, **hub)
         config = AutoConfig.from_pretrained(source, **kwargs)
         attn = family_for(config).attn_implementation  # fails early, before downloading weights
         if lm:  # the LM head must come from the checkpoint: a freshly initialised one is an error, not a warning
@@ -289,6 +346,8 @@ def load_backbone(
     provenance. `quiet`: no transformers load report or progress bar."""
     from sptbench.models.classifier import POOLINGS, Classifier, PromptHead
 
+    if not isinstance(name, str) or not name.strip():  # e.g. from an edited model.yaml
+        raise SptbenchError(f"backbone must be an alias, a hub id or a folder (a string), got {name!r}")
     if pooling is not None and pooling not in POOLINGS:
         raise unknown_choice("pooling", pooling, POOLINGS)
     if name.startswith("tiny-") and name not in TINY_CONFIGS:
@@ -351,20 +410,29 @@ def backbone_is_causal(name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def backbone_layers(name: str) -> int | None:
-    """The number of layers of a backbone, from its config alone (no weights): for checking method options against
-    it before a run (e.g. SPT's top_k). None when that needs the hub (the run itself checks it then)."""
+def backbone_dims(name: str) -> tuple[int, int] | None:
+    """(hidden size, layers) of a backbone, from its config alone (no weights): for checking method options against
+    it before a run (SPT's top_k, the memory a rank or bottleneck asks for). None when that needs the hub (the run
+    itself checks it then)."""
     if name in TINY_CONFIGS or name in CHECKPOINT_CONFIGS:
-        return {**CHECKPOINT_CONFIGS, **TINY_CONFIGS}[name](1).num_hidden_layers
+        config = {**CHECKPOINT_CONFIGS, **TINY_CONFIGS}[name](1)
+        return int(config.hidden_size), int(config.num_hidden_layers)
     if name in GGUF_ALIASES:
         return None  # known once dequantised: the run checks it then
     folder = minilm_path() if name == MINILM_ALIAS else Path(name).expanduser()
     if not (folder / "config.json").is_file():
         return None
     try:
-        return int(_hf("AutoConfig").from_pretrained(str(folder)).num_hidden_layers)
+        config = _hf("AutoConfig").from_pretrained(str(folder))
+        return int(config.hidden_size), int(config.num_hidden_layers)
     except (OSError, ValueError, TypeError, AttributeError):
         return None  # the run's own loading reports what is wrong with the folder
+
+
+def backbone_layers(name: str) -> int | None:
+    """The number of layers of a backbone, from its config alone (see `backbone_dims`)."""
+    dims = backbone_dims(name)
+    return dims[1] if dims else None
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from sptbench.core.errors import SptbenchError
+from sptbench.core.errors import InvalidValue, SptbenchError
+from sptbench.core.limits import check_allocation
 from sptbench.families.base import Family
 from sptbench.models.inject import Injection, enable_prefixes
 
@@ -85,6 +86,8 @@ class Classifier(nn.Module):
         self.pooling = pooling
         self.dropout = nn.Dropout(head_dropout)
         # the linear head on the pooled tokens, or the prompt head (the frozen LM head at the template's mask)
+        if prompt_head is None:
+            check_allocation(f"a linear head for num_labels={num_labels:,}", family.hidden_size(backbone) * num_labels)
         self.head = prompt_head if prompt_head is not None else nn.Linear(family.hidden_size(backbone), num_labels)
         self.injections = nn.ModuleList()
         self.backbone_parameters = sum(p.numel() for p in backbone.parameters())  # before any method adds modules
@@ -139,6 +142,30 @@ class Classifier(nn.Module):
             first = 0  # embeddings (or anything outside the layers) train
         return first
 
+    # -- lengths ------------------------------------------------------------------------------------------------
+    def positions(self) -> int | None:
+        """The most positions the backbone embeds (RoBERTa-style embeddings start after the padding index), None
+        where its config sets no limit."""
+        config = self.backbone.config
+        limit = getattr(config, "max_position_embeddings", None)
+        if not isinstance(limit, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+            return None
+        padding_idx = getattr(self.family.embeddings(self.backbone), "padding_idx", None)
+        return limit - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
+
+    def input_prompt_length(self) -> int:
+        """Prompt positions the injections put in front of the tokens at the embeddings (they take positions)."""
+        prompts = [inj.input_prompt(1) for inj in self.injections]
+        return sum(p.shape[1] for p in prompts if p is not None)
+
+    def check_length(self, tokens: int, what: str = "the input") -> None:
+        """One line when `tokens` (+ the input prompts) would run past the backbone's position embeddings."""
+        limit, prompts = self.positions(), self.input_prompt_length()
+        if limit is not None and tokens + prompts > limit:
+            with_prompts = f" + {prompts} prompt tokens" if prompts else ""
+            raise InvalidValue(f"{what}: {tokens} tokens{with_prompts} = {tokens + prompts} positions, more than "
+                                f"the backbone's {limit}; use a shorter max_length or fewer prompt tokens")
+
     # -- forward ------------------------------------------------------------------------------------------------
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
@@ -155,6 +182,8 @@ class Classifier(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The (batch, num_labels) logits (the prompt head in training with loss `vocab`: one more column)."""
+        if input_ids.dim() != 2 or 0 in input_ids.shape:
+            raise ValueError(f"input_ids must be a non-empty (batch, length) batch, got shape {tuple(input_ids.shape)}")
         token_mask = attention_mask.bool()
         bsz = input_ids.shape[0]
         upto = self.first_trainable_layer() if self.training and torch.is_grad_enabled() else 0

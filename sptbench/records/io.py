@@ -115,8 +115,11 @@ SAVED_WEIGHTS, SAVED_RECORD, SAVED_MANIFEST = "trained.safetensors", "record.yam
 def is_run_table(path: Path) -> bool:
     """Whether a YAML file found in a folder holds run records: files whose head names another kind of document
     (`sptbench bench` records carry `bench_version`, the stock loop's output `script`) are left to their readers."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:  # unreadable: kept, so that reading it says why in one line (never silently left out)
+        return True
     return _OTHER_KINDS.search(head) is None
 
 

@@ -58,6 +58,10 @@ def _gate_problem(extra: dict) -> str | None:
             return f"extra.{key} must be a list of layer indices, got {extra[key]!r:.60}"
     if extra.get("candidate_layers") is not None and len(extra["candidate_layers"]) != len(alpha):
         return "extra.alpha and extra.candidate_layers differ in length"
+    candidates = extra.get("candidate_layers") or list(range(len(alpha)))
+    stray = [x for x in extra.get("chosen_layers") or [] if x not in candidates]
+    if stray:
+        return f"extra.chosen_layers has layer {stray[0]}, which is not a candidate layer {candidates!r:.60}"
     return None
 
 

@@ -198,13 +198,15 @@ def bench(
 
     from sptbench.data.specs import load_spec
     from sptbench.data.templates import head_section, prompt_setup
-    from sptbench.methods.registry import build_config, get_method
+    from sptbench.methods.registry import build_config, check_config_layers, get_method
     from sptbench.run.assemble import frozen_backbone
     from sptbench.run.provenance import git_state, package_versions
 
     _check_options(shape, device, dtype, frozen_layers)
     chosen = [get_method(m) for m in methods]
     configs = [build_config(m, overrides) for m in chosen]  # bad --set fails before any measurement
+    for cfg in configs:  # and sizes no memory holds
+        check_config_layers(cfg, model_name, shape.num_labels if head == "linear" else None)
     dev = resolve_device(device)
     setup = prompt_setup(load_spec("sst2"), head, prompt_loss) if head != "linear" else None
     if setup is not None and shape.num_labels != len(setup.labels):
@@ -217,6 +219,7 @@ def bench(
     )
     if limit is not None and shape.seq_len > limit - 2:
         raise SptbenchError(f"--seq-len {shape.seq_len} is too long for {model_name} (at most {limit - 2})")
+    _check_lengths(chosen, configs, base, shape.seq_len, head)
     mask_id = base.head.mask_token_id if base.head_kind == "prompt" else None
     batch = synthetic_batch(shape, vocab, dev, mask_token_id=mask_id)
     say = log or (lambda msg: None)
@@ -274,6 +277,21 @@ def _measure_methods(methods: list, base, batch, shape: Shape, dev, say, *, head
         measured.append((method, cfg, model.count_parameters(), got))
         del model
     return measured, skipped
+
+
+def _check_lengths(methods: list, configs: list, base, seq_len: int, head: str) -> None:
+    """Before anything is measured: `seq_len` plus each method's input prompt tokens fits the backbone's positions
+    (each method applied to a throw-away copy; only the position count is read from it)."""
+    import torch
+
+    for method, cfg in zip(methods, configs, strict=True):
+        if head not in method.heads:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            model = copy.deepcopy(base)
+            method.apply(model, cfg)
+        model.check_length(seq_len, f"--seq-len with {method.name}")
+        del model
 
 
 def _check_options(shape: Shape, device: str, dtype: str, frozen_layers: str) -> None:

@@ -28,6 +28,9 @@ SAVED_FILES = (SAVED_WEIGHTS, SAVED_MANIFEST, SAVED_RECORD)  # a saved run's fil
 
 def train_config(spec: RunSpec, method: Method) -> TrainConfig:
     """The run's training options: the method's default lr, then the overrides, coerced and range-checked."""
+    if "seed" in spec.train_overrides:  # the run's seed is one option, not also a training one that would lose
+        raise SptbenchError(f"'seed' is a run option, not a training one: give it as seed: "
+                            f"{spec.train_overrides['seed']!r} (or --seed), not under train:")
     return make_train_config(method, spec.train_overrides, spec.seed)
 
 
@@ -69,6 +72,8 @@ def check_spec(spec: RunSpec, layers: bool = True) -> tuple[Method, Any, TrainCo
     check_seed(spec.seed)
     method = get_method(spec.method)
     method.check_head(spec.head)
+    if spec.head != "prompt" and (spec.template is not None or spec.prompt_loss is not None):
+        raise SptbenchError("template and prompt_loss apply to the prompt head only (--head prompt)")
     cfg = build_config(method, spec.method_overrides)
     tcfg = train_config(spec, method)
     check_choices(spec)  # every option with declared choices (dtype, device, pooling, head, ...)
@@ -77,13 +82,21 @@ def check_spec(spec: RunSpec, layers: bool = True) -> tuple[Method, Any, TrainCo
         if getattr(spec, name) is not None:
             _check_path(getattr(spec, name), name)
     setting = setting_name(spec.shots, spec.train_size)
-    check_protocol(load_spec(spec.task), spec.shots, spec.seed, spec.split_source, spec.train_size)
+    task_spec = load_spec(spec.task)
+    check_protocol(task_spec, spec.shots, spec.seed, spec.split_source, spec.train_size)
     if layers:  # last: it may read the backbone's config (transformers)
-        from sptbench.models.backbones import check_revision
-
-        check_config_layers(cfg, spec.model)
-        check_revision(spec.model, spec.revision)
+        check_backbone(spec, cfg, task_spec.num_labels)
     return method, cfg, tcfg, table_path(spec.results_dir, spec.model, setting)
+
+
+def check_backbone(spec: RunSpec, cfg: Any, num_labels: int) -> None:
+    """The model name (alias, folder or hub id), the method's layer choices and sizes and the linear head against
+    the backbone's config, and the revision. Last: it may read the backbone's config (transformers)."""
+    from sptbench.models.backbones import check_backbone_name, check_revision
+
+    check_backbone_name(spec.model)
+    check_config_layers(cfg, spec.model, None if spec.head == "prompt" else num_labels)
+    check_revision(spec.model, spec.revision)
 
 
 def check_save_dir(save_dir: str, overwrite: bool, results_dir: str) -> None:
@@ -131,8 +144,7 @@ def check_run(spec: RunSpec) -> tuple[Method, Any, TrainConfig, Path]:
         check_appendable(path)
     if spec.save_dir:
         check_save_dir(spec.save_dir, spec.overwrite, spec.results_dir)
-    from sptbench.models.backbones import check_revision
+    from sptbench.data.specs import load_spec
 
-    check_config_layers(cfg, spec.model)  # last: it may read the backbone's config (transformers)
-    check_revision(spec.model, spec.revision)
+    check_backbone(spec, cfg, load_spec(spec.task).num_labels)  # last: it may read the backbone's config
     return method, cfg, tcfg, path

@@ -135,6 +135,7 @@ def run(spec: RunSpec) -> RunOutcome:
     # everything checkable is checked before any training: a finished run must never be lost to a bad option, an
     # unwritable results folder or table, or a save folder that is a file or holds another run
     method, cfg, tcfg, path = check_run(spec)
+    resolve_device(spec.device)  # `cuda` where there is none (a sweep checks it where it runs: launcher local)
     start += warm_up()  # one-time imports are no part of this run's wall_s or eval_s
     task: TaskData = load_task(
         spec.task,
@@ -254,7 +255,7 @@ def fit_context(task: TaskData, setup, cfg, tcfg: TrainConfig, device, *, model:
             model.gradient_checkpointing = True
         return model.to(device)
 
-    build_model()
+    check_max_length(build_model(), info_box["tokenizer"], task.spec)
     tokenizer, info = info_box["tokenizer"], info_box["info"]
     pad_id = tokenizer.pad_token_id or 0
 
@@ -264,6 +265,7 @@ def fit_context(task: TaskData, setup, cfg, tcfg: TrainConfig, device, *, model:
         return encode_rows(rows, tokenizer, task.spec)
 
     def run_train(model, train_enc, dev_enc, tcfg_=None, **kw):
+        model.check_length(task.spec.max_length, f"task '{task.spec.name}' max_length")  # the method's prompts too
         kw.setdefault("pad_id", pad_id)
         kw.setdefault("progress", progress)
         kw.setdefault("fp16", fp16)
@@ -285,6 +287,17 @@ def fit_context(task: TaskData, setup, cfg, tcfg: TrainConfig, device, *, model:
     return ctx, info, pad_id
 
 
+def check_max_length(model, tokenizer, spec) -> None:
+    """The task's max_length leaves room for text after the tokenizer's special tokens (at least one token per text
+    column) and fits the backbone's positions: both checked before any training."""
+    special = tokenizer.num_special_tokens_to_add(pair=len(spec.text_columns) == 2)
+    need = special + len(spec.text_columns)
+    if spec.max_length < need:
+        raise SptbenchError(f"task '{spec.name}' max_length {spec.max_length} leaves no room for text: the "
+                            f"tokenizer adds {special} special tokens; use at least {need}")
+    model.check_length(spec.max_length, f"task '{spec.name}' max_length")
+
+
 def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id: int) -> tuple:
     """Fit (the method's stages, or one training run) and evaluate test once unless deferred. Returns (status,
     error, fit, test metrics, eval seconds); a failure a sweep records is returned, any other raises."""
@@ -295,6 +308,7 @@ def _fit_and_test(spec: RunSpec, method: Method, ctx: FitContext, device, pad_id
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             fit = fit_method(method, ctx)
             if not spec.defer_test:
+                fit.model.check_length(task.spec.max_length, f"task '{task.spec.name}' max_length")
                 test_enc = encode(task.test)
                 t0 = time.perf_counter()
                 test = evaluate(fit.model, test_enc, task.spec, tcfg.eval_batch_size, pad_id)

@@ -19,6 +19,7 @@ from sptbench.core import run_schema as schema
 from sptbench.core import safe_yaml
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.records.keys import canonical_json, setting_name
+from sptbench.sweep.bounds import check_grid_size
 from sptbench.sweep.values import as_grid, as_values, distinct_names, per_method, positive_ints
 
 # The keys of a sweep file: its own, then those that give a run's fields (declared in sptbench/core/run_schema.py, as a
@@ -162,6 +163,8 @@ def _heads(raw: dict, tasks: list[str], where: str) -> list[tuple[str, str | Non
     kinds = as_values(_default("head") if raw.get("head") is None else raw["head"], f"{where}: head")
     losses = as_values(raw.get("prompt_loss"), f"{where}: prompt_loss")
     templates = as_values(raw.get("template"), f"{where}: template")
+    if "prompt" not in kinds and (raw.get("template") is not None or raw.get("prompt_loss") is not None):
+        raise SptbenchError(f"{where}: template and prompt_loss apply to the prompt head only (head: prompt)")
     combos: list[tuple[str, str | None, str | None]] = []
     for kind in kinds:
         for combo in [(kind, None, None)] if kind == "linear" else [(kind, x, t) for x in losses for t in templates]:
@@ -357,6 +360,12 @@ def _select_within(raw: dict, methods: list[str], configs: dict, where: str) -> 
     return select_within
 
 
+def _check_local_device(device: str) -> None:
+    from sptbench.run.provenance import resolve_device
+
+    resolve_device(device)
+
+
 def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | None = None) -> Sweep:
     """Check a sweep mapping field by field and every grid point (method configs, training options, protocols).
     Values the file leaves out are the run schema's defaults (sptbench/core/run_schema.py), or `Sweep`'s for the
@@ -381,11 +390,14 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     heads = _heads(raw, tasks, where)
     methods = _methods_for_heads(methods, heads, registry, every, where)
     _check_protocols(tasks, regimes, seeds, split_source, where)
+    check_grid_size(raw, methods, len(regimes) * len(tasks) * len(heads) * len(seeds), where)  # before building it
     configs = _configs(raw, methods, tasks, where)
     data_dir = _data_dir(raw, tasks, split_source, where)
     slurm = _slurm(raw, where)
     launcher = raw.get("launcher") or Sweep.launcher
     require_launcher(launcher)
+    if launcher == "local":  # runs here: `device: cuda` needs CUDA here (a Slurm job's node may have it)
+        _check_local_device(raw.get("device") or _default("device"))
     test = raw.get("test") or Sweep.test
     if test not in TEST_MODES:
         raise unknown_choice(f"test mode in {where}", str(test), TEST_MODES)

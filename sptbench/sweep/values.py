@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from sptbench.core.errors import SptbenchError
+from sptbench.sweep.bounds import check_distinct
 
 
 def as_values(raw: Any, where: str) -> list:
@@ -15,6 +16,7 @@ def as_values(raw: Any, where: str) -> list:
     if isinstance(raw, list):
         if not raw:
             raise SptbenchError(f"{where}: empty grid (an empty list); give at least one value")
+        check_distinct(raw, where)
         return list(raw)
     return [raw]
 

@@ -24,7 +24,8 @@ class AdapterConfig:
     """Bottleneck adapters."""
 
     bottleneck: int = field(
-        default=64, metadata={"help": "the adapter's inner size (Houlsby et al. report 64 as a good default on BERT)"}
+        default=64, metadata={"size": True,
+            "help": "the adapter's inner size (Houlsby et al. report 64 as a good default on BERT)"}
     )
     placement: Literal["houlsby", "pfeiffer"] = field(default="houlsby", metadata={
         "help": "houlsby = after the attention output projection and after the FFN output projection (two per layer); "

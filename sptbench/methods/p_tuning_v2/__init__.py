@@ -21,11 +21,13 @@ if TYPE_CHECKING:  # torch loads when a model is built, not when methods are lis
 class PTuningV2Config:
     """P-tuning v2."""
 
-    prefix_len: int = field(default=20, metadata={"help": "p, the number of prefix keys/values per layer"})
+    prefix_len: int = field(default=20, metadata={"size": True,
+        "help": "p, the number of prefix keys/values per layer"})
     reparam: bool = field(default=False, metadata={
         "help": "compute the prefixes with an MLP (embedding(p, hidden) -> Linear -> tanh -> Linear to "
                 "layers*2*hidden), as the official code's prefix_projection; off, as in its GLUE/SuperGLUE runs"})
-    reparam_hidden: int = field(default=512, metadata={"help": "the reparam MLP's hidden size (official default 512)"})
+    reparam_hidden: int = field(default=512, metadata={"size": True,
+        "help": "the reparam MLP's hidden size (official default 512)"})
     dropout: float = field(default=0.1, metadata={
         "help": "dropout on the prefixes, a fresh mask per example (the official code uses the backbone's "
                 "hidden_dropout_prob, 0.1 for BERT/RoBERTa)"})

@@ -25,7 +25,7 @@ INITS = ("vocab", "peft_vocab", "random")
 class PromptTuningConfig:
     """Prompt tuning."""
 
-    num_tokens: int = field(default=20, metadata={
+    num_tokens: int = field(default=20, metadata={"size": True,
         "help": "prompt length m (Lester et al.: 20 is near the plateau for most model sizes)"})
     init: Literal["vocab", "peft_vocab", "random"] = field(default="vocab", metadata={
         "help": "vocab = each prompt vector is the embedding of a token drawn uniformly from the vocabulary (global "

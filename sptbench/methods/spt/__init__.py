@@ -34,8 +34,8 @@ DEFAULT_LR = 3e-3  # prompt generators (and the head); the gates have their own 
 class PromptGeneratorConfig:
     """The prompt generator at each prompt layer."""
 
-    num_tokens: int = field(default=10, metadata={"help": "m, prompt positions per example"})
-    bottleneck: int = field(default=32, metadata={
+    num_tokens: int = field(default=10, metadata={"size": True, "help": "m, prompt positions per example"})
+    bottleneck: int = field(default=32, metadata={"size": True,
         "help": "r, the generator's inner width (paper-scale runs used 256; 32 suits small backbones)"})
     pooling: Literal["avg", "max"] = field(default="avg", metadata={
         "help": "adaptive avg or max pooling of the down-projected real tokens to m positions (pooled generator)"})

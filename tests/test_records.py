@@ -379,3 +379,24 @@ def test_folders_hold_other_kinds_of_yaml_beside_tables(tmp_path):
     assert validate_paths([tmp_path / "bench" / "cpu.yaml"])  # named explicitly, a file is read as a table
     repo_results = Path(__file__).resolve().parents[1] / "results"
     assert validate_paths([repo_results]) == []
+
+
+@pytest.mark.parametrize("sweep, why", [("oops", "must be a mapping, got str"), ([1], "must be a mapping, got list"),
+                                        ({"config_index": "2"}, "sweep.config_index' must be a non-negative"),
+                                        ({"configs": -1}, "sweep.configs' must be a non-negative"),
+                                        ({"group_configs": True}, "sweep.group_configs' must be a non-negative")])
+def test_a_malformed_sweep_section_is_invalid_not_a_crash_of_dev_selection(tmp_path, capsys, sweep, why):
+    """The `sweep` section that dev selection and the test-once protocol read is checked like the rest."""
+    from sptbench.cli.main import main
+    from sptbench.records.schema import validate_record
+    from tests.helpers import make_record
+
+    rec = make_record()
+    rec["sweep"] = sweep
+    assert any(why in p for p in validate_record(rec))
+    table = tmp_path / "v1" / "m" / "16shot.yaml"
+    table.parent.mkdir(parents=True)
+    table.write_text(yaml.safe_dump(rec, sort_keys=False), encoding="utf-8")
+    assert main(["table", str(tmp_path), "--select-by-dev"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'sweep" in err[0]

@@ -322,7 +322,20 @@ def _semantic_problems(rec: dict) -> list[str]:
         problems.append("an ok run must have test metrics (or selection.tested: false)")
     if selection is not None and (not isinstance(selection, dict) or not isinstance(selection.get("tested"), bool)):
         problems.append("field 'selection' must be a mapping with a boolean 'tested'")
-    return problems + _score_problems(metrics)
+    return problems + _sweep_problems(rec.get("sweep")) + _score_problems(metrics)
+
+
+def _sweep_problems(sweep: Any) -> list[str]:
+    """The `sweep` section (a sweep's runs: its name, grid position and selection group), which dev selection and
+    the test-once protocol read: a mapping, its grid position and group size non-negative integers."""
+    if sweep is None:
+        return []
+    if not isinstance(sweep, dict):
+        return [f"field 'sweep' must be a mapping, got {type(sweep).__name__}"]
+    return [f"field 'sweep.{name}' must be a non-negative integer, got {sweep[name]!r}"
+            for name in ("config_index", "configs", "group_configs")
+            if sweep.get(name) is not None and (not isinstance(sweep[name], int) or isinstance(sweep[name], bool)
+                                                or sweep[name] < 0)]
 
 
 def _score_problems(metrics: Any) -> list[str]:

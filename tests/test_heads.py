@@ -36,6 +36,23 @@ def build(name: str, method: str | None = None, setup=SST2, seed: int = 0):
     return model.eval(), tok
 
 
+def padded_logits_equal_alone(model, tok, causal: bool, lengths: list[int], seed: int) -> list[torch.Tensor]:
+    """A random prompt batch of `lengths`, right-padded and (causal LMs) left-padded: each row's logits equal its
+    unpadded forward alone (atol 1e-5); returns the padded batch's logits per side. GPT-2's and Llama's positions
+    count real tokens, so left padding is invariant too."""
+    out = []
+    for left in [False, True] if causal else [False]:
+        ids_p, mask_p = random_prompt_batch(seed, tok, causal, lengths, left=left)
+        with torch.no_grad():
+            padded = model(ids_p, mask_p).logits
+            for i in range(len(lengths)):
+                real = mask_p[i].bool()
+                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real]).logits
+                torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+        out.append(padded)
+    return out
+
+
 def random_prompt_batch(seed: int, tok, causal: bool, lengths: list[int], left: bool = False):
     """Fresh random token ids with one mask token each (encoders) at a random position, padded right (or left)."""
     g = torch.Generator().manual_seed(seed)
@@ -99,15 +116,7 @@ def test_prompt_methods_read_the_template_mask_and_are_batch_invariant(name, met
     assert seen["n"] == ids.shape[1]
     expected_at = mask.sum(1) - 1 if causal else (ids == tok.mask_token_id).long().argmax(1)
     assert seen["at"].tolist() == expected_at.tolist()
-    sides = [False, True] if causal else [False]  # GPT-2's positions count real tokens: left padding is invariant
-    for left in sides:
-        ids_p, mask_p = random_prompt_batch(100 + PROMPT_METHODS.index(method), tok, causal, lengths, left=left)
-        with torch.no_grad():
-            padded = model(ids_p, mask_p).logits
-            for i in range(len(lengths)):
-                real = mask_p[i].bool()
-                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real]).logits
-                torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+    for padded in padded_logits_equal_alone(model, tok, causal, lengths, 100 + PROMPT_METHODS.index(method)):
         torch.testing.assert_close(padded, together, atol=1e-5, rtol=1e-5)
 
 

@@ -12,7 +12,7 @@ from sptbench.methods.registry import build_config, get_method
 from tests import helpers
 from tests.conftest import TINY_FAMILIES
 from tests.test_heads import build as build_prompt
-from tests.test_heads import random_prompt_batch, stock_label_logits
+from tests.test_heads import padded_logits_equal_alone, random_prompt_batch, stock_label_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -36,14 +36,7 @@ def test_prompt_head_batch_invariant_with_gradients(name, method):
     assert grads and all(p.requires_grad for n, p in model.named_parameters() if n in grads)
     helpers.perturb_trainable(model)
     model.eval()
-    for left in [False, True] if causal else [False]:
-        ids_p, mask_p = random_prompt_batch(300, tok, causal, lengths, left=left)
-        with torch.no_grad():
-            padded = model(ids_p, mask_p).logits
-            for i in range(len(lengths)):
-                real = mask_p[i].bool()
-                alone = model(ids_p[i : i + 1, real], mask_p[i : i + 1, real]).logits
-                torch.testing.assert_close(padded[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+    padded_logits_equal_alone(model, tok, causal, lengths, 300)
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3"])

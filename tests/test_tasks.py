@@ -439,10 +439,13 @@ def test_hub_columns_and_label_ids_are_mapped_to_ours(monkeypatch: pytest.Monkey
     monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
     data = tasks.load_task("trec", shots=2, seed=13)
-    # CogComp/trec's main branch is a loading script (datasets >= 4 refuses it): the spec reads the parquet export
-    parquet = {"revision": "refs/convert/parquet"}
+    # CogComp/trec's main branch is a loading script (datasets >= 4 refuses it): the spec reads the parquet export,
+    # pinned to a commit of its refs/convert/parquet branch (issue 40)
+    pin = data.spec.hub["revision"]
+    assert re.fullmatch(r"[0-9a-f]{40}", pin)
+    parquet = {"revision": pin}
     assert calls == [("CogComp/trec", None, "train", parquet), ("CogComp/trec", None, "test", parquet)]
-    assert data.source == "hub" and data.location == "hf:CogComp/trec@refs/convert/parquet"
+    assert data.source == "hub" and data.location == f"hf:CogComp/trec@{pin}"
     assert data.test == [{"sentence": "What is AIDS ?", "label": data.spec.labels.index("abbreviation")}]
     for row in data.train:
         hub_id = int(row["sentence"][1:-1]) % 6
@@ -497,7 +500,7 @@ def test_the_parquet_export_layout_loads_with_the_pinned_datasets(tmp_path: Path
     monkeypatch.delenv("SPTBENCH_DATA_DIR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", redirect)
     data = tasks.load_task("trec", shots=2, seed=13)
-    assert seen == [("CogComp/trec", "refs/convert/parquet")] * 2
+    assert seen == [("CogComp/trec", data.spec.hub["revision"])] * 2
     assert len(data.test) == 6
     assert data.test[0] == {"sentence": "test 0?", "label": data.spec.labels.index("abbreviation")}
 

@@ -215,12 +215,12 @@ def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict
 
     tested = [rec for rec in records if rec.get("status") == "ok" and rec["method"]["name"] == method
               and (rec.get("selection") or {}).get("tested") is not False]
-    curves: dict[str, dict[int, dict[tuple, float]]] = {}
+    curves: dict[str, dict[int, dict[int, float]]] = {}
     for rec in latest_per_key(tested)[0]:
         layer, score = (rec["method"]["config"] or {}).get("layer"), cell_metric(rec)
         if isinstance(layer, int) and score is not None:  # one score per seed and layer: the dev-selected lr
             by_seed = curves.setdefault(rec["task"]["name"], {}).setdefault(layer, {})
-            by_seed[rec["protocol"]["seed"], rec["protocol"]["split_source"]] = 100 * score
+            by_seed[rec["protocol"]["seed"]] = 100 * score
     return {t: {layer: list(s.values()) for layer, s in sorted(c.items())} for t, c in sorted(curves.items())}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -57,6 +58,34 @@ def test_compare_gives_the_hand_computed_numbers():
     assert (o.n, o.tasks, o.df) == (6, 2, 4) and o.mean == pytest.approx(np.mean(means))
     assert (o.sd, o.low, o.high) == (pytest.approx(sd), pytest.approx(o.mean - half), pytest.approx(o.mean + half))
     assert 0 < o.p_sign_flip <= 1 and comp.diffs == diffs
+
+
+def test_a_seed_pairs_within_its_split_source():
+    """One seed's LM-BFF split and its sampled split are two cells: spt's lm-bff seed-13 record pairs with lpt's
+    lm-bff seed-13 record, never with lpt's sampled one; labels name the split source only where sources mix."""
+    rng = random.Random(random.randrange(10**6))
+    scores = {(m, src, seed): round(rng.uniform(0.5, 0.9), 4)
+              for m in ("spt", "lpt") for src in ("lm-bff", "sample") for seed in (13, 21)}
+    records = []
+    for (m, src, seed), score in scores.items():
+        records.append(rec(m, "sst2", seed, score))
+        records[-1]["protocol"]["split_source"] = src
+    expected = [100 * (scores["spt", src, seed] - scores["lpt", src, seed])
+                for src, seed in itertools.product(("lm-bff", "sample"), (13, 21))]
+    comp = compare(records, parse_side("spt"), parse_side("lpt"))
+    assert comp.overall.n == 4 and comp.missing == []
+    assert sorted(comp.diffs["sst2"]) == pytest.approx(sorted(expected))
+    lm_bff = [r for r in records if r["protocol"]["split_source"] == "lm-bff"]
+    only_13 = [r for r in records if not (r["method"]["name"] == "lpt" and r["protocol"]["seed"] == 13
+                                          and r["protocol"]["split_source"] == "lm-bff")]
+    paired = compare(only_13, parse_side("spt"), parse_side("lpt"))  # lpt's lm-bff seed 13 is gone: no pair for it
+    assert paired.overall.n == 3 and paired.missing == ["sst2 16shot seed 13 (split lm-bff)"]
+    assert sorted(paired.diffs["sst2"]) == pytest.approx(sorted(
+        100 * (scores["spt", src, seed] - scores["lpt", src, seed])
+        for src, seed in (("lm-bff", 21), ("sample", 13), ("sample", 21))))
+    one_source = compare([r for r in lm_bff if (r["method"]["name"], r["protocol"]["seed"]) != ("lpt", 13)],
+                         parse_side("spt"), parse_side("lpt"))
+    assert one_source.missing == ["sst2 16shot seed 13"]  # one split source: labels as before
 
 
 def test_blocked_stats_known_values():

@@ -22,14 +22,15 @@ import yaml
 
 import sptbench.training.loop as train_mod
 from sptbench.cli.main import main
+from sptbench.core import run_schema as schema
 from sptbench.core.errors import SptbenchError
 from sptbench.records.io import read_records, read_table
-from sptbench.records.keys import canonical_json
+from sptbench.records.keys import canonical_json, record_key
 from sptbench.records.schema import example_record, validate_record
 from sptbench.reports.selection import select_by_dev
 from sptbench.sweep.claims import claim, claim_name, claims_dir
 from sptbench.sweep.launch import run_local, submit
-from sptbench.sweep.plan import plan, spec_key
+from sptbench.sweep.plan import plan, spec_key, spec_record
 from sptbench.sweep.spec import load_sweep, parse_sweep
 from tests.helpers import classifier_output, fresh_run_id
 
@@ -126,6 +127,46 @@ def test_regimes_grid_over_shots_and_train_size(tmp_path, data_dir):
     assert full.regimes == [(None, None)]
 
 
+def test_split_source_list_runs_each_seed_once_per_source(tmp_path, data_dir, capsys, monkeypatch):
+    """`split_source: [lm-bff, sample]` is an axis crossed with the seeds: every (task, method, config, seed) runs
+    once per split source, each run's key holds its own source, and the plan header names both."""
+    seeds = random.Random(random.randrange(10**6)).sample([13, 21, 42, 87, 100], 2)
+    raw = tiny_sweep(tmp_path, data_dir, shots=16, seeds=seeds, split_source=["lm-bff", "sample"],
+                     methods=["head", "lora"], method_train={"lora": {"lr": [1e-3, 1e-2]}})
+    sweep = parse_sweep(raw)
+    assert sweep.split_sources == ["lm-bff", "sample"]
+    specs = sweep.specs()
+    cell = lambda s: (s.task, s.method, s.sweep["config_index"], s.seed)  # noqa: E731
+    assert len(specs) == (1 + 2) * 2 * 2
+    assert collections.Counter(cell(s) for s in specs) == {c: 2 for c in {cell(s) for s in specs}}
+    assert {(cell(s), s.split_source) for s in specs} == {(c, src) for c in map(cell, specs)
+                                                           for src in ("lm-bff", "sample")}
+    # grid order: configuration, then split source, then seed
+    assert [(s.split_source, s.seed) for s in specs[:4]] == [(src, seed) for src in ("lm-bff", "sample")
+                                                             for seed in seeds]
+    keys = [dict(zip(schema.KEY_FIELDS, record_key(spec_record(s)), strict=True)) for s in specs]
+    assert [k["split_source"] for k in keys] == [s.split_source for s in specs]
+    assert len({spec_key(s) for s in specs}) == len(specs)  # two sources: two experiments per seed
+    one = parse_sweep(tiny_sweep(tmp_path, data_dir, shots=16, seeds=seeds, split_source="lm-bff"))
+    assert one.split_sources == ["lm-bff"] and [s.split_source for s in one.specs()] == ["lm-bff"] * 2
+    monkeypatch.setattr("sptbench.run.runner.run", lambda spec: pytest.fail("a dry run ran something"))
+    assert main(["sweep", str(write(tmp_path, raw)), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 methods x 2 seeds x 2 split sources (lm-bff, sample) ->" in out and "12 runs: 0 done" in out
+    assert main(["sweep", str(write(tmp_path, {**raw, "split_source": "lm-bff"})), "--dry-run"]) == 0
+    assert "2 methods x 2 seeds (split lm-bff) ->" in capsys.readouterr().out
+
+
+def test_split_source_list_with_lm_bff_needs_a_local_mirror(tmp_path, data_dir, monkeypatch):
+    for var in ("SPTBENCH_DATA_PATH", "SPTBENCH_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    raw = tiny_sweep(tmp_path, data_dir, shots=16, split_source=["sample", "lm-bff"])
+    del raw["data_dir"]
+    with pytest.raises(SptbenchError, match="split_source 'lm-bff' reads the published splits from a local mirror"):
+        parse_sweep(raw)
+    assert parse_sweep({**raw, "split_source": ["sample"]}).split_sources == ["sample"]
+
+
 # ---------------------------------------------------------------------------------------------------- validation
 
 
@@ -140,6 +181,13 @@ def test_regimes_grid_over_shots_and_train_size(tmp_path, data_dir):
         ({"methods": ["head", "nope"]}, "unknown method in .* 'nope'"),
         ({"train": {"max_step": 5}}, "unknown training option 'max_step'"),
         ({"split_source": "lm-bff"}, "lm-bff' needs shots=16"),
+        ({"split_source": ["sample", "lm-bff"]}, r"rte \(4shot, seed 13, split lm-bff\): split_source 'lm-bff' needs"),
+        ({"split_source": ["lm-bff", "lmbff"]}, r"unknown split_source in .* 'lmbff'\. Did you mean 'lm-bff'\? "
+                                                 "Choices: lm-bff, sample$"),
+        ({"split_source": ["sample", 3]}, "unknown split_source in .* '3'. Choices: lm-bff, sample$"),
+        ({"split_source": ["sample", "sample"]}, "split_source: 'sample' is listed twice"),
+        ({"split_source": []}, "split_source: empty grid"),
+        ({"split_source": "lmbff"}, "unknown split_source in .* 'lmbff'"),
         ({"slurm": {"queue": "gpu"}}, "unknown slurm option"),
         ({"launcher": "kubernetes"}, "unknown launcher 'kubernetes'"),
         ({"method_train": {"head": {"lr": "fast"}}}, "training options for head: 'lr' expects float, got 'fast'"),

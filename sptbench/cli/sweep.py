@@ -47,7 +47,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 tested.append(run_pending_tests(sweep, quiet=args.quiet))
         failures, skipped = run_local(p.todo, progress=not args.quiet, after_each=after_each, seen=p.seen)
         for spec, why in failures:
-            print(f"failed: {run_label(spec)}: {why}")
+            print(f"failed: {run_label(spec, len(sweep.split_sources) > 1)}: {why}")
         if p.todo:
             ran = len(p.todo) - len(skipped)
             print(f"ran {ran}: {ran - len(failures)} ok, {len(failures)} failed"

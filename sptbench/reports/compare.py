@@ -1,6 +1,8 @@
 """Paired comparison of two methods over the (task, seed) cells both have (`sptbench compare`): the task-blocked
 mean difference with its t-interval, the sign-flip permutation p, wins / ties / losses, the Wilcoxon (Pratt) p, per
 task and overall, with the design's power; several comparisons as a declared family with Holm-adjusted p-values.
+A cell is a task, setting, backbone, seed and split source: a seed's LM-BFF split and its sampled split are two cells
+(their labels name the split source where the cells compared have several).
 The statistics are in `reports/stats.py` and docs/statistics.md.
 
 A side is a method name, optionally narrowed by its config (`lpt:layer=3`). Where a side still has several
@@ -94,9 +96,9 @@ class Comparison:
 
 def _cells(records: list[dict], side: Side, select: bool) -> tuple[dict[tuple, dict], dict[tuple, tuple[int, int]],
                                                                   dict[tuple, list[dict]]]:
-    """(task, setting, backbone, seed) -> the side's record there (latest of a configuration; dev-best of several
-    configurations when `select`), and with `select` `selection.grid_sizes` of the side's records and, per cell
-    whose dev selection was a tie decided by grid order, the tied records (`selection.dev_ties`)."""
+    """(task, setting, backbone, seed, split source) -> the side's record there (latest of a configuration; dev-best
+    of several configurations when `select`), and with `select` `selection.grid_sizes` of the side's records and, per
+    cell whose dev selection was a tie decided by grid order, the tied records (`selection.dev_ties`)."""
     mine = [r for r in records if r.get("status") == "ok" and side.matches(r)]
     ok = [r for r in mine if (r.get("selection") or {}).get("tested") is not False]  # lost on dev: no test
     sizes: dict[tuple, tuple[int, int]] = {}
@@ -112,10 +114,11 @@ def _cells(records: list[dict], side: Side, select: bool) -> tuple[dict[tuple, d
     for rec in latest_per_key(ok)[0]:
         cells.setdefault(_cell(rec), []).append(rec)
     out = {}
+    several = _several_splits(cells)
     for cell, recs in cells.items():
         if len({without(record_key(r), "data_fingerprint") for r in recs}) > 1:
             raise SptbenchError(
-                f"{side.label} has {len(recs)} configurations for {cell[0]} {cell[1]} seed {cell[3]}: narrow it "
+                f"{side.label} has {len(recs)} configurations for {_cell_label(cell, several)}: narrow it "
                 f"(e.g. {side.method}:key=value) or pick the dev-best one with --select-by-dev"
             )
         out[cell] = recs[0]
@@ -123,8 +126,21 @@ def _cells(records: list[dict], side: Side, select: bool) -> tuple[dict[tuple, d
 
 
 def _cell(rec: dict) -> tuple:
+    """A pairing cell: task, setting, backbone, seed and split source (one seed's LM-BFF split and its sampled split
+    are two cells)."""
     p = rec["protocol"]
-    return rec["task"]["name"], setting_name(p["shots"], p["train_size"]), rec["backbone"]["id"], p["seed"]
+    return (rec["task"]["name"], setting_name(p["shots"], p["train_size"]), rec["backbone"]["id"], p["seed"],
+            p["split_source"])
+
+
+def _several_splits(cells: Iterable[tuple]) -> bool:
+    """Whether these cells have more than one split source (their labels then say which: `_cell_label`)."""
+    return len({cell[4] for cell in cells}) > 1
+
+
+def _cell_label(cell: tuple, split: bool) -> str:
+    """`task setting seed N`, with `(split S)` when `split`."""
+    return f"{cell[0]} {cell[1]} seed {cell[3]}" + (f" (split {cell[4]})" if split else "")
 
 
 def _score(rec: dict) -> float | None:
@@ -178,7 +194,8 @@ def compare(records: Iterable[dict], a: Side, b: Side, *, tasks: list[str] | Non
         if sa is not None and sb is not None:
             diffs.setdefault(cell[0], []).append(100 * (sa - sb))
     one_sided = sorted(set(cells_a) ^ set(cells_b), key=lambda c: tuple(map(str, c)))
-    missing = [f"{c[0]} {c[1]} seed {c[3]}" for c in one_sided]
+    several = _several_splits([*cells_a, *cells_b])
+    missing = [_cell_label(c, several) for c in one_sided]
     per_task = {task: blocked_stats({task: d}) for task, d in sorted(diffs.items())}
     overall = blocked_stats(dict(sorted(diffs.items())))
     partial = [note for side, cells, sizes in ((a, cells_a, sizes_a), (b, cells_b, sizes_b))

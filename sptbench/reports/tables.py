@@ -43,7 +43,9 @@ class Cell:
 
     values: list[float] = field(default_factory=list)
     mixed: bool = False
-    seeds: set = field(default_factory=set)  # distinct seeds (a mixed cell can hold two runs of one seed)
+    # distinct (seed, split source) pairs (a mixed cell can hold two runs of one seed; a seed's LM-BFF split and its
+    # sampled split are two)
+    seeds: set = field(default_factory=set)
 
     @property
     def n(self) -> int:
@@ -282,7 +284,7 @@ def _aggregate(
         value = cell_metric(rec)
         if value is not None:
             cells[row, task].values.append(100.0 * value)
-            cells[row, task].seeds.add(rec["protocol"]["seed"])
+            cells[row, task].seeds.add((rec["protocol"]["seed"], rec["protocol"]["split_source"]))
             groups[row, task].add(seed_group(record_key(rec)))
             versions[task].add(rec["task"]["version"])
         trainable[row].append(rec["params"]["trainable"])

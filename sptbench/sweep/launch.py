@@ -19,7 +19,7 @@ from sptbench.records.keys import canonical_json, setting_name
 from sptbench.sweep.claims import claim, claim_name, claims_dir
 from sptbench.sweep.eta import device_matches, pooling_matches
 from sptbench.sweep.plan import record_plan_key, spec_key
-from sptbench.sweep.spec import require_launcher, run_label
+from sptbench.sweep.spec import require_launcher, run_label, several_splits
 
 
 def _recorded_since(spec, key: tuple, seen: frozenset[str]) -> bool:
@@ -63,65 +63,69 @@ def run_local(specs: list, *, progress: bool = True, after_each=None,
     from sptbench.run.runner import run
 
     failures, skipped = [], []
+    split = several_splits(specs)
     bar = tqdm(specs, desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
     for i, spec in enumerate(bar, 1):
-        bar.set_postfix_str(run_label(spec))
+        bar.set_postfix_str(run_label(spec, split))
         with _claimed(spec, seen) as taken:
             if taken is None:
-                _run_one(spec, i, len(specs), failures, run, tqdm)
+                _run_one(spec, i, len(specs), failures, run, tqdm, split)
         if taken is not None:
             skipped.append(spec)
-            tqdm.write(f"[{i}/{len(specs)}] skipped: {run_label(spec)}: {taken}", file=sys.stderr)
+            tqdm.write(f"[{i}/{len(specs)}] skipped: {run_label(spec, split)}: {taken}", file=sys.stderr)
         elif after_each is not None:
             after_each()
     bar.close()
     return failures, skipped
 
 
-def _run_one(spec, i: int, n: int, failures: list, run, tqdm) -> None:
+def _run_one(spec, i: int, n: int, failures: list, run, tqdm, split: bool = False) -> None:
     """One run of `run_local`, its one-line result logged (also with --quiet), a failure appended to `failures`."""
     try:
         rec = run(spec).record
     except Exception as e:  # one run's failure (a user error or a bug) must not cost the rest of the sweep
         why = str(e) if isinstance(e, SptbenchError) else f"{type(e).__name__}: {e}"
         failures.append((spec, why))
-        tqdm.write(f"[{i}/{n}] failed: {run_label(spec)}: {why}", file=sys.stderr)
+        tqdm.write(f"[{i}/{n}] failed: {run_label(spec, split)}: {why}", file=sys.stderr)
     else:
         # one line per run, also with --quiet: a long sweep's log says what finished, when, and how it scored
         test, dev = rec["metrics"]["test"], rec["metrics"]["dev"]
         score = f"test {test['score']:.4f}" if "score" in test else f"dev {dev.get('score', float('nan')):.4f}"
-        tqdm.write(f"[{i}/{n}] {run_label(spec)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
+        tqdm.write(f"[{i}/{n}] {run_label(spec, split)}: {score} ({rec['time']['wall_s']:.0f} s)", file=sys.stderr)
 
 
-def run_job(spec, seen: frozenset[str] | None = None) -> dict:
+def run_job(spec, seen: frozenset[str] | None = None, split: bool = False) -> dict:
     """One array job: run `spec` unless another job holds or has recorded it (with `seen`, the run ids recorded when
-    the array was planned: sptbench/sweep/claims.py), and return a short summary."""
+    the array was planned: sptbench/sweep/claims.py), and return a short summary (`split`: its label says its split
+    source)."""
     from sptbench.run.runner import run
 
+    label = run_label(spec, split)
     with _claimed(spec, seen) as taken:
         if taken is not None:
-            return {"run": run_label(spec), "status": "skipped", "error": taken}
+            return {"run": label, "status": "skipped", "error": taken}
         try:
             rec = run(spec).record
         except Exception as e:  # reported in the job's result, like a run recorded as failed
-            return {"run": run_label(spec), "status": "failed", "error": str(e) or type(e).__name__}
-    return {"run": run_label(spec), "status": rec["status"], "run_id": rec["run_id"], "test": rec["metrics"]["test"]}
+            return {"run": label, "status": "failed", "error": str(e) or type(e).__name__}
+    return {"run": label, "status": rec["status"], "run_id": rec["run_id"], "test": rec["metrics"]["test"]}
 
 
 class RunJob:
     """The callable of an array job: `run_job` with the plan's `seen`, and submitit's `checkpoint` hook: at the time
     limit or on preemption submitit calls it and requeues the same job, which resumes from its last checkpoint."""
 
-    def __init__(self, seen: frozenset[str] | None = None):
+    def __init__(self, seen: frozenset[str] | None = None, split: bool = False):
         self.seen = seen
+        self.split = split
 
     def __call__(self, spec) -> dict:
-        return run_job(spec, self.seen)
+        return run_job(spec, self.seen, self.split)
 
     def checkpoint(self, spec):
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(RunJob(self.seen), spec)
+        return DelayedSubmission(RunJob(self.seen, self.split), spec)
 
 
 def cluster_spec(spec):
@@ -159,4 +163,4 @@ def submit(
     params["slurm_partition"] = partition
     params["slurm_array_parallelism"] = array_parallelism
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return executor.map_array(RunJob(seen), [cluster_spec(spec) for spec in specs])
+    return executor.map_array(RunJob(seen, several_splits(specs)), [cluster_spec(spec) for spec in specs])

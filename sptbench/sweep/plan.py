@@ -159,11 +159,13 @@ def format_plan(sweep: Sweep, p: Plan, parallel: int = 1) -> str:
         f"{len(sweep.heads)} head(s) ({', '.join('/'.join(x for x in h if x) for h in sweep.heads)}) x "
     )
     eta = f"ETA {format_duration(p.eta_s)} sequential"
+    splits = (f" (split {sweep.split_sources[0]})" if len(sweep.split_sources) == 1 else
+              f" x {len(sweep.split_sources)} split sources ({', '.join(sweep.split_sources)})")
     if parallel > 1:
         eta += f", ~{format_duration(p.eta_s / parallel)} with {parallel} jobs at once"
     lines = [
         f"sweep {sweep.name}: {sweep.model}, {regimes}, {len(sweep.tasks)} tasks x {len(sweep.methods)} methods x "
-        f"{heads}{len(sweep.seeds)} seeds (split {sweep.split_source}) -> {sweep.results_dir}",
+        f"{heads}{len(sweep.seeds)} seeds{splits} -> {sweep.results_dir}",
         table,
         f"{len(p.runs)} runs: {len(p.done)} done, {len(p.failed)} failed before (skipped; --retry-failed reruns them), "
         f"{len(p.todo)} to run",
@@ -212,9 +214,12 @@ def preflight(sweep: Sweep, specs: list) -> None:
         check_appendable(path)
     if sweep.data_dir is None:
         return
-    for task, shots, size, seed in sorted({(s.task, s.shots, s.train_size, s.seed) for s in specs}, key=str):
+    several = len(sweep.split_sources) > 1
+    for task, shots, size, seed, source in sorted(
+            {(s.task, s.shots, s.train_size, s.seed, s.split_source) for s in specs}, key=str):
         try:
-            load_task(task, data_dir=sweep.data_dir, shots=shots, seed=seed, split_source=sweep.split_source,
+            load_task(task, data_dir=sweep.data_dir, shots=shots, seed=seed, split_source=source,
                       train_size=size, strict_data=sweep.strict_data)
         except SptbenchError as e:
-            raise SptbenchError(f"{sweep.path}: {task} ({setting_name(shots, size)}, seed {seed}): {e}") from None
+            where = f"{task} ({setting_name(shots, size)}, seed {seed}{f', split {source}' if several else ''})"
+            raise SptbenchError(f"{sweep.path}: {where}: {e}") from None

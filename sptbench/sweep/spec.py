@@ -41,7 +41,7 @@ LAUNCHERS = ("local", "slurm")
 LAUNCHER_PACKAGES = {"slurm": ("submitit", "pip install 'sptbench[slurm]' (or: pip install submitit)")}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # keys whose value is one non-empty string: the sweep's name, launcher, and the run fields given as one value
-# (head, prompt_loss and template may be lists: the head axis, checked by _heads)
+# (head, prompt_loss and template may be lists: the head axis, checked by _heads; split_source may be a list too)
 _STRING_KEYS = ("name", "launcher", *(k for k, f in schema.sweep_keys().items() if k == f.name and f.type in (
     "str", "str | None") and k not in ("head", "prompt_loss", "template")))
 
@@ -63,7 +63,8 @@ class Sweep:
     regimes: list[tuple[int | None, int | None]]  # (shots, train_size); (None, None) = full data
     seeds: list[int]
     configs: dict[str, list[tuple[dict, dict]]]  # method -> [(method overrides, train overrides)], grid order
-    split_source: str = _default("split_source")
+    # the split sources, an axis crossed with the seeds (one value: every run's)
+    split_sources: list[str] = field(default_factory=lambda: [_default("split_source")])
     revision: str | None = None  # the model repo's commit, branch or tag (hub ids)
     pooling: str | None = None
     heads: list[tuple[str, str | None, str | None]] = field(default_factory=lambda: [(_default("head"), None, None)])
@@ -91,7 +92,7 @@ class Sweep:
 
     def specs(self, progress: bool = False) -> list:
         """The runs, in order: regime, task, method, head (head, prompt loss, template), configuration (grid order),
-        seed."""
+        split source, seed."""
         from sptbench.run.runner import RunSpec
 
         out = []
@@ -102,7 +103,7 @@ class Sweep:
             groups = self.selection_groups(method)
             for index, (method_overrides, train_overrides) in enumerate(configs):
                 group, group_configs = groups[index]
-                for seed in self.seeds:
+                for split_source, seed in itertools.product(self.split_sources, self.seeds):
                     out.append(
                         RunSpec(
                             method=method,
@@ -110,7 +111,7 @@ class Sweep:
                             seed=seed,
                             shots=shots,
                             train_size=train_size,
-                            split_source=self.split_source,
+                            split_source=split_source,
                             model=self.model,
                             revision=self.revision,
                             pooling=self.pooling,
@@ -135,8 +136,15 @@ class Sweep:
         return out
 
 
-def run_label(spec) -> str:
-    return f"{spec.method}/{spec.task} {setting_name(spec.shots, spec.train_size)} seed {spec.seed}"
+def run_label(spec, split: bool = False) -> str:
+    """`method/task setting seed N`, with `(split S)` when `split` (the runs it tells apart have several sources)."""
+    label = f"{spec.method}/{spec.task} {setting_name(spec.shots, spec.train_size)} seed {spec.seed}"
+    return label + (f" (split {spec.split_source})" if split else "")
+
+
+def several_splits(specs) -> bool:
+    """Whether these runs have more than one split source (their labels then say which: `run_label`)."""
+    return len({spec.split_source for spec in specs}) > 1
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -192,7 +200,7 @@ def _checked_keys(raw: Any, where: str, overrides: dict[str, Any] | None) -> dic
         if raw.get(key) is None:
             raise SptbenchError(f"{where}: '{key}' is required")
     for key in _STRING_KEYS:
-        if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
+        if _one_value(raw, key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
             raise SptbenchError(f"{where}: '{key}' must be a non-empty string, got {raw[key]!r}")
     if not isinstance(raw.get("strict_data", False), bool):
         raise SptbenchError(f"{where}: 'strict_data' must be true or false, got {raw['strict_data']!r}")
@@ -253,13 +261,31 @@ def _regimes(raw: dict, where: str) -> list[tuple[int | None, int | None]]:
     return [(k, None) for k in shots] + [(None, n) for n in sizes] or [(None, None)]
 
 
+def _one_value(raw: dict, key: str) -> Any:
+    """The key's value where it is one value (None where absent, and for split_source's list: `_split_sources`)."""
+    value = raw.get(key)
+    return None if key == "split_source" and isinstance(value, list) else value
+
+
 def _check_choices(raw: dict, where: str) -> None:
     """Each one-value key with declared choices (device, dtype, pooling, split_source) holds one of them."""
     run_fields = schema.sweep_keys()
     for key in _STRING_KEYS:
         choices = run_fields[key].metadata["choices"] if key in run_fields else None
-        if raw.get(key) is not None and choices is not None and raw[key] not in choices:
+        if _one_value(raw, key) is not None and choices is not None and raw[key] not in choices:
             raise unknown_choice(f"{key} in {where}", str(raw[key]), choices)
+
+
+def _split_sources(raw: dict, where: str) -> list[str]:
+    """The split sources: one (checked by `_check_choices`) or a list, an axis crossed with the seeds: not empty, each
+    a declared choice, each once."""
+    if raw.get("split_source") is None:
+        return [_default("split_source")]
+    sources = as_values(raw["split_source"], f"{where}: split_source")
+    for source in sources:
+        if source not in (choices := schema.sweep_keys()["split_source"].metadata["choices"]):
+            raise unknown_choice(f"split_source in {where}", str(source), choices)
+    return sources
 
 
 def _methods_for_heads(methods: list[str], heads: list, registry: dict, every: bool, where: str) -> list[str]:
@@ -274,18 +300,19 @@ def _methods_for_heads(methods: list[str], heads: list, registry: dict, every: b
     return methods
 
 
-def _check_protocols(tasks: list[str], regimes: list, seeds: list[int], split_source: str, where: str) -> None:
-    """Every task's protocol holds in every regime and seed (e.g. enough examples per class)."""
+def _check_protocols(tasks: list[str], regimes: list, seeds: list[int], sources: list[str], where: str) -> None:
+    """Every task's protocol holds in every regime, split source and seed (e.g. enough examples per class)."""
     from sptbench.data.specs import load_spec
     from sptbench.data.tasks import check_protocol
 
     for task in tasks:
         spec = load_spec(task)
-        for (k, n), seed in itertools.product(regimes, seeds):
+        for (k, n), split_source, seed in itertools.product(regimes, sources, seeds):
             try:
                 check_protocol(spec, k, seed, split_source, n)
             except SptbenchError as e:
-                raise SptbenchError(f"{where}: {task} ({setting_name(k, n)}, seed {seed}): {e}") from None
+                split = f", split {split_source}" if len(sources) > 1 else ""
+                raise SptbenchError(f"{where}: {task} ({setting_name(k, n)}, seed {seed}{split}): {e}") from None
 
 
 def _configs(raw: dict, methods: list[str], tasks: list[str], where: str) -> dict[str, list[tuple[dict, dict]]]:
@@ -318,14 +345,14 @@ def _configs(raw: dict, methods: list[str], tasks: list[str], where: str) -> dic
     return configs
 
 
-def _data_dir(raw: dict, tasks: list[str], split_source: str, where: str) -> str | None:
+def _data_dir(raw: dict, tasks: list[str], sources: list[str], where: str) -> str | None:
     """The file's (or --data-dir's) data folders (A:B), absolute, so that jobs started elsewhere (Slurm) read the
     same; each must exist, and the lm-bff splits need one unless every task has its own data folder."""
     from sptbench.data.locate import data_roots
     from sptbench.data.specs import load_spec
 
     data_dir = raw.get("data_dir")
-    if split_source == "lm-bff" and not data_dir and any(load_spec(t).data is None for t in tasks):
+    if "lm-bff" in sources and not data_dir and any(load_spec(t).data is None for t in tasks):
         raise SptbenchError(
             f"{where}: split_source 'lm-bff' reads the published splits from a local mirror: "
             "set data_dir, pass --data-dir or set SPTBENCH_DATA_PATH"
@@ -382,17 +409,18 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
     methods = _methods(raw, where, registry)
     seeds = _seeds(raw, where)
     regimes = _regimes(raw, where)
-    split_source = raw.get("split_source") or _default("split_source")
     _check_choices(raw, where)
+    split_sources = _split_sources(raw, where)
     model = raw.get("model") or _default("model")
     if not isinstance(model, str):
         raise SptbenchError(f"{where}: 'model' must be a backbone name, hub id or folder")
     heads = _heads(raw, tasks, where)
     methods = _methods_for_heads(methods, heads, registry, every, where)
-    _check_protocols(tasks, regimes, seeds, split_source, where)
-    check_grid_size(raw, methods, len(regimes) * len(tasks) * len(heads) * len(seeds), where)  # before building it
+    _check_protocols(tasks, regimes, seeds, split_sources, where)
+    fixed = len(regimes) * len(tasks) * len(heads) * len(split_sources) * len(seeds)
+    check_grid_size(raw, methods, fixed, where)  # before building it
     configs = _configs(raw, methods, tasks, where)
-    data_dir = _data_dir(raw, tasks, split_source, where)
+    data_dir = _data_dir(raw, tasks, split_sources, where)
     slurm = _slurm(raw, where)
     launcher = raw.get("launcher") or Sweep.launcher
     require_launcher(launcher)
@@ -411,7 +439,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         regimes=regimes,
         seeds=seeds,
         configs=configs,
-        split_source=split_source,
+        split_sources=split_sources,
         revision=raw.get("revision"),
         pooling=raw.get("pooling"),
         heads=heads,
@@ -433,7 +461,7 @@ def parse_sweep(raw: Any, where: str = "sweep", *, overrides: dict[str, Any] | N
         try:
             check_spec(spec)
         except SptbenchError as e:
-            raise SptbenchError(f"{where}: {run_label(spec)}: {e}") from None
+            raise SptbenchError(f"{where}: {run_label(spec, len(split_sources) > 1)}: {e}") from None
     return sweep
 
 

@@ -50,9 +50,10 @@ def groups_to_test(records: list[dict], sweep_name: str, configs: dict[str, int]
 
 
 def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: str | None, device: str = "auto",
-                  log=print, quiet: bool = False) -> dict:
+                  log=print, quiet: bool = False, split: bool = False) -> dict:
     """Pick the dev-best of one group's untested runs, evaluate it on test once, append its tested record; remove
-    the group's saved states. Returns the tested record. `quiet`: no transformers load report or progress bar."""
+    the group's saved states. Returns the tested record. `quiet`: no transformers load report or progress bar;
+    `split`: the log line names the split source (the sweep has several)."""
     from sptbench.data.metrics import warm_up
     from sptbench.data.tasks import load_task
     from sptbench.data.templates import encode_prompt_rows, setup_from_record
@@ -88,8 +89,9 @@ def test_selected(candidates: list[dict], *, results_dir: str | Path, data_dir: 
     append_record(record_table_path(results_dir, record), record)
     for pending in folders:
         shutil.rmtree(pending, ignore_errors=True)
+    split_note = f" (split {p['split_source']})" if split else ""
     log(f"tested the dev-selected configuration of {winner['method']['name']}/{winner['task']['name']} seed "
-        f"{p['seed']}: sweep config {grid_position(winner):.0f}, "
+        f"{p['seed']}{split_note}: sweep config {grid_position(winner):.0f}, "
         f"best dev {winner['metrics']['dev'].get('score', nan):.4f} of {len(candidates)} configurations; "
         f"test {test.get('score', nan):.4f}")
     return record
@@ -121,6 +123,7 @@ def run_pending_tests(sweep: Sweep, quiet: bool = False) -> int:
             if not mine or group not in awaiting_test(sweep, [record_table_path(sweep.results_dir, candidates[0])]):
                 continue
             test_selected(candidates, results_dir=sweep.results_dir, data_dir=sweep.data_dir, device=sweep.device,
-                          log=lambda msg: print(msg, file=sys.stderr), quiet=quiet)
+                          log=lambda msg: print(msg, file=sys.stderr), quiet=quiet,
+                          split=len(sweep.split_sources) > 1)
             tested += 1
     return tested

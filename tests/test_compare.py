@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import statistics
 
 import numpy as np
 import pytest
@@ -86,6 +87,27 @@ def test_a_seed_pairs_within_its_split_source():
     one_source = compare([r for r in lm_bff if (r["method"]["name"], r["protocol"]["seed"]) != ("lpt", 13)],
                          parse_side("spt"), parse_side("lpt"))
     assert one_source.missing == ["sst2 16shot seed 13"]  # one split source: labels as before
+
+
+def test_cli_split_source_filter(tmp_path, capsys):
+    """`compare --split-source` and `table --split-source` read only the records of that split source."""
+    rng = random.Random(random.randrange(10**6))
+    table = tmp_path / "t.yaml"
+    scores = {}
+    for m, src, seed in itertools.product(("spt", "lpt"), ("lm-bff", "sample"), (13, 21, 42)):
+        scores[m, src, seed] = round(rng.uniform(0.5, 0.9), 4)
+        r = rec(m, "sst2", seed, scores[m, src, seed])
+        r["protocol"]["split_source"] = src
+        append_record(table, r)
+    for src in ("lm-bff", "sample"):
+        assert main(["compare", "spt", "lpt", str(table), "--split-source", src]) == 0
+        mean = sum(100 * (scores["spt", src, s] - scores["lpt", src, s]) for s in (13, 21, 42)) / 3
+        out = capsys.readouterr().out
+        assert "| **all** | 3 " in out and f"{mean:+.2f}" in out
+        assert main(["table", str(table), "--split-source", src, "--methods", "spt"]) == 0
+        spt = [100 * scores["spt", src, s] for s in (13, 21, 42)]
+        assert f"{sum(spt) / 3:.1f} ± {statistics.stdev(spt):.1f}" in capsys.readouterr().out
+    assert main(["compare", "spt", "lpt", str(table), "--split-source", "nope"]) == 2
 
 
 def test_blocked_stats_known_values():

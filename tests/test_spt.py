@@ -657,6 +657,12 @@ def test_plot_layers_curves_and_chosen_layers(tmp_path):
     assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SptbenchError, match="layer grid"):
         plot_layers([spt_run], tmp_path / "none.png")
+    # a seed's sampled split is its own point; another setting of the same seeds is refused, not folded in
+    sampled = [{**r, "protocol": {**r["protocol"], "split_source": "sample"}} for r in records]
+    assert [len(v) for v in layer_curves(records + sampled)["sst2"].values()] == [4, 4, 4]
+    other = [{**r, "protocol": {**r["protocol"], "shots": None, "train_size": 1000}} for r in records]
+    with pytest.raises(SptbenchError, match="16shot.*n1000"):
+        layer_curves(records + other)
     # a search run counts once: its tested record (test-once protocol) repeats its untested one
     searches = []
     for seed, layer in ((13, 2), (21, 4), (42, 2)):

@@ -208,19 +208,25 @@ def _save(fig, out: Path, dpi: int) -> None:
 
 
 def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict[int, list[float]]]:
-    """task -> prompt layer -> test scores (%) of the tested `method` runs with that layer (one per seed: the latest
-    tested record of each configuration; untested grid points of the test-once protocol are left out)."""
-    from sptbench.records.keys import latest_per_key
+    """task -> prompt layer -> test scores (%) of the tested `method` runs with that layer (one per split: the latest
+    tested record of each configuration; untested grid points of the test-once protocol are left out). The records
+    must be of one backbone, setting and head (refused otherwise: their seeds would overwrite each other)."""
+    from sptbench.records.keys import latest_per_key, setting_name
     from sptbench.reports.tables import cell_metric
 
     tested = [rec for rec in records if rec.get("status") == "ok" and rec["method"]["name"] == method
               and (rec.get("selection") or {}).get("tested") is not False]
-    curves: dict[str, dict[int, dict[int, float]]] = {}
+    regimes = sorted({(r["backbone"]["id"], setting_name(r["protocol"]["shots"], r["protocol"]["train_size"]),
+                       (r.get("head") or {}).get("kind", "linear")) for r in tested})
+    if len(regimes) > 1:  # one curve per (task, layer): several regimes would overwrite each other's seeds
+        raise SptbenchError(f"{method}'s layer grid spans {len(regimes)} backbone/setting/head combinations ("
+                            + ", ".join(" ".join(r) for r in regimes) + "): give one table (e.g. .../16shot.yaml)")
+    curves: dict[str, dict[int, dict[tuple, float]]] = {}
     for rec in latest_per_key(tested)[0]:
         layer, score = (rec["method"]["config"] or {}).get("layer"), cell_metric(rec)
-        if isinstance(layer, int) and score is not None:  # one score per seed and layer: the dev-selected lr
-            by_seed = curves.setdefault(rec["task"]["name"], {}).setdefault(layer, {})
-            by_seed[rec["protocol"]["seed"]] = 100 * score
+        if isinstance(layer, int) and score is not None:  # one score per split and layer: the dev-selected lr
+            by_split = curves.setdefault(rec["task"]["name"], {}).setdefault(layer, {})
+            by_split[rec["protocol"]["seed"], rec["protocol"]["split_source"]] = 100 * score
     return {t: {layer: list(s.values()) for layer, s in sorted(c.items())} for t, c in sorted(curves.items())}
 
 

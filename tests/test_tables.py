@@ -122,6 +122,11 @@ def test_failed_runs_are_not_counted_but_reported():
     assert table.n_failed == 2
     assert table.cells["spt", "rte"].n == 3
     assert any(n.startswith("2 failed run(s) not counted") for n in table.notes)
+    assert not any("(sample)" in n or "(lm-bff)" in n for n in table.notes)  # one split source: not named
+    sampled = make_record(method__name="spt", task__name="rte", status="failed", error="nan loss", metrics=None)
+    sampled["protocol"]["split_source"] = "lm-bff" if sampled["protocol"]["split_source"] == "sample" else "sample"
+    note = next(n for n in build_table(records + failed + [sampled]).notes if "failed run(s)" in n)
+    assert f"seed={sampled['protocol']['seed']} ({sampled['protocol']['split_source']})" in note
 
 
 def test_cell_metric_follows_selection_metric():

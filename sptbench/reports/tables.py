@@ -341,7 +341,9 @@ def _notes(table: TableData, ok: list[dict], failed: list[dict], replaced: list[
         f"best mean per column in bold."
     ]
     if failed:
-        ids = [f"{r['method']['name']}/{r['task']['name']} seed={r['protocol']['seed']}" for r in failed]
+        several = len({r["protocol"]["split_source"] for r in [*ok, *failed]}) > 1  # then say which split
+        ids = [f"{r['method']['name']}/{r['task']['name']} seed={r['protocol']['seed']}"
+               + (f" ({r['protocol']['split_source']})" if several else "") for r in failed]
         notes.append(f"{len(failed)} failed run(s) not counted: {_short_list(ids)}.")
     if replaced:
         notes.append(

@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from scipy.stats import rankdata
 
 from sptbench.records.io import read_records
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling script's reader of LPT's layer grid
+from search_oracle import lpt_dev_curves  # noqa: E402
 
 
 def kendall_w(rankings: list[list[float]]) -> float:
@@ -50,14 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     records = [r for r in read_records(args.paths) if r.get("status") == "ok"]
     alphas: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))  # task/config/seed
-    lpt: dict[str, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # task/seed/layer -> dev
     for r in records:
-        task, seed = r["task"]["name"], r["protocol"]["seed"]
         if r["method"]["name"] == args.method and "alpha" in r.get("extra", {}):
-            alphas[task][search_config(r)][seed] = r["extra"]["alpha"]
-        elif r["method"]["name"] == "lpt" and r["method"]["config"].get("layer") is not None:
-            layer, dev = r["method"]["config"]["layer"], r["metrics"]["dev"]["score"]
-            lpt[task][seed][layer] = max(dev, lpt[task][seed].get(layer, float("-inf")))
+            alphas[r["task"]["name"]][search_config(r)][r["protocol"]["seed"]] = r["extra"]["alpha"]
+    lpt: dict[str, list[dict[int, float]]] = defaultdict(list)  # task -> its seeds' LPT dev curves
+    for (task, _seed), curve in lpt_dev_curves(records).items():
+        lpt[task].append(curve)
     by_config: dict[str, list[list[float]]] = defaultdict(list)
     for per_config in alphas.values():
         for config, per_seed in per_config.items():
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         if across_configs:
             line += (f"; α across {len(per_config)} configurations {statistics.median(across_configs):.2f} "
                      f"[{null_w(len(per_config)):.2f}]")
-        curves = [[c[k] for k in sorted(c)] for c in lpt[task].values() if len(c) == n]
+        curves = [[c[k] for k in sorted(c)] for c in lpt[task] if len(c) == n]
         if len(curves) >= 2:
             line += f"; LPT dev curve across {len(curves)} seeds {kendall_w(curves):.2f} [{null_w(len(curves)):.2f}]"
         print(line)

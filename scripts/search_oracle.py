@@ -30,12 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     records = [r for r in read_records(args.paths) if r.get("status") == "ok"]
     oracle = [r for r in read_records(args.oracle) if r.get("status") == "ok"] if args.oracle else records
-    lpt: dict[tuple, dict[int, float]] = defaultdict(dict)
-    for r in oracle:
-        if r["method"]["name"] == "lpt" and r["method"]["config"].get("layer") is not None:
-            cell = (r["task"]["name"], r["protocol"]["seed"])
-            layer, dev = r["method"]["config"]["layer"], r["metrics"]["dev"]["score"]
-            lpt[cell][layer] = max(dev, lpt[cell].get(layer, float("-inf")))
+    lpt = lpt_dev_curves(oracle)
     if args.pool_seeds:
         lpt = pooled_over_seeds(lpt)
     for method in ("spt", "spt_darts"):
@@ -66,6 +61,17 @@ def main(argv: list[str] | None = None) -> None:
         allhits = [h for hs in per_task.values() for h in hs]
         print(f"  all    {sum(h for h, _ in allhits) / len(allhits):.2f} of {len(allhits)}; random "
               f"{sum(c for _, c in allhits) / len(allhits):.2f}; median separation {statistics.median(seps):.4f}")
+
+
+def lpt_dev_curves(records: list[dict]) -> dict[tuple, dict[int, float]]:
+    """(task, seed) -> layer -> LPT's best dev score there over its other settings (e.g. learning rates)."""
+    lpt: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in records:
+        if r["method"]["name"] == "lpt" and r["method"]["config"].get("layer") is not None:
+            cell = (r["task"]["name"], r["protocol"]["seed"])
+            layer, dev = r["method"]["config"]["layer"], r["metrics"]["dev"]["score"]
+            lpt[cell][layer] = max(dev, lpt[cell].get(layer, float("-inf")))
+    return lpt
 
 
 def pooled_over_seeds(lpt: dict[tuple, dict[int, float]]) -> dict[tuple, dict[int, float]]:

@@ -22,6 +22,7 @@ __all__ = [
     "key_label",
     "latest_per_key",
     "record_key",
+    "regime_of",
     "seed_group",
     "setting_name",
     "without",
@@ -38,6 +39,12 @@ def setting_name(shots: int | None, train_size: int | None) -> str:
     if shots is not None:
         return f"{shots}shot"
     return f"n{train_size}" if train_size is not None else "full"
+
+
+def regime_of(rec: dict) -> tuple[str, str]:
+    """(data setting, head kind) of a record: `16shot`, `linear`."""
+    p = rec["protocol"]
+    return setting_name(p["shots"], p["train_size"]), head_of(rec).get("kind", "linear")
 
 
 def canonical_json(value: Any) -> str:

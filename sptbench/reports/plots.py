@@ -211,13 +211,12 @@ def layer_curves(records: Iterable[dict], method: str = "lpt") -> dict[str, dict
     """task -> prompt layer -> test scores (%) of the tested `method` runs with that layer (one per split: the latest
     tested record of each configuration; untested grid points of the test-once protocol are left out). The records
     must be of one backbone, setting and head (refused otherwise: their seeds would overwrite each other)."""
-    from sptbench.records.keys import latest_per_key, setting_name
+    from sptbench.records.keys import latest_per_key, regime_of
     from sptbench.reports.tables import cell_metric
 
     tested = [rec for rec in records if rec.get("status") == "ok" and rec["method"]["name"] == method
               and (rec.get("selection") or {}).get("tested") is not False]
-    regimes = sorted({(r["backbone"]["id"], setting_name(r["protocol"]["shots"], r["protocol"]["train_size"]),
-                       (r.get("head") or {}).get("kind", "linear")) for r in tested})
+    regimes = sorted({(r["backbone"]["id"], *regime_of(r)) for r in tested})
     if len(regimes) > 1:  # one curve per (task, layer): several regimes would overwrite each other's seeds
         raise SptbenchError(f"{method}'s layer grid spans {len(regimes)} backbone/setting/head combinations ("
                             + ", ".join(" ".join(r) for r in regimes) + "): give one table (e.g. .../16shot.yaml)")

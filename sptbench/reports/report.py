@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sptbench.core.errors import SptbenchError, unknown_choice
 from sptbench.records.io import read_table, table_files
-from sptbench.records.keys import head_of, latest_per_key, setting_name
+from sptbench.records.keys import latest_per_key, regime_of
 from sptbench.records.schema import TABLE_DIR
 from sptbench.reports.compare import Side, compare
 from sptbench.reports.plots import _searches, chosen_layer_counts, gate_grid, layer_curves
@@ -97,12 +97,6 @@ def restrict(loaded: Loaded, tasks: Sequence[str] | None, methods: Sequence[str]
                 raise unknown_choice(f"{kind} in these records", name, present)
         loaded.records = [r for r in loaded.records if name_of(r) in names]
     return loaded
-
-
-def regime_of(rec: dict) -> tuple[str, str]:
-    """(data setting, head kind) of a record: `16shot`, `linear`."""
-    p = rec["protocol"]
-    return setting_name(p["shots"], p["train_size"]), head_of(rec).get("kind", "linear")
 
 
 def _tested_ok(records: Iterable[dict]) -> list[dict]:

@@ -89,8 +89,9 @@ def test_a_seed_pairs_within_its_split_source():
     assert one_source.missing == ["sst2 16shot seed 13"]  # one split source: labels as before
 
 
-def test_cli_split_source_filter(tmp_path, capsys):
-    """`compare --split-source` and `table --split-source` read only the records of that split source."""
+def test_cli_split_source_and_seeds_filters(tmp_path, capsys):
+    """`compare`/`table` with `--split-source` read only the records of that split source; with `--seeds`, only
+    those seeds'."""
     rng = random.Random(random.randrange(10**6))
     table = tmp_path / "t.yaml"
     scores = {}
@@ -107,7 +108,15 @@ def test_cli_split_source_filter(tmp_path, capsys):
         assert main(["table", str(table), "--split-source", src, "--methods", "spt"]) == 0
         spt = [100 * scores["spt", src, s] for s in (13, 21, 42)]
         assert f"{sum(spt) / 3:.1f} ± {statistics.stdev(spt):.1f}" in capsys.readouterr().out
+    # --seeds: only those seeds (both sources), e.g. a table frozen at its first seeds while later ones arrive
+    assert main(["compare", "spt", "lpt", str(table), "--seeds", "13", "42"]) == 0
+    mean = sum(100 * (scores["spt", src, s] - scores["lpt", src, s]) for src in ("lm-bff", "sample") for s in (13, 42))
+    out = capsys.readouterr().out
+    assert "| **all** | 4 " in out and f"{mean / 4:+.2f}" in out
+    assert main(["table", str(table), "--seeds", "21", "--split-source", "sample", "--methods", "lpt"]) == 0
+    assert f"{100 * scores['lpt', 'sample', 21]:.1f} ± 0.0" in capsys.readouterr().out
     assert main(["compare", "spt", "lpt", str(table), "--split-source", "nope"]) == 2
+    assert main(["table", str(table), "--seeds", "-1"]) == 2
 
 
 def test_blocked_stats_known_values():

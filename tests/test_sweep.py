@@ -69,7 +69,7 @@ def write(tmp_path: Path, raw: dict, name: str = "sweep.yaml") -> Path:
 
 @pytest.mark.parametrize(
     "name, runs",
-    [("cpu-16shot", 270), ("cpu-1k", 105), ("paper-16shot", 450), ("paper-full", 400), ("cpu-16shot-tuned", 810),
+    [("cpu-16shot", 270), ("cpu-1k", 105), ("paper-16shot", 450), ("paper-full", 400), ("cpu-16shot-tuned", 1350),
      ("cpu-1k-tuned", 216), ("mpnet-16shot", 99), ("powered-16shot", 1080), ("paper-16shot-deberta", 1250),
      # the paper's tables per backbone, with their learning-rate grids (5-8 s each to check every grid point)
      *(pytest.param(name, runs, marks=pytest.mark.slow) for name, runs in (

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sptbench.core.argtypes import nonempty, nonneg_float, positive_float, positive_int
+from sptbench.core.argtypes import nonempty, nonneg_float, nonneg_int, positive_float, positive_int
 from sptbench.core.errors import SptbenchError
 from sptbench.core.run_schema import LOCAL_RESULTS_DIR, SPLIT_SOURCES
 from sptbench.records.io import (
@@ -45,21 +45,27 @@ def _paths(args: argparse.Namespace) -> list[Path]:
     return [default]
 
 
-def _of_split_source(records: list[dict], source: str | None) -> list[dict]:
-    """Only the records whose few-shot splits came from `source` (all records when None)."""
-    return records if source is None else [r for r in records if r["protocol"]["split_source"] == source]
+def _of_splits(records: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Only the records whose few-shot splits came from `--split-source` and whose seed is one of `--seeds` (either
+    unset: no restriction)."""
+    source, seeds = args.split_source, None if args.seeds is None else set(args.seeds)
+    return [r for r in records if (source is None or r["protocol"]["split_source"] == source)
+            and (seeds is None or r["protocol"]["seed"] in seeds)]
 
 
-def _add_split_source(p: argparse.ArgumentParser) -> None:
+def _add_splits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-source", choices=SPLIT_SOURCES,
                    help="only records whose splits came from here (lm-bff: the published splits; sample: drawn by "
                    "the seed; default: both)")
+    p.add_argument("--seeds", nargs="+", type=nonneg_int, metavar="SEED",
+                   help="only records of these seeds (default: all), e.g. a table frozen at its first seeds while "
+                   "later ones are recorded")
 
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Render a results table to stdout, a file, or a README block."""
     _check_output(args)
-    records = _of_split_source(read_records(_paths(args)), args.split_source)
+    records = _of_splits(read_records(_paths(args)), args)
     sizes = ties = None
     if args.select_by_dev:  # hyper-parameter grids: per method/task/seed/setting, the config best on dev only
         from sptbench.reports.selection import dev_selection, dev_ties
@@ -145,7 +151,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     elif args.a is None or args.b is None:
         raise SptbenchError("compare needs two sides (compare A B), --pair A B (repeatable) or --family FILE")
     _check_output(args)
-    records = _of_split_source(read_records(_paths(args)), args.split_source)
+    records = _of_splits(read_records(_paths(args)), args)
     setting = args.setting or (setting_name(args.shots, args.train_size) if args.shots or args.train_size else None)
     if setting is not None:
         records = [r for r in records
@@ -215,7 +221,7 @@ def _add_table(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", help="columns, in this order (default: all, sorted)")
     p.add_argument("--methods", nargs="+", help="rows, in this order (default: all, sorted)")
     p.add_argument("--expected-seeds", type=positive_int, help="seeds per cell (default: the most any cell has)")
-    _add_split_source(p)
+    _add_splits(p)
     p.add_argument("--select-by-dev", action="store_true",
                    help="of several configs per method/task/seed, keep the best on dev (docs/sweeps.md)")
     p.add_argument("--format", choices=FORMATS, default="md", help="md: Markdown; latex: tabular; csv: numbers only")
@@ -245,7 +251,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     regime.add_argument("--train-size", type=positive_int, help="only the N-example records")
     regime.add_argument("--setting", help="only this setting: 16shot, n1000, full")
     p.add_argument("--backbone", help="only this backbone id")
-    _add_split_source(p)
+    _add_splits(p)
     p.add_argument("--select-by-dev", action="store_true",
                    help="where a side has several configurations in a cell, keep the best on dev")
     _add_output(p, "Markdown")

@@ -17,6 +17,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / "data")
+# Under pytest-xdist (pyproject's addopts) each worker takes its share of the cores for torch's intra-op threads: N
+# workers each using every core would oversubscribe them (slower than one process).
+torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 # every tiny backbone the discovered families declare (sptbench/families/<arch>.py), in listing order
 TINY_FAMILIES = tiny_families()
 

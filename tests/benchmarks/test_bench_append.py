@@ -2,7 +2,7 @@
 one (about 10,000 records) should cost about the same, since only the table's last record is read. Skipped by
 default; run with
 
-    python -m pytest tests/benchmarks/test_bench_append.py --benchmark-only -s
+    python -m pytest tests/benchmarks/test_bench_append.py -n 0 --benchmark-only -s
 
 and read the printed ratio (the goal: under 2). No timed assertion: a shared machine's load moves these numbers.
 """

@@ -5,7 +5,7 @@ same tokens (a zero, trainable bias on the embedding output forces the backward 
 the head alone (no backward through the backbone). peft's own prompt tuning and LoRA run on the stock
 transformers model with the same pooling and head. Skipped by default; run with
 
-    python -m pytest tests/benchmarks/test_bench_baselines.py --benchmark-only
+    python -m pytest tests/benchmarks/test_bench_baselines.py -n 0 --benchmark-only
 
 Each result carries `samples_per_s` and `ratio_to_floor` (step time / floor step time) in its extra_info.
 `SPTBENCH_BENCH_THREADS=N` sets torch's intra-op threads (default: torch's own), e.g. 1 on a shared, busy machine

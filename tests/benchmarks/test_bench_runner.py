@@ -1,6 +1,6 @@
 """End-to-end runner benchmarks on minilm-l6 and the real RTE data. Skipped by default; run with
 
-    python -m pytest tests/benchmarks/test_bench_runner.py --benchmark-only
+    python -m pytest tests/benchmarks/test_bench_runner.py -n 0 --benchmark-only
 
 - A whole 16-shot RTE `head` run (load, train with dev evaluations, test once, record) with length-grouped dynamic
   padding (the default), random batches with dynamic padding, and every batch padded to the task's max length (as

@@ -1,7 +1,7 @@
 """Cold start of the CLI's face: `sptbench --help`, `list methods|tasks`, `validate results`, `table results`, each
 in a fresh interpreter (nothing imported, as a user's shell runs it). Skipped by default; run with
 
-    python -m pytest tests/benchmarks/test_startup.py --benchmark-only -s
+    python -m pytest tests/benchmarks/test_startup.py -n 0 --benchmark-only -s
 
 and read the median of 5 starts per command (the goal on 2 cores: under 1.5 s). No timed assertion: a shared
 machine's load moves these numbers; `tests/test_lazy_imports.py` checks (untimed) what keeps them small.

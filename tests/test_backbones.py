@@ -214,7 +214,8 @@ def test_the_unused_pooler_is_neither_kept_nor_counted(name):
     assert not any("pooler" in n for n, _ in model.named_parameters())
     stock = type(model.backbone)(model.backbone.config)  # the stock base model, pooler and all
     pooler = sum(p.numel() for n, p in stock.named_parameters() if n.startswith("pooler."))
-    assert pooler == (0 if name in ("tiny-deberta", "tiny-deberta-v1", "tiny-gpt2", "tiny-llama") else 32 * 32 + 32)
+    assert pooler == (0 if name in ("tiny-deberta", "tiny-deberta-v1", "tiny-gpt2", "tiny-llama", "tiny-qwen2")
+                      else 32 * 32 + 32)
     assert info.num_parameters == sum(p.numel() for p in stock.parameters()) - pooler
     model.freeze_backbone()
     method = get_method("finetune")
@@ -275,7 +276,7 @@ def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path
     with pytest.raises(SptbenchError) as err:
         family_for(XLMRobertaConfig())
     assert str(err.value) == ("unsupported backbone family 'xlm-roberta' (config.model_type); supported model types: "
-                              "bert, deberta, deberta-v2, gpt2, llama, mpnet, roberta")
+                              "bert, deberta, deberta-v2, gpt2, llama, mpnet, qwen2, roberta")
     folder = tmp_path / "xlmr"
     XLMRobertaConfig(vocab_size=len(minilm_tokenizer)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
@@ -284,7 +285,18 @@ def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path
     assert "Did you mean" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_qwen2_with_sliding_window_attention_is_refused_in_one_line():
+    """sptbench's masks are full causal: a Qwen2 config attending through a window is refused, not run wrongly."""
+    from transformers import Qwen2Config
+
+    from sptbench.families.base import family_for
+
+    assert family_for(Qwen2Config()).name == "qwen2"  # the released configs: no sliding window
+    with pytest.raises(SptbenchError, match="^Qwen2 configs with sliding-window attention"):
+        family_for(Qwen2Config(use_sliding_window=True, sliding_window=16, max_window_layers=0))
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2"])
 def test_decoders_are_invariant_to_the_padding_side(name):
     """A causal family reads the last real token, and positions count real tokens: the same batch padded on the left
     gives the same logits as padded on the right (Llama: RoPE positions; GPT-2: learned positions)."""

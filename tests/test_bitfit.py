@@ -20,8 +20,14 @@ BERT = 4 * (3 * 32 + 32 + 32 + 64 + 32 + 32) + 32
 GPT2 = 4 * (32 + 96 + 32 + 32 + 128 + 32) + 32
 
 
-@pytest.mark.parametrize("backbone,trainable", [("tiny-bert", BERT), ("tiny-gpt2", GPT2)])
-def test_bitfit_trains_every_backbone_bias_and_nothing_else(backbone, trainable):
+# tiny-qwen2 (hidden 32, 4 query heads and 2 key/value heads of 8), per layer: the query, key and value biases
+# (32 + 16 + 16); Qwen2 has no other bias (o_proj, the MLP and RMSNorm have none)
+QWEN2 = 4 * (32 + 16 + 16)
+
+
+@pytest.mark.parametrize("backbone,trainable,tensors", [("tiny-bert", BERT, 33), ("tiny-gpt2", GPT2, 25),
+                                                        ("tiny-qwen2", QWEN2, 12)])
+def test_bitfit_trains_every_backbone_bias_and_nothing_else(backbone, trainable, tensors):
     model = build(backbone, "bitfit")
     counts = model.count_parameters()
     assert BERT == 1184 and counts["trainable"] == trainable
@@ -29,9 +35,9 @@ def test_bitfit_trains_every_backbone_bias_and_nothing_else(backbone, trainable)
     names = {n for n, p in model.named_parameters() if p.requires_grad} - {"head.weight", "head.bias"}
     assert names and all(n.startswith("backbone.") and n.endswith(".bias") for n in names)
     assert not any(p.requires_grad for n, p in model.backbone.named_parameters() if not n.endswith(".bias"))
-    assert len(names) == (33 if backbone == "tiny-bert" else 25)
+    assert len(names) == tensors
     assert set(model.export_state()) == names | {"head.weight", "head.bias"}
-    assert model.first_trainable_layer() == 0  # the embedding LayerNorm's bias trains
+    assert model.first_trainable_layer() == 0  # the embedding LayerNorm's bias trains (Qwen2: layer 0's biases)
 
 
 def test_bitfit_on_a_backbone_without_biases_is_a_one_line_error():

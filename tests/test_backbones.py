@@ -285,6 +285,22 @@ def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path
     assert "Did you mean" not in str(err.value)
 
 
+def test_planning_reads_a_tiny_config_without_transformers_warnings(monkeypatch):
+    """`backbone_is_causal`/`backbone_dims` build a built-in config without weights before a run; its vocabulary must
+    hold the special token ids, else transformers warns on every run of a tiny decoder."""
+    import transformers.configuration_utils as cu
+
+    from sptbench.models.backbones import backbone_dims, backbone_is_causal
+
+    seen = []
+    monkeypatch.setattr(cu.logger, "warning_once", lambda msg, *a, **k: seen.append(msg))
+    backbone_is_causal.cache_clear(), backbone_dims.cache_clear()
+    for name in TINY_FAMILIES:
+        assert backbone_is_causal(name) == (name in ("tiny-gpt2", "tiny-llama", "tiny-qwen2"))
+        assert backbone_dims(name) == (32, 4)
+    assert seen == []
+
+
 def test_qwen2_with_sliding_window_attention_is_refused_in_one_line():
     """sptbench's masks are full causal: a Qwen2 config attending through a window is refused, not run wrongly."""
     from transformers import Qwen2Config

@@ -392,12 +392,18 @@ def check_revision(name: str, revision: str | None) -> None:
         raise SptbenchError(f"--revision applies to hub ids only; '{name}' is a built-in backbone or a local folder")
 
 
+def _built_in_config(name: str):
+    """The config of a tiny or random built-in backbone, for its family and sizes (no weights). The vocabulary is the
+    MiniLM tokenizer's: it must hold the configs' special token ids (101, 102), or transformers warns."""
+    return {**CHECKPOINT_CONFIGS, **TINY_CONFIGS}[name](30522)
+
+
 @functools.lru_cache(maxsize=64)
 def backbone_is_causal(name: str) -> bool:
     """Whether a backbone is a causal LM, from its config alone (no weights): the prompt head then takes the task's
     causal template. A hub id whose config cannot be read here counts as not causal (its run checks the template)."""
     if name in TINY_CONFIGS or name in CHECKPOINT_CONFIGS:
-        return family_for({**CHECKPOINT_CONFIGS, **TINY_CONFIGS}[name](1)).causal
+        return family_for(_built_in_config(name)).causal
     if name in (MINILM_ALIAS, MPNET_ALIAS):
         return False
     if name in GGUF_ALIASES:
@@ -415,7 +421,7 @@ def backbone_dims(name: str) -> tuple[int, int] | None:
     it before a run (SPT's top_k, the memory a rank or bottleneck asks for). None when that needs the hub (the run
     itself checks it then)."""
     if name in TINY_CONFIGS or name in CHECKPOINT_CONFIGS:
-        config = {**CHECKPOINT_CONFIGS, **TINY_CONFIGS}[name](1)
+        config = _built_in_config(name)
         return int(config.hidden_size), int(config.num_hidden_layers)
     if name in GGUF_ALIASES:
         return None  # known once dequantised: the run checks it then

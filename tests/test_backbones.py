@@ -214,8 +214,8 @@ def test_the_unused_pooler_is_neither_kept_nor_counted(name):
     assert not any("pooler" in n for n, _ in model.named_parameters())
     stock = type(model.backbone)(model.backbone.config)  # the stock base model, pooler and all
     pooler = sum(p.numel() for n, p in stock.named_parameters() if n.startswith("pooler."))
-    assert pooler == (0 if name in ("tiny-deberta", "tiny-deberta-v1", "tiny-gpt2", "tiny-llama", "tiny-qwen2")
-                      else 32 * 32 + 32)
+    decoders = ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3")
+    assert pooler == (0 if name in ("tiny-deberta", "tiny-deberta-v1", *decoders) else 32 * 32 + 32)
     assert info.num_parameters == sum(p.numel() for p in stock.parameters()) - pooler
     model.freeze_backbone()
     method = get_method("finetune")
@@ -276,7 +276,7 @@ def test_an_unsupported_family_lists_the_supported_ones_without_a_guess(tmp_path
     with pytest.raises(SptbenchError) as err:
         family_for(XLMRobertaConfig())
     assert str(err.value) == ("unsupported backbone family 'xlm-roberta' (config.model_type); supported model types: "
-                              "bert, deberta, deberta-v2, gpt2, llama, mpnet, qwen2, roberta")
+                              "bert, deberta, deberta-v2, gemma3_text, gpt2, llama, mpnet, qwen2, roberta")
     folder = tmp_path / "xlmr"
     XLMRobertaConfig(vocab_size=len(minilm_tokenizer)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
@@ -296,7 +296,7 @@ def test_planning_reads_a_tiny_config_without_transformers_warnings(monkeypatch)
     monkeypatch.setattr(cu.logger, "warning_once", lambda msg, *a, **k: seen.append(msg))
     backbone_is_causal.cache_clear(), backbone_dims.cache_clear()
     for name in TINY_FAMILIES:
-        assert backbone_is_causal(name) == (name in ("tiny-gpt2", "tiny-llama", "tiny-qwen2"))
+        assert backbone_is_causal(name) == (name in ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3"))
         assert backbone_dims(name) == (32, 4)
     assert seen == []
 
@@ -312,7 +312,29 @@ def test_qwen2_with_sliding_window_attention_is_refused_in_one_line():
         family_for(Qwen2Config(use_sliding_window=True, sliding_window=16, max_window_layers=0))
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2"])
+def test_gemma3_refuses_inputs_longer_than_its_sliding_window_and_configs_it_cannot_run():
+    """Gemma 3's local layers attend within a window sptbench's full causal masks do not apply: an input longer than
+    it is refused in one line (one within it runs); soft-capping and bidirectional configs are refused at load."""
+    from transformers import Gemma3TextConfig
+
+    from sptbench.families.base import family_for
+
+    model, tok, _ = load_backbone("tiny-gemma3", num_labels=2)
+    model.eval()
+    model.backbone.config.sliding_window = 8
+    batch = random_batch(len(tok), [8, 5])
+    with torch.no_grad():
+        model(**batch)
+        with pytest.raises(SptbenchError, match="^an input of 9 positions .* exceeds Gemma 3's sliding window of 8"):
+            model(**random_batch(len(tok), [9, 5]))
+    assert family_for(Gemma3TextConfig()).name == "gemma3_text"
+    for bad in ({"final_logit_softcapping": 30.0}, {"attn_logit_softcapping": 50.0},
+                {"use_bidirectional_attention": True}):
+        with pytest.raises(SptbenchError, match="^Gemma 3 configs with"):
+            family_for(Gemma3TextConfig(**bad))
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3"])
 def test_decoders_are_invariant_to_the_padding_side(name):
     """A causal family reads the last real token, and positions count real tokens: the same batch padded on the left
     gives the same logits as padded on the right (Llama: RoPE positions; GPT-2: learned positions)."""

@@ -201,7 +201,7 @@ def test_params_prompt_tuning_trains_the_prompt_alone(capsys):
 def test_run_with_prompt_head_records_it(name, data_dir, tmp_path):
     method = {"tiny-bert": "lora", "tiny-roberta": "prompt_tuning", "tiny-deberta": "adapter", "tiny-gpt2": "lpt",
               "tiny-mpnet": "p_tuning_v2", "tiny-llama": "spt", "tiny-deberta-v1": "p_tuning_v2",
-              "tiny-qwen2": "ia3"}[name]
+              "tiny-qwen2": "ia3", "tiny-gemma3": "dept"}[name]
     args = ["run", "--method", method, "--task", "sst2", "--shots", "16", "--model", name, "--head", "prompt",
             "--max-steps", "2", "--eval-every", "2", "--data-dir", str(data_dir), "--results-dir",
             str(tmp_path / "r"), "--quiet"]
@@ -287,7 +287,7 @@ def test_contextual_calibration_makes_the_content_free_input_uniform(monkeypatch
     assert probs.tolist() == pytest.approx([0.5, 0.5], abs=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2"])
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3"])
 def test_causal_prompt_head_computes_only_the_label_words(name, monkeypatch):
     """Causal LMs' linear LM head is sliced to the label words at eval (never the vocabulary), with the same logits."""
     model, tok = build(name, None)

@@ -215,6 +215,28 @@ def test_peft_vocab_init_draws_what_peft_draws():
     assert not torch.equal(initial_prompt(words, 7, "vocab"), theirs)
 
 
+def test_prompt_init_draws_prompts_at_the_scale_the_model_sees_its_tokens():
+    """Gemma's embedding multiplies by sqrt(hidden) in its forward: `vocab` prompts are drawn through it (the tokens'
+    scale) and `random` noise is scaled alike; a plain nn.Embedding's rows are taken as stored."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3TextScaledWordEmbedding
+
+    from sptbench.methods.prompt_tuning import initial_prompt
+
+    seed = random.randrange(10**6)
+    scaled = Gemma3TextScaledWordEmbedding(300, 16, 0, embed_scale=4.0)
+    plain = nn.Embedding(300, 16)
+    plain.weight.data.copy_(scaled.weight.data)
+    draws = {}
+    for name, words in (("scaled", scaled), ("plain", plain)):
+        for init in ("vocab", "random"):
+            torch.manual_seed(seed)
+            draws[name, init] = initial_prompt(words, 7, init)
+    torch.manual_seed(seed)
+    assert torch.equal(draws["plain", "vocab"], plain.weight[torch.randint(0, 300, (7,))].detach())
+    for init in ("vocab", "random"):
+        torch.testing.assert_close(draws["scaled", init], 4.0 * draws["plain", init])
+
+
 def test_peft_vocab_is_a_config_choice():
     from sptbench.methods.registry import build_config, get_method
 

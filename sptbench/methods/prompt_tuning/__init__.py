@@ -42,7 +42,10 @@ class PromptTuningConfig:
 
 
 def initial_prompt(words: nn.Embedding, num_tokens: int, init: str) -> torch.Tensor:
-    """The (num_tokens, hidden) starting prompt: sampled vocabulary embeddings or scale-matched Gaussian noise."""
+    """The (num_tokens, hidden) starting prompt: sampled vocabulary embeddings or scale-matched Gaussian noise. `vocab`
+    rows go through the embedding module and `random` noise takes its scale, so an embedding that scales its output
+    (Gemma's sqrt(hidden)) gives prompts of its tokens' scale; `peft_vocab` is peft's draw, the stored rows as they
+    are (peft's own scale on such a model)."""
     import torch
 
     table = words.weight.detach()
@@ -52,10 +55,19 @@ def initial_prompt(words: nn.Embedding, num_tokens: int, init: str) -> torch.Ten
         return table[ids].clone()
     if init == "vocab":
         ids = torch.randint(0, table.shape[0], (num_tokens,), device=table.device)
-        return table[ids].clone()
+        return _rows(words, ids)
     if init == "random":
-        return torch.randn(num_tokens, table.shape[1], device=table.device, dtype=table.dtype) * table.std()
+        scale = float(getattr(words, "scalar_embed_scale", 1.0))  # Gemma's embedding multiplies by it
+        return torch.randn(num_tokens, table.shape[1], device=table.device, dtype=table.dtype) * table.std() * scale
     raise unknown_choice("prompt init", init, INITS)
+
+
+def _rows(words: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """The embeddings of `ids` as the model's input sees them, detached."""
+    import torch
+
+    with torch.no_grad():
+        return words(ids).detach().clone()
 
 
 def apply(model: Classifier, cfg: PromptTuningConfig) -> None:

@@ -38,15 +38,20 @@ class Gemma3Family(LlamaFamily):
     def run_layer(self, backbone: nn.Module, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor
                   ) -> torch.Tensor:
         config = backbone.config
-        kind = config.layer_types[layer.layer_idx]
-        if kind == "sliding_attention" and hidden.shape[1] > config.sliding_window:
+        if _kind(backbone, layer) == "sliding_attention" and hidden.shape[1] > config.sliding_window:
             raise SptbenchError(f"an input of {hidden.shape[1]} positions (tokens and prompts) exceeds Gemma 3's "
                                 f"sliding window of {config.sliding_window}, which sptbench does not apply: shorten "
                                 "the inputs (the task's max_length) or the prompts")
-        real = mask[:, 0, -1, :] == 0  # as Llama: the keys the last query may see, and positions counting them
-        positions = (real.long().cumsum(1) - 1).clamp(min=0)
-        cos_sin = backbone.rotary_emb(hidden, positions, kind)
-        return layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
+        return super().run_layer(backbone, layer, hidden, mask)
+
+    def rotary(self, backbone: nn.Module, layer: nn.Module, hidden: torch.Tensor, positions: torch.Tensor):
+        """Each kind of layer has its own RoPE base (local 10,000, global 1,000,000 in the released models)."""
+        return backbone.rotary_emb(hidden, positions, _kind(backbone, layer))
+
+
+def _kind(backbone: nn.Module, layer: nn.Module) -> str:
+    """`sliding_attention` (local) or `full_attention` (global)."""
+    return backbone.config.layer_types[layer.layer_idx]
 
 
 register_family(

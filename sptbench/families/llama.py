@@ -47,8 +47,12 @@ class LlamaFamily(Family):
         # the real keys are those the last query may see (causal: every real key); positions count them
         real = mask[:, 0, -1, :] == 0
         positions = (real.long().cumsum(1) - 1).clamp(min=0)
-        cos_sin = backbone.rotary_emb(hidden, position_ids=positions)
+        cos_sin = self.rotary(backbone, layer, hidden, positions)
         return layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
+
+    def rotary(self, backbone, layer, hidden: torch.Tensor, positions: torch.Tensor):
+        """The (cos, sin) RoPE tables `layer` takes for these positions (one rotary embedding for every layer)."""
+        return backbone.rotary_emb(hidden, position_ids=positions)
 
     def final(self, backbone, hidden: torch.Tensor) -> torch.Tensor:
         return backbone.norm(hidden)

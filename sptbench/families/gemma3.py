@@ -4,9 +4,9 @@ gemma3_text`; the `tiny-gemma3` config.
 
 Positions and prompts as Llama (sptbench/families/llama.py): positions count real tokens and prompts; each layer gets
 the rotary embedding of its kind. Local layers attend within `sliding_window` keys; sptbench builds full causal masks,
-so an input (with its prompts) longer than the window is refused in one line rather than attended differently (the
-released Gemma 3 windows are 512 to 4,096 tokens, longer than this suite's inputs). The embedding module multiplies
-by sqrt(hidden) in its forward, so prompts initialised from the vocabulary are drawn through it
+so an input (with its prompts) longer than the window is refused in one line rather than attended differently
+(gemma-3-270m's window, 512, holds every packaged task's inputs: max_length 256 at most, plus prompts). The embedding
+module multiplies by sqrt(hidden) in its forward, so prompts initialised from the vocabulary are drawn through it
 (sptbench/methods/prompt_tuning `initial_prompt`). Configs with logit soft-capping or bidirectional attention are
 refused: sptbench's attention and LM-head paths apply neither.
 """

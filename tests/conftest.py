@@ -22,6 +22,8 @@ DATA_DIR = Path(os.environ.get("SPTBENCH_DATA_DIR") or REPO.parent / "shared" / 
 torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 # every tiny backbone the discovered families declare (sptbench/families/<arch>.py), in listing order
 TINY_FAMILIES = tiny_families()
+# the causal ones (decoder-specific tests run on each; test_backbones checks this list against the families)
+TINY_DECODERS = ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 from sptbench.core.errors import SptbenchError
 from sptbench.models.backbones import load_backbone
 from sptbench.models.classifier import pool
-from tests.conftest import TINY_FAMILIES
+from tests.conftest import TINY_DECODERS, TINY_FAMILIES
 
 
 def random_batch(vocab: int, lengths: list[int], pair: bool = False) -> dict[str, torch.Tensor]:
@@ -214,8 +214,7 @@ def test_the_unused_pooler_is_neither_kept_nor_counted(name):
     assert not any("pooler" in n for n, _ in model.named_parameters())
     stock = type(model.backbone)(model.backbone.config)  # the stock base model, pooler and all
     pooler = sum(p.numel() for n, p in stock.named_parameters() if n.startswith("pooler."))
-    decoders = ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3")
-    assert pooler == (0 if name in ("tiny-deberta", "tiny-deberta-v1", *decoders) else 32 * 32 + 32)
+    assert pooler == (0 if name in ("tiny-deberta", "tiny-deberta-v1", *TINY_DECODERS) else 32 * 32 + 32)
     assert info.num_parameters == sum(p.numel() for p in stock.parameters()) - pooler
     model.freeze_backbone()
     method = get_method("finetune")
@@ -296,7 +295,7 @@ def test_planning_reads_a_tiny_config_without_transformers_warnings(monkeypatch)
     monkeypatch.setattr(cu.logger, "warning_once", lambda msg, *a, **k: seen.append(msg))
     backbone_is_causal.cache_clear(), backbone_dims.cache_clear()
     for name in TINY_FAMILIES:
-        assert backbone_is_causal(name) == (name in ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3"))
+        assert backbone_is_causal(name) == (name in TINY_DECODERS)
         assert backbone_dims(name) == (32, 4)
     assert seen == []
 
@@ -334,7 +333,7 @@ def test_gemma3_refuses_inputs_longer_than_its_sliding_window_and_configs_it_can
             family_for(Gemma3TextConfig(**bad))
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+@pytest.mark.parametrize("name", TINY_DECODERS)
 def test_decoders_are_invariant_to_the_padding_side(name):
     """A causal family reads the last real token, and positions count real tokens: the same batch padded on the left
     gives the same logits as padded on the right (Llama: RoPE positions; GPT-2: learned positions)."""

@@ -18,7 +18,7 @@ from sptbench.models.backbones import _tiny, load_backbone
 from sptbench.records.io import read_records
 from sptbench.records.keys import record_key
 from sptbench.records.schema import validate_record
-from tests.conftest import TINY_FAMILIES
+from tests.conftest import TINY_DECODERS, TINY_FAMILIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -287,7 +287,7 @@ def test_contextual_calibration_makes_the_content_free_input_uniform(monkeypatch
     assert probs.tolist() == pytest.approx([0.5, 0.5], abs=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+@pytest.mark.parametrize("name", TINY_DECODERS)
 def test_causal_prompt_head_computes_only_the_label_words(name, monkeypatch):
     """Causal LMs' linear LM head is sliced to the label words at eval (never the vocabulary), with the same logits."""
     model, tok = build(name, None)

@@ -18,7 +18,7 @@ from transformers import DynamicCache
 import sptbench.models.inject as inject
 from sptbench.models.classifier import pool
 from tests import helpers
-from tests.conftest import TINY_FAMILIES
+from tests.conftest import TINY_DECODERS, TINY_FAMILIES
 
 FAMILIES = tuple(TINY_FAMILIES)
 
@@ -63,7 +63,7 @@ def test_prompt_tuning_equals_peft_prompt_tuning(backbone):
 
 
 # -- key/value prefixes -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backbone", ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+@pytest.mark.parametrize("backbone", TINY_DECODERS)
 def test_p_tuning_v2_on_a_decoder_equals_stock_model_with_a_prefix_cache(backbone):
     """GPT-2 / Llama with our prefixes == the stock model given the same prefixes as a past key/value cache (Llama:
     grouped-query attention, so the prefixes have the key/value heads; RoPE: the cached keys carry no rotation and

@@ -55,19 +55,12 @@ def initial_prompt(words: nn.Embedding, num_tokens: int, init: str) -> torch.Ten
         return table[ids].clone()
     if init == "vocab":
         ids = torch.randint(0, table.shape[0], (num_tokens,), device=table.device)
-        return _rows(words, ids)
+        with torch.no_grad():  # through the module: its output is a fresh tensor, as the model's input sees it
+            return words(ids)
     if init == "random":
         scale = float(getattr(words, "scalar_embed_scale", 1.0))  # Gemma's embedding multiplies by it
         return torch.randn(num_tokens, table.shape[1], device=table.device, dtype=table.dtype) * table.std() * scale
     raise unknown_choice("prompt init", init, INITS)
-
-
-def _rows(words: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """The embeddings of `ids` as the model's input sees them, detached."""
-    import torch
-
-    with torch.no_grad():
-        return words(ids).detach().clone()
 
 
 def apply(model: Classifier, cfg: PromptTuningConfig) -> None:
